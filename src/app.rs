@@ -1,0 +1,149 @@
+//! Application wiring: [`AppState`], the router with its middleware stack and API docs,
+//! and the HTTP server with graceful shutdown.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use axum::{Router, extract::FromRef};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{
+    features,
+    shared::{config::Settings, db, error::AppError, middleware, openapi::ApiDoc, redis::Redis},
+};
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Settings>,
+    pub db: PgPool,
+    pub redis: Redis,
+}
+
+impl FromRef<AppState> for Arc<Settings> {
+    fn from_ref(state: &AppState) -> Self {
+        state.config.clone()
+    }
+}
+
+impl AppState {
+    /// Builds the state from already-created connections (tests pass their own pool).
+    pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
+        Self {
+            config: Arc::new(config),
+            db,
+            redis,
+        }
+    }
+}
+
+/// The full router: versioned API, ops endpoints, API docs, fallbacks and middleware.
+pub fn build_router(state: AppState) -> Router {
+    build_router_with(state, Router::new())
+}
+
+/// [`build_router`] with `extra` routes merged in under the same middleware stack
+/// (integration tests use it to add routes that panic or stall).
+pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
+    let (routes, openapi) = openapi_router().split_for_parts();
+    let router = routes
+        .merge(extra)
+        .merge(SwaggerUi::new("/api-docs").url("/api-docs/openapi.json", openapi))
+        .fallback(|| async { AppError::NotFound("no route matches this path".to_owned()) });
+    middleware::apply(router, &state.config).with_state(state)
+}
+
+/// Every documented route, with the OpenAPI document it generates.
+pub fn openapi_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", features::api_router())
+        .merge(features::ops_router())
+}
+
+/// The OpenAPI document as served at `/api-docs/openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi_router().into_openapi()
+}
+
+/// Connects Postgres (running migrations when enabled) and Redis.
+pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
+    let pool = db::connect_lazy(&settings)?;
+    if settings.run_migrations {
+        db::migrate(&pool).await?;
+        tracing::info!("database migrations applied");
+    }
+    let redis = Redis::connect_lazy(&settings)?;
+    Ok(AppState::new(settings, pool, redis))
+}
+
+/// Serves HTTP until SIGINT/SIGTERM, then drains in-flight requests within
+/// `SHUTDOWN_TIMEOUT` and closes the pool.
+pub async fn serve(state: AppState) -> anyhow::Result<()> {
+    let addr = state.config.bind_address();
+    let listener = TcpListener::bind(&addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    let drain = state.config.shutdown_timeout;
+    let pool = state.db.clone();
+    run(listener, build_router(state), shutdown_signal(), drain).await?;
+    pool.close().await;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Runs `router` on `listener` until `signal` resolves, then allows `drain` for
+/// in-flight requests before giving up on them.
+pub async fn run(
+    listener: TcpListener,
+    router: Router,
+    signal: impl Future<Output = ()> + Send + 'static,
+    drain: std::time::Duration,
+) -> anyhow::Result<()> {
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        signal.await;
+        tracing::info!("shutdown requested: draining in-flight requests");
+        let _ = stopping_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        result = server => result.context("HTTP server failed"),
+        () = deadline => {
+            tracing::warn!(seconds = drain.as_secs(), "drain deadline passed; dropping remaining connections");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,62 @@
+use std::time::Duration;
+
+use axum::{
+    Json,
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+
+use super::types::{HealthResponse, ReadyChecks, ReadyResponse};
+use crate::{app::AppState, shared::error::Enveloped};
+
+/// How long a dependency may take to answer before it counts as down.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Liveness: the process is up. Touches no dependency.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses((status = 200, description = "The process is alive", body = HealthResponse)))]
+pub async fn live() -> Json<HealthResponse> {
+    Json(HealthResponse {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Readiness: Postgres and Redis both answer. 503 names the failing dependency.
+#[utoipa::path(get, path = "/health/ready", tag = "health",
+    responses(
+        (status = 200, description = "Every dependency answers", body = ReadyResponse),
+        (status = 503, description = "A dependency is down; its check holds the error", body = ReadyResponse),
+    ))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let database = check(crate::shared::db::ping(&state.db));
+    let redis = check(state.redis.ping());
+    let (database, redis) = tokio::join!(database, redis);
+    let healthy = database == "ok" && redis == "ok";
+    let (status, label) = if healthy {
+        (StatusCode::OK, "ok")
+    } else {
+        tracing::warn!(database = %database, redis = %redis, "readiness check failed");
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    let mut res = (
+        status,
+        Json(ReadyResponse {
+            status: label,
+            checks: ReadyChecks { database, redis },
+        }),
+    )
+        .into_response();
+    // The probe's 503 is its own ops-convention body, not an API error.
+    res.extensions_mut().insert(Enveloped);
+    res
+}
+
+async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>) -> String {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => format!("error: no answer within {}s", CHECK_TIMEOUT.as_secs()),
+    }
+}

@@ -1,0 +1,11 @@
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::handlers;
+use crate::app::AppState;
+
+/// `GET /health`, `GET /health/ready`.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(handlers::live))
+        .routes(routes!(handlers::ready))
+}

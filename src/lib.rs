@@ -1,0 +1,9 @@
+//! Storefront: a REST API for orders, users, products and auth (see SPEC.md).
+//!
+//! `main.rs` is a thin CLI over this library so integration tests can start the real
+//! application in-process.
+
+pub mod app;
+pub mod cli;
+pub mod features;
+pub mod shared;

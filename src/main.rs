@@ -1,0 +1,7 @@
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let code = storefront::cli::run(storefront::cli::Cli::parse()).await;
+    std::process::exit(code);
+}

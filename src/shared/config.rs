@@ -1,0 +1,627 @@
+//! Typed settings (SPEC §9): built-in defaults < `config/default.toml` <
+//! `config/{APP_ENV}.toml` < environment variables (a `.env` file is read by `main`).
+//!
+//! Every key is flat and named after its environment variable, lower-cased
+//! (`DATABASE_URL` ↔ `database_url`), so the TOML files, `.env.example` and the
+//! environment all speak the same names. Loading never stops at the first problem:
+//! each key is extracted on its own and then checked, and every problem is reported.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, de::DeserializeOwned};
+
+/// The secret shipped in the built-in defaults so development works out of the box.
+/// Production refuses to start with it.
+pub const DEVELOPMENT_JWT_SECRET: &str = "development-only-secret-change-me-0123456789";
+
+/// Built-in defaults: the lowest layer, valid on their own for local development.
+const BUILTIN_DEFAULTS: &str = r#"
+app_env = "development"
+host = "0.0.0.0"
+port = 3000
+database_url = "postgres://storefront:storefront@127.0.0.1:5432/storefront"
+db_pool_min = 1
+db_pool_max = 10
+db_acquire_timeout = "5s"
+db_idle_timeout = "10m"
+db_statement_timeout = "10s"
+db_slow_query_threshold = "500ms"
+run_migrations = true
+redis_url = "redis://127.0.0.1:6379"
+redis_prefix = "storefront"
+jwt_secret = "development-only-secret-change-me-0123456789"
+jwt_expires_in = "15m"
+jwt_issuer = "storefront"
+jwt_audience = "storefront-api"
+refresh_token_ttl = "7d"
+cors_origin = "http://localhost:3000"
+log_level = "info"
+log_format = "auto"
+public_url = "http://localhost:3000"
+currency = "USD"
+email_transport = "file"
+mail_from = "Storefront <no-reply@storefront.local>"
+mail_dir = "var/mail"
+request_timeout = "30s"
+body_limit_bytes = 1048576
+shutdown_timeout = "30s"
+hsts_enabled = false
+"#;
+
+/// Every setting key, as its environment variable is spelled (lower-cased).
+/// Only these are read from the environment, so unrelated variables never leak in.
+pub const KEYS: &[&str] = &[
+    "app_env",
+    "host",
+    "port",
+    "database_url",
+    "db_pool_min",
+    "db_pool_max",
+    "db_acquire_timeout",
+    "db_idle_timeout",
+    "db_statement_timeout",
+    "db_slow_query_threshold",
+    "run_migrations",
+    "redis_url",
+    "redis_prefix",
+    "jwt_secret",
+    "jwt_expires_in",
+    "jwt_issuer",
+    "jwt_audience",
+    "refresh_token_ttl",
+    "cors_origin",
+    "log_level",
+    "log_format",
+    "public_url",
+    "currency",
+    "email_transport",
+    "smtp_url",
+    "mail_from",
+    "mail_dir",
+    "request_timeout",
+    "body_limit_bytes",
+    "shutdown_timeout",
+    "hsts_enabled",
+];
+
+/// Deployment environment (`APP_ENV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppEnv {
+    Development,
+    Test,
+    Production,
+}
+
+impl AppEnv {
+    /// The name used for `config/{name}.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Test => "test",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// Log line format (`LOG_FORMAT`); `auto` means JSON in production, text elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// How e-mail leaves the process (`EMAIL_TRANSPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTransport {
+    Smtp,
+    File,
+    Log,
+}
+
+/// A duration written as `500ms`, `30s`, `15m`, `2h`, `7d` or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let s = raw.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (digits, unit) = s.split_at(split);
+        let value: u64 = digits
+            .parse()
+            .map_err(|_| format!("`{raw}` is not a duration (examples: 500ms, 30s, 15m, 7d)"))?;
+        let millis = match unit.trim() {
+            "ms" => Some(value),
+            "" | "s" => value.checked_mul(1_000),
+            "m" => value.checked_mul(60_000),
+            "h" => value.checked_mul(3_600_000),
+            "d" => value.checked_mul(86_400_000),
+            other => {
+                return Err(format!(
+                    "`{raw}` has an unknown unit `{other}` (use ms, s, m, h or d)"
+                ));
+            }
+        };
+        millis
+            .map(|ms| Self(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("`{raw}` is too long"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// The validated configuration of one process.
+#[derive(Clone)]
+pub struct Settings {
+    pub app_env: AppEnv,
+    pub host: String,
+    pub port: u16,
+    pub database_url: SecretString,
+    pub db_pool_min: u32,
+    pub db_pool_max: u32,
+    pub db_acquire_timeout: Duration,
+    pub db_idle_timeout: Duration,
+    pub db_statement_timeout: Duration,
+    pub db_slow_query_threshold: Duration,
+    pub run_migrations: bool,
+    pub redis_url: SecretString,
+    /// Prefix of every Redis key this process writes (`{prefix}:...`); tests use a unique one.
+    pub redis_prefix: String,
+    pub jwt_secret: SecretString,
+    pub jwt_expires_in: Duration,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub refresh_token_ttl: Duration,
+    pub cors_origins: Vec<String>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub public_url: String,
+    pub currency: String,
+    pub email_transport: EmailTransport,
+    pub smtp_url: Option<SecretString>,
+    pub mail_from: String,
+    pub mail_dir: String,
+    pub request_timeout: Duration,
+    pub body_limit_bytes: usize,
+    pub shutdown_timeout: Duration,
+    pub hsts_enabled: bool,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets (`SecretString`) print as redacted; URLs may carry passwords, so they too.
+        f.debug_struct("Settings")
+            .field("app_env", &self.app_env)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("db_pool_min", &self.db_pool_min)
+            .field("db_pool_max", &self.db_pool_max)
+            .field("redis_prefix", &self.redis_prefix)
+            .field("log_level", &self.log_level)
+            .field("email_transport", &self.email_transport)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every problem found while loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct ConfigError(pub Vec<String>);
+
+impl Settings {
+    /// Loads the layers for the `APP_ENV` found in the environment (default `development`).
+    pub fn load() -> Result<Self, ConfigError> {
+        let env = std::env::var("APP_ENV").unwrap_or_else(|_| "development".into());
+        let app_env = match env.trim().to_ascii_lowercase().as_str() {
+            "development" => AppEnv::Development,
+            "test" => AppEnv::Test,
+            "production" => AppEnv::Production,
+            other => {
+                return Err(ConfigError(vec![format!(
+                    "APP_ENV: `{other}` is not one of development, test, production"
+                )]));
+            }
+        };
+        Self::load_for(app_env)
+    }
+
+    /// Loads defaults < `config/default.toml` < `config/{env}.toml` < environment.
+    pub fn load_for(app_env: AppEnv) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Toml::string(BUILTIN_DEFAULTS))
+            .merge(Toml::file("config/default.toml"))
+            .merge(Toml::file(format!("config/{}.toml", app_env.as_str())))
+            .merge(Env::raw().only(KEYS))
+            .merge(("app_env", app_env.as_str()));
+        Self::from_figment(&figment)
+    }
+
+    /// Extracts and validates every key of `figment`, collecting all problems.
+    pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let builtin = Figment::from(Toml::string(BUILTIN_DEFAULTS));
+        let mut problems = Vec::new();
+        let get = |key: &str| -> figment::value::Value {
+            let value = figment.find_value(key).ok();
+            value.unwrap_or_else(|| {
+                builtin
+                    .find_value(key)
+                    .expect("every key has a built-in default")
+            })
+        };
+        // Extract a key as `T`; on failure note the problem and fall back to the built-in
+        // default so that the remaining checks still run.
+        fn typed<T: DeserializeOwned>(
+            key: &str,
+            value: figment::value::Value,
+            builtin: &Figment,
+            problems: &mut Vec<String>,
+        ) -> T {
+            match value.deserialize::<T>() {
+                Ok(v) => v,
+                Err(e) => {
+                    problems.push(format!("{}: {}", key.to_ascii_uppercase(), e.kind));
+                    builtin
+                        .extract_inner(key)
+                        .expect("built-in defaults are valid")
+                }
+            }
+        }
+        macro_rules! field {
+            ($key:literal) => {
+                typed($key, get($key), &builtin, &mut problems)
+            };
+        }
+
+        let app_env: AppEnv = field!("app_env");
+        let host: String = field!("host");
+        let port: u16 = field!("port");
+        let database_url: String = field!("database_url");
+        let db_pool_min: u32 = field!("db_pool_min");
+        let db_pool_max: u32 = field!("db_pool_max");
+        let db_acquire_timeout: HumanDuration = field!("db_acquire_timeout");
+        let db_idle_timeout: HumanDuration = field!("db_idle_timeout");
+        let db_statement_timeout: HumanDuration = field!("db_statement_timeout");
+        let db_slow_query_threshold: HumanDuration = field!("db_slow_query_threshold");
+        let run_migrations: bool = field!("run_migrations");
+        let redis_url: String = field!("redis_url");
+        let redis_prefix: String = field!("redis_prefix");
+        let jwt_secret: String = field!("jwt_secret");
+        let jwt_expires_in: HumanDuration = field!("jwt_expires_in");
+        let jwt_issuer: String = field!("jwt_issuer");
+        let jwt_audience: String = field!("jwt_audience");
+        let refresh_token_ttl: HumanDuration = field!("refresh_token_ttl");
+        let cors_origin: String = field!("cors_origin");
+        let log_level: String = field!("log_level");
+        let log_format: LogFormat = field!("log_format");
+        let public_url: String = field!("public_url");
+        let currency: String = field!("currency");
+        let email_transport: EmailTransport = field!("email_transport");
+        let mail_from: String = field!("mail_from");
+        let mail_dir: String = field!("mail_dir");
+        let request_timeout: HumanDuration = field!("request_timeout");
+        let body_limit_bytes: usize = field!("body_limit_bytes");
+        let shutdown_timeout: HumanDuration = field!("shutdown_timeout");
+        let hsts_enabled: bool = field!("hsts_enabled");
+        let smtp_url: Option<String> = match figment.find_value("smtp_url") {
+            Ok(v) => v
+                .deserialize::<String>()
+                .map_err(|e| problems.push(format!("SMTP_URL: {}", e.kind)))
+                .ok()
+                .filter(|s| !s.trim().is_empty()),
+            Err(_) => None,
+        };
+
+        let cors_origins: Vec<String> = cors_origin
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+
+        let settings = Settings {
+            app_env,
+            host,
+            port,
+            database_url: database_url.into(),
+            db_pool_min,
+            db_pool_max,
+            db_acquire_timeout: db_acquire_timeout.0,
+            db_idle_timeout: db_idle_timeout.0,
+            db_statement_timeout: db_statement_timeout.0,
+            db_slow_query_threshold: db_slow_query_threshold.0,
+            run_migrations,
+            redis_url: redis_url.into(),
+            redis_prefix,
+            jwt_secret: jwt_secret.into(),
+            jwt_expires_in: jwt_expires_in.0,
+            jwt_issuer,
+            jwt_audience,
+            refresh_token_ttl: refresh_token_ttl.0,
+            cors_origins,
+            log_level,
+            log_format,
+            public_url,
+            currency,
+            email_transport,
+            smtp_url: smtp_url.map(Into::into),
+            mail_from,
+            mail_dir,
+            request_timeout: request_timeout.0,
+            body_limit_bytes,
+            shutdown_timeout: shutdown_timeout.0,
+            hsts_enabled,
+        };
+        problems.extend(settings.problems());
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Semantic checks across keys; an empty list means the settings are usable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.host.trim().is_empty() {
+            p.push("HOST: must not be empty".to_owned());
+        }
+        if let Err(e) = check_database_url(self.database_url.expose_secret()) {
+            p.push(format!("DATABASE_URL: {e}"));
+        }
+        if self.db_pool_max == 0 {
+            p.push("DB_POOL_MAX: must be at least 1".to_owned());
+        }
+        if self.db_pool_min > self.db_pool_max {
+            p.push(format!(
+                "DB_POOL_MIN ({}) must not exceed DB_POOL_MAX ({})",
+                self.db_pool_min, self.db_pool_max
+            ));
+        }
+        if self.db_acquire_timeout.is_zero() {
+            p.push("DB_ACQUIRE_TIMEOUT: must be greater than zero".to_owned());
+        }
+        if let Err(e) = redis::Client::open(self.redis_url.expose_secret()) {
+            p.push(format!(
+                "REDIS_URL: not a valid Redis URL ({})",
+                e.kind_label()
+            ));
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            p.push("REDIS_PREFIX: must be non-empty without whitespace".to_owned());
+        }
+        let secret = self.jwt_secret.expose_secret();
+        if secret.chars().count() < 32 {
+            p.push("JWT_SECRET: must be at least 32 characters".to_owned());
+        }
+        if self.app_env == AppEnv::Production && secret == DEVELOPMENT_JWT_SECRET {
+            p.push("JWT_SECRET: the development default is refused in production".to_owned());
+        }
+        if self.jwt_expires_in < Duration::from_secs(1) {
+            p.push("JWT_EXPIRES_IN: must be at least 1s".to_owned());
+        }
+        if self.refresh_token_ttl <= self.jwt_expires_in {
+            p.push("REFRESH_TOKEN_TTL: must be longer than JWT_EXPIRES_IN".to_owned());
+        }
+        if self.jwt_issuer.is_empty() || self.jwt_audience.is_empty() {
+            p.push("JWT_ISSUER and JWT_AUDIENCE: must not be empty".to_owned());
+        }
+        for origin in &self.cors_origins {
+            if origin != "*" && !is_http_url(origin) {
+                p.push(format!("CORS_ORIGIN: `{origin}` is not an http(s) origin"));
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            p.push(format!(
+                "LOG_LEVEL: `{}` is not a valid filter",
+                self.log_level
+            ));
+        }
+        if !is_http_url(&self.public_url) {
+            p.push("PUBLIC_URL: must be an http(s) URL".to_owned());
+        }
+        if self.currency.len() != 3 || !self.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            p.push("CURRENCY: must be an ISO 4217 code such as USD".to_owned());
+        }
+        if self.email_transport == EmailTransport::Smtp && self.smtp_url.is_none() {
+            p.push("SMTP_URL: required when EMAIL_TRANSPORT=smtp".to_owned());
+        }
+        if self.mail_from.trim().is_empty() {
+            p.push("MAIL_FROM: must not be empty".to_owned());
+        }
+        if self.request_timeout.is_zero() {
+            p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());
+        }
+        if self.body_limit_bytes < 1024 {
+            p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());
+        }
+        p
+    }
+
+    /// `host:port` to bind.
+    pub fn bind_address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+
+    /// Whether logs are written as JSON lines.
+    pub fn json_logs(&self) -> bool {
+        match self.log_format {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => self.app_env == AppEnv::Production,
+        }
+    }
+}
+
+fn check_database_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a postgres:// URL".to_owned());
+    }
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .map(|_| ())
+        .map_err(|_| "is not a valid PostgreSQL connection URL".to_owned())
+}
+
+fn is_http_url(s: &str) -> bool {
+    let rest = s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"));
+    matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace))
+}
+
+/// Short labels for redis URL errors, without echoing the URL (it may hold a password).
+trait KindLabel {
+    fn kind_label(&self) -> String;
+}
+
+impl KindLabel for redis::RedisError {
+    fn kind_label(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::providers::Serialized;
+
+    use super::*;
+
+    /// Loads the built-in defaults overlaid with `pairs`, parsed the way `Env` parses.
+    fn with(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut f = Figment::from(Toml::string(BUILTIN_DEFAULTS));
+        for (k, v) in pairs {
+            let value: figment::value::Value = v.parse().expect("infallible");
+            f = f.merge(Serialized::default(k, value));
+        }
+        Settings::from_figment(&f)
+    }
+
+    #[test]
+    fn builtin_defaults_are_valid() {
+        let s = with(&[]).expect("defaults load");
+        assert_eq!(s.port, 3000);
+        assert_eq!(s.jwt_expires_in, Duration::from_secs(900));
+        assert_eq!(s.refresh_token_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.cors_origins, vec!["http://localhost:3000"]);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let err = with(&[
+            ("jwt_secret", "short"),
+            ("database_url", "nonsense"),
+            ("db_pool_min", "20"),
+            ("db_pool_max", "5"),
+            ("port", "not-a-port"),
+        ])
+        .unwrap_err();
+        let all = err.0.join("\n");
+        assert!(all.contains("JWT_SECRET"), "{all}");
+        assert!(all.contains("DATABASE_URL"), "{all}");
+        assert!(
+            all.contains("DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)"),
+            "{all}"
+        );
+        assert!(all.contains("PORT"), "{all}");
+        assert_eq!(err.0.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn production_refuses_the_development_secret() {
+        let err = with(&[("app_env", "production")]).unwrap_err();
+        assert!(err.0.iter().any(|p| p.contains("refused in production")));
+        let ok = with(&[("app_env", "production"), ("jwt_secret", &"x".repeat(40))]);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn smtp_transport_needs_a_url() {
+        let err = with(&[("email_transport", "smtp")]).unwrap_err();
+        assert!(err.0.iter().any(|p| p.starts_with("SMTP_URL")));
+        assert!(
+            with(&[
+                ("email_transport", "smtp"),
+                ("smtp_url", "smtp://localhost:25")
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        let d = |s: &str| s.parse::<HumanDuration>().map(|h| h.0);
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(d("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(d("7d"), Ok(Duration::from_secs(604_800)));
+        assert!(d("").is_err());
+        assert!(d("5 weeks").is_err());
+        assert!(d("m").is_err());
+        assert!(d("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn env_example_documents_every_key() {
+        let example = include_str!("../../.env.example");
+        for key in KEYS {
+            let var = format!("\n{}=", key.to_ascii_uppercase());
+            assert!(
+                example.contains(&var),
+                "{} missing from .env.example",
+                key.to_ascii_uppercase()
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = with(&[("jwt_secret", "a-very-secret-value-that-is-long-enough")]).unwrap();
+        assert!(!format!("{s:?}").contains("a-very-secret"));
+    }
+
+    #[test]
+    fn bad_enums_and_urls_are_reported() {
+        let err = with(&[
+            ("email_transport", "pigeon"),
+            ("currency", "usd"),
+            ("public_url", "localhost"),
+            ("cors_origin", "http://a.example, ftp://b"),
+            ("redis_url", "nope://"),
+        ])
+        .unwrap_err();
+        let all = err.0.join("\n");
+        for key in [
+            "EMAIL_TRANSPORT",
+            "CURRENCY",
+            "PUBLIC_URL",
+            "CORS_ORIGIN",
+            "REDIS_URL",
+        ] {
+            assert!(all.contains(key), "{key} missing in {all}");
+        }
+    }
+}

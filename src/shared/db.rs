@@ -1,0 +1,65 @@
+//! PostgreSQL pool and migrations (SPEC §9): pool size, acquire and idle timeouts, a
+//! server-side statement timeout and slow-statement logging all come from config.
+
+use std::str::FromStr;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::{
+    ConnectOptions,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+};
+use tracing::log::LevelFilter;
+
+use super::config::Settings;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Connection options: statement timeout and slow-statement logging from config.
+pub fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
+    let timeout_ms = settings.db_statement_timeout.as_millis().to_string();
+    Ok(
+        PgConnectOptions::from_str(settings.database_url.expose_secret())
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?
+            .application_name("storefront")
+            .options([("statement_timeout", timeout_ms.as_str())])
+            // Every statement at debug level is noise; slow ones are worth a warning.
+            .log_statements(LevelFilter::Trace)
+            .log_slow_statements(LevelFilter::Warn, settings.db_slow_query_threshold),
+    )
+}
+
+/// Pool options from config.
+pub fn pool_options(settings: &Settings) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .min_connections(settings.db_pool_min)
+        .max_connections(settings.db_pool_max)
+        .acquire_timeout(settings.db_acquire_timeout)
+        .idle_timeout(Some(settings.db_idle_timeout))
+}
+
+/// A pool that connects on first use, so the process can start (and report not-ready)
+/// while the database is still coming up.
+pub fn connect_lazy(settings: &Settings) -> anyhow::Result<PgPool> {
+    Ok(pool_options(settings).connect_lazy_with(connect_options(settings)?))
+}
+
+/// Applies pending migrations. sqlx serialises concurrent runs with an advisory lock,
+/// so several instances starting at once are safe.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("running database migrations")?;
+    Ok(())
+}
+
+/// A cheap round trip used by the readiness probe.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!(r#"select 1 as "one!""#)
+        .fetch_one(pool)
+        .await
+        .map(|_| ())
+}

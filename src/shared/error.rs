@@ -1,0 +1,404 @@
+//! The one error type of the API and the SPEC §2 error envelope.
+//!
+//! Every failure a client can see is an [`AppError`]; its [`IntoResponse`] writes
+//! `{"success": false, "error": {code, message, fields?, details?, requestId}}`.
+//! Internal causes are logged once, here, inside the request's span, and never sent.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::middleware::request_id;
+
+/// Field path (`email`, `items[2].quantity`) → messages.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// Result alias used by handlers and services.
+pub type AppResult<T> = Result<T, AppError>;
+
+/// Every error the API answers with, one variant per SPEC error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{message}")]
+    Validation {
+        message: String,
+        fields: FieldErrors,
+    },
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("insufficient stock")]
+    InsufficientStock(Value),
+    #[error("{0}")]
+    InvalidStatusTransition(String),
+    #[error("a request with this Idempotency-Key is still being processed")]
+    IdempotencyKeyInUse,
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("request body is too large")]
+    PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyMismatch,
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl AppError {
+    /// A 400 with one message for one field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let mut fields = FieldErrors::new();
+        fields.insert(field.into(), vec![message.clone()]);
+        Self::Validation { message, fields }
+    }
+
+    /// A 400 without a field (malformed input as a whole).
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::Validation {
+            message: message.into(),
+            fields: FieldErrors::new(),
+        }
+    }
+
+    /// A 400 listing field errors.
+    pub fn invalid_fields(fields: FieldErrors) -> Self {
+        Self::Validation {
+            message: "request validation failed".to_owned(),
+            fields,
+        }
+    }
+
+    /// A 404 for a resource named `what`.
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    /// The SPEC error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Validation { .. } => "VALIDATION_ERROR",
+            Self::Unauthorized(_) => "UNAUTHORIZED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            Self::Conflict(_) => "CONFLICT",
+            Self::InsufficientStock(_) => "INSUFFICIENT_STOCK",
+            Self::InvalidStatusTransition(_) => "INVALID_STATUS_TRANSITION",
+            Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
+            Self::PreconditionFailed(_) => "PRECONDITION_FAILED",
+            Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            Self::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
+            Self::IdempotencyKeyMismatch => "IDEMPOTENCY_KEY_MISMATCH",
+            Self::RateLimited { .. } => "RATE_LIMITED",
+            Self::ServiceUnavailable(_) => "SERVICE_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_)
+            | Self::InsufficientStock(_)
+            | Self::InvalidStatusTransition(_)
+            | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The error a bare status maps to when a layer answered without a body of ours
+    /// (tower timeouts, axum's own 405, …).
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::BAD_REQUEST => Self::bad_request("bad request"),
+            StatusCode::UNAUTHORIZED => Self::Unauthorized("authentication required"),
+            StatusCode::FORBIDDEN => Self::Forbidden("forbidden"),
+            StatusCode::NOT_FOUND => Self::NotFound("resource not found".to_owned()),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
+            StatusCode::CONFLICT => Self::Conflict("conflict".to_owned()),
+            StatusCode::PRECONDITION_FAILED => {
+                Self::PreconditionFailed("precondition failed".to_owned())
+            }
+            StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::UnsupportedMediaType("unsupported media type".to_owned())
+            }
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited {
+                retry_after_secs: 1,
+            },
+            StatusCode::REQUEST_TIMEOUT
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Self::ServiceUnavailable(
+                "the request timed out or the service is unavailable".to_owned(),
+            ),
+            s if s.is_client_error() => Self::bad_request("bad request"),
+            _ => Self::Internal(anyhow::anyhow!("unexpected bare {status} response")),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            // 5xx never leaks its cause.
+            Self::Internal(_) => "an unexpected error occurred".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut => {
+                Self::ServiceUnavailable("the database is busy, try again".to_owned())
+            }
+            other => Self::Internal(anyhow::Error::new(other).context("database error")),
+        }
+    }
+}
+
+impl From<anyhow::Error> for AppError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Internal(e)
+    }
+}
+
+/// Marker on a response whose body is already in the SPEC shape (or deliberately not JSON);
+/// the envelope middleware leaves such responses alone.
+#[derive(Clone, Copy, Debug)]
+pub struct Enveloped;
+
+/// The error body (documented in OpenAPI as `ErrorEnvelope`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    /// Always `false`.
+    pub success: bool,
+    pub error: ErrorBody,
+}
+
+/// The `error` object of an error response.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `VALIDATION_ERROR`.
+    #[schema(example = "VALIDATION_ERROR")]
+    pub code: &'static str,
+    /// Human-readable message; never contains internals for 5xx.
+    pub message: String,
+    /// Validation errors: field path → messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>)]
+    pub fields: Option<FieldErrors>,
+    /// Machine-readable facts of a domain error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+    /// The request id, as in the `X-Request-Id` header.
+    pub request_id: String,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            e if status.is_server_error() => tracing::warn!(error = %e, "request failed"),
+            _ => {}
+        }
+        let (fields, details) = match &self {
+            Self::Validation { fields, .. } if !fields.is_empty() => (Some(fields.clone()), None),
+            Self::InsufficientStock(details) => (None, Some(details.clone())),
+            _ => (None, None),
+        };
+        let body = ErrorEnvelope {
+            success: false,
+            error: ErrorBody {
+                code: self.code(),
+                message: self.client_message(),
+                fields,
+                details,
+                request_id: request_id::current().unwrap_or_default(),
+            },
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        res.extensions_mut().insert(Enveloped);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(e: AppError) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let res = e.into_response();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn every_variant_has_its_spec_status_and_code() {
+        let cases: Vec<(AppError, u16, &str)> = vec![
+            (AppError::bad_request("x"), 400, "VALIDATION_ERROR"),
+            (AppError::Unauthorized("x"), 401, "UNAUTHORIZED"),
+            (AppError::Forbidden("x"), 403, "FORBIDDEN"),
+            (AppError::not_found("thing"), 404, "NOT_FOUND"),
+            (AppError::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
+            (AppError::Conflict("x".into()), 409, "CONFLICT"),
+            (
+                AppError::InsufficientStock(Value::Null),
+                409,
+                "INSUFFICIENT_STOCK",
+            ),
+            (
+                AppError::InvalidStatusTransition("x".into()),
+                409,
+                "INVALID_STATUS_TRANSITION",
+            ),
+            (AppError::IdempotencyKeyInUse, 409, "IDEMPOTENCY_KEY_IN_USE"),
+            (
+                AppError::PreconditionFailed("x".into()),
+                412,
+                "PRECONDITION_FAILED",
+            ),
+            (AppError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
+            (
+                AppError::UnsupportedMediaType("x".into()),
+                415,
+                "UNSUPPORTED_MEDIA_TYPE",
+            ),
+            (
+                AppError::IdempotencyKeyMismatch,
+                422,
+                "IDEMPOTENCY_KEY_MISMATCH",
+            ),
+            (
+                AppError::RateLimited {
+                    retry_after_secs: 7,
+                },
+                429,
+                "RATE_LIMITED",
+            ),
+            (
+                AppError::ServiceUnavailable("x".into()),
+                503,
+                "SERVICE_UNAVAILABLE",
+            ),
+            (
+                AppError::Internal(anyhow::anyhow!("boom")),
+                500,
+                "INTERNAL_SERVER_ERROR",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let (s, _, body) = body_of(error).await;
+            assert_eq!(s.as_u16(), status, "{code}");
+            assert_eq!(body["success"], false);
+            assert_eq!(body["error"]["code"], code);
+            assert!(body["error"]["requestId"].is_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_hide_their_cause() {
+        let (_, _, body) = body_of(AppError::Internal(anyhow::anyhow!(
+            "select * from secret_table"
+        )))
+        .await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("secret_table"));
+    }
+
+    #[tokio::test]
+    async fn unauthorized_and_rate_limited_carry_their_headers() {
+        let (_, h, _) = body_of(AppError::Unauthorized("no")).await;
+        assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
+        let (_, h, _) = body_of(AppError::RateLimited {
+            retry_after_secs: 7,
+        })
+        .await;
+        assert_eq!(h[header::RETRY_AFTER], "7");
+    }
+
+    #[tokio::test]
+    async fn validation_errors_list_fields_and_domain_errors_details() {
+        let (_, _, body) = body_of(AppError::field("email", "must be an e-mail address")).await;
+        assert_eq!(
+            body["error"]["fields"]["email"][0],
+            "must be an e-mail address"
+        );
+        let (_, _, body) = body_of(AppError::InsufficientStock(
+            serde_json::json!({"products": []}),
+        ))
+        .await;
+        assert!(body["error"]["details"]["products"].is_array());
+        assert!(body["error"].get("fields").is_none());
+    }
+
+    #[test]
+    fn bare_statuses_map_to_spec_codes() {
+        assert_eq!(
+            AppError::from_status(StatusCode::METHOD_NOT_ALLOWED).code(),
+            "METHOD_NOT_ALLOWED"
+        );
+        assert_eq!(
+            AppError::from_status(StatusCode::REQUEST_TIMEOUT).code(),
+            "SERVICE_UNAVAILABLE"
+        );
+        assert_eq!(
+            AppError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(),
+            "PAYLOAD_TOO_LARGE"
+        );
+        assert_eq!(
+            AppError::from_status(StatusCode::IM_A_TEAPOT).code(),
+            "VALIDATION_ERROR"
+        );
+        assert_eq!(
+            AppError::from_status(StatusCode::BAD_GATEWAY).code(),
+            "INTERNAL_SERVER_ERROR"
+        );
+    }
+}

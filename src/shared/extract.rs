@@ -1,0 +1,379 @@
+//! Extractors whose rejections are [`AppError`]s in the SPEC envelope, never axum's
+//! plain-text bodies: JSON bodies (415 / 413 / 400 with the failing field), validated
+//! JSON, query strings and path parameters.
+
+use std::borrow::Cow;
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection},
+    http::{StatusCode, header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+use super::error::{AppError, FieldErrors};
+
+/// A JSON request body. `Content-Type` must be `application/json` (or `+json`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(AppError::UnsupportedMediaType(
+                "expected a request body with Content-Type: application/json".to_owned(),
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// A JSON body that also passes its `validator` rules; failures list every field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequest<S> for ValidJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let JsonBody(value) = JsonBody::<T>::from_request(req, state).await?;
+        value.validate().map_err(validation_error)?;
+        Ok(ValidJson(value))
+    }
+}
+
+/// Query string parameters, deserialized and validated.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
+        let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let message = clean_serde_message(&e.inner().to_string());
+            if field.is_empty() || field == "." {
+                field_from_message(&message)
+                    .map(|f| AppError::field(f, message.clone()))
+                    .unwrap_or_else(|| {
+                        AppError::bad_request(format!("invalid query string: {message}"))
+                    })
+            } else {
+                AppError::field(camel_case(&field), message)
+            }
+        })?;
+        value.validate().map_err(validation_error)?;
+        Ok(QueryParams(value))
+    }
+}
+
+fn form_urlencoded_parse(query: &str) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query.as_bytes())
+}
+
+/// Path parameters; a value of the wrong type is a 400 naming the parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParam<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathParam(v)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.into_kind() {
+                ErrorKind::ParseErrorAtKey {
+                    key, expected_type, ..
+                } => AppError::field(
+                    key,
+                    format!("must be a valid {}", friendly_type(expected_type)),
+                ),
+                ErrorKind::DeserializeError { key, message, .. } => AppError::field(key, message),
+                ErrorKind::InvalidUtf8InPathParam { key } => {
+                    AppError::field(key, "must be valid UTF-8")
+                }
+                ErrorKind::ParseError { expected_type, .. } => AppError::bad_request(format!(
+                    "path parameter must be a valid {}",
+                    friendly_type(expected_type)
+                )),
+                _ => AppError::bad_request("invalid path parameter"),
+            }),
+            Err(other) => Err(AppError::Internal(anyhow::anyhow!(
+                "path extraction failed: {other}"
+            ))),
+        }
+    }
+}
+
+fn friendly_type(rust_type: &str) -> &str {
+    if rust_type.ends_with("Uuid") {
+        "UUID"
+    } else {
+        rust_type
+    }
+}
+
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = mime
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn body_rejection(rejection: BytesRejection) -> AppError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::PayloadTooLarge
+    } else {
+        AppError::bad_request("the request body could not be read")
+    }
+}
+
+/// Parses JSON, naming the failing field path (`items[2].quantity`) when there is one.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let inner = e.inner();
+        let message = clean_serde_message(&inner.to_string());
+        if inner.is_syntax() || inner.is_eof() {
+            return AppError::bad_request(format!("malformed JSON: {message}"));
+        }
+        let path = json_path(&e.path().to_string());
+        match field_from_message(&message) {
+            // `deny_unknown_fields`: the path already ends at the unknown key.
+            Some(unknown) if message.starts_with("unknown field") => {
+                let field = if path.is_empty() { unknown } else { path };
+                AppError::field(field, "unknown field")
+            }
+            // A missing field is reported at the parent too.
+            Some(missing) if message.starts_with("missing field") => {
+                AppError::field(join_path(&path, &missing), "is required")
+            }
+            _ if path.is_empty() => {
+                AppError::bad_request(format!("invalid request body: {message}"))
+            }
+            _ => AppError::field(path, message),
+        }
+    })?;
+    de.end().map_err(|_| {
+        AppError::bad_request("malformed JSON: trailing characters after the value")
+    })?;
+    Ok(value)
+}
+
+/// `items[2].quantity` from serde_path_to_error's `items[2].quantity` / `.` (root).
+fn json_path(raw: &str) -> String {
+    if raw == "." {
+        String::new()
+    } else {
+        raw.to_owned()
+    }
+}
+
+fn join_path(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+/// The backticked name in serde messages such as "unknown field `role`, expected ...".
+fn field_from_message(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    Some(message[start..start + len].to_owned())
+}
+
+/// Drops serde_json's " at line 1 column 7" suffix, which means nothing to API clients.
+fn clean_serde_message(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Converts validator's errors into the SPEC `fields` map with camelCase paths.
+pub fn validation_error(errors: ValidationErrors) -> AppError {
+    let mut fields = FieldErrors::new();
+    flatten(&errors, "", &mut fields);
+    AppError::invalid_fields(fields)
+}
+
+fn flatten(errors: &ValidationErrors, prefix: &str, out: &mut FieldErrors) {
+    for (name, kind) in errors.errors() {
+        let name = if name == "__all__" {
+            Cow::Borrowed("")
+        } else {
+            Cow::Owned(camel_case(name))
+        };
+        let path = match (prefix.is_empty(), name.is_empty()) {
+            (true, _) => name.into_owned(),
+            (false, true) => prefix.to_owned(),
+            (false, false) => format!("{prefix}.{name}"),
+        };
+        match kind {
+            ValidationErrorsKind::Field(list) => {
+                let messages = out.entry(path).or_default();
+                messages.extend(list.iter().map(|e| match &e.message {
+                    Some(m) => m.to_string(),
+                    None => default_message(&e.code, &e.params),
+                }));
+            }
+            ValidationErrorsKind::Struct(inner) => flatten(inner, &path, out),
+            ValidationErrorsKind::List(items) => {
+                for (index, inner) in items {
+                    flatten(inner, &format!("{path}[{index}]"), out);
+                }
+            }
+        }
+    }
+}
+
+fn default_message(
+    code: &str,
+    params: &std::collections::HashMap<Cow<'static, str>, serde_json::Value>,
+) -> String {
+    let p = |k: &str| params.get(k).map(|v| v.to_string());
+    match code {
+        "length" => match (p("min"), p("max")) {
+            (Some(min), Some(max)) => format!("length must be between {min} and {max}"),
+            (Some(min), None) => format!("length must be at least {min}"),
+            (None, Some(max)) => format!("length must be at most {max}"),
+            _ => "invalid length".to_owned(),
+        },
+        "range" => match (p("min"), p("max")) {
+            (Some(min), Some(max)) => format!("must be between {min} and {max}"),
+            (Some(min), None) => format!("must be at least {min}"),
+            (None, Some(max)) => format!("must be at most {max}"),
+            _ => "out of range".to_owned(),
+        },
+        "email" => "must be a valid e-mail address".to_owned(),
+        "regex" => "has an invalid format".to_owned(),
+        other => format!("is invalid ({other})"),
+    }
+}
+
+/// `first_name` → `firstName`; already camelCase names pass unchanged.
+pub fn camel_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+    use validator::Validate;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize, serde::Serialize, Validate)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Order {
+        #[validate(length(min = 1, max = 2), nested)]
+        items: Vec<Item>,
+        #[validate(length(min = 1))]
+        first_name: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize, serde::Serialize, Validate)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Item {
+        #[validate(range(min = 1, max = 1000))]
+        quantity: u32,
+    }
+
+    fn fields_of(e: AppError) -> FieldErrors {
+        match e {
+            AppError::Validation { fields, .. } => fields,
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_nested_field() {
+        let e = parse_json::<Order>(br#"{"items":[{"quantity":1},{"quantity":"x"}]}"#).unwrap_err();
+        assert!(fields_of(e).contains_key("items[1].quantity"));
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_named() {
+        let e = parse_json::<Order>(br#"{"items":[],"role":"admin"}"#).unwrap_err();
+        assert_eq!(fields_of(e)["role"], vec!["unknown field"]);
+        let e = parse_json::<Order>(br#"{"items":[{"quantity":1,"price":0}]}"#).unwrap_err();
+        assert_eq!(fields_of(e)["items[0].price"], vec!["unknown field"]);
+        let e = parse_json::<Order>(br#"{"items":[{}]}"#).unwrap_err();
+        let fields = fields_of(e);
+        assert_eq!(
+            fields.get("items[0].quantity"),
+            Some(&vec!["is required".to_owned()]),
+            "{fields:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_plain_validation_error() {
+        let e = parse_json::<Order>(br#"{"items": ["#).unwrap_err();
+        assert_eq!(e.code(), "VALIDATION_ERROR");
+        assert!(fields_of(e).is_empty());
+        assert!(parse_json::<Order>(br#"{"items":[]} x"#).is_err());
+    }
+
+    #[test]
+    fn validator_errors_flatten_to_camel_case_paths() {
+        let order = Order {
+            items: vec![Item { quantity: 1 }, Item { quantity: 0 }],
+            first_name: Some(String::new()),
+        };
+        let fields = fields_of(validation_error(order.validate().unwrap_err()));
+        assert_eq!(
+            fields["items[1].quantity"],
+            vec!["must be between 1 and 1000"]
+        );
+        assert_eq!(fields["firstName"], vec!["length must be at least 1"]);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let v = |s: &'static str| header::HeaderValue::from_static(s);
+        assert!(is_json(Some(&v("application/json"))));
+        assert!(is_json(Some(&v("application/json; charset=utf-8"))));
+        assert!(is_json(Some(&v("application/merge-patch+json"))));
+        assert!(!is_json(Some(&v("text/plain"))));
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn camel_case_converts_snake_case() {
+        assert_eq!(camel_case("first_name"), "firstName");
+        assert_eq!(camel_case("priceCents"), "priceCents");
+    }
+}

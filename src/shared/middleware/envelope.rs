@@ -1,0 +1,26 @@
+//! Last-resort envelope: any error response that did not come from [`AppError`] (axum's
+//! own 405, a tower timeout, a layer's bare status) is rewritten into the SPEC envelope,
+//! keeping headers such as `Allow`. Responses marked [`Enveloped`] pass.
+
+use axum::{extract::Request, middleware::Next, response::IntoResponse, response::Response};
+
+use crate::shared::error::{AppError, Enveloped};
+
+/// Rewrites bare 4xx/5xx responses into the envelope.
+pub async fn ensure(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || res.extensions().get::<Enveloped>().is_some()
+    {
+        return res;
+    }
+    let (parts, _) = res.into_parts();
+    let mut enveloped = AppError::from_status(status).into_response();
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            enveloped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    enveloped
+}

@@ -1,0 +1,11 @@
+//! Cross-cutting infrastructure shared by every feature.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod redis;
+pub mod response;
+pub mod telemetry;

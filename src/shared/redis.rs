@@ -1,0 +1,61 @@
+//! Redis: one multiplexed, auto-reconnecting connection shared by the whole process,
+//! and the key prefix that keeps deployments (and parallel tests) apart.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+
+use super::config::Settings;
+
+/// Cheap to clone; every clone shares the same connection.
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+}
+
+impl Redis {
+    /// Creates the handle without connecting; the first command connects, and a lost
+    /// connection is re-established on the next command.
+    pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Self> {
+        let client = redis::Client::open(settings.redis_url.expose_secret())
+            .context("REDIS_URL is invalid")?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .context("creating the Redis connection")?;
+        Ok(Self {
+            conn,
+            prefix: Arc::from(settings.redis_prefix.as_str()),
+        })
+    }
+
+    /// A connection handle for commands (multiplexed: cloning is cheap).
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// `{prefix}:{suffix}`, the only way keys are built.
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `PING`, used by the readiness probe.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+    }
+}

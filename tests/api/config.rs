@@ -1,0 +1,111 @@
+//! The binary's start-up contract: bad configuration fails fast listing every problem;
+//! a good one serves `/health` and shuts down cleanly on SIGTERM.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn storefront() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefront"));
+    // Start from a clean slate: only what each test sets (plus PATH) reaches the process.
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_bad_configuration_exits_non_zero_listing_every_problem() {
+    let out = storefront()
+        .env("JWT_SECRET", "short")
+        .env("DATABASE_URL", "nonsense")
+        .env("DB_POOL_MIN", "20")
+        .env("DB_POOL_MAX", "5")
+        .env("PORT", "http")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "JWT_SECRET",
+        "DATABASE_URL",
+        "DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)",
+        "PORT",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
+    }
+}
+
+#[test]
+fn production_refuses_the_development_secret() {
+    let out = storefront()
+        .env("APP_ENV", "production")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused in production"));
+}
+
+#[test]
+fn an_unknown_app_env_is_refused() {
+    let out = storefront().env("APP_ENV", "staging").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("APP_ENV"));
+}
+
+#[tokio::test]
+async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
+    // Arrange: a free port, no migrations (liveness needs no database).
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = storefront()
+        .env("APP_ENV", "test")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("RUN_MIGRATIONS", "false")
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Act
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match client
+            .get(format!("http://127.0.0.1:{port}/health"))
+            .send()
+            .await
+        {
+            Ok(res) => break res.status(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("server never answered: {e}"),
+        }
+    };
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    // Assert
+    assert_eq!(status, 200);
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
+}

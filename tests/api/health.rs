@@ -1,0 +1,111 @@
+use serde_json::Value;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::helpers::TestApp;
+
+/// A pool that can never connect: nothing listens on port 1.
+fn unreachable_pool() -> PgPool {
+    PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_millis(500))
+        .connect_lazy("postgres://nobody:nothing@127.0.0.1:1/none")
+        .expect("lazy pool")
+}
+
+#[sqlx::test]
+async fn liveness_answers_ok_with_the_version(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    // Act
+    let res = app.get("/health").await;
+    // Assert
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+}
+
+#[sqlx::test]
+async fn readiness_is_ok_when_postgres_and_redis_answer(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let res = app.get("/health/ready").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"status": "ok", "checks": {"database": "ok", "redis": "ok"}})
+    );
+}
+
+#[sqlx::test]
+async fn a_stopped_redis_makes_readiness_503_while_liveness_stays_200(pool: PgPool) {
+    // Arrange: Redis "stopped" = nothing listening where the app looks for it.
+    let app = TestApp::spawn_with(
+        pool,
+        |s| s.redis_url = "redis://127.0.0.1:1".to_owned().into(),
+        Default::default(),
+    )
+    .await;
+    // Act
+    let ready = app.get("/health/ready").await;
+    let live = app.get("/health").await;
+    // Assert
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["checks"]["database"], "ok");
+    assert!(
+        body["checks"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("error"),
+        "{body}"
+    );
+    assert_eq!(live.status(), 200);
+}
+
+#[sqlx::test]
+async fn a_stopped_postgres_makes_readiness_503_naming_the_database(pool: PgPool) {
+    drop(pool);
+    let app = TestApp::spawn(unreachable_pool()).await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable");
+    assert!(
+        body["checks"]["database"]
+            .as_str()
+            .unwrap()
+            .starts_with("error"),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["redis"], "ok");
+    assert_eq!(app.get("/health").await.status(), 200);
+}
+
+#[sqlx::test]
+async fn openapi_document_and_swagger_ui_are_served_offline(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc: Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/health"]["get"].is_object());
+    assert!(doc["paths"]["/health/ready"]["get"].is_object());
+    assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+
+    let ui = app.get("/api-docs/").await;
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("swagger-ui"));
+    // The vendored bundle itself, not a CDN link.
+    let bundle = app.get("/api-docs/swagger-ui-bundle.js").await;
+    assert_eq!(bundle.status(), 200);
+    assert!(bundle.text().await.unwrap().len() > 100_000);
+}

@@ -1,0 +1,144 @@
+//! Test harness: spawns the real application on 127.0.0.1:0 and offers a small client.
+
+use std::{net::SocketAddr, sync::Once};
+
+use axum::Router;
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use storefront::{
+    app::{self, AppState},
+    shared::{
+        config::{AppEnv, Settings},
+        redis::Redis,
+    },
+};
+
+/// A running application bound to a random port.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    /// The state the app runs with (pool, Redis, settings) for direct checks.
+    #[allow(dead_code)]
+    pub state: AppState,
+}
+
+static TRACING: Once = Once::new();
+
+/// Test settings: `config/test.toml` plus environment, with a unique Redis prefix.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load_for(AppEnv::Test).expect("test configuration loads");
+    settings.redis_prefix = format!("test:{}", uuid::Uuid::new_v4());
+    settings
+}
+
+impl TestApp {
+    /// The application with test settings on `pool`.
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, |_| {}, Router::new()).await
+    }
+
+    /// The application with adjusted settings and extra routes under the real stack.
+    pub async fn spawn_with(
+        pool: PgPool,
+        adjust: impl FnOnce(&mut Settings),
+        extra: Router<AppState>,
+    ) -> Self {
+        TRACING.call_once(|| {
+            // Quiet unless asked: TEST_LOG=debug cargo test ...
+            if let Ok(level) = std::env::var("TEST_LOG") {
+                let _ = tracing_subscriber::fmt()
+                    .with_env_filter(level)
+                    .with_test_writer()
+                    .try_init();
+            }
+        });
+        let mut settings = test_settings();
+        adjust(&mut settings);
+        let redis = Redis::connect_lazy(&settings).expect("redis handle");
+        let state = AppState::new(settings, pool, redis);
+        let router = app::build_router_with(state.clone(), extra);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("local addr");
+        tokio::spawn(app::run(
+            listener,
+            router,
+            std::future::pending(),
+            std::time::Duration::from_secs(1),
+        ));
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            address,
+            client,
+            state,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.request(Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+}
+
+/// Asserts `res` is an error envelope with `status` and `code`, whose `requestId`
+/// matches the `X-Request-Id` header; returns the body.
+#[track_caller]
+pub fn assert_error_parts(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &Value,
+    want_status: u16,
+    code: &str,
+) {
+    assert_eq!(status.as_u16(), want_status, "status; body: {body}");
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    let header_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("X-Request-Id header");
+    assert_eq!(body["error"]["requestId"], header_id, "{body}");
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "error bodies are JSON"
+    );
+}
+
+/// Reads the body of an error response and checks its envelope (see [`assert_error_parts`]).
+pub async fn assert_error(res: Response, want_status: u16, code: &str) -> Value {
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body: Value = res.json().await.expect("JSON error body");
+    assert_error_parts(status, &headers, &body, want_status, code);
+    body
+}

@@ -1,0 +1,7 @@
+//! Integration tests: the real router over real HTTP against real Postgres (a fresh
+//! database per test, via `#[sqlx::test]`) and real Redis (a key prefix per test).
+
+mod config;
+mod errors;
+mod health;
+mod helpers;
