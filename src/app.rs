@@ -12,8 +12,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    features,
-    shared::{config::Settings, db, error::AppError, middleware, openapi::ApiDoc, redis::Redis},
+    features::{
+        self,
+        auth::{AuthService, repository::PgAuthStore},
+        users::UserService,
+    },
+    shared::{
+        auth::TokenKeys, config::Settings, db, error::AppError, middleware, openapi::ApiDoc,
+        password::PasswordHasher, redis::Redis,
+    },
 };
 
 /// Everything a request handler may need; cheap to clone.
@@ -22,21 +29,45 @@ pub struct AppState {
     pub config: Arc<Settings>,
     pub db: PgPool,
     pub redis: Redis,
+    pub tokens: Arc<TokenKeys>,
+    pub auth: AuthService,
+    pub users: UserService,
 }
 
-impl FromRef<AppState> for Arc<Settings> {
-    fn from_ref(state: &AppState) -> Self {
-        state.config.clone()
-    }
+/// Lets handlers and extractors take `State<T>` of one part of the state.
+macro_rules! from_ref {
+    ($($field:ident: $ty:ty),* $(,)?) => {$(
+        impl FromRef<AppState> for $ty {
+            fn from_ref(state: &AppState) -> Self {
+                state.$field.clone()
+            }
+        }
+    )*};
 }
+
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService);
 
 impl AppState {
-    /// Builds the state from already-created connections (tests pass their own pool).
+    /// Builds the state and its services from already-created connections (tests pass
+    /// their own pool).
     pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
+        let hasher = PasswordHasher::new();
+        let tokens = Arc::new(TokenKeys::from_settings(&config));
+        let store = Arc::new(PgAuthStore { pool: db.clone() });
+        let auth = AuthService::new(
+            store,
+            hasher.clone(),
+            tokens.clone(),
+            config.refresh_token_ttl,
+        );
+        let users = UserService::new(db.clone(), hasher);
         Self {
             config: Arc::new(config),
             db,
             redis,
+            tokens,
+            auth,
+            users,
         }
     }
 }

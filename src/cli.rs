@@ -4,7 +4,8 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     app,
-    shared::{config::Settings, db, telemetry},
+    features::users::service::AdminProvisioned,
+    shared::{config::Settings, db, password::PasswordHasher, telemetry},
 };
 
 /// Storefront API server.
@@ -22,6 +23,13 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Create an admin, or promote an existing user to admin. The password (for a new
+    /// account) comes from ADMIN_PASSWORD or the first line of standard input, never argv.
+    CreateAdmin {
+        /// E-mail of the admin.
+        #[arg(long)]
+        email: String,
+    },
 }
 
 /// Loads `.env` and the configuration, then runs the chosen command.
@@ -45,6 +53,7 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
+        Command::CreateAdmin { email } => create_admin(settings, &email).await,
     };
     match result {
         Ok(()) => 0,
@@ -67,4 +76,47 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("migrations applied");
     pool.close().await;
     Ok(())
+}
+
+async fn create_admin(settings: Settings, email: &str) -> anyhow::Result<()> {
+    use validator::ValidateEmail;
+
+    let email = crate::features::auth::domain::normalize_email(email);
+    anyhow::ensure!(
+        email.validate_email(),
+        "--email is not a valid e-mail address"
+    );
+    let pool = db::connect_lazy(&settings)?;
+    db::migrate(&pool).await?;
+    let users = crate::features::users::UserService::new(pool.clone(), PasswordHasher::new());
+    let outcome = users.create_admin(&email, read_admin_password).await?;
+    match outcome {
+        AdminProvisioned::Created(id) => println!("created admin {email} ({id})"),
+        AdminProvisioned::Promoted(id) => println!("promoted {email} ({id}) to admin"),
+        AdminProvisioned::AlreadyAdmin(id) => println!("{email} ({id}) is already an admin"),
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// `ADMIN_PASSWORD`, else the first line of standard input.
+fn read_admin_password() -> anyhow::Result<String> {
+    let password = match std::env::var("ADMIN_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            use std::io::{BufRead, IsTerminal};
+            if std::io::stdin().is_terminal() {
+                eprint!("Password for the new admin: ");
+            }
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    let len = password.chars().count();
+    anyhow::ensure!(
+        (8..=128).contains(&len),
+        "the password must be 8 to 128 characters (ADMIN_PASSWORD or stdin)"
+    );
+    Ok(password)
 }

@@ -1,6 +1,8 @@
 //! Feature modules, each owning its routes, handlers, services and SQL.
 
+pub mod auth;
 pub mod health;
+pub mod users;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -9,6 +11,8 @@ use crate::app::AppState;
 /// Routes under `/api/v1`.
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .merge(auth::router())
+        .merge(users::router())
 }
 
 /// Routes outside the versioned API (operations).

@@ -9,7 +9,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Request, rejection::BytesRejection},
     http::{StatusCode, header, request::Parts},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 use super::error::{AppError, FieldErrors};
@@ -269,6 +269,17 @@ fn default_message(
         "regex" => "has an invalid format".to_owned(),
         other => format!("is invalid ({other})"),
     }
+}
+
+/// For PATCH fields where absent and `null` differ: use with `#[serde(default,
+/// deserialize_with = "double_option")]` on an `Option<Option<T>>`; absent stays `None`,
+/// `null` becomes `Some(None)`.
+pub fn double_option<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    Option::<T>::deserialize(de).map(Some)
 }
 
 /// `first_name` → `firstName`; already camelCase names pass unchanged.

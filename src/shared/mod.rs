@@ -1,11 +1,13 @@
 //! Cross-cutting infrastructure shared by every feature.
 
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
+pub mod password;
 pub mod redis;
 pub mod response;
 pub mod telemetry;

@@ -20,6 +20,8 @@ use super::response::Pagination;
     components(schemas(ErrorEnvelope, ErrorBody, Pagination)),
     modifiers(&BearerScheme),
     tags(
+        (name = "auth", description = "Register, login, token refresh and logout"),
+        (name = "users", description = "Profiles and user administration"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

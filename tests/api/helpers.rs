@@ -18,8 +18,7 @@ use storefront::{
 pub struct TestApp {
     pub address: SocketAddr,
     pub client: reqwest::Client,
-    /// The state the app runs with (pool, Redis, settings) for direct checks.
-    #[allow(dead_code)]
+    /// The state the app runs with (pool, Redis, settings, services) for direct checks.
     pub state: AppState,
 }
 
@@ -141,4 +140,85 @@ pub async fn assert_error(res: Response, want_status: u16, code: &str) -> Value 
     let body: Value = res.json().await.expect("JSON error body");
     assert_error_parts(status, &headers, &body, want_status, code);
     body
+}
+
+/// A signed-in user as the tests see it.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: uuid::Uuid,
+    pub email: String,
+    pub token: String,
+    pub refresh_token: String,
+}
+
+impl TestApp {
+    /// Registers `email` with `password`; panics unless 201.
+    pub async fn register(&self, email: &str, password: &str) -> Session {
+        let res = self
+            .post_json(
+                "/api/v1/auth/register",
+                &serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "register {email}");
+        session_from(res.json().await.unwrap())
+    }
+
+    /// A fresh `user` with a unique e-mail.
+    pub async fn user(&self) -> Session {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        self.register(&email, "password123").await
+    }
+
+    /// Logs in; panics unless 200.
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let res = self
+            .post_json(
+                "/api/v1/auth/login",
+                &serde_json::json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), 200, "login {email}");
+        session_from(res.json().await.unwrap())
+    }
+
+    /// A fresh admin (created the way `storefront create-admin` does), signed in.
+    pub async fn admin(&self) -> Session {
+        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
+        self.state
+            .users
+            .create_admin(&email, || Ok("admin-password".to_owned()))
+            .await
+            .expect("admin created");
+        self.login(&email, "admin-password").await
+    }
+
+    /// A request with `Authorization: Bearer <token>`.
+    pub fn authed(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(token)
+    }
+}
+
+fn session_from(body: Value) -> Session {
+    let data = &body["data"];
+    Session {
+        id: data["user"]["id"].as_str().unwrap().parse().unwrap(),
+        email: data["user"]["email"].as_str().unwrap().to_owned(),
+        token: data["token"].as_str().unwrap().to_owned(),
+        refresh_token: data["refreshToken"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// Sends a request and returns status, headers and JSON body (`Null` when empty).
+pub async fn send(req: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let res = req.send().await.expect("request sent");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = res.bytes().await.expect("body");
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).expect("JSON body")
+    };
+    (status, headers, body)
 }

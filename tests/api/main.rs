@@ -1,7 +1,9 @@
 //! Integration tests: the real router over real HTTP against real Postgres (a fresh
 //! database per test, via `#[sqlx::test]`) and real Redis (a key prefix per test).
 
+mod auth;
 mod config;
 mod errors;
 mod health;
 mod helpers;
+mod users;

@@ -1,0 +1,97 @@
+//! HTTP handlers of `/auth` (SPEC §3).
+
+use axum::{extract::State, http::StatusCode};
+
+use super::{
+    service::{AuthService, Registration},
+    types::{AuthResponse, LoginRequest, RefreshRequest, RegisterRequest, TokenResponse},
+};
+use crate::shared::{
+    auth::{AuthUser, ClientMeta},
+    error::{AppResult, ErrorEnvelope},
+    extract::ValidJson,
+    response::ApiOk,
+};
+
+/// Creates an account (role `user`) and signs it in.
+#[utoipa::path(post, path = "/auth/register", tag = "auth", request_body = RegisterRequest,
+    responses(
+        (status = 201, body = ApiOk<AuthResponse>),
+        (status = 400, description = "Invalid field (`fields.email`, `fields.password`, ...)", body = ErrorEnvelope),
+        (status = 409, description = "E-mail already registered", body = ErrorEnvelope),
+    ))]
+pub async fn register(
+    State(auth): State<AuthService>,
+    meta: ClientMeta,
+    ValidJson(body): ValidJson<RegisterRequest>,
+) -> AppResult<(StatusCode, ApiOk<AuthResponse>)> {
+    let registration = Registration {
+        email: body.email,
+        password: body.password,
+        first_name: body.first_name,
+        last_name: body.last_name,
+    };
+    let (user, tokens) = auth.register(registration, &meta).await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiOk::new(AuthResponse::new(tokens, user.into())),
+    ))
+}
+
+/// Exchanges e-mail and password for tokens.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, body = ApiOk<AuthResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, description = "Invalid e-mail or password (one message for both)", body = ErrorEnvelope),
+    ))]
+pub async fn login(
+    State(auth): State<AuthService>,
+    meta: ClientMeta,
+    ValidJson(body): ValidJson<LoginRequest>,
+) -> AppResult<ApiOk<AuthResponse>> {
+    let (user, tokens) = auth.login(&body.email, &body.password, &meta).await?;
+    Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
+}
+
+/// Rotates a refresh token. Presenting an already-rotated token revokes its family.
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, body = ApiOk<TokenResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, description = "Unknown, used, revoked or expired refresh token", body = ErrorEnvelope),
+    ))]
+pub async fn refresh(
+    State(auth): State<AuthService>,
+    meta: ClientMeta,
+    ValidJson(body): ValidJson<RefreshRequest>,
+) -> AppResult<ApiOk<TokenResponse>> {
+    Ok(ApiOk::new(
+        auth.refresh(&body.refresh_token, &meta).await?.into(),
+    ))
+}
+
+/// Revokes one session (unknown tokens are accepted too).
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 400, body = ErrorEnvelope),
+    ))]
+pub async fn logout(
+    State(auth): State<AuthService>,
+    ValidJson(body): ValidJson<RefreshRequest>,
+) -> AppResult<StatusCode> {
+    auth.logout(&body.refresh_token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes every session of the caller.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Every session revoked"),
+        (status = 401, body = ErrorEnvelope),
+    ))]
+pub async fn logout_all(State(auth): State<AuthService>, user: AuthUser) -> AppResult<StatusCode> {
+    auth.logout_all(user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

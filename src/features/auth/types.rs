@@ -1,0 +1,97 @@
+//! Request and response bodies of the auth endpoints.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use validator::{Validate, ValidationError};
+
+use super::{domain::normalize_email, service::IssuedTokens};
+use crate::features::users::types::UserResponse;
+
+/// `POST /auth/register`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Trimmed and lower-cased before use; unique case-insensitively.
+    #[validate(custom(function = "email_address"))]
+    #[schema(example = "ann@example.com")]
+    pub email: String,
+    /// 8..=128 characters.
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub first_name: Option<String>,
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub last_name: Option<String>,
+}
+
+/// `POST /auth/login`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    #[validate(length(min = 1, max = 254, message = "is required"))]
+    pub email: String,
+    #[validate(length(min = 1, max = 128, message = "is required"))]
+    pub password: String,
+}
+
+/// `POST /auth/refresh` and `POST /auth/logout`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRequest {
+    #[validate(length(min = 1, max = 512, message = "is required"))]
+    pub refresh_token: String,
+}
+
+/// Tokens and the signed-in user.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthResponse {
+    /// Access token (JWT) for `Authorization: Bearer`.
+    pub token: String,
+    /// Opaque refresh token; single use.
+    pub refresh_token: String,
+    /// Seconds until `token` expires.
+    pub expires_in: u64,
+    pub user: UserResponse,
+}
+
+/// A rotated token pair.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    pub token: String,
+    pub refresh_token: String,
+    pub expires_in: u64,
+}
+
+impl From<IssuedTokens> for TokenResponse {
+    fn from(t: IssuedTokens) -> Self {
+        Self {
+            token: t.access_token,
+            refresh_token: t.refresh_token,
+            expires_in: t.expires_in,
+        }
+    }
+}
+
+impl AuthResponse {
+    pub fn new(tokens: IssuedTokens, user: UserResponse) -> Self {
+        Self {
+            token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_in: tokens.expires_in,
+            user,
+        }
+    }
+}
+
+fn email_address(email: &str) -> Result<(), ValidationError> {
+    use validator::ValidateEmail;
+    let email = normalize_email(email);
+    if email.len() <= 254 && email.validate_email() {
+        Ok(())
+    } else {
+        Err(ValidationError::new("email").with_message("must be a valid e-mail address".into()))
+    }
+}

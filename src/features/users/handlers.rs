@@ -1,0 +1,157 @@
+//! HTTP handlers of `/users` (SPEC §4).
+
+use axum::{extract::State, http::StatusCode};
+
+use super::{
+    service::UserService,
+    types::{
+        AdminUpdateUserRequest, ChangePasswordRequest, UpdateProfileRequest, UserFilter,
+        UserIdPath, UserResponse,
+    },
+};
+use crate::shared::{
+    auth::{Require, perm},
+    error::{AppResult, ErrorEnvelope},
+    extract::{JsonBody, PathParam, QueryParams, ValidJson},
+    response::{ApiList, ApiOk, PageParams, Pagination},
+};
+
+/// The signed-in user's profile.
+#[utoipa::path(get, path = "/users/profile", tag = "users", security(("bearer" = [])),
+    responses(
+        (status = 200, body = ApiOk<UserResponse>),
+        (status = 401, description = "Missing or invalid token", body = ErrorEnvelope),
+    ))]
+pub async fn get_profile(
+    State(users): State<UserService>,
+    Require(user, _): Require<perm::ProfileRead>,
+) -> AppResult<ApiOk<UserResponse>> {
+    Ok(ApiOk::new(users.get(user.id).await?.into()))
+}
+
+/// Updates names and phone: absent = unchanged, `null` = cleared; other fields are a 400.
+#[utoipa::path(patch, path = "/users/profile", tag = "users", security(("bearer" = [])),
+    request_body = UpdateProfileRequest,
+    responses(
+        (status = 200, body = ApiOk<UserResponse>),
+        (status = 400, description = "Invalid or unknown field", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    ))]
+pub async fn update_profile(
+    State(users): State<UserService>,
+    Require(user, _): Require<perm::ProfileUpdate>,
+    JsonBody(body): JsonBody<UpdateProfileRequest>,
+) -> AppResult<ApiOk<UserResponse>> {
+    let changes = body.into_changes()?;
+    Ok(ApiOk::new(
+        users.update_profile(user.id, &changes).await?.into(),
+    ))
+}
+
+/// Changes the password; every other session of the user is revoked.
+#[utoipa::path(post, path = "/users/profile/password", tag = "users", security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "Password changed"),
+        (status = 400, description = "Wrong current password (`fields.currentPassword`) or invalid new one", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+    ))]
+pub async fn change_password(
+    State(users): State<UserService>,
+    Require(user, _): Require<perm::ProfileUpdate>,
+    ValidJson(body): ValidJson<ChangePasswordRequest>,
+) -> AppResult<StatusCode> {
+    users
+        .change_password(&user, &body.current_password, &body.new_password)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Lists live users, newest first (admin).
+#[utoipa::path(get, path = "/users", tag = "users", security(("bearer" = [])),
+    params(PageParams, UserFilter),
+    responses(
+        (status = 200, body = ApiList<UserResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+    ))]
+pub async fn list_users(
+    State(users): State<UserService>,
+    _: Require<perm::UsersRead>,
+    QueryParams(page): QueryParams<PageParams>,
+    QueryParams(filter): QueryParams<UserFilter>,
+) -> AppResult<ApiList<UserResponse>> {
+    let (rows, total) = users.list(page, filter.role, filter.q.as_deref()).await?;
+    let pagination = Pagination::new(page.page, page.limit, total);
+    Ok(ApiList::new(
+        rows.into_iter().map(Into::into).collect(),
+        pagination,
+    ))
+}
+
+/// One user (admin).
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = ApiOk<UserResponse>),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn get_user(
+    State(users): State<UserService>,
+    _: Require<perm::UsersRead>,
+    PathParam(path): PathParam<UserIdPath>,
+) -> AppResult<ApiOk<UserResponse>> {
+    Ok(ApiOk::new(users.get(path.id).await?.into()))
+}
+
+/// Changes a user's role and profile fields (admin). Demoting the last admin is a 409.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    request_body = AdminUpdateUserRequest,
+    responses(
+        (status = 200, body = ApiOk<UserResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The last admin cannot be demoted", body = ErrorEnvelope),
+    ))]
+pub async fn update_user(
+    State(users): State<UserService>,
+    _: Require<perm::UsersWrite>,
+    PathParam(path): PathParam<UserIdPath>,
+    JsonBody(body): JsonBody<AdminUpdateUserRequest>,
+) -> AppResult<ApiOk<UserResponse>> {
+    let role = body.role;
+    let changes = UpdateProfileRequest {
+        first_name: body.first_name,
+        last_name: body.last_name,
+        phone: body.phone,
+    }
+    .into_changes()?;
+    Ok(ApiOk::new(
+        users.admin_update(path.id, role, &changes).await?.into(),
+    ))
+}
+
+/// Soft-deletes a user (admin): sessions revoked, orders kept, e-mail free again.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "The last admin cannot be deleted", body = ErrorEnvelope),
+    ))]
+pub async fn delete_user(
+    State(users): State<UserService>,
+    _: Require<perm::UsersWrite>,
+    PathParam(path): PathParam<UserIdPath>,
+) -> AppResult<StatusCode> {
+    users.delete(path.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,267 @@
+//! SQL for the `users` table. One statement per function; callers own transactions.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::shared::auth::Role;
+
+/// A user as stored, without the password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub phone: Option<String>,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What the auth extractor needs to know about a token's subject right now.
+pub struct Identity {
+    pub email: String,
+    pub role: Role,
+}
+
+/// A user for a login attempt: the row plus its password hash.
+pub struct LoginRow {
+    pub user: UserRow,
+    pub password_hash: String,
+}
+
+/// Fields of a new user; `email` already normalised, `password_hash` a PHC string.
+pub struct NewUser<'a> {
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub first_name: Option<&'a str>,
+    pub last_name: Option<&'a str>,
+    pub role: Role,
+}
+
+/// A partial profile update: `None` leaves a column alone, `Some(None)` clears it.
+#[derive(Debug, Default, Clone)]
+pub struct ProfileChanges {
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub phone: Option<Option<String>>,
+}
+
+pub async fn find_active_identity(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Identity>> {
+    sqlx::query_as!(
+        Identity,
+        r#"select email, role as "role: Role" from users where id = $1 and deleted_at is null"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn find_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
+           from users where id = $1 and deleted_at is null"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Like [`find_active`], locking the row until the transaction ends.
+pub async fn lock_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as!(
+        UserRow,
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
+           from users where id = $1 and deleted_at is null for update"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn find_login(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<Option<LoginRow>> {
+    let row = sqlx::query!(
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at,
+                  password_hash
+           from users where email = $1 and deleted_at is null"#,
+        email
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| LoginRow {
+        user: UserRow {
+            id: r.id,
+            email: r.email,
+            first_name: r.first_name,
+            last_name: r.last_name,
+            phone: r.phone,
+            role: r.role,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        },
+        password_hash: r.password_hash,
+    }))
+}
+
+pub async fn find_password_hash(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar!(
+        "select password_hash from users where id = $1 and deleted_at is null",
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Inserts a user; a live user with the same e-mail violates `users_email_key`.
+pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser<'_>) -> sqlx::Result<UserRow> {
+    sqlx::query_as!(
+        UserRow,
+        r#"insert into users (email, password_hash, first_name, last_name, role)
+           values ($1, $2, $3, $4, $5)
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+        new.email,
+        new.password_hash,
+        new.first_name,
+        new.last_name,
+        new.role as Role,
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn update_profile(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    changes: &ProfileChanges,
+) -> sqlx::Result<Option<UserRow>> {
+    // Each column: keep it unless its flag says the request mentioned it.
+    sqlx::query_as!(
+        UserRow,
+        r#"update users set
+               first_name = case when $2 then $3 else first_name end,
+               last_name  = case when $4 then $5 else last_name end,
+               phone      = case when $6 then $7 else phone end
+           where id = $1 and deleted_at is null
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+        id,
+        changes.first_name.is_some(),
+        changes.first_name.clone().flatten(),
+        changes.last_name.is_some(),
+        changes.last_name.clone().flatten(),
+        changes.phone.is_some(),
+        changes.phone.clone().flatten(),
+    )
+    .fetch_optional(db)
+    .await
+}
+
+pub async fn set_password_hash(db: impl PgExecutor<'_>, id: Uuid, hash: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update users set password_hash = $2 where id = $1 and deleted_at is null",
+        id,
+        hash
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn set_role(db: impl PgExecutor<'_>, id: Uuid, role: Role) -> sqlx::Result<UserRow> {
+    sqlx::query_as!(
+        UserRow,
+        r#"update users set role = $2 where id = $1
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+        id,
+        role as Role,
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn soft_delete(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update users set deleted_at = now() where id = $1 and deleted_at is null",
+        id
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Locks every live admin row: demotions and deletions of admins serialise on this, so two
+/// admins removing each other concurrently cannot leave none.
+pub async fn lock_active_admins(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar!(
+        r#"select id from users where role = 'admin' and deleted_at is null order by id for update"#
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// `%q%` for ILIKE with the pattern characters in `q` escaped.
+pub fn contains_pattern(q: &str) -> String {
+    let mut escaped = String::with_capacity(q.len() + 2);
+    escaped.push('%');
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}
+
+/// One page of live users, newest first, optionally filtered by role and a search term
+/// (matched against e-mail and names; the trigram index serves it).
+pub async fn list(
+    pool: &PgPool,
+    role: Option<Role>,
+    q: Option<&str>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<(Vec<UserRow>, i64)> {
+    let pattern = q.map(contains_pattern);
+    let total = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from users
+           where deleted_at is null
+             and ($1::user_role is null or role = $1)
+             and ($2::text is null
+                  or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)"#,
+        role as Option<Role>,
+        pattern.as_deref(),
+    )
+    .fetch_one(pool)
+    .await?;
+    let rows = sqlx::query_as!(
+        UserRow,
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
+           from users
+           where deleted_at is null
+             and ($1::user_role is null or role = $1)
+             and ($2::text is null
+                  or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)
+           order by created_at desc, id desc
+           limit $3 offset $4"#,
+        role as Option<Role>,
+        pattern.as_deref(),
+        limit,
+        offset,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok((rows, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_patterns_escape_like_metacharacters() {
+        assert_eq!(contains_pattern("ann"), "%ann%");
+        assert_eq!(contains_pattern("100%_\\"), "%100\\%\\_\\\\%");
+    }
+}

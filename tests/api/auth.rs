@@ -1,0 +1,444 @@
+//! SPEC §3 over HTTP: register, login, refresh rotation and reuse detection, logout,
+//! token verification.
+
+use std::time::{Duration, Instant};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, assert_error, assert_error_parts, send};
+
+const REGISTER: &str = "/api/v1/auth/register";
+const LOGIN: &str = "/api/v1/auth/login";
+const REFRESH: &str = "/api/v1/auth/refresh";
+const LOGOUT: &str = "/api/v1/auth/logout";
+const LOGOUT_ALL: &str = "/api/v1/auth/logout-all";
+const PROFILE: &str = "/api/v1/users/profile";
+
+async fn refresh(
+    app: &TestApp,
+    token: &str,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+    send(
+        app.request(Method::POST, REFRESH)
+            .json(&json!({"refreshToken": token})),
+    )
+    .await
+}
+
+#[sqlx::test]
+async fn register_creates_a_user_and_returns_tokens_without_caching(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (status, headers, body) = send(app.request(Method::POST, REGISTER).json(&json!({
+        "email": "  Ann.Lee@Example.COM ", "password": "password123", "firstName": "Ann", "lastName": "Lee"
+    })))
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let data = &body["data"];
+    assert_eq!(body["success"], true);
+    assert_eq!(data["expiresIn"], 900);
+    assert!(data["token"].as_str().unwrap().split('.').count() == 3);
+    assert!(data["refreshToken"].as_str().unwrap().len() >= 43);
+    let user = &data["user"];
+    assert_eq!(user["email"], "ann.lee@example.com");
+    assert_eq!(user["firstName"], "Ann");
+    assert_eq!(user["role"], "user");
+    assert!(user.get("passwordHash").is_none() && user.get("password").is_none());
+    // The token works.
+    let (status, _, me) =
+        send(app.authed(Method::GET, PROFILE, data["token"].as_str().unwrap())).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["data"]["id"], user["id"]);
+}
+
+#[sqlx::test]
+async fn register_rejects_bad_fields_naming_each(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let cases = [
+        (
+            json!({"email": "not-an-email", "password": "password123"}),
+            "email",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "x".repeat(129)}),
+            "password",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "password123", "firstName": ""}),
+            "firstName",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "password123", "role": "admin"}),
+            "role",
+        ),
+        (json!({"password": "password123"}), "email"),
+    ];
+    for (body, field) in cases {
+        let res = app.post_json(REGISTER, &body).await;
+        let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
+    }
+    // Nothing was created: the address is still free.
+    app.register("a@example.com", "password123").await;
+}
+
+#[sqlx::test]
+async fn an_email_differing_only_in_case_is_a_conflict(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("ann@example.com", "password123").await;
+    let res = app
+        .post_json(
+            REGISTER,
+            &json!({"email": "ANN@Example.com", "password": "password456"}),
+        )
+        .await;
+    assert_error(res, 409, "CONFLICT").await;
+}
+
+#[sqlx::test]
+async fn login_returns_tokens_and_bad_credentials_are_one_uniform_401(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("ann@example.com", "password123").await;
+
+    let ok = app.login("ANN@example.com ", "password123").await;
+    assert_eq!(ok.email, "ann@example.com");
+
+    let (s1, h1, wrong) = send(
+        app.request(Method::POST, LOGIN)
+            .json(&json!({"email": "ann@example.com", "password": "nope-nope"})),
+    )
+    .await;
+    let (s2, h2, unknown) = send(
+        app.request(Method::POST, LOGIN)
+            .json(&json!({"email": "bob@example.com", "password": "password123"})),
+    )
+    .await;
+    assert_error_parts(s1, &h1, &wrong, 401, "UNAUTHORIZED");
+    assert_error_parts(s2, &h2, &unknown, 401, "UNAUTHORIZED");
+    assert_eq!(wrong["error"]["message"], unknown["error"]["message"]);
+    assert_eq!(h1["www-authenticate"], "Bearer");
+    assert_eq!(h2["www-authenticate"], "Bearer");
+    assert_eq!(h1["cache-control"], "no-store");
+}
+
+#[sqlx::test]
+async fn an_unknown_email_costs_about_as_much_as_a_wrong_password(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("ann@example.com", "password123").await;
+    let time = |email: &'static str| {
+        let app = &app;
+        async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..3 {
+                let started = Instant::now();
+                let res = app
+                    .post_json(
+                        LOGIN,
+                        &json!({"email": email, "password": "wrong-password"}),
+                    )
+                    .await;
+                assert_eq!(res.status(), 401);
+                total += started.elapsed();
+            }
+            total
+        }
+    };
+    let _warm_up = time("nobody@example.com").await;
+    let wrong_password = time("ann@example.com").await;
+    let unknown_email = time("nobody@example.com").await;
+    // Both pay for an argon2 verification; without the dummy hash the unknown e-mail
+    // would answer in well under a tenth of the time.
+    assert!(
+        unknown_email * 10 > wrong_password * 4,
+        "unknown {unknown_email:?} vs wrong {wrong_password:?}"
+    );
+}
+
+#[sqlx::test]
+async fn login_validation_errors_are_400(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let err = assert_error(
+        app.post_json(LOGIN, &json!({"email": "a@example.com"}))
+            .await,
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["password"].is_array());
+}
+
+#[sqlx::test]
+async fn refresh_rotates_and_the_old_token_is_then_refused(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+
+    let (status, headers, body) = refresh(&app, &ann.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["cache-control"], "no-store");
+    let rotated = body["data"]["refreshToken"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, ann.refresh_token);
+    assert_eq!(body["data"]["expiresIn"], 900);
+    let new_access = body["data"]["token"].as_str().unwrap();
+    assert_eq!(
+        send(app.authed(Method::GET, PROFILE, new_access)).await.0,
+        200
+    );
+
+    let (s, h, b) = refresh(&app, &ann.refresh_token).await;
+    assert_error_parts(s, &h, &b, 401, "UNAUTHORIZED");
+    assert_eq!(h["www-authenticate"], "Bearer");
+}
+
+#[sqlx::test]
+async fn presenting_a_rotated_token_revokes_its_whole_family(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    let other_device = app.login("ann@example.com", "password123").await;
+
+    let (_, _, first) = refresh(&app, &ann.refresh_token).await;
+    let second = first["data"]["refreshToken"].as_str().unwrap().to_owned();
+    let (_, _, second_body) = refresh(&app, &second).await;
+    let third = second_body["data"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A thief replays the first token: refused, and the family is burned.
+    assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
+    assert_eq!(
+        refresh(&app, &third).await.0,
+        401,
+        "the newest descendant is revoked too"
+    );
+    // Another login (another family) is untouched.
+    assert_eq!(refresh(&app, &other_device.refresh_token).await.0, 200);
+}
+
+#[sqlx::test]
+async fn concurrent_refreshes_of_one_token_let_at_most_one_through(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    let attempts = (0..5).map(|_| refresh(&app, &ann.refresh_token));
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|(s, _, _)| s.as_u16())
+        .collect();
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() <= 1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 401),
+        "{statuses:?}"
+    );
+}
+
+#[sqlx::test]
+async fn logout_revokes_the_session_and_unknown_tokens_are_fine(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+
+    let (status, headers, body) = send(
+        app.request(Method::POST, LOGOUT)
+            .json(&json!({"refreshToken": ann.refresh_token})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(body, Value::Null);
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
+
+    let (status, _, _) = send(
+        app.request(Method::POST, LOGOUT)
+            .json(&json!({"refreshToken": "never-issued"})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_error(
+        app.post_json(LOGOUT, &json!({})).await,
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn logout_all_revokes_every_session_of_the_caller(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    let phone = app.login("ann@example.com", "password123").await;
+    let bob = app.user().await;
+
+    assert_error(
+        app.request(Method::POST, LOGOUT_ALL).send().await.unwrap(),
+        401,
+        "UNAUTHORIZED",
+    )
+    .await;
+    let (status, _, _) = send(app.authed(Method::POST, LOGOUT_ALL, &ann.token)).await;
+    assert_eq!(status, 204);
+
+    assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
+    assert_eq!(refresh(&app, &phone.refresh_token).await.0, 401);
+    assert_eq!(
+        refresh(&app, &bob.refresh_token).await.0,
+        200,
+        "other users keep their sessions"
+    );
+}
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[sqlx::test]
+async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    let settings = &app.state.config;
+    let secret = secrecy::ExposeSecret::expose_secret(&settings.jwt_secret).to_owned();
+    let now = chrono::Utc::now().timestamp();
+    let claims = |aud: &str, iss: &str, exp: i64| {
+        json!({"sub": ann.id, "email": ann.email, "role": "admin", "iat": now, "exp": exp,
+               "iss": iss, "aud": aud, "jti": uuid::Uuid::new_v4()})
+    };
+    let sign = |claims: &Value, key: &[u8]| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let good = claims("storefront-api", "storefront", now + 600);
+    // Sanity: a correctly signed token with these claims is accepted.
+    assert_eq!(
+        send(app.authed(Method::GET, PROFILE, &sign(&good, secret.as_bytes())))
+            .await
+            .0,
+        200
+    );
+
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
+    let hs512 = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS512),
+        &good,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    let forged = [
+        ("alg none", alg_none),
+        ("alg HS512", hs512),
+        (
+            "foreign secret",
+            sign(&good, b"another-secret-another-secret-another"),
+        ),
+        (
+            "wrong aud",
+            sign(
+                &claims("someone-else", "storefront", now + 600),
+                secret.as_bytes(),
+            ),
+        ),
+        (
+            "wrong iss",
+            sign(
+                &claims("storefront-api", "evil", now + 600),
+                secret.as_bytes(),
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                &claims("storefront-api", "storefront", now - 3600),
+                secret.as_bytes(),
+            ),
+        ),
+        ("garbage", "not-a-jwt".to_owned()),
+    ];
+    for (what, token) in forged {
+        let (s, h, b) = send(app.authed(Method::GET, PROFILE, &token)).await;
+        assert_eq!(s, 401, "{what}");
+        assert_error_parts(s, &h, &b, 401, "UNAUTHORIZED");
+        assert_eq!(h["www-authenticate"], "Bearer", "{what}");
+    }
+    // Wrong scheme and no header.
+    let res = app
+        .request(Method::GET, PROFILE)
+        .header("authorization", format!("Basic {}", ann.token))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 401, "UNAUTHORIZED").await;
+    assert_error(app.get(PROFILE).await, 401, "UNAUTHORIZED").await;
+}
+
+#[sqlx::test]
+async fn a_user_calling_an_admin_endpoint_is_403(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().await;
+    for (method, path) in [
+        (Method::GET, "/api/v1/users".to_owned()),
+        (Method::GET, format!("/api/v1/users/{}", ann.id)),
+        (Method::DELETE, format!("/api/v1/users/{}", ann.id)),
+    ] {
+        let res = app
+            .authed(method.clone(), &path, &ann.token)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 403, "FORBIDDEN").await;
+    }
+    let res = app
+        .authed(
+            Method::PATCH,
+            &format!("/api/v1/users/{}", ann.id),
+            &ann.token,
+        )
+        .json(&json!({"role": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 403, "FORBIDDEN").await;
+}
+
+#[sqlx::test]
+async fn a_soft_deleted_user_can_neither_log_in_nor_refresh_nor_use_a_token(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let ann = app.register("ann@example.com", "password123").await;
+
+    let (status, _, _) = send(app.authed(
+        Method::DELETE,
+        &format!("/api/v1/users/{}", ann.id),
+        &admin.token,
+    ))
+    .await;
+    assert_eq!(status, 204);
+
+    let res = app
+        .post_json(
+            LOGIN,
+            &json!({"email": "ann@example.com", "password": "password123"}),
+        )
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+    assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
+    assert_eq!(
+        send(app.authed(Method::GET, PROFILE, &ann.token)).await.0,
+        401
+    );
+}

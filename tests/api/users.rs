@@ -1,0 +1,448 @@
+//! SPEC §4 over HTTP: profile, password change, admin user management, create-admin.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, assert_error, send};
+
+const PROFILE: &str = "/api/v1/users/profile";
+const PASSWORD: &str = "/api/v1/users/profile/password";
+
+fn user_path(id: impl std::fmt::Display) -> String {
+    format!("/api/v1/users/{id}")
+}
+
+#[sqlx::test]
+async fn the_profile_shows_the_caller_without_secrets(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().await;
+    let (status, _, body) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
+    assert_eq!(status, 200);
+    let data = &body["data"];
+    assert_eq!(data["id"], ann.id.to_string());
+    assert_eq!(data["email"], ann.email);
+    assert_eq!(data["role"], "user");
+    for key in ["firstName", "lastName", "phone", "createdAt", "updatedAt"] {
+        assert!(data.get(key).is_some(), "{key}");
+    }
+    assert!(!body.to_string().contains("argon2"));
+    assert_error(app.get(PROFILE).await, 401, "UNAUTHORIZED").await;
+}
+
+#[sqlx::test]
+async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().await;
+    let patch = |body: Value| app.authed(Method::PATCH, PROFILE, &ann.token).json(&body);
+
+    let (status, _, body) = send(patch(
+        json!({"firstName": "Ann", "lastName": "Lee", "phone": "+14155550123"}),
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["phone"], "+14155550123");
+
+    // Absent = unchanged, null = cleared.
+    let (_, _, body) = send(patch(json!({"lastName": null}))).await;
+    assert_eq!(body["data"]["firstName"], "Ann");
+    assert_eq!(body["data"]["lastName"], Value::Null);
+    assert_eq!(body["data"]["phone"], "+14155550123");
+
+    for (bad, field) in [
+        (json!({"phone": "555-1234"}), "phone"),
+        (json!({"firstName": ""}), "firstName"),
+        (json!({"lastName": "x".repeat(101)}), "lastName"),
+        (json!({"firstName": 7}), "firstName"),
+    ] {
+        let res = patch(bad).send().await.unwrap();
+        let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
+    }
+    let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
+    assert_eq!(
+        after["data"]["firstName"], "Ann",
+        "failed patches changed nothing"
+    );
+}
+
+#[sqlx::test]
+async fn mass_assignment_on_the_profile_is_a_400_and_changes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().await;
+    let (_, _, before) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
+    for attempt in [
+        json!({"role": "admin"}),
+        json!({"email": "evil@example.com"}),
+        json!({"id": uuid::Uuid::new_v4()}),
+        json!({"firstName": "Eve", "role": "admin"}),
+        json!({"passwordHash": "x"}),
+    ] {
+        let res = app
+            .authed(Method::PATCH, PROFILE, &ann.token)
+            .json(&attempt)
+            .send()
+            .await
+            .unwrap();
+        assert_error(res, 400, "VALIDATION_ERROR").await;
+    }
+    let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
+    assert_eq!(before, after);
+    // Still not an admin.
+    assert_eq!(
+        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
+            .await
+            .0,
+        403
+    );
+}
+
+#[sqlx::test]
+async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let laptop = app.register("ann@example.com", "password123").await;
+    let phone = app.login("ann@example.com", "password123").await;
+
+    let res = app
+        .authed(Method::POST, PASSWORD, &laptop.token)
+        .json(&json!({"currentPassword": "wrong-one", "newPassword": "new-password-1"}))
+        .send()
+        .await
+        .unwrap();
+    let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+    assert!(err["error"]["fields"]["currentPassword"].is_array());
+
+    let res = app
+        .authed(Method::POST, PASSWORD, &laptop.token)
+        .json(&json!({"currentPassword": "password123", "newPassword": "short"}))
+        .send()
+        .await
+        .unwrap();
+    let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+    assert!(err["error"]["fields"]["newPassword"].is_array());
+
+    let (status, _, _) = send(
+        app.authed(Method::POST, PASSWORD, &laptop.token)
+            .json(&json!({"currentPassword": "password123", "newPassword": "new-password-1"})),
+    )
+    .await;
+    assert_eq!(status, 204);
+
+    let refresh = |token: &str| {
+        app.request(Method::POST, "/api/v1/auth/refresh")
+            .json(&json!({"refreshToken": token}))
+    };
+    assert_eq!(
+        send(refresh(&phone.refresh_token)).await.0,
+        401,
+        "other session revoked"
+    );
+    assert_eq!(
+        send(refresh(&laptop.refresh_token)).await.0,
+        200,
+        "this session kept"
+    );
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "ann@example.com", "password": "password123"}),
+        )
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+    app.login("ann@example.com", "new-password-1").await;
+}
+
+#[sqlx::test]
+async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    for (email, first) in [
+        ("ann@example.com", "Ann"),
+        ("bob@example.com", "Bob"),
+        ("carla@shop.test", "Carla"),
+    ] {
+        let s = app.register(email, "password123").await;
+        send(
+            app.authed(Method::PATCH, PROFILE, &s.token)
+                .json(&json!({"firstName": first})),
+        )
+        .await;
+    }
+    let list =
+        |query: &str| app.authed(Method::GET, &format!("/api/v1/users?{query}"), &admin.token);
+
+    let (status, _, body) = send(list("page=1&limit=2")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        body["pagination"],
+        json!({"page": 1, "limit": 2, "total": 4, "pages": 2})
+    );
+    // Newest first: carla was registered last.
+    assert_eq!(body["data"][0]["email"], "carla@shop.test");
+
+    let (_, _, body) = send(list("q=CARL")).await;
+    assert_eq!(body["pagination"]["total"], 1);
+    assert_eq!(body["data"][0]["firstName"], "Carla");
+    let (_, _, body) = send(list("q=example.com")).await;
+    assert_eq!(
+        body["pagination"]["total"], 3,
+        "matches e-mail too: ann, bob and the admin"
+    );
+    let (_, _, body) = send(list("q=%25")).await;
+    assert_eq!(body["pagination"]["total"], 0, "LIKE wildcards are literal");
+
+    let (_, _, body) = send(list("role=admin")).await;
+    assert_eq!(body["pagination"]["total"], 1);
+    assert_eq!(body["data"][0]["email"], admin.email);
+
+    let (_, _, body) = send(list("page=9")).await;
+    assert_eq!(body["data"], json!([]));
+    assert_eq!(body["pagination"]["total"], 4);
+
+    for bad in ["limit=0", "limit=101", "page=0", "role=superuser", "page=x"] {
+        assert_error(list(bad).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
+    }
+}
+
+#[sqlx::test]
+async fn admins_get_users_by_id(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let ann = app.user().await;
+    let (status, _, body) = send(app.authed(Method::GET, &user_path(ann.id), &admin.token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["email"], ann.email);
+    let res = app
+        .authed(Method::GET, &user_path(uuid::Uuid::new_v4()), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "NOT_FOUND").await;
+    let res = app
+        .authed(Method::GET, &user_path("not-a-uuid"), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "VALIDATION_ERROR").await;
+}
+
+#[sqlx::test]
+async fn a_role_change_applies_to_existing_tokens_at_once(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let ann = app.user().await;
+    assert_eq!(
+        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
+            .await
+            .0,
+        403
+    );
+
+    let (status, _, body) = send(
+        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
+            .json(&json!({"role": "admin"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["role"], "admin");
+    assert_eq!(
+        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
+            .await
+            .0,
+        200
+    );
+
+    let res = app
+        .authed(Method::PATCH, &user_path(ann.id), &admin.token)
+        .json(&json!({"role": "owner"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "VALIDATION_ERROR").await;
+    let res = app
+        .authed(Method::PATCH, &user_path(ann.id), &admin.token)
+        .json(&json!({"email": "x@y.z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 400, "VALIDATION_ERROR").await;
+    let res = app
+        .authed(
+            Method::PATCH,
+            &user_path(uuid::Uuid::new_v4()),
+            &admin.token,
+        )
+        .json(&json!({"role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "NOT_FOUND").await;
+}
+
+#[sqlx::test]
+async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+
+    let res = app
+        .authed(Method::PATCH, &user_path(admin.id), &admin.token)
+        .json(&json!({"role": "user"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "CONFLICT").await;
+    let res = app
+        .authed(Method::DELETE, &user_path(admin.id), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "CONFLICT").await;
+
+    // With a second admin, the first may step down.
+    let second = app.admin().await;
+    let (status, _, _) = send(
+        app.authed(Method::PATCH, &user_path(admin.id), &second.token)
+            .json(&json!({"role": "user"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let res = app
+        .authed(Method::DELETE, &user_path(second.id), &second.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 409, "CONFLICT").await;
+}
+
+#[sqlx::test]
+async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let ann = app.register("ann@example.com", "password123").await;
+
+    let (status, _, _) = send(app.authed(Method::DELETE, &user_path(ann.id), &admin.token)).await;
+    assert_eq!(status, 204);
+    let res = app
+        .authed(Method::GET, &user_path(ann.id), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "NOT_FOUND").await;
+    let res = app
+        .authed(Method::DELETE, &user_path(ann.id), &admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(res, 404, "NOT_FOUND").await;
+
+    let again = app.register("ann@example.com", "another-password").await;
+    assert_ne!(again.id, ann.id);
+    // The old row is kept (orders will keep pointing at it).
+    let kept: i64 =
+        sqlx::query_scalar("select count(*) from users where email = 'ann@example.com'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert_eq!(kept, 2);
+}
+
+/// `DATABASE_URL` of the per-test database behind `pool`.
+fn url_of(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("database name")
+        .to_owned();
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{db}")
+}
+
+fn create_admin(pool: &PgPool, email: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefront"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("APP_ENV", "test")
+        .env("DATABASE_URL", url_of(pool))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["create-admin", "--email", email]);
+    cmd
+}
+
+#[sqlx::test]
+async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+
+    // From ADMIN_PASSWORD.
+    let out = create_admin(&pool, "Root@Example.com")
+        .env("ADMIN_PASSWORD", "root-password")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = app.login("root@example.com", "root-password").await;
+    let (_, _, me) = send(app.authed(Method::GET, PROFILE, &root.token)).await;
+    assert_eq!(me["data"]["role"], "admin");
+
+    // From stdin.
+    let mut child = create_admin(&pool, "ops@example.com")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ops-password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    app.login("ops@example.com", "ops-password").await;
+
+    // Promotion of an existing user keeps their password.
+    let ann = app.register("ann@example.com", "password123").await;
+    let out = create_admin(&pool, "ann@example.com")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
+            .await
+            .0,
+        200
+    );
+
+    // Too short a password is refused, and nothing is created.
+    let out = create_admin(&pool, "weak@example.com")
+        .env("ADMIN_PASSWORD", "short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let res = app
+        .post_json(
+            "/api/v1/auth/login",
+            &json!({"email": "weak@example.com", "password": "short"}),
+        )
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+}
