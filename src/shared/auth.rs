@@ -45,9 +45,42 @@ impl Role {
     }
 }
 
-/// Everything a caller may be allowed to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
+/// Declares [`Permission`], its [`Permission::ALL`] list and, in [`perm`], one marker
+/// type per permission for [`Require`], from a single list.
+macro_rules! permissions {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Everything a caller may be allowed to do.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Permission {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Permission {
+            /// Every permission, in declaration order.
+            pub const ALL: &[Permission] = &[$(Permission::$name),*];
+        }
+
+        /// Marker types naming a permission at the type level, for [`Require`].
+        pub mod perm {
+            use super::Permission;
+
+            /// A permission named by a type.
+            pub trait Perm: Send + Sync + 'static {
+                const PERMISSION: Permission;
+            }
+
+            $(
+                #[doc = concat!("Requires [`Permission::", stringify!($name), "`].")]
+                pub struct $name;
+                impl Perm for $name {
+                    const PERMISSION: Permission = Permission::$name;
+                }
+            )*
+        }
+    };
+}
+
+permissions!(
     ProductsRead,
     ProductsWrite,
     OrdersCreate,
@@ -64,7 +97,7 @@ pub enum Permission {
     ReportsManage,
     JobsManage,
     AnalyticsRead,
-}
+);
 
 /// The permission table (SPEC §3). Admin: everything. User: catalogue, own orders, own
 /// profile. Guest: catalogue only.
@@ -78,42 +111,6 @@ pub fn can(role: Option<Role>, permission: Permission) -> bool {
         ),
         None => matches!(permission, ProductsRead),
     }
-}
-
-/// Marker types naming a permission at the type level, for [`Require`].
-pub mod perm {
-    use super::Permission;
-
-    /// A permission named by a type.
-    pub trait Perm: Send + Sync + 'static {
-        const PERMISSION: Permission;
-    }
-
-    macro_rules! perms {
-        ($($name:ident),* $(,)?) => {$(
-            #[doc = concat!("Requires [`Permission::", stringify!($name), "`].")]
-            pub struct $name;
-            impl Perm for $name {
-                const PERMISSION: Permission = Permission::$name;
-            }
-        )*};
-    }
-
-    perms!(
-        ProductsRead,
-        ProductsWrite,
-        OrdersCreate,
-        OrdersRead,
-        OrdersUpdate,
-        OrdersManage,
-        ProfileRead,
-        ProfileUpdate,
-        UsersRead,
-        UsersWrite,
-        ReportsManage,
-        JobsManage,
-        AnalyticsRead,
-    );
 }
 
 /// Access-token claims.
@@ -323,21 +320,7 @@ mod tests {
     #[test]
     fn the_permission_table_is_least_privilege() {
         use Permission::*;
-        let all = [
-            ProductsRead,
-            ProductsWrite,
-            OrdersCreate,
-            OrdersRead,
-            OrdersUpdate,
-            OrdersManage,
-            ProfileRead,
-            ProfileUpdate,
-            UsersRead,
-            UsersWrite,
-            ReportsManage,
-            JobsManage,
-            AnalyticsRead,
-        ];
+        let all = Permission::ALL;
         assert!(all.iter().all(|p| can(Some(Role::Admin), *p)));
         let user: Vec<_> = all
             .iter()

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, assert_error, assert_error_parts, send};
+use crate::helpers::{TestApp, assert_error, assert_error_parts, expect_error, send};
 
 const REGISTER: &str = "/api/v1/auth/register";
 const LOGIN: &str = "/api/v1/auth/login";
@@ -376,13 +376,13 @@ async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
         assert_eq!(h["www-authenticate"], "Bearer", "{what}");
     }
     // Wrong scheme and no header.
-    let res = app
-        .request(Method::GET, PROFILE)
-        .header("authorization", format!("Basic {}", ann.token))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 401, "UNAUTHORIZED").await;
+    expect_error(
+        app.request(Method::GET, PROFILE)
+            .header("authorization", format!("Basic {}", ann.token)),
+        401,
+        "UNAUTHORIZED",
+    )
+    .await;
     assert_error(app.get(PROFILE).await, 401, "UNAUTHORIZED").await;
 }
 
@@ -395,24 +395,24 @@ async fn a_user_calling_an_admin_endpoint_is_403(pool: PgPool) {
         (Method::GET, format!("/api/v1/users/{}", ann.id)),
         (Method::DELETE, format!("/api/v1/users/{}", ann.id)),
     ] {
-        let res = app
-            .authed(method.clone(), &path, &ann.token)
-            .send()
-            .await
-            .unwrap();
-        assert_error(res, 403, "FORBIDDEN").await;
+        expect_error(
+            app.authed(method.clone(), &path, &ann.token),
+            403,
+            "FORBIDDEN",
+        )
+        .await;
     }
-    let res = app
-        .authed(
+    expect_error(
+        app.authed(
             Method::PATCH,
             &format!("/api/v1/users/{}", ann.id),
             &ann.token,
         )
-        .json(&json!({"role": "admin"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 403, "FORBIDDEN").await;
+        .json(&json!({"role": "admin"})),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
 }
 
 #[sqlx::test]

@@ -19,7 +19,7 @@ use storefront::{
 };
 use validator::Validate;
 
-use crate::helpers::{TestApp, assert_error};
+use crate::helpers::{TestApp, assert_error, expect_error};
 
 #[derive(Debug, Deserialize, Validate)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -115,34 +115,33 @@ async fn a_body_over_the_limit_is_a_413(pool: PgPool) {
 #[sqlx::test]
 async fn a_body_that_is_not_json_is_a_415(pool: PgPool) {
     let app = probe_app(pool).await;
-    let res = app
-        .request(Method::POST, "/__probe/echo")
-        .header("content-type", "text/plain")
-        .body(r#"{"name":"a"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 415, "UNSUPPORTED_MEDIA_TYPE").await;
-    let res = app
-        .request(Method::POST, "/__probe/echo")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 415, "UNSUPPORTED_MEDIA_TYPE").await;
+    expect_error(
+        app.request(Method::POST, "/__probe/echo")
+            .header("content-type", "text/plain")
+            .body(r#"{"name":"a"}"#),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    .await;
+    expect_error(
+        app.request(Method::POST, "/__probe/echo").body("{}"),
+        415,
+        "UNSUPPORTED_MEDIA_TYPE",
+    )
+    .await;
 }
 
 #[sqlx::test]
 async fn malformed_json_is_a_400(pool: PgPool) {
     let app = probe_app(pool).await;
-    let res = app
-        .request(Method::POST, "/__probe/echo")
-        .header("content-type", "application/json")
-        .body(r#"{"name": "#)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "VALIDATION_ERROR").await;
+    expect_error(
+        app.request(Method::POST, "/__probe/echo")
+            .header("content-type", "application/json")
+            .body(r#"{"name": "#),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
 }
 
 #[sqlx::test]

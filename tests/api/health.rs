@@ -109,3 +109,42 @@ async fn openapi_document_and_swagger_ui_are_served_offline(pool: PgPool) {
     assert_eq!(bundle.status(), 200);
     assert!(bundle.text().await.unwrap().len() > 100_000);
 }
+
+#[sqlx::test]
+async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let doc: Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let endpoints = [
+        ("post", "/api/v1/auth/register", false),
+        ("post", "/api/v1/auth/login", false),
+        ("post", "/api/v1/auth/refresh", false),
+        ("post", "/api/v1/auth/logout", false),
+        ("post", "/api/v1/auth/logout-all", true),
+        ("get", "/api/v1/users/profile", true),
+        ("patch", "/api/v1/users/profile", true),
+        ("post", "/api/v1/users/profile/password", true),
+        ("get", "/api/v1/users", true),
+        ("get", "/api/v1/users/{id}", true),
+        ("patch", "/api/v1/users/{id}", true),
+        ("delete", "/api/v1/users/{id}", true),
+    ];
+    for (method, path, secured) in endpoints {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} undocumented");
+        let responses = op["responses"].as_object().unwrap();
+        assert!(
+            responses.keys().any(|status| status.starts_with('4')),
+            "{method} {path} documents no error response"
+        );
+        assert_eq!(
+            op["security"].is_array(),
+            secured,
+            "{method} {path} security"
+        );
+    }
+}

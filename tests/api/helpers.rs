@@ -222,3 +222,8 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMa
     };
     (status, headers, body)
 }
+
+/// Sends `req` and checks the error envelope (see [`assert_error_parts`]); returns the body.
+pub async fn expect_error(req: RequestBuilder, want_status: u16, code: &str) -> Value {
+    assert_error(req.send().await.expect("request sent"), want_status, code).await
+}

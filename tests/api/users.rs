@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, assert_error, send};
+use crate::helpers::{TestApp, assert_error, expect_error, send};
 
 const PROFILE: &str = "/api/v1/users/profile";
 const PASSWORD: &str = "/api/v1/users/profile/password";
@@ -60,8 +60,7 @@ async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
         (json!({"lastName": "x".repeat(101)}), "lastName"),
         (json!({"firstName": 7}), "firstName"),
     ] {
-        let res = patch(bad).send().await.unwrap();
-        let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+        let err = expect_error(patch(bad), 400, "VALIDATION_ERROR").await;
         assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
     }
     let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
@@ -83,13 +82,13 @@ async fn mass_assignment_on_the_profile_is_a_400_and_changes_nothing(pool: PgPoo
         json!({"firstName": "Eve", "role": "admin"}),
         json!({"passwordHash": "x"}),
     ] {
-        let res = app
-            .authed(Method::PATCH, PROFILE, &ann.token)
-            .json(&attempt)
-            .send()
-            .await
-            .unwrap();
-        assert_error(res, 400, "VALIDATION_ERROR").await;
+        expect_error(
+            app.authed(Method::PATCH, PROFILE, &ann.token)
+                .json(&attempt),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
     }
     let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
     assert_eq!(before, after);
@@ -108,22 +107,22 @@ async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: P
     let laptop = app.register("ann@example.com", "password123").await;
     let phone = app.login("ann@example.com", "password123").await;
 
-    let res = app
-        .authed(Method::POST, PASSWORD, &laptop.token)
-        .json(&json!({"currentPassword": "wrong-one", "newPassword": "new-password-1"}))
-        .send()
-        .await
-        .unwrap();
-    let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+    let err = expect_error(
+        app.authed(Method::POST, PASSWORD, &laptop.token)
+            .json(&json!({"currentPassword": "wrong-one", "newPassword": "new-password-1"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
     assert!(err["error"]["fields"]["currentPassword"].is_array());
 
-    let res = app
-        .authed(Method::POST, PASSWORD, &laptop.token)
-        .json(&json!({"currentPassword": "password123", "newPassword": "short"}))
-        .send()
-        .await
-        .unwrap();
-    let err = assert_error(res, 400, "VALIDATION_ERROR").await;
+    let err = expect_error(
+        app.authed(Method::POST, PASSWORD, &laptop.token)
+            .json(&json!({"currentPassword": "password123", "newPassword": "short"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
     assert!(err["error"]["fields"]["newPassword"].is_array());
 
     let (status, _, _) = send(
@@ -218,18 +217,18 @@ async fn admins_get_users_by_id(pool: PgPool) {
     let (status, _, body) = send(app.authed(Method::GET, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["email"], ann.email);
-    let res = app
-        .authed(Method::GET, &user_path(uuid::Uuid::new_v4()), &admin.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "NOT_FOUND").await;
-    let res = app
-        .authed(Method::GET, &user_path("not-a-uuid"), &admin.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "VALIDATION_ERROR").await;
+    expect_error(
+        app.authed(Method::GET, &user_path(uuid::Uuid::new_v4()), &admin.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::GET, &user_path("not-a-uuid"), &admin.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -258,31 +257,31 @@ async fn a_role_change_applies_to_existing_tokens_at_once(pool: PgPool) {
         200
     );
 
-    let res = app
-        .authed(Method::PATCH, &user_path(ann.id), &admin.token)
-        .json(&json!({"role": "owner"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "VALIDATION_ERROR").await;
-    let res = app
-        .authed(Method::PATCH, &user_path(ann.id), &admin.token)
-        .json(&json!({"email": "x@y.z"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 400, "VALIDATION_ERROR").await;
-    let res = app
-        .authed(
+    expect_error(
+        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
+            .json(&json!({"role": "owner"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
+            .json(&json!({"email": "x@y.z"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(
+        app.authed(
             Method::PATCH,
             &user_path(uuid::Uuid::new_v4()),
             &admin.token,
         )
-        .json(&json!({"role": "user"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "NOT_FOUND").await;
+        .json(&json!({"role": "user"})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -290,19 +289,19 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.admin().await;
 
-    let res = app
-        .authed(Method::PATCH, &user_path(admin.id), &admin.token)
-        .json(&json!({"role": "user"}))
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 409, "CONFLICT").await;
-    let res = app
-        .authed(Method::DELETE, &user_path(admin.id), &admin.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 409, "CONFLICT").await;
+    expect_error(
+        app.authed(Method::PATCH, &user_path(admin.id), &admin.token)
+            .json(&json!({"role": "user"})),
+        409,
+        "CONFLICT",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::DELETE, &user_path(admin.id), &admin.token),
+        409,
+        "CONFLICT",
+    )
+    .await;
 
     // With a second admin, the first may step down.
     let second = app.admin().await;
@@ -312,12 +311,12 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
     )
     .await;
     assert_eq!(status, 200);
-    let res = app
-        .authed(Method::DELETE, &user_path(second.id), &second.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 409, "CONFLICT").await;
+    expect_error(
+        app.authed(Method::DELETE, &user_path(second.id), &second.token),
+        409,
+        "CONFLICT",
+    )
+    .await;
 }
 
 #[sqlx::test]
@@ -328,18 +327,18 @@ async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
 
     let (status, _, _) = send(app.authed(Method::DELETE, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 204);
-    let res = app
-        .authed(Method::GET, &user_path(ann.id), &admin.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "NOT_FOUND").await;
-    let res = app
-        .authed(Method::DELETE, &user_path(ann.id), &admin.token)
-        .send()
-        .await
-        .unwrap();
-    assert_error(res, 404, "NOT_FOUND").await;
+    expect_error(
+        app.authed(Method::GET, &user_path(ann.id), &admin.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::DELETE, &user_path(ann.id), &admin.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
 
     let again = app.register("ann@example.com", "another-password").await;
     assert_ne!(again.id, ann.id);
