@@ -15,6 +15,7 @@ use crate::{
     features::{
         self,
         auth::{AuthService, repository::PgAuthStore},
+        products::ProductService,
         users::UserService,
     },
     shared::{
@@ -32,6 +33,7 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub auth: AuthService,
     pub users: UserService,
+    pub products: ProductService,
 }
 
 /// Lets handlers and extractors take `State<T>` of one part of the state.
@@ -45,7 +47,7 @@ macro_rules! from_ref {
     )*};
 }
 
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService);
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService);
 
 impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
@@ -61,6 +63,7 @@ impl AppState {
             config.refresh_token_ttl,
         );
         let users = UserService::new(db.clone(), hasher);
+        let products = ProductService::new(db.clone());
         Self {
             config: Arc::new(config),
             db,
@@ -68,6 +71,7 @@ impl AppState {
             tokens,
             auth,
             users,
+            products,
         }
     }
 }

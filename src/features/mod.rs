@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod products;
 pub mod users;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -13,6 +14,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(auth::router())
         .merge(users::router())
+        .merge(products::router())
 }
 
 /// Routes outside the versioned API (operations).

@@ -22,6 +22,7 @@ use super::response::Pagination;
     tags(
         (name = "auth", description = "Register, login, token refresh and logout"),
         (name = "users", description = "Profiles and user administration"),
+        (name = "products", description = "The catalogue"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

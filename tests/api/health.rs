@@ -132,6 +132,11 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
         ("get", "/api/v1/users/{id}", true),
         ("patch", "/api/v1/users/{id}", true),
         ("delete", "/api/v1/users/{id}", true),
+        ("get", "/api/v1/products", false),
+        ("post", "/api/v1/products", true),
+        ("get", "/api/v1/products/{id}", false),
+        ("patch", "/api/v1/products/{id}", true),
+        ("delete", "/api/v1/products/{id}", true),
     ];
     for (method, path, secured) in endpoints {
         let op = &doc["paths"][path][method];

@@ -6,4 +6,5 @@ mod config;
 mod errors;
 mod health;
 mod helpers;
+mod products;
 mod users;

@@ -1,0 +1,192 @@
+//! Request and response bodies of the products endpoints.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+use validator::{Validate, ValidationError};
+
+use super::repository::ProductRow;
+use crate::shared::{error::AppError, extract::double_option};
+
+pub const MAX_PRICE_CENTS: i64 = 100_000_000;
+pub const MAX_STOCK: i32 = 1_000_000;
+
+/// A product as the catalogue shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductResponse {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Integer minor units of `currency`.
+    pub price_cents: i64,
+    /// ISO 4217.
+    #[schema(example = "USD")]
+    pub currency: String,
+    pub stock: i32,
+    /// Bumped on every change; the `ETag` is `"<version>"`.
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ProductResponse {
+    pub fn new(p: ProductRow, currency: &str) -> Self {
+        Self {
+            id: p.id,
+            sku: p.sku,
+            name: p.name,
+            description: p.description,
+            price_cents: p.price_cents,
+            currency: currency.to_owned(),
+            stock: p.stock,
+            version: p.version,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// `POST /products`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateProductRequest {
+    /// 1..=64 of `[A-Za-z0-9._-]`, unique.
+    #[validate(custom(function = "valid_sku"))]
+    #[schema(example = "MUG-001", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    pub sku: String,
+    #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    pub name: String,
+    #[validate(length(max = 5000, message = "must be at most 5000 characters"))]
+    pub description: Option<String>,
+    #[validate(range(
+        min = 0,
+        max = 100_000_000,
+        message = "must be between 0 and 100000000"
+    ))]
+    pub price_cents: i64,
+    #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
+    pub stock: i32,
+}
+
+/// `PATCH /products/{id}`: absent = unchanged; `description: null` clears it.
+#[derive(Debug, Default, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateProductRequest {
+    #[validate(custom(function = "valid_sku"))]
+    pub sku: Option<String>,
+    #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable, max_length = 5000)]
+    pub description: Option<Option<String>>,
+    #[validate(range(
+        min = 0,
+        max = 100_000_000,
+        message = "must be between 0 and 100000000"
+    ))]
+    pub price_cents: Option<i64>,
+    #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
+    pub stock: Option<i32>,
+}
+
+impl UpdateProductRequest {
+    /// Checks what `validator` cannot express on a nullable field.
+    pub fn check(&self) -> Result<(), AppError> {
+        match &self.description {
+            Some(Some(d)) if d.chars().count() > 5000 => Err(AppError::field(
+                "description",
+                "must be at most 5000 characters",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sku.is_none()
+            && self.name.is_none()
+            && self.description.is_none()
+            && self.price_cents.is_none()
+            && self.stock.is_none()
+    }
+}
+
+/// Sort orders of the list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+pub enum ProductSort {
+    #[serde(rename = "name")]
+    NameAsc,
+    #[serde(rename = "-name")]
+    NameDesc,
+    #[serde(rename = "price")]
+    PriceAsc,
+    #[serde(rename = "-price")]
+    PriceDesc,
+    #[serde(rename = "createdAt")]
+    CreatedAsc,
+    #[default]
+    #[serde(rename = "-createdAt")]
+    CreatedDesc,
+}
+
+/// Filters of `GET /products`.
+#[derive(Debug, Default, Deserialize, Validate, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ProductFilter {
+    /// Case-insensitive substring of name or description.
+    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    pub q: Option<String>,
+    /// Inclusive, minor units.
+    #[validate(range(
+        min = 0,
+        max = 100_000_000,
+        message = "must be between 0 and 100000000"
+    ))]
+    pub min_price: Option<i64>,
+    /// Inclusive, minor units.
+    #[validate(range(
+        min = 0,
+        max = 100_000_000,
+        message = "must be between 0 and 100000000"
+    ))]
+    pub max_price: Option<i64>,
+    /// `true`: only products with stock; `false`: only sold-out ones.
+    pub in_stock: Option<bool>,
+    /// `name`, `-name`, `price`, `-price`, `createdAt`, `-createdAt` (default).
+    #[serde(default)]
+    #[param(value_type = Option<String>)]
+    pub sort: ProductSort,
+}
+
+impl ProductFilter {
+    /// Cross-field checks.
+    pub fn check(&self) -> Result<(), AppError> {
+        match (self.min_price, self.max_price) {
+            (Some(min), Some(max)) if min > max => {
+                Err(AppError::field("minPrice", "must not exceed maxPrice"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Path parameter `{id}`.
+#[derive(Debug, Deserialize)]
+pub struct ProductIdPath {
+    pub id: Uuid,
+}
+
+fn valid_sku(value: &str) -> Result<(), ValidationError> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new("sku").with_message("must be 1 to 64 of A-Z a-z 0-9 . _ -".into()))
+    }
+}

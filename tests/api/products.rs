@@ -1,0 +1,402 @@
+//! SPEC §5 over HTTP: the catalogue.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{Session, TestApp, expect_error, send};
+
+const PRODUCTS: &str = "/api/v1/products";
+
+async fn create(app: &TestApp, admin: &Session, body: Value) -> Value {
+    let (status, _, res) = send(app.authed(Method::POST, PRODUCTS, &admin.token).json(&body)).await;
+    assert_eq!(status, 201, "{res}");
+    res["data"].clone()
+}
+
+fn product(sku: &str, name: &str, price: i64, stock: i32) -> Value {
+    json!({"sku": sku, "name": name, "priceCents": price, "stock": stock})
+}
+
+/// SKUs and pagination of `GET /products?{q}`.
+async fn list(app: &TestApp, q: &str) -> (Vec<String>, Value) {
+    let (status, _, body) = send(app.request(Method::GET, &format!("{PRODUCTS}?{q}"))).await;
+    assert_eq!(status, 200, "{q}: {body}");
+    let skus = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["sku"].as_str().unwrap().to_owned())
+        .collect();
+    (skus, body["pagination"].clone())
+}
+
+async fn total(app: &TestApp, q: &str) -> i64 {
+    list(app, q).await.1["total"].as_i64().unwrap()
+}
+
+#[sqlx::test]
+async fn admins_create_products_with_location_and_etag(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let (status, headers, body) = send(app.authed(Method::POST, PRODUCTS, &admin.token).json(&json!({
+        "sku": "MUG-001", "name": "Mug", "description": "A sturdy mug", "priceCents": 1250, "stock": 10
+    })))
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let data = &body["data"];
+    assert_eq!(
+        headers["location"],
+        format!("/api/v1/products/{}", data["id"].as_str().unwrap())
+    );
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(data["priceCents"], 1250);
+    assert_eq!(data["currency"], "USD");
+    assert_eq!(data["stock"], 10);
+    assert_eq!(data["version"], 1);
+
+    let user = app.user().await;
+    let req = app
+        .authed(Method::POST, PRODUCTS, &user.token)
+        .json(&product("X-1", "X", 1, 1));
+    expect_error(req, 403, "FORBIDDEN").await;
+    expect_error(
+        app.request(Method::POST, PRODUCTS)
+            .json(&product("X-1", "X", 1, 1)),
+        401,
+        "UNAUTHORIZED",
+    )
+    .await;
+    let req = app
+        .authed(Method::POST, PRODUCTS, &admin.token)
+        .json(&product("MUG-001", "Other", 1, 1));
+    expect_error(req, 409, "CONFLICT").await;
+}
+
+#[sqlx::test]
+async fn product_bounds_are_enforced_field_by_field(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let cases = [
+        (
+            json!({"sku": "A", "name": "n", "priceCents": -1, "stock": 0}),
+            "priceCents",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "priceCents": 100_000_001, "stock": 0}),
+            "priceCents",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 1_000_001}),
+            "stock",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": -1}),
+            "stock",
+        ),
+        (
+            json!({"sku": "bad sku!", "name": "n", "priceCents": 0, "stock": 0}),
+            "sku",
+        ),
+        (
+            json!({"sku": "x".repeat(65), "name": "n", "priceCents": 0, "stock": 0}),
+            "sku",
+        ),
+        (
+            json!({"sku": "A", "name": "", "priceCents": 0, "stock": 0}),
+            "name",
+        ),
+        (
+            json!({"sku": "A", "name": "n".repeat(201), "priceCents": 0, "stock": 0}),
+            "name",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "description": "d".repeat(5001), "priceCents": 0, "stock": 0}),
+            "description",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "priceCents": 1.5, "stock": 0}),
+            "priceCents",
+        ),
+        (
+            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 0, "version": 9}),
+            "version",
+        ),
+    ];
+    for (body, field) in cases {
+        let err = expect_error(
+            app.authed(Method::POST, PRODUCTS, &admin.token).json(&body),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
+    }
+    let (_, _, list) = send(app.request(Method::GET, PRODUCTS)).await;
+    assert_eq!(list["pagination"]["total"], 0, "nothing was created");
+    // The edges themselves are fine.
+    create(
+        &app,
+        &admin,
+        json!({"sku": "a.B_c-9", "name": "n", "priceCents": 100_000_000, "stock": 1_000_000}),
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn get_answers_with_an_etag_and_304_when_unchanged(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = create(&app, &admin, product("MUG", "Mug", 100, 1)).await;
+    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+
+    let (status, headers, body) = send(app.request(Method::GET, &path)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["sku"], "MUG");
+    let tag = headers["etag"].to_str().unwrap().to_owned();
+
+    let res = app
+        .request(Method::GET, &path)
+        .header("if-none-match", &tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    assert_eq!(res.headers()["etag"], tag.as_str());
+    assert!(res.bytes().await.unwrap().is_empty());
+    let res = app
+        .request(Method::GET, &path)
+        .header("if-none-match", "\"999\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    expect_error(
+        app.request(Method::GET, &format!("{PRODUCTS}/{}", uuid::Uuid::new_v4())),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    expect_error(
+        app.request(Method::GET, &format!("{PRODUCTS}/nope")),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = create(
+        &app,
+        &admin,
+        json!({"sku": "MUG", "name": "Mug", "description": "d", "priceCents": 100, "stock": 1}),
+    )
+    .await;
+    create(&app, &admin, product("CUP", "Cup", 100, 1)).await;
+    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let patch = |body: Value| app.authed(Method::PATCH, &path, &admin.token).json(&body);
+
+    let (status, headers, body) =
+        send(patch(json!({"priceCents": 150})).header("if-match", "\"1\"")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["priceCents"], 150);
+    assert_eq!(body["data"]["version"], 2);
+    assert_eq!(headers["etag"], "\"2\"");
+
+    // A stale tag: 412, nothing written.
+    expect_error(
+        patch(json!({"priceCents": 1})).header("if-match", "\"1\""),
+        412,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    expect_error(
+        patch(json!({"priceCents": 1})).header("if-match", "garbage"),
+        412,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    let (_, _, now) = send(app.request(Method::GET, &path)).await;
+    assert_eq!(now["data"]["priceCents"], 150);
+    assert_eq!(now["data"]["version"], 2);
+
+    // Without If-Match, every change still bumps the version; null clears the description.
+    let (_, _, body) = send(patch(json!({"description": null, "stock": 0}))).await;
+    assert_eq!(body["data"]["description"], Value::Null);
+    assert_eq!(body["data"]["stock"], 0);
+    assert_eq!(body["data"]["version"], 3);
+
+    expect_error(patch(json!({"sku": "CUP"})), 409, "CONFLICT").await;
+    expect_error(patch(json!({"stock": -5})), 400, "VALIDATION_ERROR").await;
+    expect_error(
+        patch(json!({"id": uuid::Uuid::new_v4()})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    let user = app.user().await;
+    expect_error(
+        app.authed(Method::PATCH, &path, &user.token)
+            .json(&json!({"stock": 5})),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    let missing = format!("{PRODUCTS}/{}", uuid::Uuid::new_v4());
+    expect_error(
+        app.authed(Method::PATCH, &missing, &admin.token)
+            .json(&json!({"stock": 5})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn delete_archives_the_product_out_of_the_catalogue(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = create(&app, &admin, product("MUG", "Mug", 100, 3)).await;
+    create(&app, &admin, product("CUP", "Cup", 100, 3)).await;
+    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+
+    let (status, _, _) = send(app.authed(Method::DELETE, &path, &admin.token)).await;
+    assert_eq!(status, 204);
+    expect_error(app.request(Method::GET, &path), 404, "NOT_FOUND").await;
+    expect_error(
+        app.authed(Method::DELETE, &path, &admin.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::PATCH, &path, &admin.token)
+            .json(&json!({"stock": 1})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    let (_, _, list) = send(app.request(Method::GET, PRODUCTS)).await;
+    assert_eq!(list["pagination"]["total"], 1);
+    assert_eq!(list["data"][0]["sku"], "CUP");
+    // The row is kept for the orders that bought it.
+    let kept: i64 = sqlx::query_scalar("select count(*) from products where sku = 'MUG'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+}
+
+#[sqlx::test]
+async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let seed = [
+        ("A", "Blue mug", 500, 5),
+        ("B", "Red mug", 1500, 0),
+        ("C", "Teapot", 3000, 2),
+        ("D", "Plate", 800, 9),
+    ];
+    for (sku, name, price, stock) in seed {
+        create(&app, &admin, product(sku, name, price, stock)).await;
+    }
+
+    let (skus, page) = list(&app, "").await;
+    assert_eq!(skus, ["D", "C", "B", "A"], "newest first by default");
+    assert_eq!(
+        page,
+        json!({"page": 1, "limit": 20, "total": 4, "pages": 1})
+    );
+    assert_eq!(list(&app, "sort=price").await.0, ["A", "D", "B", "C"]);
+    assert_eq!(list(&app, "sort=-price").await.0, ["C", "B", "D", "A"]);
+    assert_eq!(list(&app, "sort=name").await.0, ["A", "D", "B", "C"]);
+    assert_eq!(list(&app, "sort=-name").await.0, ["C", "B", "D", "A"]);
+    assert_eq!(list(&app, "sort=createdAt").await.0, ["A", "B", "C", "D"]);
+    assert_eq!(list(&app, "q=MUG").await.0, ["B", "A"]);
+    assert_eq!(
+        list(&app, "minPrice=800&maxPrice=1500").await.0,
+        ["D", "B"],
+        "bounds are inclusive"
+    );
+    let (skus, page) = list(&app, "inStock=true").await;
+    assert_eq!(skus, ["D", "C", "A"]);
+    assert_eq!(page["total"], 3);
+    assert_eq!(list(&app, "inStock=false").await.0, ["B"]);
+    let (skus, page) = list(&app, "sort=price&limit=3&page=2").await;
+    assert_eq!(skus, ["C"]);
+    assert_eq!(page, json!({"page": 2, "limit": 3, "total": 4, "pages": 2}));
+    let (skus, page) = list(&app, "q=nothing-like-this").await;
+    assert!(skus.is_empty());
+    assert_eq!(
+        page,
+        json!({"page": 1, "limit": 20, "total": 0, "pages": 0})
+    );
+    let (skus, page) = list(&app, "page=50").await;
+    assert!(skus.is_empty());
+    assert_eq!(page["total"], 4);
+
+    for bad in [
+        "sort=price,name",
+        "sort=stock",
+        "minPrice=-1",
+        "maxPrice=abc",
+        "minPrice=900&maxPrice=100",
+        "inStock=maybe",
+        "limit=500",
+    ] {
+        expect_error(
+            app.request(Method::GET, &format!("{PRODUCTS}?{bad}")),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+    }
+}
+
+#[sqlx::test]
+async fn catalogue_totals_stay_exact_through_stock_changes_and_archives(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let a = create(&app, &admin, product("A", "a", 1, 1)).await;
+    let b = create(&app, &admin, product("B", "b", 1, 0)).await;
+    assert_eq!(
+        (
+            total(&app, "").await,
+            total(&app, "inStock=true").await,
+            total(&app, "inStock=false").await
+        ),
+        (2, 1, 1)
+    );
+    let path_b = format!("{PRODUCTS}/{}", b["id"].as_str().unwrap());
+    send(
+        app.authed(Method::PATCH, &path_b, &admin.token)
+            .json(&json!({"stock": 4})),
+    )
+    .await;
+    assert_eq!(
+        (
+            total(&app, "").await,
+            total(&app, "inStock=true").await,
+            total(&app, "inStock=false").await
+        ),
+        (2, 2, 0)
+    );
+    send(app.authed(
+        Method::DELETE,
+        &format!("{PRODUCTS}/{}", a["id"].as_str().unwrap()),
+        &admin.token,
+    ))
+    .await;
+    assert_eq!(
+        (
+            total(&app, "").await,
+            total(&app, "inStock=true").await,
+            total(&app, "inStock=false").await
+        ),
+        (1, 1, 0)
+    );
+}
