@@ -244,11 +244,13 @@ where
         let claims = <Arc<TokenKeys>>::from_ref(state)
             .verify(token)
             .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
-        // A primary-key lookup: deleted users are locked out and role changes apply now.
+        // Two index lookups: deleted users and revoked sessions are locked out at once, and
+        // role changes apply now rather than at token expiry.
         let pool = PgPool::from_ref(state);
-        let current = crate::features::users::repository::find_active_identity(&pool, claims.sub)
-            .await?
-            .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
+        let current =
+            crate::features::users::repository::find_active_identity(&pool, claims.sub, claims.jti)
+                .await?
+                .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
         let user = AuthUser {
             id: claims.sub,
             email: current.email,

@@ -181,6 +181,13 @@ impl From<sqlx::Error> for AppError {
             sqlx::Error::PoolTimedOut => {
                 Self::ServiceUnavailable("the database is busy, try again".to_owned())
             }
+            // Text Postgres cannot store (a NUL character, say) is the client's input, not
+            // our failure: 22021 character_not_in_repertoire, 22P05 untranslatable_character.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
+                Self::bad_request(
+                    "the request contains characters that cannot be stored (such as NUL)",
+                )
+            }
             other => Self::Internal(anyhow::Error::new(other).context("database error")),
         }
     }
@@ -230,7 +237,9 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
         match &self {
-            Self::Internal(cause) => tracing::error!(error = ?cause, "request failed"),
+            Self::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "request failed")
+            }
             e if status.is_server_error() => tracing::warn!(error = %e, "request failed"),
             _ => {}
         }

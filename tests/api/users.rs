@@ -325,8 +325,17 @@ async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
     let admin = app.admin().await;
     let ann = app.register("ann@example.com", "password123").await;
 
+    app.login("ann@example.com", "password123").await;
     let (status, _, _) = send(app.authed(Method::DELETE, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 204);
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from sessions where user_id = $1 and revoked_at is null",
+    )
+    .bind(ann.id)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(live, 0, "every session revoked");
     expect_error(
         app.authed(Method::GET, &user_path(ann.id), &admin.token),
         404,
@@ -444,4 +453,32 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
         )
         .await;
     assert_error(res, 401, "UNAUTHORIZED").await;
+}
+
+#[sqlx::test]
+async fn two_admins_demoting_each_other_at_once_leave_one_admin(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let first = app.admin().await;
+    let second = app.admin().await;
+    let demote = |actor: &crate::helpers::Session, target: uuid::Uuid| {
+        send(
+            app.authed(Method::PATCH, &user_path(target), &actor.token)
+                .json(&json!({"role": "user"})),
+        )
+    };
+    let (a, b) = tokio::join!(demote(&first, second.id), demote(&second, first.id));
+    let mut statuses = [a.0.as_u16(), b.0.as_u16()];
+    statuses.sort_unstable();
+    // The loser may also be refused as no longer an admin (403) if the winner committed first.
+    assert!(
+        statuses == [200, 409] || statuses == [200, 403],
+        "{statuses:?}"
+    );
+    let admins: i64 = sqlx::query_scalar(
+        "select count(*) from users where role = 'admin' and deleted_at is null",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(admins, 1);
 }

@@ -91,6 +91,57 @@ pub async fn revoke_user_sessions(
     .map(|r| r.rows_affected())
 }
 
+/// Takes the user's row in share mode: rotations of that user's sessions run side by side
+/// but wait for (and are waited on by) a revocation holding [`lock_user_for_revocation`].
+/// Without it, a revocation's UPDATE would not see a successor session inserted by a
+/// rotation that commits while the UPDATE waits, and the successor would stay live.
+pub async fn lock_user_for_rotation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select 1 as one from users where id = $1 for share",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+    .map(|_| ())
+}
+
+/// The exclusive side of [`lock_user_for_rotation`], taken before revoking sessions.
+pub async fn lock_user_for_revocation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select 1 as one from users where id = $1 for no key update",
+        user_id
+    )
+    .fetch_optional(db)
+    .await
+    .map(|_| ())
+}
+
+/// The user owning the sessions of `family_id`.
+pub async fn owner_of_family(
+    db: impl PgExecutor<'_>,
+    family_id: Uuid,
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!(
+        "select user_id from sessions where family_id = $1 limit 1",
+        family_id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The user owning the session of `token_hash`.
+pub async fn owner_of_token(
+    db: impl PgExecutor<'_>,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!(
+        "select user_id from sessions where token_hash = $1",
+        token_hash
+    )
+    .fetch_optional(db)
+    .await
+}
+
 pub async fn family_of(db: impl PgExecutor<'_>, session_id: Uuid) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar!("select family_id from sessions where id = $1", session_id)
         .fetch_optional(db)
@@ -133,6 +184,7 @@ impl AuthStore for PgAuthStore {
         // The successor goes in first (the old row's `replaced_by` references it); if the
         // conditional update finds the old session already rotated or revoked, roll back.
         let mut tx = self.pool.begin().await?;
+        lock_user_for_rotation(&mut *tx, new.user_id).await?;
         insert_session(&mut *tx, new).await?;
         if mark_rotated(&mut *tx, old, new.id).await? {
             tx.commit().await?;
@@ -144,16 +196,30 @@ impl AuthStore for PgAuthStore {
     }
 
     async fn revoke_family(&self, family_id: Uuid) -> AppResult<()> {
-        revoke_family(&self.pool, family_id).await?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(owner) = owner_of_family(&mut *tx, family_id).await? {
+            lock_user_for_revocation(&mut *tx, owner).await?;
+            revoke_family(&mut *tx, family_id).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
     async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()> {
-        Ok(revoke_by_hash(&self.pool, token_hash).await?)
+        let mut tx = self.pool.begin().await?;
+        if let Some(owner) = owner_of_token(&mut *tx, token_hash).await? {
+            lock_user_for_revocation(&mut *tx, owner).await?;
+            revoke_by_hash(&mut *tx, token_hash).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()> {
-        revoke_user_sessions(&self.pool, user_id, None).await?;
+        let mut tx = self.pool.begin().await?;
+        lock_user_for_revocation(&mut *tx, user_id).await?;
+        revoke_user_sessions(&mut *tx, user_id, None).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

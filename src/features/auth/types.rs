@@ -19,9 +19,9 @@ pub struct RegisterRequest {
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[validate(custom(function = "person_name"))]
     pub first_name: Option<String>,
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[validate(custom(function = "person_name"))]
     pub last_name: Option<String>,
 }
 
@@ -93,5 +93,14 @@ fn email_address(email: &str) -> Result<(), ValidationError> {
         Ok(())
     } else {
         Err(ValidationError::new("email").with_message("must be a valid e-mail address".into()))
+    }
+}
+
+fn person_name(name: &str) -> Result<(), ValidationError> {
+    if crate::features::users::types::is_valid_name(name) {
+        Ok(())
+    } else {
+        Err(ValidationError::new("name")
+            .with_message("must be 1 to 100 characters and not blank".into()))
     }
 }

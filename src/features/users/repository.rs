@@ -48,11 +48,25 @@ pub struct ProfileChanges {
     pub phone: Option<Option<String>>,
 }
 
-pub async fn find_active_identity(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<Identity>> {
+/// The live user behind an access token, provided the token's session family still has
+/// a live session: logout, logout-all, a password change or reuse detection thereby end
+/// the access tokens of the revoked sessions too, not only their refresh tokens.
+pub async fn find_active_identity(
+    pool: &PgPool,
+    id: Uuid,
+    session_id: Uuid,
+) -> sqlx::Result<Option<Identity>> {
     sqlx::query_as!(
         Identity,
-        r#"select email, role as "role: Role" from users where id = $1 and deleted_at is null"#,
-        id
+        r#"select u.email, u.role as "role: Role"
+           from users u
+           join sessions issued on issued.id = $2 and issued.user_id = u.id
+           where u.id = $1 and u.deleted_at is null
+             and exists (select 1 from sessions live
+                         where live.family_id = issued.family_id
+                           and live.revoked_at is null and live.expires_at > now())"#,
+        id,
+        session_id
     )
     .fetch_optional(pool)
     .await

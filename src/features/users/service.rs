@@ -66,6 +66,7 @@ impl UserService {
         }
         let hash = self.hasher.hash(new).await?;
         let mut tx = self.db.begin().await?;
+        sessions::lock_user_for_revocation(&mut *tx, user.id).await?;
         repository::set_password_hash(&mut *tx, user.id, &hash).await?;
         let keep = sessions::family_of(&mut *tx, user.session_id).await?;
         let revoked = sessions::revoke_user_sessions(&mut *tx, user.id, keep).await?;

@@ -86,15 +86,19 @@ impl UpdateProfileRequest {
 }
 
 fn check_name(field: &str, value: Option<&Option<String>>, errors: &mut FieldErrors) {
-    if let Some(Some(name)) = value {
-        let len = name.chars().count();
-        if name.trim().is_empty() || len > 100 {
-            errors.insert(
-                field.into(),
-                vec!["must be 1 to 100 characters and not blank".into()],
-            );
-        }
+    if let Some(Some(name)) = value
+        && !is_valid_name(name)
+    {
+        errors.insert(
+            field.into(),
+            vec!["must be 1 to 100 characters and not blank".into()],
+        );
     }
+}
+
+/// Names: 1..=100 characters, not only whitespace.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 100
 }
 
 /// `^\+?[1-9]\d{1,14}$`
