@@ -63,3 +63,28 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
         .await
         .map(|_| ())
 }
+
+/// `%q%` for ILIKE with the pattern characters in `q` escaped.
+pub fn contains_pattern(q: &str) -> String {
+    let mut escaped = String::with_capacity(q.len() + 2);
+    escaped.push('%');
+    for c in q.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push('%');
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_pattern;
+
+    #[test]
+    fn search_patterns_escape_like_metacharacters() {
+        assert_eq!(contains_pattern("ann"), "%ann%");
+        assert_eq!(contains_pattern("100%_\\"), "%100\\%\\_\\\\%");
+    }
+}

@@ -156,7 +156,7 @@ pub async fn list(
         f.q.as_deref()
             .map(str::trim)
             .filter(|q| !q.is_empty())
-            .map(crate::features::users::repository::contains_pattern);
+            .map(crate::shared::db::contains_pattern);
     let only_stock_filter = pattern.is_none() && f.min_price.is_none() && f.max_price.is_none();
 
     let total = match (only_stock_filter, f.in_stock) {

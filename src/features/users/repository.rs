@@ -214,20 +214,6 @@ pub async fn lock_active_admins(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uui
     .await
 }
 
-/// `%q%` for ILIKE with the pattern characters in `q` escaped.
-pub fn contains_pattern(q: &str) -> String {
-    let mut escaped = String::with_capacity(q.len() + 2);
-    escaped.push('%');
-    for c in q.chars() {
-        if matches!(c, '\\' | '%' | '_') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped.push('%');
-    escaped
-}
-
 /// One page of live users, newest first, optionally filtered by role and a search term
 /// (matched against e-mail and names; the trigram index serves it).
 pub async fn list(
@@ -237,7 +223,7 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<(Vec<UserRow>, i64)> {
-    let pattern = q.map(contains_pattern);
+    let pattern = q.map(crate::shared::db::contains_pattern);
     let total = sqlx::query_scalar!(
         r#"select count(*) as "count!" from users
            where deleted_at is null
@@ -267,15 +253,4 @@ pub async fn list(
     .fetch_all(pool)
     .await?;
     Ok((rows, total))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::contains_pattern;
-
-    #[test]
-    fn search_patterns_escape_like_metacharacters() {
-        assert_eq!(contains_pattern("ann"), "%ann%");
-        assert_eq!(contains_pattern("100%_\\"), "%100\\%\\_\\\\%");
-    }
 }
