@@ -15,6 +15,7 @@ use crate::{
     features::{
         self,
         auth::{AuthService, repository::PgAuthStore},
+        orders::OrderService,
         products::ProductService,
         users::UserService,
     },
@@ -34,6 +35,7 @@ pub struct AppState {
     pub auth: AuthService,
     pub users: UserService,
     pub products: ProductService,
+    pub orders: OrderService,
 }
 
 /// Lets handlers and extractors take `State<T>` of one part of the state.
@@ -47,7 +49,7 @@ macro_rules! from_ref {
     )*};
 }
 
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService);
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService);
 
 impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
@@ -64,6 +66,8 @@ impl AppState {
         );
         let users = UserService::new(db.clone(), hasher);
         let products = ProductService::new(db.clone());
+        // A claim unanswered for twice the request timeout belongs to a request that died.
+        let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         Self {
             config: Arc::new(config),
             db,
@@ -72,6 +76,7 @@ impl AppState {
             auth,
             users,
             products,
+            orders,
         }
     }
 }

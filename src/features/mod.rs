@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod orders;
 pub mod products;
 pub mod users;
 
@@ -15,6 +16,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(auth::router())
         .merge(users::router())
         .merge(products::router())
+        .merge(orders::router())
 }
 
 /// Routes outside the versioned API (operations).

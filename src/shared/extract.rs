@@ -151,31 +151,44 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let inner = e.inner();
-        let message = clean_serde_message(&inner.to_string());
         if inner.is_syntax() || inner.is_eof() {
-            return AppError::bad_request(format!("malformed JSON: {message}"));
+            return AppError::bad_request(format!(
+                "malformed JSON: {}",
+                clean_serde_message(&inner.to_string())
+            ));
         }
-        let path = json_path(&e.path().to_string());
-        match field_from_message(&message) {
-            // `deny_unknown_fields`: the path already ends at the unknown key.
-            Some(unknown) if message.starts_with("unknown field") => {
-                let field = if path.is_empty() { unknown } else { path };
-                AppError::field(field, "unknown field")
-            }
-            // A missing field is reported at the parent too.
-            Some(missing) if message.starts_with("missing field") => {
-                AppError::field(join_path(&path, &missing), "is required")
-            }
-            _ if path.is_empty() => {
-                AppError::bad_request(format!("invalid request body: {message}"))
-            }
-            _ => AppError::field(path, message),
-        }
+        shape_error(&e.path().to_string(), &inner.to_string())
     })?;
     de.end().map_err(|_| {
         AppError::bad_request("malformed JSON: trailing characters after the value")
     })?;
     Ok(value)
+}
+
+/// Converts an already-parsed JSON value (e.g. one kept for an idempotency fingerprint),
+/// with the same field-naming errors as [`parse_json`].
+pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| shape_error(&e.path().to_string(), &e.inner().to_string()))
+}
+
+/// A well-formed document of the wrong shape: name the field when there is one.
+fn shape_error(raw_path: &str, raw_message: &str) -> AppError {
+    let message = clean_serde_message(raw_message);
+    let path = json_path(raw_path);
+    match field_from_message(&message) {
+        // `deny_unknown_fields`: the path already ends at the unknown key.
+        Some(unknown) if message.starts_with("unknown field") => {
+            let field = if path.is_empty() { unknown } else { path };
+            AppError::field(field, "unknown field")
+        }
+        // A missing field is reported at the parent.
+        Some(missing) if message.starts_with("missing field") => {
+            AppError::field(join_path(&path, &missing), "is required")
+        }
+        _ if path.is_empty() => AppError::bad_request(format!("invalid request body: {message}")),
+        _ => AppError::field(path, message),
+    }
 }
 
 /// `items[2].quantity` from serde_path_to_error's `items[2].quantity` / `.` (root).

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod openapi;
+pub mod outbox;
 pub mod password;
 pub mod redis;
 pub mod response;

@@ -23,6 +23,7 @@ use super::response::Pagination;
         (name = "auth", description = "Register, login, token refresh and logout"),
         (name = "users", description = "Profiles and user administration"),
         (name = "products", description = "The catalogue"),
+        (name = "orders", description = "Orders and their status machine"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

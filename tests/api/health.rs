@@ -137,6 +137,12 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
         ("get", "/api/v1/products/{id}", false),
         ("patch", "/api/v1/products/{id}", true),
         ("delete", "/api/v1/products/{id}", true),
+        ("post", "/api/v1/orders", true),
+        ("get", "/api/v1/orders", true),
+        ("get", "/api/v1/orders/{id}", true),
+        ("patch", "/api/v1/orders/{id}", true),
+        ("post", "/api/v1/orders/{id}/cancel", true),
+        ("patch", "/api/v1/orders/{id}/status", true),
     ];
     for (method, path, secured) in endpoints {
         let op = &doc["paths"][path][method];

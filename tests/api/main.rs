@@ -6,5 +6,6 @@ mod config;
 mod errors;
 mod health;
 mod helpers;
+mod orders;
 mod products;
 mod users;

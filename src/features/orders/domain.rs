@@ -1,0 +1,213 @@
+//! Order rules as pure functions: the status machine, who may do what in which status,
+//! pricing in checked integer arithmetic, shipping-address validation.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::shared::error::FieldErrors;
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "order_status", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Paid => "paid",
+            Self::Shipped => "shipped",
+            Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// `pending → paid → shipped → delivered`; `pending | paid → cancelled`.
+    pub fn can_become(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Paid) | (Paid, Shipped) | (Shipped, Delivered) | (Pending | Paid, Cancelled)
+        )
+    }
+
+    /// Whether the caller may cancel in this status: the owner while pending, staff while
+    /// pending or paid.
+    pub fn cancellable_by(self, staff: bool) -> bool {
+        match self {
+            Self::Pending => true,
+            Self::Paid => staff,
+            _ => false,
+        }
+    }
+
+    /// Whether the shipping address may change: the owner while pending, staff while
+    /// pending or paid.
+    pub fn address_editable_by(self, staff: bool) -> bool {
+        self.cancellable_by(staff)
+    }
+}
+
+/// `{line1, line2?, city, postalCode, country}`; `country` ISO 3166-1 alpha-2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ShippingAddress {
+    #[schema(min_length = 1, max_length = 200)]
+    pub line1: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
+    pub line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
+    pub city: String,
+    #[schema(min_length = 1, max_length = 20)]
+    pub postal_code: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
+    pub country: String,
+}
+
+impl ShippingAddress {
+    /// Adds a message per bad field under `prefix` (e.g. `shippingAddress.city`).
+    pub fn check(&self, prefix: &str, errors: &mut FieldErrors) {
+        let mut bad = |field: &str, message: &str| {
+            errors
+                .entry(format!("{prefix}.{field}"))
+                .or_default()
+                .push(message.to_owned());
+        };
+        let text = |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max;
+        if !text(&self.line1, 200) {
+            bad("line1", "must be 1 to 200 characters and not blank");
+        }
+        if let Some(line2) = &self.line2
+            && line2.chars().count() > 200
+        {
+            bad("line2", "must be at most 200 characters");
+        }
+        if !text(&self.city, 100) {
+            bad("city", "must be 1 to 100 characters and not blank");
+        }
+        if !text(&self.postal_code, 20) {
+            bad("postalCode", "must be 1 to 20 characters and not blank");
+        }
+        if !is_country_code(&self.country) {
+            bad(
+                "country",
+                "must be an ISO 3166-1 alpha-2 code such as DE or US",
+            );
+        }
+    }
+}
+
+/// Every officially assigned ISO 3166-1 alpha-2 code.
+const COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ \
+BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET \
+FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR \
+IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN \
+MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY \
+QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR \
+TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+pub fn is_country_code(code: &str) -> bool {
+    code.len() == 2
+        && code.bytes().all(|b| b.is_ascii_uppercase())
+        && COUNTRIES.split(' ').any(|c| c == code)
+}
+
+/// `unit × quantity` for each line and their sum, or `None` on overflow (impossible within
+/// the SPEC bounds: 100 lines × 1000 × 100 000 000 fits easily, but money is never
+/// computed unchecked).
+pub fn price(lines: &[(i64, i32)]) -> Option<(Vec<i64>, i64)> {
+    let mut totals = Vec::with_capacity(lines.len());
+    let mut sum: i64 = 0;
+    for &(unit, quantity) in lines {
+        let line = unit.checked_mul(i64::from(quantity))?;
+        sum = sum.checked_add(line)?;
+        totals.push(line);
+    }
+    Some((totals, sum))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OrderStatus::*;
+    use super::*;
+
+    #[test]
+    fn the_status_machine_allows_exactly_the_spec_transitions() {
+        let all = [Pending, Paid, Shipped, Delivered, Cancelled];
+        let allowed: Vec<_> = all
+            .iter()
+            .flat_map(|a| all.iter().map(move |b| (*a, *b)))
+            .filter(|(a, b)| a.can_become(*b))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Pending, Paid),
+                (Pending, Cancelled),
+                (Paid, Shipped),
+                (Paid, Cancelled),
+                (Shipped, Delivered)
+            ]
+        );
+    }
+
+    #[test]
+    fn owners_cancel_only_pending_orders_and_staff_also_paid_ones() {
+        assert!(Pending.cancellable_by(false) && Pending.cancellable_by(true));
+        assert!(!Paid.cancellable_by(false) && Paid.cancellable_by(true));
+        for s in [Shipped, Delivered, Cancelled] {
+            assert!(!s.cancellable_by(true) && !s.cancellable_by(false));
+        }
+    }
+
+    #[test]
+    fn pricing_sums_lines_and_refuses_overflow() {
+        assert_eq!(price(&[(1250, 2), (99, 3)]), Some((vec![2500, 297], 2797)));
+        assert_eq!(price(&[]), Some((vec![], 0)));
+        assert_eq!(price(&[(i64::MAX, 2)]), None);
+        assert_eq!(price(&[(i64::MAX, 1), (1, 1)]), None);
+        assert_eq!(
+            price(&[(100_000_000, 1000); 100]).map(|p| p.1),
+            Some(10_000_000_000_000)
+        );
+    }
+
+    #[test]
+    fn addresses_are_checked_field_by_field() {
+        let ok = ShippingAddress {
+            line1: "1 Main St".into(),
+            line2: None,
+            city: "Berlin".into(),
+            postal_code: "10115".into(),
+            country: "DE".into(),
+        };
+        let mut errors = FieldErrors::new();
+        ok.check("shippingAddress", &mut errors);
+        assert!(errors.is_empty());
+        let bad = ShippingAddress {
+            line1: " ".into(),
+            country: "XX".into(),
+            ..ok
+        };
+        bad.check("shippingAddress", &mut errors);
+        assert_eq!(
+            errors.keys().collect::<Vec<_>>(),
+            ["shippingAddress.country", "shippingAddress.line1"]
+        );
+    }
+
+    #[test]
+    fn country_codes() {
+        assert!(is_country_code("US") && is_country_code("DE") && is_country_code("ZW"));
+        assert!(!is_country_code("us") && !is_country_code("XX") && !is_country_code("USA"));
+    }
+}

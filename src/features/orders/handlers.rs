@@ -1,0 +1,219 @@
+//! HTTP handlers of `/orders` (SPEC §6).
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::State,
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::Value;
+
+use super::{
+    idempotency::{Claim, IdempotencyKey},
+    service::OrderService,
+    types::{
+        CreateOrderRequest, OrderFilter, OrderIdPath, OrderResponse, UpdateOrderRequest,
+        UpdateStatusRequest,
+    },
+};
+use crate::shared::{
+    auth::{Require, perm},
+    error::{AppError, AppResult, Enveloped, ErrorEnvelope},
+    extract::{JsonBody, PathParam, QueryParams, parse_value},
+    response::{ApiList, ApiOk, PageParams, Pagination},
+};
+
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+fn location(order_id: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("/api/v1/orders/{order_id}")).ok()
+}
+
+fn created(order: OrderResponse) -> Response {
+    let location = location(&order.id.to_string());
+    let mut res = (StatusCode::CREATED, ApiOk::new(order)).into_response();
+    if let Some(location) = location {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    res
+}
+
+/// The stored first answer, unchanged, marked as a replay.
+fn replay(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let location = body["data"]["id"].as_str().and_then(location);
+    let mut res = (status, axum::Json(body)).into_response();
+    let headers = res.headers_mut();
+    headers.insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
+    if status == StatusCode::CREATED
+        && let Some(location) = location
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    res.extensions_mut().insert(Enveloped);
+    res
+}
+
+/// Places an order for the caller. With `Idempotency-Key`, a retry gets the first answer
+/// back (`Idempotent-Replayed: true`) and never a second order.
+#[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 characters, scoped to the caller")),
+    request_body = CreateOrderRequest,
+    responses(
+        (status = 201, body = ApiOk<OrderResponse>, headers(("Location" = String))),
+        (status = 400, description = "Invalid body, unknown or archived product (`fields.items[i].productId`)", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 409, description = "INSUFFICIENT_STOCK (with `details.products`) or IDEMPOTENCY_KEY_IN_USE", body = ErrorEnvelope),
+        (status = 422, description = "IDEMPOTENCY_KEY_MISMATCH", body = ErrorEnvelope),
+    ))]
+pub async fn create_order(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersCreate>,
+    headers: HeaderMap,
+    JsonBody(raw): JsonBody<Value>,
+) -> AppResult<Response> {
+    let key = IdempotencyKey::from_header(headers.get(&IDEMPOTENCY_KEY), &raw)?;
+    if let Some(key) = &key {
+        match orders.claim_key(user.id, key).await? {
+            Claim::Acquired => {}
+            Claim::Replay { status, body } => return Ok(replay(status, body)),
+            Claim::Mismatch => return Err(AppError::IdempotencyKeyMismatch),
+            Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
+        }
+    }
+    let placed = match parse_value::<CreateOrderRequest>(raw) {
+        Ok(req) => orders.place(user.id, &req, key.as_ref()).await,
+        Err(e) => Err(e),
+    };
+    let error = match placed {
+        Ok(order) => return Ok(created(order)),
+        Err(e) => e,
+    };
+    let Some(key) = key else { return Err(error) };
+    if error.status().is_server_error() {
+        // No final answer: free the key so the client's retry can run.
+        if let Err(e) = orders.release_key(user.id, &key.key).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+        return Err(error);
+    }
+    // A final 4xx is part of the contract too: store it as sent.
+    let (parts, body) = error.into_response().into_parts();
+    let bytes = to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading an error body: {e}"))?;
+    let stored: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
+    orders
+        .remember_failure(user.id, &key.key, parts.status.as_u16(), &stored)
+        .await?;
+    Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// Lists orders: the caller's own; staff see all and may filter by `userId`.
+#[utoipa::path(get, path = "/orders", tag = "orders", security(("bearer" = [])),
+    params(PageParams, OrderFilter),
+    responses(
+        (status = 200, body = ApiList<OrderResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, description = "`userId` of another user without staff rights", body = ErrorEnvelope),
+    ))]
+pub async fn list_orders(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersRead>,
+    QueryParams(page): QueryParams<PageParams>,
+    QueryParams(filter): QueryParams<OrderFilter>,
+) -> AppResult<ApiList<OrderResponse>> {
+    let (data, total) = orders.list(&user, &filter, page).await?;
+    Ok(ApiList::new(
+        data,
+        Pagination::new(page.page, page.limit, total),
+    ))
+}
+
+/// One order: the owner's or, for staff, any. Another user's order is a 404.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = ApiOk<OrderResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn get_order(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersRead>,
+    PathParam(path): PathParam<OrderIdPath>,
+) -> AppResult<ApiOk<OrderResponse>> {
+    Ok(ApiOk::new(orders.get(&user, path.id).await?))
+}
+
+/// Changes the shipping address: the owner while pending, staff while pending or paid.
+#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    request_body = UpdateOrderRequest,
+    responses(
+        (status = 200, body = ApiOk<OrderResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "INVALID_STATUS_TRANSITION", body = ErrorEnvelope),
+    ))]
+pub async fn update_order(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersUpdate>,
+    PathParam(path): PathParam<OrderIdPath>,
+    JsonBody(body): JsonBody<UpdateOrderRequest>,
+) -> AppResult<ApiOk<OrderResponse>> {
+    let address = body.into_address()?;
+    Ok(ApiOk::new(
+        orders
+            .update_address(&user, path.id, address.as_ref())
+            .await?,
+    ))
+}
+
+/// Cancels an order and restocks it: the owner while pending, staff while pending or paid.
+#[utoipa::path(post, path = "/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    responses(
+        (status = 200, body = ApiOk<OrderResponse>),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "INVALID_STATUS_TRANSITION", body = ErrorEnvelope),
+    ))]
+pub async fn cancel_order(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersUpdate>,
+    PathParam(path): PathParam<OrderIdPath>,
+) -> AppResult<ApiOk<OrderResponse>> {
+    Ok(ApiOk::new(orders.cancel(&user, path.id).await?))
+}
+
+/// Moves an order along `pending → paid → shipped → delivered` or cancels it (staff).
+#[utoipa::path(patch, path = "/orders/{id}/status", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path)),
+    request_body = UpdateStatusRequest,
+    responses(
+        (status = 200, body = ApiOk<OrderResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+        (status = 409, description = "INVALID_STATUS_TRANSITION", body = ErrorEnvelope),
+    ))]
+pub async fn update_order_status(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersManage>,
+    PathParam(path): PathParam<OrderIdPath>,
+    JsonBody(body): JsonBody<UpdateStatusRequest>,
+) -> AppResult<ApiOk<OrderResponse>> {
+    Ok(ApiOk::new(
+        orders.set_status(&user, path.id, body.status).await?,
+    ))
+}

@@ -1,0 +1,169 @@
+//! `Idempotency-Key` for `POST /orders` (SPEC §6). A key is scoped to the caller; the
+//! first request claims it with an insert that the primary key makes race-free, and its
+//! final response is stored (a 201 inside the order's own transaction) and replayed for 24 hours.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::shared::error::AppError;
+
+/// A validated key and the fingerprint of the request body it was sent with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+}
+
+impl IdempotencyKey {
+    /// `None` without the header; an empty, over-long or non-text key is a 400.
+    pub fn from_header(
+        value: Option<&axum::http::HeaderValue>,
+        body: &Value,
+    ) -> Result<Option<Self>, AppError> {
+        let Some(value) = value else { return Ok(None) };
+        let key = value
+            .to_str()
+            .map_err(|_| AppError::field("Idempotency-Key", "must be visible ASCII"))?;
+        if key.is_empty() || key.len() > 255 {
+            return Err(AppError::field(
+                "Idempotency-Key",
+                "must be 1 to 255 characters",
+            ));
+        }
+        // serde_json's maps are ordered, so the same JSON in any key order hashes alike.
+        let canonical = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
+        Ok(Some(Self {
+            key: key.to_owned(),
+            request_hash: Sha256::digest(&canonical).to_vec(),
+        }))
+    }
+}
+
+/// What a request found when it tried to claim its key.
+#[derive(Debug)]
+pub enum Claim {
+    /// This request owns the key and must complete or release it.
+    Acquired,
+    /// A finished request with the same key and body: answer with its response.
+    Replay { status: u16, body: Value },
+    /// The key was used with a different body.
+    Mismatch,
+    /// The first request with this key is still running.
+    InFlight,
+}
+
+/// Claims `key` for `user`. An in-flight claim older than `abandoned_after` (its request
+/// died without an answer) is taken over; a record past retention is replaced.
+pub async fn claim(
+    pool: &PgPool,
+    user: Uuid,
+    key: &IdempotencyKey,
+    abandoned_after: Duration,
+) -> sqlx::Result<Claim> {
+    let abandoned_secs = abandoned_after.as_secs_f64();
+    // Two rounds: a record removed between our insert and our read gets a second try.
+    for _ in 0..2 {
+        let inserted = sqlx::query!(
+            "insert into idempotency_keys (user_id, key, request_hash) values ($1, $2, $3)
+             on conflict (user_id, key) do nothing",
+            user,
+            key.key,
+            key.request_hash,
+        )
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Acquired);
+        }
+        let Some(found) = sqlx::query!(
+            r#"select request_hash, response_status, response_body,
+                      created_at < now() - interval '24 hours' as "expired!",
+                      completed_at is null and created_at < now() - make_interval(secs => $3) as "abandoned!"
+               from idempotency_keys where user_id = $1 and key = $2"#,
+            user,
+            key.key,
+            abandoned_secs,
+        )
+        .fetch_optional(pool)
+        .await?
+        else {
+            continue;
+        };
+        if found.expired {
+            sqlx::query!(
+                "delete from idempotency_keys where user_id = $1 and key = $2
+                 and created_at < now() - interval '24 hours'",
+                user,
+                key.key,
+            )
+            .execute(pool)
+            .await?;
+            continue;
+        }
+        if found.request_hash != key.request_hash {
+            return Ok(Claim::Mismatch);
+        }
+        if let (Some(status), Some(body)) = (found.response_status, found.response_body) {
+            return Ok(Claim::Replay {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            });
+        }
+        if found.abandoned {
+            let taken = sqlx::query!(
+                "update idempotency_keys set created_at = now()
+                 where user_id = $1 and key = $2 and completed_at is null
+                   and created_at < now() - make_interval(secs => $3)",
+                user,
+                key.key,
+                abandoned_secs,
+            )
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                return Ok(Claim::Acquired);
+            }
+        }
+        return Ok(Claim::InFlight);
+    }
+    Ok(Claim::InFlight)
+}
+
+/// Stores the final response of a claimed key.
+pub async fn complete(
+    db: impl PgExecutor<'_>,
+    user: Uuid,
+    key: &str,
+    status: u16,
+    body: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update idempotency_keys set response_status = $3, response_body = $4, completed_at = now()
+         where user_id = $1 and key = $2 and completed_at is null",
+        user,
+        key,
+        i16::try_from(status).unwrap_or(500),
+        body,
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Gives up a claim without an answer (a server error), so a retry may run again.
+pub async fn release(db: impl PgExecutor<'_>, user: Uuid, key: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from idempotency_keys where user_id = $1 and key = $2 and completed_at is null",
+        user,
+        key
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}

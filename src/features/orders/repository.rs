@@ -1,0 +1,257 @@
+//! SQL for `orders` and `order_items`. Callers own the transactions.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, types::Json};
+use uuid::Uuid;
+
+use super::domain::{OrderStatus, ShippingAddress};
+
+#[derive(Debug, Clone)]
+pub struct OrderRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+    pub total_cents: i64,
+    pub currency: String,
+    pub shipping_address: Option<Json<ShippingAddress>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrderItemRow {
+    pub order_id: Uuid,
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: i32,
+    pub line_total_cents: i64,
+}
+
+/// A product as an order sees it while holding its row lock.
+#[derive(Debug, Clone)]
+pub struct StockRow {
+    pub id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub price_cents: i64,
+    pub stock: i32,
+    pub archived: bool,
+}
+
+/// The lines of a new order, column by column (inserted with one `unnest`).
+#[derive(Debug, Default)]
+pub struct NewItems {
+    pub product_ids: Vec<Uuid>,
+    pub positions: Vec<i16>,
+    pub skus: Vec<String>,
+    pub names: Vec<String>,
+    pub unit_prices: Vec<i64>,
+    pub quantities: Vec<i32>,
+    pub line_totals: Vec<i64>,
+}
+
+/// Locks the products of an order, in id order so that two orders over the same products
+/// always lock them in the same sequence and cannot deadlock.
+pub async fn lock_products(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<StockRow>> {
+    sqlx::query_as!(
+        StockRow,
+        r#"select id, sku, name, price_cents, stock, archived_at is not null as "archived!"
+           from products where id = any($1) order by id for update"#,
+        ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// Takes `quantities[i]` from `ids[i]`, bumping each version. The `stock >= 0` check
+/// constraint is the last line of defence against overselling.
+pub async fn take_stock(
+    db: impl PgExecutor<'_>,
+    ids: &[Uuid],
+    quantities: &[i32],
+) -> sqlx::Result<u64> {
+    sqlx::query!(
+        "update products p set stock = p.stock - x.quantity, version = p.version + 1
+         from unnest($1::uuid[], $2::int[]) as x(id, quantity)
+         where p.id = x.id",
+        ids,
+        quantities
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Gives back the stock of every line of `order_id`.
+pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u64> {
+    sqlx::query!(
+        "update products p set stock = p.stock + i.quantity, version = p.version + 1
+         from order_items i
+         where i.order_id = $1 and p.id = i.product_id",
+        order_id
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+pub async fn insert_order(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    total_cents: i64,
+    currency: &str,
+    address: Option<&ShippingAddress>,
+) -> sqlx::Result<OrderRow> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"insert into orders (user_id, total_cents, currency, shipping_address)
+           values ($1, $2, $3, $4)
+           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
+                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+        user_id,
+        total_cents,
+        currency,
+        address.map(Json) as Option<Json<&ShippingAddress>>,
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn insert_items(
+    db: impl PgExecutor<'_>,
+    order_id: Uuid,
+    items: &NewItems,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
+         select $1, * from unnest($2::uuid[], $3::smallint[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bigint[])",
+        order_id,
+        &items.product_ids,
+        &items.positions,
+        &items.skus,
+        &items.names,
+        &items.unit_prices,
+        &items.quantities,
+        &items.line_totals,
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
+                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
+           from orders where id = $1"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Like [`find`], holding the row lock until the transaction ends: status changes of one
+/// order serialise here, so a cancel restocks exactly once.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
+                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
+           from orders where id = $1 for update"#,
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The lines of several orders in one query (no N+1), in purchase order.
+pub async fn items_of(
+    db: impl PgExecutor<'_>,
+    order_ids: &[Uuid],
+) -> sqlx::Result<Vec<OrderItemRow>> {
+    sqlx::query_as!(
+        OrderItemRow,
+        "select order_id, product_id, sku, name, unit_price_cents, quantity, line_total_cents
+         from order_items where order_id = any($1) order by order_id, position",
+        order_ids
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn count(
+    db: impl PgExecutor<'_>,
+    user_id: Option<Uuid>,
+    status: Option<OrderStatus>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "count!" from orders
+           where ($1::uuid is null or user_id = $1) and ($2::order_status is null or status = $2)"#,
+        user_id,
+        status as Option<OrderStatus>,
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// A page of orders, newest first.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    user_id: Option<Uuid>,
+    status: Option<OrderStatus>,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<OrderRow>> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
+                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
+           from orders
+           where ($1::uuid is null or user_id = $1) and ($2::order_status is null or status = $2)
+           order by created_at desc, id desc
+           limit $3 offset $4"#,
+        user_id,
+        status as Option<OrderStatus>,
+        limit,
+        offset,
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn set_address(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    address: Option<&ShippingAddress>,
+) -> sqlx::Result<OrderRow> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"update orders set shipping_address = $2 where id = $1
+           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
+                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+        id,
+        address.map(Json) as Option<Json<&ShippingAddress>>,
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn set_status(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    status: OrderStatus,
+) -> sqlx::Result<OrderRow> {
+    sqlx::query_as!(
+        OrderRow,
+        r#"update orders set status = $2 where id = $1
+           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
+                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+        id,
+        status as OrderStatus,
+    )
+    .fetch_one(db)
+    .await
+}

@@ -1,0 +1,320 @@
+//! Order use cases (SPEC §6): placing an order in one transaction (lock, check, take
+//! stock, snapshot, outbox), reading with ownership, and status changes that restock
+//! exactly once.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{
+    domain::{self, OrderStatus, ShippingAddress},
+    idempotency::{self, Claim, IdempotencyKey},
+    repository::{self, NewItems, OrderItemRow, OrderRow},
+    types::{CreateOrderRequest, OrderFilter, OrderResponse},
+};
+use crate::shared::{
+    auth::{AuthUser, Permission},
+    error::{AppError, AppResult, FieldErrors},
+    outbox,
+    response::PageParams,
+};
+
+/// Order use cases; cheap to clone.
+#[derive(Clone)]
+pub struct OrderService {
+    db: PgPool,
+    currency: Arc<str>,
+    /// An idempotency claim without an answer for this long belongs to a dead request.
+    abandoned_after: Duration,
+}
+
+fn staff(caller: &AuthUser) -> bool {
+    caller.can(Permission::OrdersManage)
+}
+
+fn transition_error(status: OrderStatus, action: &str) -> AppError {
+    AppError::InvalidStatusTransition(format!(
+        "cannot {action} an order that is {}",
+        status.as_str()
+    ))
+}
+
+impl OrderService {
+    pub fn new(db: PgPool, currency: &str, abandoned_after: Duration) -> Self {
+        Self {
+            db,
+            currency: Arc::from(currency),
+            abandoned_after,
+        }
+    }
+
+    /// Claims an `Idempotency-Key` for `user` (see [`idempotency::claim`]).
+    pub async fn claim_key(&self, user: Uuid, key: &IdempotencyKey) -> AppResult<Claim> {
+        Ok(idempotency::claim(&self.db, user, key, self.abandoned_after).await?)
+    }
+
+    /// Stores a final error answer for a claimed key.
+    pub async fn remember_failure(
+        &self,
+        user: Uuid,
+        key: &str,
+        status: u16,
+        body: &serde_json::Value,
+    ) -> AppResult<()> {
+        Ok(idempotency::complete(&self.db, user, key, status, body).await?)
+    }
+
+    /// Frees a claimed key after a server error.
+    pub async fn release_key(&self, user: Uuid, key: &str) -> AppResult<()> {
+        Ok(idempotency::release(&self.db, user, key).await?)
+    }
+
+    /// Places an order, all or nothing. With a claimed key, the 201 body is stored in the
+    /// same transaction, so an order and its replayable answer exist together or not at all.
+    #[tracing::instrument(skip_all, fields(user.id = %user))]
+    pub async fn place(
+        &self,
+        user: Uuid,
+        req: &CreateOrderRequest,
+        key: Option<&IdempotencyKey>,
+    ) -> AppResult<OrderResponse> {
+        req.check()?;
+        let mut ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
+        ids.sort_unstable();
+
+        let mut tx = self.db.begin().await?;
+        let locked = repository::lock_products(&mut *tx, &ids).await?;
+        let products: HashMap<Uuid, _> = locked.iter().map(|p| (p.id, p)).collect();
+
+        let mut unknown = FieldErrors::new();
+        for (i, item) in req.items.iter().enumerate() {
+            if products.get(&item.product_id).is_none_or(|p| p.archived) {
+                unknown.insert(
+                    format!("items[{i}].productId"),
+                    vec!["no such product".to_owned()],
+                );
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(AppError::invalid_fields(unknown));
+        }
+
+        let short: Vec<_> = req
+            .items
+            .iter()
+            .filter_map(|item| {
+                let p = products[&item.product_id];
+                (p.stock < item.quantity).then(|| {
+                    json!({"productId": item.product_id, "requested": item.quantity, "available": p.stock})
+                })
+            })
+            .collect();
+        if !short.is_empty() {
+            return Err(AppError::InsufficientStock(json!({ "products": short })));
+        }
+
+        let lines: Vec<(i64, i32)> = req
+            .items
+            .iter()
+            .map(|i| (products[&i.product_id].price_cents, i.quantity))
+            .collect();
+        let (line_totals, total) = domain::price(&lines)
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("order total overflowed")))?;
+
+        let mut items = NewItems::default();
+        for (position, (item, line_total)) in req.items.iter().zip(&line_totals).enumerate() {
+            let p = products[&item.product_id];
+            items.product_ids.push(p.id);
+            items
+                .positions
+                .push(i16::try_from(position).map_err(anyhow::Error::from)?);
+            items.skus.push(p.sku.clone());
+            items.names.push(p.name.clone());
+            items.unit_prices.push(p.price_cents);
+            items.quantities.push(item.quantity);
+            items.line_totals.push(*line_total);
+        }
+        repository::take_stock(&mut *tx, &items.product_ids, &items.quantities).await?;
+        let order = repository::insert_order(
+            &mut *tx,
+            user,
+            total,
+            &self.currency,
+            req.shipping_address.as_ref(),
+        )
+        .await?;
+        repository::insert_items(&mut *tx, order.id, &items).await?;
+        outbox::push(
+            &mut *tx,
+            outbox::EMAILS,
+            "order-confirmation",
+            &json!({"orderId": order.id, "userId": user}),
+        )
+        .await?;
+
+        // The snapshot just written is the answer: no need to read it back.
+        let rows = (0..items.product_ids.len())
+            .map(|i| OrderItemRow {
+                order_id: order.id,
+                product_id: items.product_ids[i],
+                sku: items.skus[i].clone(),
+                name: items.names[i].clone(),
+                unit_price_cents: items.unit_prices[i],
+                quantity: items.quantities[i],
+                line_total_cents: items.line_totals[i],
+            })
+            .collect();
+        let response = OrderResponse::new(order, rows);
+        if let Some(key) = key {
+            let body = json!({"success": true, "data": &response});
+            idempotency::complete(&mut *tx, user, &key.key, 201, &body).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
+        Ok(response)
+    }
+
+    /// One order: the owner's, or any for staff. Anything else is a 404, never a 403.
+    pub async fn get(&self, caller: &AuthUser, id: Uuid) -> AppResult<OrderResponse> {
+        let order = repository::find(&self.db, id)
+            .await?
+            .filter(|o| o.user_id == caller.id || staff(caller));
+        let order = order.ok_or_else(|| AppError::not_found("order"))?;
+        self.with_items(order).await
+    }
+
+    /// A page of orders: the caller's own, or for staff everyone's (optionally one user's).
+    pub async fn list(
+        &self,
+        caller: &AuthUser,
+        filter: &OrderFilter,
+        page: PageParams,
+    ) -> AppResult<(Vec<OrderResponse>, i64)> {
+        let owner = if staff(caller) {
+            filter.user_id
+        } else {
+            match filter.user_id {
+                Some(other) if other != caller.id => {
+                    return Err(AppError::Forbidden(
+                        "only staff may list other users' orders",
+                    ));
+                }
+                _ => Some(caller.id),
+            }
+        };
+        let total = repository::count(&self.db, owner, filter.status).await?;
+        if total == 0 || page.offset() >= total {
+            return Ok((Vec::new(), total));
+        }
+        let orders = repository::list(
+            &self.db,
+            owner,
+            filter.status,
+            i64::from(page.limit),
+            page.offset(),
+        )
+        .await?;
+        let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+        let mut items_by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
+        for item in repository::items_of(&self.db, &ids).await? {
+            items_by_order.entry(item.order_id).or_default().push(item);
+        }
+        let data = orders
+            .into_iter()
+            .map(|o| {
+                let items = items_by_order.remove(&o.id).unwrap_or_default();
+                OrderResponse::new(o, items)
+            })
+            .collect();
+        Ok((data, total))
+    }
+
+    /// Changes the shipping address: the owner while pending, staff while pending or paid.
+    #[tracing::instrument(skip_all, fields(order.id = %id))]
+    pub async fn update_address(
+        &self,
+        caller: &AuthUser,
+        id: Uuid,
+        address: Option<&ShippingAddress>,
+    ) -> AppResult<OrderResponse> {
+        let mut tx = self.db.begin().await?;
+        let order = self.lock_visible(&mut tx, caller, id).await?;
+        if !order.status.address_editable_by(staff(caller)) {
+            return Err(transition_error(order.status, "change the address of"));
+        }
+        let order = repository::set_address(&mut *tx, id, address).await?;
+        tx.commit().await?;
+        self.with_items(order).await
+    }
+
+    /// Cancels: the owner while pending, staff while pending or paid. Restocks once.
+    #[tracing::instrument(skip_all, fields(order.id = %id))]
+    pub async fn cancel(&self, caller: &AuthUser, id: Uuid) -> AppResult<OrderResponse> {
+        let mut tx = self.db.begin().await?;
+        let order = self.lock_visible(&mut tx, caller, id).await?;
+        if !order.status.cancellable_by(staff(caller)) {
+            return Err(transition_error(order.status, "cancel"));
+        }
+        let order = self
+            .transition(&mut tx, order, OrderStatus::Cancelled)
+            .await?;
+        tx.commit().await?;
+        self.with_items(order).await
+    }
+
+    /// Staff status change along the state machine; `cancelled` restocks once.
+    #[tracing::instrument(skip_all, fields(order.id = %id, order.status = next.as_str()))]
+    pub async fn set_status(
+        &self,
+        caller: &AuthUser,
+        id: Uuid,
+        next: OrderStatus,
+    ) -> AppResult<OrderResponse> {
+        let mut tx = self.db.begin().await?;
+        let order = self.lock_visible(&mut tx, caller, id).await?;
+        if !order.status.can_become(next) {
+            return Err(transition_error(
+                order.status,
+                &format!("mark as {}", next.as_str()),
+            ));
+        }
+        let order = self.transition(&mut tx, order, next).await?;
+        tx.commit().await?;
+        self.with_items(order).await
+    }
+
+    /// Applies an allowed transition on a locked order. The row lock makes the check and
+    /// the restock atomic: a second cancel sees `cancelled` and is refused.
+    async fn transition(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        order: OrderRow,
+        next: OrderStatus,
+    ) -> AppResult<OrderRow> {
+        let updated = repository::set_status(&mut **tx, order.id, next).await?;
+        if next == OrderStatus::Cancelled {
+            let lines = repository::restock(&mut **tx, order.id).await?;
+            tracing::info!(order.id = %order.id, restocked.lines = lines, "order cancelled and restocked");
+        }
+        Ok(updated)
+    }
+
+    async fn lock_visible(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        caller: &AuthUser,
+        id: Uuid,
+    ) -> AppResult<OrderRow> {
+        repository::lock(&mut **tx, id)
+            .await?
+            .filter(|o| o.user_id == caller.id || staff(caller))
+            .ok_or_else(|| AppError::not_found("order"))
+    }
+
+    async fn with_items(&self, order: OrderRow) -> AppResult<OrderResponse> {
+        let items = repository::items_of(&self.db, &[order.id]).await?;
+        Ok(OrderResponse::new(order, items))
+    }
+}

@@ -1,0 +1,616 @@
+//! SPEC §6 over HTTP: orders, stock, the status machine and idempotency.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{Session, TestApp, assert_error_parts, expect_error, send};
+
+const ORDERS: &str = "/api/v1/orders";
+
+async fn product(app: &TestApp, admin: &Session, sku: &str, price: i64, stock: i32) -> Uuid {
+    let body =
+        json!({"sku": sku, "name": format!("Product {sku}"), "priceCents": price, "stock": stock});
+    let (status, _, res) = send(
+        app.authed(Method::POST, "/api/v1/products", &admin.token)
+            .json(&body),
+    )
+    .await;
+    assert_eq!(status, 201, "{res}");
+    res["data"]["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn stock_of(app: &TestApp, id: Uuid) -> i64 {
+    sqlx::query_scalar::<_, i32>("select stock from products where id = $1")
+        .bind(id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+        .into()
+}
+
+async fn order_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from orders")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+fn one(product: Uuid, quantity: i32) -> Value {
+    json!({"items": [{"productId": product, "quantity": quantity}]})
+}
+
+async fn place(app: &TestApp, who: &Session, body: &Value) -> Value {
+    let (status, _, res) = send(app.authed(Method::POST, ORDERS, &who.token).json(body)).await;
+    assert_eq!(status, 201, "{res}");
+    res["data"].clone()
+}
+
+fn address() -> Value {
+    json!({"line1": "1 Main St", "city": "Berlin", "postalCode": "10115", "country": "DE"})
+}
+
+#[sqlx::test]
+async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 1250, 10).await;
+    let tea = product(&app, &admin, "TEA", 399, 5).await;
+    let ann = app.user().await;
+
+    let body = json!({"items": [{"productId": mug, "quantity": 2}, {"productId": tea, "quantity": 3}],
+                      "shippingAddress": address()});
+    let (status, headers, res) =
+        send(app.authed(Method::POST, ORDERS, &ann.token).json(&body)).await;
+    assert_eq!(status, 201, "{res}");
+    let order = &res["data"];
+    assert_eq!(
+        headers["location"],
+        format!("/api/v1/orders/{}", order["id"].as_str().unwrap())
+    );
+    assert_eq!(order["status"], "pending");
+    assert_eq!(order["userId"], ann.id.to_string());
+    assert_eq!(order["currency"], "USD");
+    assert_eq!(order["totalCents"], 2 * 1250 + 3 * 399);
+    assert_eq!(order["shippingAddress"], address());
+    assert_eq!(
+        order["items"],
+        json!([
+            {"productId": mug, "sku": "MUG", "name": "Product MUG", "unitPriceCents": 1250, "quantity": 2, "lineTotalCents": 2500},
+            {"productId": tea, "sku": "TEA", "name": "Product TEA", "unitPriceCents": 399, "quantity": 3, "lineTotalCents": 1197},
+        ])
+    );
+    assert_eq!(
+        (stock_of(&app, mug).await, stock_of(&app, tea).await),
+        (8, 2)
+    );
+    let queued: i64 = sqlx::query_scalar(
+        "select count(*) from outbox where kind = 'order-confirmation' and payload->>'orderId' = $1 and sent_at is null",
+    )
+    .bind(order["id"].as_str().unwrap())
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(queued, 1);
+
+    // Later catalogue changes do not touch the order; archiving keeps it readable.
+    send(
+        app.authed(
+            Method::PATCH,
+            &format!("/api/v1/products/{mug}"),
+            &admin.token,
+        )
+        .json(&json!({"priceCents": 9999, "name": "Renamed"})),
+    )
+    .await;
+    send(app.authed(
+        Method::DELETE,
+        &format!("/api/v1/products/{mug}"),
+        &admin.token,
+    ))
+    .await;
+    let (_, _, again) = send(app.authed(
+        Method::GET,
+        &format!("{ORDERS}/{}", order["id"].as_str().unwrap()),
+        &ann.token,
+    ))
+    .await;
+    assert_eq!(again["data"]["items"][0]["unitPriceCents"], 1250);
+    assert_eq!(again["data"]["items"][0]["name"], "Product MUG");
+}
+
+#[sqlx::test]
+async fn invalid_orders_are_400_naming_the_item_and_change_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let old = product(&app, &admin, "OLD", 100, 10).await;
+    send(app.authed(
+        Method::DELETE,
+        &format!("/api/v1/products/{old}"),
+        &admin.token,
+    ))
+    .await;
+    let ann = app.user().await;
+    let many: Vec<Value> = (0..101)
+        .map(|_| json!({"productId": Uuid::new_v4(), "quantity": 1}))
+        .collect();
+    let cases = [
+        (json!({"items": []}), "items"),
+        (json!({"items": many}), "items"),
+        (one(mug, 0), "items[0].quantity"),
+        (one(mug, 1001), "items[0].quantity"),
+        (
+            json!({"items": [{"productId": mug, "quantity": 1}, {"productId": mug, "quantity": 2}]}),
+            "items[1].productId",
+        ),
+        (one(Uuid::new_v4(), 1), "items[0].productId"),
+        (
+            json!({"items": [{"productId": mug, "quantity": 1}, {"productId": old, "quantity": 1}]}),
+            "items[1].productId",
+        ),
+        (
+            json!({"items": [{"productId": "nope", "quantity": 1}]}),
+            "items[0].productId",
+        ),
+        (
+            json!({"items": [{"productId": mug, "quantity": 1}], "shippingAddress": {"line1": "x", "city": "y", "postalCode": "1", "country": "XX"}}),
+            "shippingAddress.country",
+        ),
+        (
+            json!({"items": [{"productId": mug, "quantity": 1}], "userId": Uuid::new_v4()}),
+            "userId",
+        ),
+        (
+            json!({"items": [{"productId": mug, "quantity": 1, "unitPriceCents": 1}]}),
+            "items[0].unitPriceCents",
+        ),
+    ];
+    for (body, field) in cases {
+        let err = expect_error(
+            app.authed(Method::POST, ORDERS, &ann.token).json(&body),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
+    }
+    assert_eq!(stock_of(&app, mug).await, 10);
+    assert_eq!(order_count(&app).await, 0);
+    expect_error(
+        app.request(Method::POST, ORDERS).json(&one(mug, 1)),
+        401,
+        "UNAUTHORIZED",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn insufficient_stock_is_a_409_naming_the_products_and_takes_nothing(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let plenty = product(&app, &admin, "PLENTY", 100, 50).await;
+    let scarce = product(&app, &admin, "SCARCE", 100, 2).await;
+    let ann = app.user().await;
+    let body = json!({"items": [{"productId": plenty, "quantity": 5}, {"productId": scarce, "quantity": 3}]});
+    let err = expect_error(
+        app.authed(Method::POST, ORDERS, &ann.token).json(&body),
+        409,
+        "INSUFFICIENT_STOCK",
+    )
+    .await;
+    assert_eq!(
+        err["error"]["details"]["products"],
+        json!([{"productId": scarce, "requested": 3, "available": 2}])
+    );
+    assert_eq!(
+        (stock_of(&app, plenty).await, stock_of(&app, scarce).await),
+        (50, 2),
+        "all or nothing"
+    );
+    assert_eq!(order_count(&app).await, 0);
+}
+
+#[sqlx::test]
+async fn users_see_their_own_orders_and_admins_everyones(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 100).await;
+    let (ann, bob) = (app.user().await, app.user().await);
+    let a1 = place(&app, &ann, &one(mug, 1)).await;
+    let a2 = place(&app, &ann, &one(mug, 2)).await;
+    let b1 = place(&app, &bob, &one(mug, 3)).await;
+    send(
+        app.authed(
+            Method::PATCH,
+            &format!("{ORDERS}/{}/status", a1["id"].as_str().unwrap()),
+            &admin.token,
+        )
+        .json(&json!({"status": "paid"})),
+    )
+    .await;
+
+    let ids = |body: &Value| {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].clone())
+            .collect::<Vec<_>>()
+    };
+    let (_, _, mine) = send(app.authed(Method::GET, ORDERS, &ann.token)).await;
+    assert_eq!(
+        ids(&mine),
+        [a2["id"].clone(), a1["id"].clone()],
+        "own orders, newest first"
+    );
+    assert_eq!(
+        mine["pagination"],
+        json!({"page": 1, "limit": 20, "total": 2, "pages": 1})
+    );
+    assert_eq!(
+        mine["data"][0]["items"][0]["quantity"], 2,
+        "items come with the page"
+    );
+    let (_, _, paid) =
+        send(app.authed(Method::GET, &format!("{ORDERS}?status=paid"), &ann.token)).await;
+    assert_eq!(ids(&paid), [a1["id"].clone()]);
+
+    let (_, _, all) = send(app.authed(Method::GET, ORDERS, &admin.token)).await;
+    assert_eq!(all["pagination"]["total"], 3);
+    let (_, _, bobs) = send(app.authed(
+        Method::GET,
+        &format!("{ORDERS}?userId={}", bob.id),
+        &admin.token,
+    ))
+    .await;
+    assert_eq!(ids(&bobs), [b1["id"].clone()]);
+    let (_, _, page2) = send(app.authed(
+        Method::GET,
+        &format!("{ORDERS}?limit=2&page=2"),
+        &admin.token,
+    ))
+    .await;
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+
+    expect_error(
+        app.authed(
+            Method::GET,
+            &format!("{ORDERS}?userId={}", bob.id),
+            &ann.token,
+        ),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::GET, &format!("{ORDERS}?status=lost"), &ann.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(app.request(Method::GET, ORDERS), 401, "UNAUTHORIZED").await;
+
+    let b1_path = format!("{ORDERS}/{}", b1["id"].as_str().unwrap());
+    expect_error(
+        app.authed(Method::GET, &b1_path, &ann.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    assert_eq!(
+        send(app.authed(Method::GET, &b1_path, &bob.token)).await.0,
+        200
+    );
+    assert_eq!(
+        send(app.authed(Method::GET, &b1_path, &admin.token))
+            .await
+            .0,
+        200
+    );
+    expect_error(
+        app.authed(
+            Method::GET,
+            &format!("{ORDERS}/{}", Uuid::new_v4()),
+            &admin.token,
+        ),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    expect_error(
+        app.authed(Method::GET, &format!("{ORDERS}/x"), &admin.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn the_address_changes_while_pending_for_owners_and_while_paid_for_admins(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 100).await;
+    let (ann, bob) = (app.user().await, app.user().await);
+    let order = place(&app, &ann, &one(mug, 1)).await;
+    let path = format!("{ORDERS}/{}", order["id"].as_str().unwrap());
+    let patch =
+        |who: &Session, body: Value| app.authed(Method::PATCH, &path, &who.token).json(&body);
+
+    let (status, _, res) = send(patch(&ann, json!({"shippingAddress": address()}))).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["data"]["shippingAddress"], address());
+    let (_, _, res) = send(patch(&ann, json!({"shippingAddress": null}))).await;
+    assert_eq!(res["data"]["shippingAddress"], Value::Null);
+    expect_error(patch(&ann, json!({})), 400, "VALIDATION_ERROR").await;
+    expect_error(
+        patch(&ann, json!({"shippingAddress": {"line1": "x"}})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(
+        patch(&ann, json!({"status": "paid"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(
+        patch(&bob, json!({"shippingAddress": address()})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+
+    send(
+        app.authed(Method::PATCH, &format!("{path}/status"), &admin.token)
+            .json(&json!({"status": "paid"})),
+    )
+    .await;
+    expect_error(
+        patch(&ann, json!({"shippingAddress": address()})),
+        409,
+        "INVALID_STATUS_TRANSITION",
+    )
+    .await;
+    assert_eq!(
+        send(patch(&admin, json!({"shippingAddress": address()})))
+            .await
+            .0,
+        200
+    );
+    send(
+        app.authed(Method::PATCH, &format!("{path}/status"), &admin.token)
+            .json(&json!({"status": "shipped"})),
+    )
+    .await;
+    expect_error(
+        patch(&admin, json!({"shippingAddress": address()})),
+        409,
+        "INVALID_STATUS_TRANSITION",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn cancelling_follows_the_rules_and_restocks_once(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let (ann, bob) = (app.user().await, app.user().await);
+
+    let first = place(&app, &ann, &one(mug, 3)).await;
+    let cancel = |who: &Session, order: &Value| {
+        app.authed(
+            Method::POST,
+            &format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap()),
+            &who.token,
+        )
+    };
+    expect_error(cancel(&bob, &first), 404, "NOT_FOUND").await;
+    let (status, _, res) = send(cancel(&ann, &first)).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["data"]["status"], "cancelled");
+    assert_eq!(stock_of(&app, mug).await, 10);
+    expect_error(cancel(&ann, &first), 409, "INVALID_STATUS_TRANSITION").await;
+    expect_error(cancel(&admin, &first), 409, "INVALID_STATUS_TRANSITION").await;
+    assert_eq!(stock_of(&app, mug).await, 10, "no second restock");
+
+    let paid = place(&app, &ann, &one(mug, 4)).await;
+    send(
+        app.authed(
+            Method::PATCH,
+            &format!("{ORDERS}/{}/status", paid["id"].as_str().unwrap()),
+            &admin.token,
+        )
+        .json(&json!({"status": "paid"})),
+    )
+    .await;
+    expect_error(cancel(&ann, &paid), 409, "INVALID_STATUS_TRANSITION").await;
+    assert_eq!(stock_of(&app, mug).await, 6);
+    assert_eq!(send(cancel(&admin, &paid)).await.0, 200);
+    assert_eq!(stock_of(&app, mug).await, 10);
+}
+
+#[sqlx::test]
+async fn admins_move_orders_along_the_status_machine_only(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let ann = app.user().await;
+    let order = place(&app, &ann, &one(mug, 2)).await;
+    let path = format!("{ORDERS}/{}/status", order["id"].as_str().unwrap());
+    let set = |who: &Session, status: &str| {
+        app.authed(Method::PATCH, &path, &who.token)
+            .json(&json!({"status": status}))
+    };
+
+    expect_error(set(&ann, "paid"), 403, "FORBIDDEN").await;
+    expect_error(set(&admin, "shipped"), 409, "INVALID_STATUS_TRANSITION").await;
+    expect_error(set(&admin, "pending"), 409, "INVALID_STATUS_TRANSITION").await;
+    expect_error(set(&admin, "lost"), 400, "VALIDATION_ERROR").await;
+    for next in ["paid", "shipped", "delivered"] {
+        let (status, _, res) = send(set(&admin, next)).await;
+        assert_eq!(status, 200, "{next}: {res}");
+        assert_eq!(res["data"]["status"], next);
+    }
+    expect_error(set(&admin, "cancelled"), 409, "INVALID_STATUS_TRANSITION").await;
+    assert_eq!(
+        stock_of(&app, mug).await,
+        8,
+        "delivered orders keep their stock"
+    );
+    let missing = format!("{ORDERS}/{}/status", Uuid::new_v4());
+    expect_error(
+        app.authed(Method::PATCH, &missing, &admin.token)
+            .json(&json!({"status": "paid"})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let mut shoppers = Vec::new();
+    for _ in 0..5 {
+        shoppers.push(app.user().await);
+    }
+    let body = one(mug, 1);
+    let attempts = (0..50).map(|i| {
+        send(
+            app.authed(Method::POST, ORDERS, &shoppers[i % 5].token)
+                .json(&body),
+        )
+    });
+    let results = futures::future::join_all(attempts).await;
+
+    let created = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::CREATED)
+        .count();
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::CONFLICT)
+        .collect();
+    assert_eq!(created, 10);
+    assert_eq!(refused.len(), 40);
+    for (status, headers, body) in refused {
+        assert_error_parts(*status, headers, body, 409, "INSUFFICIENT_STOCK");
+    }
+    assert_eq!(stock_of(&app, mug).await, 0);
+    assert_eq!(order_count(&app).await, 10);
+}
+
+#[sqlx::test]
+async fn concurrent_cancels_of_one_order_restock_once(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let ann = app.user().await;
+    let order = place(&app, &ann, &one(mug, 4)).await;
+    let path = format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap());
+    let attempts = (0..10).map(|i| {
+        let who = if i % 2 == 0 { &ann } else { &admin };
+        send(app.authed(Method::POST, &path, &who.token))
+    });
+    let statuses: Vec<u16> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(|(s, _, _)| s.as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(stock_of(&app, mug).await, 10);
+}
+
+#[sqlx::test]
+async fn an_idempotency_key_replays_the_first_answer(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let (ann, bob) = (app.user().await, app.user().await);
+    let post = |who: &Session, key: &str, body: &Value| {
+        app.authed(Method::POST, ORDERS, &who.token)
+            .header("idempotency-key", key)
+            .json(body)
+    };
+
+    let (s1, h1, first) = send(post(&ann, "key-1", &one(mug, 2))).await;
+    assert_eq!(s1, 201);
+    assert!(!h1.contains_key("idempotent-replayed"));
+    let (s2, h2, again) = send(post(&ann, "key-1", &one(mug, 2))).await;
+    assert_eq!(s2, 201);
+    assert_eq!(h2["idempotent-replayed"], "true");
+    assert_eq!(h2["location"], h1["location"]);
+    assert_eq!(again, first, "the stored body, unchanged");
+    assert_eq!(stock_of(&app, mug).await, 8, "one decrement");
+
+    expect_error(
+        post(&ann, "key-1", &one(mug, 3)),
+        422,
+        "IDEMPOTENCY_KEY_MISMATCH",
+    )
+    .await;
+    // Keys are per caller: Bob's "key-1" is a new order.
+    assert_eq!(send(post(&bob, "key-1", &one(mug, 2))).await.0, 201);
+    assert_eq!(stock_of(&app, mug).await, 6);
+    expect_error(post(&ann, "", &one(mug, 1)), 400, "VALIDATION_ERROR").await;
+    expect_error(
+        post(&ann, &"k".repeat(256), &one(mug, 1)),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+
+    // A final 4xx is replayed too, even once stock is back.
+    let (s, h, refused) = send(post(&ann, "key-2", &one(mug, 50))).await;
+    assert_error_parts(s, &h, &refused, 409, "INSUFFICIENT_STOCK");
+    let (s, h, replayed) = send(post(&ann, "key-2", &one(mug, 50))).await;
+    assert_eq!(s, 409);
+    assert_eq!(h["idempotent-replayed"], "true");
+    assert_eq!(replayed, refused);
+    assert_eq!(order_count(&app).await, 2);
+}
+
+#[sqlx::test]
+async fn twenty_concurrent_retries_with_one_key_make_one_order(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 100).await;
+    let ann = app.user().await;
+    let body = one(mug, 1);
+    let attempts = (0..20).map(|_| {
+        send(
+            app.authed(Method::POST, ORDERS, &ann.token)
+                .header("idempotency-key", "same")
+                .json(&body),
+        )
+    });
+    let results = futures::future::join_all(attempts).await;
+    let mut order_ids = std::collections::HashSet::new();
+    for (status, headers, body) in &results {
+        match status.as_u16() {
+            201 => {
+                order_ids.insert(body["data"]["id"].clone());
+            }
+            409 => assert_error_parts(*status, headers, body, 409, "IDEMPOTENCY_KEY_IN_USE"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(order_ids.len(), 1, "every 201 is the same order");
+    assert_eq!(order_count(&app).await, 1);
+    assert_eq!(stock_of(&app, mug).await, 99);
+}
