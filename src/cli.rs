@@ -30,6 +30,15 @@ pub enum Command {
         #[arg(long)]
         email: String,
     },
+    /// Fill the database with demo data (development and benchmarks).
+    Seed {
+        /// How many products to add.
+        #[arg(long, default_value_t = 1000)]
+        products: u32,
+        /// How many users to add (password "password123").
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+    },
 }
 
 /// Loads `.env` and the configuration, then runs the chosen command.
@@ -54,6 +63,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(settings).await,
         Command::CreateAdmin { email } => create_admin(settings, &email).await,
+        Command::Seed { products, users } => seed(settings, products, users).await,
     };
     match result {
         Ok(()) => 0,
@@ -119,4 +129,12 @@ fn read_admin_password() -> anyhow::Result<String> {
         "the password must be 8 to 128 characters (ADMIN_PASSWORD or stdin)"
     );
     Ok(password)
+}
+
+async fn seed(settings: Settings, products: u32, users: u32) -> anyhow::Result<()> {
+    let pool = db::connect_lazy(&settings)?;
+    db::migrate(&pool).await?;
+    crate::seed::run(&pool, products, users).await?;
+    pool.close().await;
+    Ok(())
 }

@@ -6,4 +6,5 @@
 pub mod app;
 pub mod cli;
 pub mod features;
+pub mod seed;
 pub mod shared;
