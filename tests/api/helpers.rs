@@ -227,3 +227,15 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMa
 pub async fn expect_error(req: RequestBuilder, want_status: u16, code: &str) -> Value {
     assert_error(req.send().await.expect("request sent"), want_status, code).await
 }
+
+/// `DATABASE_URL` of the per-test database behind `pool`.
+pub fn url_of(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let db = pool
+        .connect_options()
+        .get_database()
+        .expect("database name")
+        .to_owned();
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{db}")
+}

@@ -504,6 +504,9 @@ async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
     }
     assert_eq!(stock_of(&app, mug).await, 0);
     assert_eq!(order_count(&app).await, 10);
+    // The catalogue's in-stock total followed the sell-out.
+    let (_, _, in_stock) = send(app.request(Method::GET, "/api/v1/products?inStock=true")).await;
+    assert_eq!(in_stock["pagination"]["total"], 0);
 }
 
 #[sqlx::test]
@@ -613,4 +616,82 @@ async fn twenty_concurrent_retries_with_one_key_make_one_order(pool: PgPool) {
     assert_eq!(order_ids.len(), 1, "every 201 is the same order");
     assert_eq!(order_count(&app).await, 1);
     assert_eq!(stock_of(&app, mug).await, 99);
+}
+
+/// Puts an idempotency record for `user` and `key` straight into the table.
+async fn put_claim(app: &TestApp, user: Uuid, key: &str, body: &Value, age: &str, completed: bool) {
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(serde_json::to_vec(body).unwrap()).to_vec();
+    let (status, response) = if completed {
+        (
+            Some(201_i16),
+            Some(json!({"success": true, "data": {"stored": true}})),
+        )
+    } else {
+        (None, None)
+    };
+    sqlx::query(
+        "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body, created_at, completed_at)
+         values ($1, $2, $3, $4, $5, now() - $6::interval, case when $4 is null then null else now() - $6::interval end)",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(hash)
+    .bind(status)
+    .bind(response)
+    .bind(age)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test]
+async fn a_key_still_in_flight_is_409_until_its_request_is_presumed_dead(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let ann = app.user().await;
+    let body = one(mug, 1);
+    let post = |key: &str| {
+        app.authed(Method::POST, ORDERS, &ann.token)
+            .header("idempotency-key", key)
+            .json(&body)
+    };
+
+    put_claim(&app, ann.id, "running", &body, "1 second", false).await;
+    expect_error(post("running"), 409, "IDEMPOTENCY_KEY_IN_USE").await;
+    assert_eq!(order_count(&app).await, 0);
+
+    // A claim far older than any request may run belonged to a request that died.
+    put_claim(&app, ann.id, "orphaned", &body, "1 hour", false).await;
+    assert_eq!(send(post("orphaned")).await.0, 201);
+    assert_eq!(order_count(&app).await, 1);
+}
+
+#[sqlx::test]
+async fn answers_are_replayed_for_24_hours_and_not_after(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let ann = app.user().await;
+    let body = one(mug, 1);
+    let post = |key: &str| {
+        app.authed(Method::POST, ORDERS, &ann.token)
+            .header("idempotency-key", key)
+            .json(&body)
+    };
+
+    put_claim(&app, ann.id, "recent", &body, "23 hours", true).await;
+    let (status, headers, replayed) = send(post("recent")).await;
+    assert_eq!(
+        (status.as_u16(), &replayed["data"]["stored"]),
+        (201, &json!(true))
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+
+    put_claim(&app, ann.id, "stale", &body, "25 hours", true).await;
+    let (status, headers, fresh) = send(post("stale")).await;
+    assert_eq!(status, 201, "{fresh}");
+    assert!(!headers.contains_key("idempotent-replayed"));
+    assert_eq!(order_count(&app).await, 1);
 }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{Session, TestApp, expect_error, send};
+use crate::helpers::{Session, TestApp, expect_error, send, url_of};
 
 const PRODUCTS: &str = "/api/v1/products";
 
@@ -399,4 +399,35 @@ async fn catalogue_totals_stay_exact_through_stock_changes_and_archives(pool: Pg
         ),
         (1, 1, 0)
     );
+}
+
+#[sqlx::test]
+async fn the_seed_command_fills_the_catalogue_quickly(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("APP_ENV", "test")
+        .env("DATABASE_URL", url_of(&pool))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["seed", "--products", "500", "--users", "7"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (skus, page) = list(&app, "limit=100&sort=price").await;
+    assert_eq!(page["total"], 500);
+    assert_eq!(skus.len(), 100);
+    assert_eq!(
+        total(&app, "inStock=true").await + total(&app, "inStock=false").await,
+        500
+    );
+    app.login(
+        &format!("seed-{}-1@example.com", skus[0].split('-').nth(1).unwrap()),
+        "password123",
+    )
+    .await;
 }

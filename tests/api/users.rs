@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, assert_error, expect_error, send};
+use crate::helpers::{TestApp, assert_error, expect_error, send, url_of};
 
 const PROFILE: &str = "/api/v1/users/profile";
 const PASSWORD: &str = "/api/v1/users/profile/password";
@@ -358,18 +358,6 @@ async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(kept, 2);
-}
-
-/// `DATABASE_URL` of the per-test database behind `pool`.
-fn url_of(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("database name")
-        .to_owned();
-    let (server, _) = base.rsplit_once('/').expect("URL with a database");
-    format!("{server}/{db}")
 }
 
 fn create_admin(pool: &PgPool, email: &str) -> Command {
