@@ -20,8 +20,9 @@ use crate::{
         users::UserService,
     },
     shared::{
-        auth::TokenKeys, config::Settings, db, error::AppError, middleware, openapi::ApiDoc,
-        password::PasswordHasher, redis::Redis,
+        auth::TokenKeys, config::Settings, db, error::AppError, middleware,
+        middleware::rate_limit::RateLimiter, openapi::ApiDoc, password::PasswordHasher,
+        redis::Redis,
     },
 };
 
@@ -36,6 +37,7 @@ pub struct AppState {
     pub users: UserService,
     pub products: ProductService,
     pub orders: OrderService,
+    pub limiter: RateLimiter,
 }
 
 /// Lets handlers and extractors take `State<T>` of one part of the state.
@@ -49,7 +51,7 @@ macro_rules! from_ref {
     )*};
 }
 
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService);
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter);
 
 impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
@@ -68,6 +70,7 @@ impl AppState {
         let products = ProductService::new(db.clone());
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
+        let limiter = RateLimiter::new(redis.clone(), &config);
         Self {
             config: Arc::new(config),
             db,
@@ -77,6 +80,7 @@ impl AppState {
             users,
             products,
             orders,
+            limiter,
         }
     }
 }
@@ -94,7 +98,7 @@ pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .merge(SwaggerUi::new("/api-docs").url("/api-docs/openapi.json", openapi))
         .fallback(|| async { AppError::NotFound("no route matches this path".to_owned()) });
-    middleware::apply(router, &state.config).with_state(state)
+    middleware::apply(router, &state.config, &state.limiter).with_state(state)
 }
 
 /// Every documented route, with the OpenAPI document it generates.

@@ -51,6 +51,11 @@ request_timeout = "30s"
 body_limit_bytes = 1048576
 shutdown_timeout = "30s"
 hsts_enabled = false
+rate_limit_enabled = true
+rate_limit_default_per_minute = 600
+rate_limit_auth_per_minute = 20
+rate_limit_login_per_email = 10
+trust_proxy = false
 "#;
 
 /// Every setting key, as its environment variable is spelled (lower-cased).
@@ -87,6 +92,11 @@ pub const KEYS: &[&str] = &[
     "body_limit_bytes",
     "shutdown_timeout",
     "hsts_enabled",
+    "rate_limit_enabled",
+    "rate_limit_default_per_minute",
+    "rate_limit_auth_per_minute",
+    "rate_limit_login_per_email",
+    "trust_proxy",
 ];
 
 /// Deployment environment (`APP_ENV`).
@@ -209,6 +219,15 @@ pub struct Settings {
     pub body_limit_bytes: usize,
     pub shutdown_timeout: Duration,
     pub hsts_enabled: bool,
+    pub rate_limit_enabled: bool,
+    /// Requests per minute per client IP, every route.
+    pub rate_limit_default_per_minute: u32,
+    /// Requests per minute per client IP on login, register and password routes.
+    pub rate_limit_auth_per_minute: u32,
+    /// Login (and password-forgot) attempts per e-mail address per 15 minutes.
+    pub rate_limit_login_per_email: u32,
+    /// Take the client IP from the right-most `X-Forwarded-For` entry.
+    pub trust_proxy: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -325,6 +344,11 @@ impl Settings {
         let body_limit_bytes: usize = field!("body_limit_bytes");
         let shutdown_timeout: HumanDuration = field!("shutdown_timeout");
         let hsts_enabled: bool = field!("hsts_enabled");
+        let rate_limit_enabled: bool = field!("rate_limit_enabled");
+        let rate_limit_default_per_minute: u32 = field!("rate_limit_default_per_minute");
+        let rate_limit_auth_per_minute: u32 = field!("rate_limit_auth_per_minute");
+        let rate_limit_login_per_email: u32 = field!("rate_limit_login_per_email");
+        let trust_proxy: bool = field!("trust_proxy");
         let smtp_url: Option<String> = match figment.find_value("smtp_url") {
             Ok(v) => v
                 .deserialize::<String>()
@@ -373,6 +397,11 @@ impl Settings {
             body_limit_bytes,
             shutdown_timeout: shutdown_timeout.0,
             hsts_enabled,
+            rate_limit_enabled,
+            rate_limit_default_per_minute,
+            rate_limit_auth_per_minute,
+            rate_limit_login_per_email,
+            trust_proxy,
         };
         problems.extend(settings.problems());
         if problems.is_empty() {
@@ -453,6 +482,26 @@ impl Settings {
         }
         if self.request_timeout.is_zero() {
             p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());
+        }
+        for (name, value) in [
+            (
+                "RATE_LIMIT_DEFAULT_PER_MINUTE",
+                self.rate_limit_default_per_minute,
+            ),
+            (
+                "RATE_LIMIT_AUTH_PER_MINUTE",
+                self.rate_limit_auth_per_minute,
+            ),
+            (
+                "RATE_LIMIT_LOGIN_PER_EMAIL",
+                self.rate_limit_login_per_email,
+            ),
+        ] {
+            if value == 0 {
+                p.push(format!(
+                    "{name}: must be at least 1 (use RATE_LIMIT_ENABLED=false to switch limits off)"
+                ));
+            }
         }
         if self.body_limit_bytes < 1024 {
             p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());

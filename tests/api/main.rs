@@ -8,4 +8,5 @@ mod health;
 mod helpers;
 mod orders;
 mod products;
+mod rate_limit;
 mod users;

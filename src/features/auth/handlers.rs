@@ -3,6 +3,7 @@
 use axum::{extract::State, http::StatusCode};
 
 use super::{
+    domain::normalize_email,
     service::{AuthService, Registration},
     types::{AuthResponse, LoginRequest, RefreshRequest, RegisterRequest, TokenResponse},
 };
@@ -10,6 +11,7 @@ use crate::shared::{
     auth::{AuthUser, ClientMeta},
     error::{AppResult, ErrorEnvelope},
     extract::ValidJson,
+    middleware::rate_limit::RateLimiter,
     response::ApiOk,
 };
 
@@ -19,6 +21,7 @@ use crate::shared::{
         (status = 201, body = ApiOk<AuthResponse>),
         (status = 400, description = "Invalid field (`fields.email`, `fields.password`, ...)", body = ErrorEnvelope),
         (status = 409, description = "E-mail already registered", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts from this IP; see Retry-After", body = ErrorEnvelope),
     ))]
 pub async fn register(
     State(auth): State<AuthService>,
@@ -44,12 +47,18 @@ pub async fn register(
         (status = 200, body = ApiOk<AuthResponse>),
         (status = 400, body = ErrorEnvelope),
         (status = 401, description = "Invalid e-mail or password (one message for both)", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts for this IP or e-mail; see Retry-After", body = ErrorEnvelope),
     ))]
 pub async fn login(
     State(auth): State<AuthService>,
+    State(limiter): State<RateLimiter>,
     meta: ClientMeta,
     ValidJson(body): ValidJson<LoginRequest>,
 ) -> AppResult<ApiOk<AuthResponse>> {
+    // Per address, whatever IPs the attempts come from.
+    limiter
+        .check(limiter.login_email, &normalize_email(&body.email))
+        .await?;
     let (user, tokens) = auth.login(&body.email, &body.password, &meta).await?;
     Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
 }

@@ -3,13 +3,17 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::app::AppState;
+use crate::{app::AppState, shared::middleware::rate_limit};
 
 /// `/auth/...`; every answer (errors included) is `Cache-Control: no-store`.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+    // Credential-guessing targets get the strict per-IP limit on top of the default one.
+    let guarded = OpenApiRouter::new()
         .routes(routes!(handlers::register))
         .routes(routes!(handlers::login))
+        .route_layer(axum::middleware::from_fn(rate_limit::auth_per_ip));
+    OpenApiRouter::new()
+        .merge(guarded)
         .routes(routes!(handlers::refresh))
         .routes(routes!(handlers::logout))
         .routes(routes!(handlers::logout_all))

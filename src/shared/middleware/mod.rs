@@ -5,11 +5,13 @@
 //! 3. envelope (rewrites any bare error status from the layers below)
 //! 4. trace (one log line per request with route template, status, latency)
 //! 5. CORS (answers preflights before any work)
-//! 6. panic catcher (a panic becomes a 500 in the envelope, without the panic text)
-//! 7. timeout (a request running too long becomes a 503)
-//! 8. body limit (extractors answer 413 beyond it)
+//! 6. rate limit per client IP (Redis; health probes exempt)
+//! 7. panic catcher (a panic becomes a 500 in the envelope, without the panic text)
+//! 8. timeout (a request running too long becomes a 503)
+//! 9. body limit (extractors answer 413 beyond it)
 
 pub mod envelope;
+pub mod rate_limit;
 pub mod request_id;
 
 use std::time::Duration;
@@ -37,6 +39,7 @@ use super::{config::Settings, error::AppError};
 pub fn apply<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     settings: &Settings,
+    limiter: &rate_limit::RateLimiter,
 ) -> Router<S> {
     let hsts = settings
         .hsts_enabled
@@ -54,6 +57,10 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                 tracing::error!("handler panicked");
                 AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
             },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limiter.clone(),
+            rate_limit::per_ip,
         ))
         .layer(cors(settings))
         .layer(
