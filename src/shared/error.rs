@@ -188,6 +188,14 @@ impl From<sqlx::Error> for AppError {
                     "the request contains characters that cannot be stored (such as NUL)",
                 )
             }
+            // Lock conflicts Postgres resolved by aborting us: safe for the client to retry.
+            // 40P01 deadlock_detected, 40001 serialization_failure.
+            sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
+                tracing::warn!(error = %d, "transaction aborted by a lock conflict");
+                Self::ServiceUnavailable(
+                    "the request collided with another one; retry it".to_owned(),
+                )
+            }
             other => Self::Internal(anyhow::Error::new(other).context("database error")),
         }
     }

@@ -295,6 +295,17 @@ where
     Option::<T>::deserialize(de).map(Some)
 }
 
+/// For PATCH fields that may be absent but not `null`: with `#[serde(default,
+/// deserialize_with = "reject_null")]` on an `Option<T>`, absent stays `None` and `null`
+/// is a type error naming the field (a 400), not a silent "unchanged".
+pub fn reject_null<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
 /// `first_name` → `firstName`; already camelCase names pass unchanged.
 pub fn camel_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len());

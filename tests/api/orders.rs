@@ -95,21 +95,16 @@ async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool
     assert_eq!(queued, 1);
 
     // Later catalogue changes do not touch the order; archiving keeps it readable.
-    send(
-        app.authed(
-            Method::PATCH,
-            &format!("/api/v1/products/{mug}"),
-            &admin.token,
-        )
-        .json(&json!({"priceCents": 9999, "name": "Renamed"})),
+    let renamed = json!({"priceCents": 9999, "name": "Renamed"});
+    let product_path = format!("/api/v1/products/{mug}");
+    let (status, _, _) = send(
+        app.authed(Method::PATCH, &product_path, &admin.token)
+            .json(&renamed),
     )
     .await;
-    send(app.authed(
-        Method::DELETE,
-        &format!("/api/v1/products/{mug}"),
-        &admin.token,
-    ))
-    .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = send(app.authed(Method::DELETE, &product_path, &admin.token)).await;
+    assert_eq!(status, 204);
     let (_, _, again) = send(app.authed(
         Method::GET,
         &format!("{ORDERS}/{}", order["id"].as_str().unwrap()),
@@ -694,4 +689,117 @@ async fn answers_are_replayed_for_24_hours_and_not_after(pool: PgPool) {
     assert_eq!(status, 201, "{fresh}");
     assert!(!headers.contains_key("idempotent-replayed"));
     assert_eq!(order_count(&app).await, 1);
+}
+
+#[sqlx::test]
+async fn cancelling_after_stock_was_raised_to_the_bound_caps_the_restock(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let ann = app.user().await;
+    let order = place(&app, &ann, &one(mug, 5)).await;
+    let raise = json!({"stock": 1_000_000});
+    let (status, _, _) = send(
+        app.authed(
+            Method::PATCH,
+            &format!("/api/v1/products/{mug}"),
+            &admin.token,
+        )
+        .json(&raise),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _, body) = send(app.authed(
+        Method::POST,
+        &format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap()),
+        &ann.token,
+    ))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stock_of(&app, mug).await, 1_000_000);
+}
+
+#[sqlx::test]
+async fn cancels_and_placements_over_shared_products_never_deadlock(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let a = product(&app, &admin, "A", 100, 100_000).await;
+    let b = product(&app, &admin, "B", 100, 100_000).await;
+    let ann = app.user().await;
+    let ab = json!({"items": [{"productId": a, "quantity": 1}, {"productId": b, "quantity": 1}]});
+    let ba = json!({"items": [{"productId": b, "quantity": 1}, {"productId": a, "quantity": 1}]});
+    let mut existing = Vec::new();
+    for i in 0..16 {
+        existing.push(place(&app, &ann, if i % 2 == 0 { &ab } else { &ba }).await);
+    }
+    // Cancels (lines in both orders) racing placements (lines in both orders).
+    let cancels = existing.iter().map(|o| {
+        send(app.authed(
+            Method::POST,
+            &format!("{ORDERS}/{}/cancel", o["id"].as_str().unwrap()),
+            &ann.token,
+        ))
+    });
+    let placements = (0..16).map(|i| {
+        send(
+            app.authed(Method::POST, ORDERS, &ann.token)
+                .json(if i % 2 == 0 { &ba } else { &ab }),
+        )
+    });
+    let (cancelled, placed) = tokio::join!(
+        futures::future::join_all(cancels),
+        futures::future::join_all(placements)
+    );
+    assert!(
+        cancelled.iter().all(|(s, _, _)| *s == 200),
+        "{:?}",
+        cancelled.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(
+        placed.iter().all(|(s, _, _)| *s == 201),
+        "{:?}",
+        placed.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (stock_of(&app, a).await, stock_of(&app, b).await),
+        (100_000 - 16, 100_000 - 16)
+    );
+}
+
+#[sqlx::test]
+async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(pool: PgPool) {
+    use storefront::features::orders::idempotency::{self, Claim, IdempotencyKey};
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().await;
+    let body = json!({"items": []});
+    let key = IdempotencyKey::from_header(Some(&"k".parse().unwrap()), &body)
+        .unwrap()
+        .unwrap();
+    let db = &app.state.db;
+    let Claim::Acquired(first) =
+        idempotency::claim(db, ann.id, &key, std::time::Duration::from_secs(60))
+            .await
+            .unwrap()
+    else {
+        panic!("first claim")
+    };
+    // The first request stalls past the takeover threshold; a retry takes the key over.
+    let Claim::Acquired(second) = idempotency::claim(db, ann.id, &key, std::time::Duration::ZERO)
+        .await
+        .unwrap()
+    else {
+        panic!("takeover")
+    };
+    assert_ne!(first.token, second.token);
+    assert!(
+        !idempotency::complete(db, ann.id, &first, 201, &json!({}))
+            .await
+            .unwrap()
+    );
+    idempotency::release(db, ann.id, &first).await.unwrap();
+    assert!(
+        idempotency::complete(db, ann.id, &second, 201, &json!({"ok": true}))
+            .await
+            .unwrap()
+    );
 }

@@ -431,3 +431,28 @@ async fn the_seed_command_fills_the_catalogue_quickly(pool: PgPool) {
     )
     .await;
 }
+
+#[sqlx::test]
+async fn patch_refuses_null_for_required_fields_and_compares_if_match_strongly(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let mug = create(&app, &admin, product("MUG", "Mug", 100, 1)).await;
+    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let patch = |body: Value| app.authed(Method::PATCH, &path, &admin.token).json(&body);
+
+    for field in ["sku", "name", "priceCents", "stock"] {
+        let err = expect_error(patch(json!({ field: null })), 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
+    }
+    send(patch(json!({"stock": 2}))).await; // now at version 2
+    let (status, _, _) = send(patch(json!({"stock": 3})).header("if-match", "\"1\", \"2\"")).await;
+    assert_eq!(status, 200, "any listed tag may match");
+    expect_error(
+        patch(json!({"stock": 4})).header("if-match", "W/\"3\""),
+        412,
+        "PRECONDITION_FAILED",
+    )
+    .await;
+    let (status, _, _) = send(patch(json!({"stock": 4})).header("if-match", "*")).await;
+    assert_eq!(status, 200);
+}

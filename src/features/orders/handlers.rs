@@ -78,26 +78,29 @@ pub async fn create_order(
     JsonBody(raw): JsonBody<Value>,
 ) -> AppResult<Response> {
     let key = IdempotencyKey::from_header(headers.get(&IDEMPOTENCY_KEY), &raw)?;
-    if let Some(key) = &key {
-        match orders.claim_key(user.id, key).await? {
-            Claim::Acquired => {}
+    let claim = match &key {
+        None => None,
+        Some(key) => match orders.claim_key(user.id, key).await? {
+            Claim::Acquired(claim) => Some(claim),
             Claim::Replay { status, body } => return Ok(replay(status, body)),
             Claim::Mismatch => return Err(AppError::IdempotencyKeyMismatch),
             Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
-        }
-    }
+        },
+    };
     let placed = match parse_value::<CreateOrderRequest>(raw) {
-        Ok(req) => orders.place(user.id, &req, key.as_ref()).await,
+        Ok(req) => orders.place(user.id, &req, claim.as_ref()).await,
         Err(e) => Err(e),
     };
     let error = match placed {
         Ok(order) => return Ok(created(order)),
         Err(e) => e,
     };
-    let Some(key) = key else { return Err(error) };
+    let Some(claim) = claim else {
+        return Err(error);
+    };
     if error.status().is_server_error() {
         // No final answer: free the key so the client's retry can run.
-        if let Err(e) = orders.release_key(user.id, &key.key).await {
+        if let Err(e) = orders.release_key(user.id, &claim).await {
             tracing::warn!(error = %e, "could not release an idempotency key");
         }
         return Err(error);
@@ -109,7 +112,7 @@ pub async fn create_order(
         .map_err(|e| anyhow::anyhow!("reading an error body: {e}"))?;
     let stored: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
     orders
-        .remember_failure(user.id, &key.key, parts.status.as_u16(), &stored)
+        .remember_failure(user.id, &claim, parts.status.as_u16(), &stored)
         .await?;
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }

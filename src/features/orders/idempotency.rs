@@ -43,11 +43,18 @@ impl IdempotencyKey {
     }
 }
 
+/// A key this request holds; `token` proves the claim is still its own.
+#[derive(Debug, Clone)]
+pub struct ClaimedKey {
+    pub key: String,
+    pub token: Uuid,
+}
+
 /// What a request found when it tried to claim its key.
 #[derive(Debug)]
 pub enum Claim {
     /// This request owns the key and must complete or release it.
-    Acquired,
+    Acquired(ClaimedKey),
     /// A finished request with the same key and body: answer with its response.
     Replay { status: u16, body: Value },
     /// The key was used with a different body.
@@ -65,20 +72,28 @@ pub async fn claim(
     abandoned_after: Duration,
 ) -> sqlx::Result<Claim> {
     let abandoned_secs = abandoned_after.as_secs_f64();
+    let token = Uuid::new_v4();
+    let acquired = || {
+        Claim::Acquired(ClaimedKey {
+            key: key.key.clone(),
+            token,
+        })
+    };
     // Two rounds: a record removed between our insert and our read gets a second try.
     for _ in 0..2 {
         let inserted = sqlx::query!(
-            "insert into idempotency_keys (user_id, key, request_hash) values ($1, $2, $3)
+            "insert into idempotency_keys (user_id, key, request_hash, claim_token) values ($1, $2, $3, $4)
              on conflict (user_id, key) do nothing",
             user,
             key.key,
             key.request_hash,
+            token,
         )
         .execute(pool)
         .await?
         .rows_affected();
         if inserted == 1 {
-            return Ok(Claim::Acquired);
+            return Ok(acquired());
         }
         let Some(found) = sqlx::query!(
             r#"select request_hash, response_status, response_body,
@@ -116,18 +131,19 @@ pub async fn claim(
         }
         if found.abandoned {
             let taken = sqlx::query!(
-                "update idempotency_keys set created_at = now()
+                "update idempotency_keys set created_at = now(), claim_token = $4
                  where user_id = $1 and key = $2 and completed_at is null
                    and created_at < now() - make_interval(secs => $3)",
                 user,
                 key.key,
                 abandoned_secs,
+                token,
             )
             .execute(pool)
             .await?
             .rows_affected();
             if taken == 1 {
-                return Ok(Claim::Acquired);
+                return Ok(acquired());
             }
         }
         return Ok(Claim::InFlight);
@@ -135,33 +151,37 @@ pub async fn claim(
     Ok(Claim::InFlight)
 }
 
-/// Stores the final response of a claimed key.
+/// Stores the final response of a claimed key. `false` when the claim is no longer ours
+/// (taken over after we were presumed dead): the caller must then not commit.
 pub async fn complete(
     db: impl PgExecutor<'_>,
     user: Uuid,
-    key: &str,
+    claim: &ClaimedKey,
     status: u16,
     body: &Value,
-) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update idempotency_keys set response_status = $3, response_body = $4, completed_at = now()
-         where user_id = $1 and key = $2 and completed_at is null",
+) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update idempotency_keys set response_status = $4, response_body = $5, completed_at = now()
+         where user_id = $1 and key = $2 and claim_token = $3 and completed_at is null",
         user,
-        key,
+        claim.key,
+        claim.token,
         i16::try_from(status).unwrap_or(500),
         body,
     )
     .execute(db)
-    .await
-    .map(|_| ())
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
-/// Gives up a claim without an answer (a server error), so a retry may run again.
-pub async fn release(db: impl PgExecutor<'_>, user: Uuid, key: &str) -> sqlx::Result<()> {
+/// Gives up our claim without an answer (a server error), so a retry may run again.
+pub async fn release(db: impl PgExecutor<'_>, user: Uuid, claim: &ClaimedKey) -> sqlx::Result<()> {
     sqlx::query!(
-        "delete from idempotency_keys where user_id = $1 and key = $2 and completed_at is null",
+        "delete from idempotency_keys
+         where user_id = $1 and key = $2 and claim_token = $3 and completed_at is null",
         user,
-        key
+        claim.key,
+        claim.token
     )
     .execute(db)
     .await

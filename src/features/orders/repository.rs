@@ -84,10 +84,25 @@ pub async fn take_stock(
     .map(|r| r.rows_affected())
 }
 
-/// Gives back the stock of every line of `order_id`.
+/// Locks the products of an order's lines in id order, the order placement uses too, so a
+/// cancel and a placement over the same products cannot deadlock.
+pub async fn lock_order_products(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query_scalar!(
+        "select id from products
+         where id in (select product_id from order_items where order_id = $1)
+         order by id for update",
+        order_id
+    )
+    .fetch_all(db)
+    .await
+    .map(|_| ())
+}
+
+/// Gives back the stock of every line of `order_id` (capped at the stock bound, which an
+/// admin may have raised the product to in the meantime).
 pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u64> {
     sqlx::query!(
-        "update products p set stock = p.stock + i.quantity, version = p.version + 1
+        "update products p set stock = least(p.stock + i.quantity, 1000000), version = p.version + 1
          from order_items i
          where i.order_id = $1 and p.id = i.product_id",
         order_id

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
-    idempotency::{self, Claim, IdempotencyKey},
+    idempotency::{self, Claim, ClaimedKey, IdempotencyKey},
     repository::{self, NewItems, OrderItemRow, OrderRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
@@ -55,20 +55,21 @@ impl OrderService {
         Ok(idempotency::claim(&self.db, user, key, self.abandoned_after).await?)
     }
 
-    /// Stores a final error answer for a claimed key.
+    /// Stores a final error answer for a claimed key (nothing if the claim was lost).
     pub async fn remember_failure(
         &self,
         user: Uuid,
-        key: &str,
+        claim: &ClaimedKey,
         status: u16,
         body: &serde_json::Value,
     ) -> AppResult<()> {
-        Ok(idempotency::complete(&self.db, user, key, status, body).await?)
+        idempotency::complete(&self.db, user, claim, status, body).await?;
+        Ok(())
     }
 
     /// Frees a claimed key after a server error.
-    pub async fn release_key(&self, user: Uuid, key: &str) -> AppResult<()> {
-        Ok(idempotency::release(&self.db, user, key).await?)
+    pub async fn release_key(&self, user: Uuid, claim: &ClaimedKey) -> AppResult<()> {
+        Ok(idempotency::release(&self.db, user, claim).await?)
     }
 
     /// Places an order, all or nothing. With a claimed key, the 201 body is stored in the
@@ -78,7 +79,7 @@ impl OrderService {
         &self,
         user: Uuid,
         req: &CreateOrderRequest,
-        key: Option<&IdempotencyKey>,
+        claim: Option<&ClaimedKey>,
     ) -> AppResult<OrderResponse> {
         req.check()?;
         let mut ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
@@ -167,9 +168,12 @@ impl OrderService {
             })
             .collect();
         let response = OrderResponse::new(order, rows);
-        if let Some(key) = key {
+        if let Some(claim) = claim {
             let body = json!({"success": true, "data": &response});
-            idempotency::complete(&mut *tx, user, &key.key, 201, &body).await?;
+            if !idempotency::complete(&mut *tx, user, claim, 201, &body).await? {
+                // Our claim was taken over while we ran: the new owner answers; roll back.
+                return Err(AppError::IdempotencyKeyInUse);
+            }
         }
         tx.commit().await?;
         tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
@@ -295,6 +299,7 @@ impl OrderService {
     ) -> AppResult<OrderRow> {
         let updated = repository::set_status(&mut **tx, order.id, next).await?;
         if next == OrderStatus::Cancelled {
+            repository::lock_order_products(&mut **tx, order.id).await?;
             let lines = repository::restock(&mut **tx, order.id).await?;
             tracing::info!(order.id = %order.id, restocked.lines = lines, "order cancelled and restocked");
         }

@@ -28,11 +28,17 @@ fn etag(version: i32) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
 }
 
-/// The version an `If-Match` / `If-None-Match` value names, if it names one of ours.
-fn versions_in(value: &str) -> impl Iterator<Item = Option<i32>> + '_ {
-    value.split(',').map(|tag| {
+/// The versions an `If-Match` / `If-None-Match` list names; `weak` says whether weak
+/// tags (`W/"3"`) count: they do for `If-None-Match`, never for `If-Match` (RFC 9110
+/// compares strongly there).
+fn versions_in(value: &str, weak: bool) -> impl Iterator<Item = i32> + '_ {
+    value.split(',').filter_map(move |tag| {
         let tag = tag.trim();
-        let tag = tag.strip_prefix("W/").unwrap_or(tag);
+        let tag = match tag.strip_prefix("W/") {
+            Some(_) if !weak => return None,
+            Some(stripped) => stripped,
+            None => tag,
+        };
         tag.strip_prefix('"')
             .and_then(|t| t.strip_suffix('"'))
             .and_then(|v| v.parse().ok())
@@ -91,17 +97,16 @@ pub async fn get_product(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let product = products.get(path.id).await?;
-    if let Some(value) = headers
+    let if_none_match = headers
         .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.to_str().ok());
+    if let Some(value) = if_none_match
+        && (value.trim() == "*" || versions_in(value, true).any(|v| v == product.version))
     {
-        let current = Some(product.version);
-        if value.trim() == "*" || versions_in(value).any(|v| v == current) {
-            let mut res = StatusCode::NOT_MODIFIED.into_response();
-            res.headers_mut()
-                .insert(header::ETAG, etag(product.version));
-            return Ok(res);
-        }
+        let mut res = StatusCode::NOT_MODIFIED.into_response();
+        res.headers_mut()
+            .insert(header::ETAG, etag(product.version));
+        return Ok(res);
     }
     Ok(with_etag(product, &settings, StatusCode::OK))
 }
@@ -166,12 +171,16 @@ pub async fn update_product(
     {
         None => None,
         Some(value) if value.trim() == "*" => None,
-        // An unparseable or foreign tag can never match: 412, not a silent overwrite.
-        Some(value) => Some(versions_in(value).flatten().next().unwrap_or(-1)),
+        // Any listed strong tag may match; none parseable means nothing can: 412, never
+        // a silent overwrite.
+        Some(value) => Some(versions_in(value, false).collect::<Vec<_>>()),
     };
     if body.is_empty() {
         let product = products.get(path.id).await?;
-        if expected.is_some_and(|v| v != product.version) {
+        if expected
+            .as_ref()
+            .is_some_and(|v| !v.contains(&product.version))
+        {
             return Err(AppError::PreconditionFailed(
                 "the product has changed; fetch it again".to_owned(),
             ));
@@ -185,7 +194,9 @@ pub async fn update_product(
         price_cents: body.price_cents,
         stock: body.stock,
     };
-    let product = products.update(path.id, expected, &changes).await?;
+    let product = products
+        .update(path.id, expected.as_deref(), &changes)
+        .await?;
     Ok(with_etag(product, &settings, StatusCode::OK))
 }
 

@@ -71,11 +71,11 @@ pub async fn insert(db: impl PgExecutor<'_>, p: &NewProduct<'_>) -> sqlx::Result
 }
 
 /// Applies `changes` and bumps `version`, only if the product is live and, when
-/// `expected_version` is given, still at that version. `None` when nothing matched.
+/// `expected_versions` is given, still at one of those versions. `None` when nothing matched.
 pub async fn update(
     db: impl PgExecutor<'_>,
     id: Uuid,
-    expected_version: Option<i32>,
+    expected_versions: Option<&[i32]>,
     c: &ProductChanges,
 ) -> sqlx::Result<Option<ProductRow>> {
     sqlx::query_as!(
@@ -87,10 +87,10 @@ pub async fn update(
              price_cents = coalesce($7, price_cents),
              stock       = coalesce($8, stock),
              version     = version + 1
-         where id = $1 and archived_at is null and ($2::int is null or version = $2)
+         where id = $1 and archived_at is null and ($2::int[] is null or version = any($2))
          returning id, sku, name, description, price_cents, stock, version, created_at, updated_at",
         id,
-        expected_version,
+        expected_versions,
         c.sku,
         c.name,
         c.description.is_some(),

@@ -56,16 +56,16 @@ impl ProductService {
         Ok(product)
     }
 
-    /// Applies a partial update. With `expected_version` (from `If-Match`), a product that
+    /// Applies a partial update. With `expected_versions` (from `If-Match`), a product that
     /// changed meanwhile is a 412 and nothing is written.
     #[tracing::instrument(skip_all, fields(product.id = %id))]
     pub async fn update(
         &self,
         id: Uuid,
-        expected_version: Option<i32>,
+        expected_versions: Option<&[i32]>,
         changes: &ProductChanges,
     ) -> AppResult<ProductRow> {
-        match repository::update(&self.db, id, expected_version, changes)
+        match repository::update(&self.db, id, expected_versions, changes)
             .await
             .map_err(sku_conflict)?
         {

@@ -7,7 +7,10 @@ use uuid::Uuid;
 use validator::{Validate, ValidationError};
 
 use super::repository::ProductRow;
-use crate::shared::{error::AppError, extract::double_option};
+use crate::shared::{
+    error::AppError,
+    extract::{double_option, reject_null},
+};
 
 pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 pub const MAX_STOCK: i32 = 1_000_000;
@@ -76,8 +79,10 @@ pub struct CreateProductRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateProductRequest {
     #[validate(custom(function = "valid_sku"))]
+    #[serde(default, deserialize_with = "reject_null")]
     pub sku: Option<String>,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[serde(default, deserialize_with = "reject_null")]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 5000)]
@@ -87,8 +92,10 @@ pub struct UpdateProductRequest {
         max = 100_000_000,
         message = "must be between 0 and 100000000"
     ))]
+    #[serde(default, deserialize_with = "reject_null")]
     pub price_cents: Option<i64>,
     #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
+    #[serde(default, deserialize_with = "reject_null")]
     pub stock: Option<i32>,
 }
 
