@@ -20,8 +20,6 @@ async fn main() -> anyhow::Result<()> {
         assert!(hasher.verify("correct horse battery staple", &hash).await?);
     }
     let per_verify = started.elapsed() / rounds;
-    println!(
-        "argon2id m=19456 t=2 p=1: hash {per_hash:?}, verify {per_verify:?} (mean of {rounds})"
-    );
+    println!("argon2id m=19456 t=2 p=1: hash {per_hash:?}, verify {per_verify:?} (mean of {rounds})");
     Ok(())
 }

@@ -20,9 +20,8 @@ use crate::{
         users::UserService,
     },
     shared::{
-        auth::TokenKeys, config::Settings, db, error::AppError, middleware,
-        middleware::rate_limit::RateLimiter, openapi::ApiDoc, password::PasswordHasher,
-        redis::Redis,
+        auth::TokenKeys, config::Settings, db, error::AppError, metrics::Metrics, middleware,
+        middleware::rate_limit::RateLimiter, openapi::ApiDoc, password::PasswordHasher, redis::Redis,
     },
 };
 
@@ -38,6 +37,7 @@ pub struct AppState {
     pub products: ProductService,
     pub orders: OrderService,
     pub limiter: RateLimiter,
+    pub metrics: Metrics,
 }
 
 /// Lets handlers and extractors take `State<T>` of one part of the state.
@@ -51,7 +51,7 @@ macro_rules! from_ref {
     )*};
 }
 
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter);
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter, metrics: Metrics);
 
 impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
@@ -60,28 +60,14 @@ impl AppState {
         let hasher = PasswordHasher::new();
         let tokens = Arc::new(TokenKeys::from_settings(&config));
         let store = Arc::new(PgAuthStore { pool: db.clone() });
-        let auth = AuthService::new(
-            store,
-            hasher.clone(),
-            tokens.clone(),
-            config.refresh_token_ttl,
-        );
+        let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
         let users = UserService::new(db.clone(), hasher);
         let products = ProductService::new(db.clone());
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
-        Self {
-            config: Arc::new(config),
-            db,
-            redis,
-            tokens,
-            auth,
-            users,
-            products,
-            orders,
-            limiter,
-        }
+        let metrics = Metrics::default();
+        Self { config: Arc::new(config), db, redis, tokens, auth, users, products, orders, limiter, metrics }
     }
 }
 
@@ -98,7 +84,7 @@ pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .merge(SwaggerUi::new("/api-docs").url("/api-docs/openapi.json", openapi))
         .fallback(|| async { AppError::NotFound("no route matches this path".to_owned()) });
-    middleware::apply(router, &state.config, &state.limiter).with_state(state)
+    middleware::apply(router, &state.config, &state.limiter, &state.metrics).with_state(state)
 }
 
 /// Every documented route, with the OpenAPI document it generates.
@@ -128,9 +114,7 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
 /// `SHUTDOWN_TIMEOUT` and closes the pool.
 pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let addr = state.config.bind_address();
-    let listener = TcpListener::bind(&addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
@@ -149,15 +133,12 @@ pub async fn run(
     drain: std::time::Duration,
 ) -> anyhow::Result<()> {
     let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        signal.await;
-        tracing::info!("shutdown requested: draining in-flight requests");
-        let _ = stopping_tx.send(true);
-    });
+    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutdown requested: draining in-flight requests");
+            let _ = stopping_tx.send(true);
+        });
     let deadline = async move {
         let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(drain).await;

@@ -92,10 +92,7 @@ async fn create_admin(settings: Settings, email: &str) -> anyhow::Result<()> {
     use validator::ValidateEmail;
 
     let email = crate::features::auth::domain::normalize_email(email);
-    anyhow::ensure!(
-        email.validate_email(),
-        "--email is not a valid e-mail address"
-    );
+    anyhow::ensure!(email.validate_email(), "--email is not a valid e-mail address");
     let pool = db::connect_lazy(&settings)?;
     db::migrate(&pool).await?;
     let users = crate::features::users::UserService::new(pool.clone(), PasswordHasher::new());

@@ -16,9 +16,7 @@ pub const SEED_PASSWORD: &str = "password123";
 pub async fn run(pool: &PgPool, products: u32, users: u32) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
     // Bulk inserts legitimately outlast the request-sized statement timeout.
-    sqlx::query("set statement_timeout = 0")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("set statement_timeout = 0").execute(&mut *conn).await?;
     let result = fill(&mut conn, products, users).await;
     // The setting must not leak back into the pool.
     conn.detach();
@@ -67,16 +65,11 @@ async fn fill(conn: &mut PgConnection, products: u32, users: u32) -> anyhow::Res
         .execute(&mut *conn)
         .await?
         .rows_affected();
-        println!(
-            "inserted {inserted} users (password {SEED_PASSWORD:?}) in {:.1?}",
-            started.elapsed()
-        );
+        println!("inserted {inserted} users (password {SEED_PASSWORD:?}) in {:.1?}", started.elapsed());
     }
     // Fresh statistics and visibility map: the planner picks the indexes, and the list's
     // index-only scans do not have to visit the heap.
-    sqlx::query("vacuum (analyze) products, users")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("vacuum (analyze) products, users").execute(&mut *conn).await?;
     println!("vacuumed and analysed in {:.1?} total", started.elapsed());
     Ok(())
 }

@@ -164,13 +164,7 @@ impl TokenKeys {
     }
 
     /// Signs an access token for `user`, tied to session `session_id`.
-    pub fn issue(
-        &self,
-        user_id: Uuid,
-        email: &str,
-        role: Role,
-        session_id: Uuid,
-    ) -> anyhow::Result<String> {
+    pub fn issue(&self, user_id: Uuid, email: &str, role: Role, session_id: Uuid) -> anyhow::Result<String> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
@@ -182,18 +176,12 @@ impl TokenKeys {
             aud: self.audience.clone(),
             jti: session_id,
         };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )?)
+        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
     }
 
     /// Verifies signature, algorithm, `exp`, `iss` and `aud`.
     pub fn verify(&self, token: &str) -> Option<Claims> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .ok()
-            .map(|data| data.claims)
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok().map(|data| data.claims)
     }
 }
 
@@ -222,10 +210,7 @@ impl AuthUser {
 fn bearer_token(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 impl<S> FromRequestParts<S> for AuthUser
@@ -241,22 +226,16 @@ where
             return Ok(user.clone());
         }
         let token = bearer_token(parts).ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
-        let claims = <Arc<TokenKeys>>::from_ref(state)
-            .verify(token)
-            .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
+        let claims =
+            <Arc<TokenKeys>>::from_ref(state).verify(token).ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
         // Two index lookups: deleted users and revoked sessions are locked out at once, and
         // role changes apply now rather than at token expiry.
         let pool = PgPool::from_ref(state);
-        let current =
-            crate::features::users::repository::find_active_identity(&pool, claims.sub, claims.jti)
-                .await?
-                .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
-        let user = AuthUser {
-            id: claims.sub,
-            email: current.email,
-            role: current.role,
-            session_id: claims.jti,
-        };
+        let current = crate::features::users::repository::find_active_identity(&pool, claims.sub, claims.jti)
+            .await?
+            .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
+        let user =
+            AuthUser { id: claims.sub, email: current.email, role: current.role, session_id: claims.jti };
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         parts.extensions.insert(user.clone());
         Ok(user)
@@ -297,10 +276,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string());
+        let ip =
+            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -324,22 +301,8 @@ mod tests {
         use Permission::*;
         let all = Permission::ALL;
         assert!(all.iter().all(|p| can(Some(Role::Admin), *p)));
-        let user: Vec<_> = all
-            .iter()
-            .copied()
-            .filter(|p| can(Some(Role::User), *p))
-            .collect();
-        assert_eq!(
-            user,
-            [
-                ProductsRead,
-                OrdersCreate,
-                OrdersRead,
-                OrdersUpdate,
-                ProfileRead,
-                ProfileUpdate
-            ]
-        );
+        let user: Vec<_> = all.iter().copied().filter(|p| can(Some(Role::User), *p)).collect();
+        assert_eq!(user, [ProductsRead, OrdersCreate, OrdersRead, OrdersUpdate, ProfileRead, ProfileUpdate]);
         let guest: Vec<_> = all.iter().copied().filter(|p| can(None, *p)).collect();
         assert_eq!(guest, [ProductsRead]);
     }
@@ -350,10 +313,7 @@ mod tests {
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let token = keys.issue(user, "a@b.co", Role::User, session).unwrap();
         let claims = keys.verify(&token).unwrap();
-        assert_eq!(
-            (claims.sub, claims.jti, claims.role),
-            (user, session, Role::User)
-        );
+        assert_eq!((claims.sub, claims.jti, claims.role), (user, session, Role::User));
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(claims.iss, "storefront");
         assert_eq!(claims.aud, "storefront-api");
@@ -362,9 +322,7 @@ mod tests {
     #[test]
     fn tampered_tokens_fail() {
         let keys = keys();
-        let token = keys
-            .issue(Uuid::new_v4(), "a@b.co", Role::User, Uuid::new_v4())
-            .unwrap();
+        let token = keys.issue(Uuid::new_v4(), "a@b.co", Role::User, Uuid::new_v4()).unwrap();
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[2] = parts[2].chars().rev().collect();
         assert!(keys.verify(&parts.join(".")).is_none());

@@ -56,6 +56,7 @@ rate_limit_default_per_minute = 600
 rate_limit_auth_per_minute = 20
 rate_limit_login_per_email = 10
 trust_proxy = false
+metrics_enabled = true
 "#;
 
 /// Every setting key, as its environment variable is spelled (lower-cased).
@@ -97,6 +98,7 @@ pub const KEYS: &[&str] = &[
     "rate_limit_auth_per_minute",
     "rate_limit_login_per_email",
     "trust_proxy",
+    "metrics_enabled",
 ];
 
 /// Deployment environment (`APP_ENV`).
@@ -158,14 +160,10 @@ impl FromStr for HumanDuration {
             "h" => value.checked_mul(3_600_000),
             "d" => value.checked_mul(86_400_000),
             other => {
-                return Err(format!(
-                    "`{raw}` has an unknown unit `{other}` (use ms, s, m, h or d)"
-                ));
+                return Err(format!("`{raw}` has an unknown unit `{other}` (use ms, s, m, h or d)"));
             }
         };
-        millis
-            .map(|ms| Self(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("`{raw}` is too long"))
+        millis.map(|ms| Self(Duration::from_millis(ms))).ok_or_else(|| format!("`{raw}` is too long"))
     }
 }
 
@@ -228,6 +226,8 @@ pub struct Settings {
     pub rate_limit_login_per_email: u32,
     /// Take the client IP from the right-most `X-Forwarded-For` entry.
     pub trust_proxy: bool,
+    /// Serve `GET /metrics`.
+    pub metrics_enabled: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -284,11 +284,7 @@ impl Settings {
         let mut problems = Vec::new();
         let get = |key: &str| -> figment::value::Value {
             let value = figment.find_value(key).ok();
-            value.unwrap_or_else(|| {
-                builtin
-                    .find_value(key)
-                    .expect("every key has a built-in default")
-            })
+            value.unwrap_or_else(|| builtin.find_value(key).expect("every key has a built-in default"))
         };
         // Extract a key as `T`; on failure note the problem and fall back to the built-in
         // default so that the remaining checks still run.
@@ -302,9 +298,7 @@ impl Settings {
                 Ok(v) => v,
                 Err(e) => {
                     problems.push(format!("{}: {}", key.to_ascii_uppercase(), e.kind));
-                    builtin
-                        .extract_inner(key)
-                        .expect("built-in defaults are valid")
+                    builtin.extract_inner(key).expect("built-in defaults are valid")
                 }
             }
         }
@@ -349,6 +343,7 @@ impl Settings {
         let rate_limit_auth_per_minute: u32 = field!("rate_limit_auth_per_minute");
         let rate_limit_login_per_email: u32 = field!("rate_limit_login_per_email");
         let trust_proxy: bool = field!("trust_proxy");
+        let metrics_enabled: bool = field!("metrics_enabled");
         let smtp_url: Option<String> = match figment.find_value("smtp_url") {
             Ok(v) => v
                 .deserialize::<String>()
@@ -358,12 +353,8 @@ impl Settings {
             Err(_) => None,
         };
 
-        let cors_origins: Vec<String> = cors_origin
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let cors_origins: Vec<String> =
+            cors_origin.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
 
         let settings = Settings {
             app_env,
@@ -402,13 +393,10 @@ impl Settings {
             rate_limit_auth_per_minute,
             rate_limit_login_per_email,
             trust_proxy,
+            metrics_enabled,
         };
         problems.extend(settings.problems());
-        if problems.is_empty() {
-            Ok(settings)
-        } else {
-            Err(ConfigError(problems))
-        }
+        if problems.is_empty() { Ok(settings) } else { Err(ConfigError(problems)) }
     }
 
     /// Semantic checks across keys; an empty list means the settings are usable.
@@ -433,10 +421,7 @@ impl Settings {
             p.push("DB_ACQUIRE_TIMEOUT: must be greater than zero".to_owned());
         }
         if let Err(e) = redis::Client::open(self.redis_url.expose_secret()) {
-            p.push(format!(
-                "REDIS_URL: not a valid Redis URL ({})",
-                e.kind_label()
-            ));
+            p.push(format!("REDIS_URL: not a valid Redis URL ({})", e.kind_label()));
         }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(char::is_whitespace) {
             p.push("REDIS_PREFIX: must be non-empty without whitespace".to_owned());
@@ -463,10 +448,7 @@ impl Settings {
             }
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            p.push(format!(
-                "LOG_LEVEL: `{}` is not a valid filter",
-                self.log_level
-            ));
+            p.push(format!("LOG_LEVEL: `{}` is not a valid filter", self.log_level));
         }
         if !is_http_url(&self.public_url) {
             p.push("PUBLIC_URL: must be an http(s) URL".to_owned());
@@ -484,18 +466,9 @@ impl Settings {
             p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());
         }
         for (name, value) in [
-            (
-                "RATE_LIMIT_DEFAULT_PER_MINUTE",
-                self.rate_limit_default_per_minute,
-            ),
-            (
-                "RATE_LIMIT_AUTH_PER_MINUTE",
-                self.rate_limit_auth_per_minute,
-            ),
-            (
-                "RATE_LIMIT_LOGIN_PER_EMAIL",
-                self.rate_limit_login_per_email,
-            ),
+            ("RATE_LIMIT_DEFAULT_PER_MINUTE", self.rate_limit_default_per_minute),
+            ("RATE_LIMIT_AUTH_PER_MINUTE", self.rate_limit_auth_per_minute),
+            ("RATE_LIMIT_LOGIN_PER_EMAIL", self.rate_limit_login_per_email),
         ] {
             if value == 0 {
                 p.push(format!(
@@ -534,9 +507,7 @@ fn check_database_url(url: &str) -> Result<(), String> {
 }
 
 fn is_http_url(s: &str) -> bool {
-    let rest = s
-        .strip_prefix("https://")
-        .or_else(|| s.strip_prefix("http://"));
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace))
 }
 
@@ -589,10 +560,7 @@ mod tests {
         let all = err.0.join("\n");
         assert!(all.contains("JWT_SECRET"), "{all}");
         assert!(all.contains("DATABASE_URL"), "{all}");
-        assert!(
-            all.contains("DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)"),
-            "{all}"
-        );
+        assert!(all.contains("DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)"), "{all}");
         assert!(all.contains("PORT"), "{all}");
         assert_eq!(err.0.len(), 4, "{all}");
     }
@@ -609,13 +577,7 @@ mod tests {
     fn smtp_transport_needs_a_url() {
         let err = with(&[("email_transport", "smtp")]).unwrap_err();
         assert!(err.0.iter().any(|p| p.starts_with("SMTP_URL")));
-        assert!(
-            with(&[
-                ("email_transport", "smtp"),
-                ("smtp_url", "smtp://localhost:25")
-            ])
-            .is_ok()
-        );
+        assert!(with(&[("email_transport", "smtp"), ("smtp_url", "smtp://localhost:25")]).is_ok());
     }
 
     #[test]
@@ -638,11 +600,7 @@ mod tests {
         let example = include_str!("../../.env.example");
         for key in KEYS {
             let var = format!("\n{}=", key.to_ascii_uppercase());
-            assert!(
-                example.contains(&var),
-                "{} missing from .env.example",
-                key.to_ascii_uppercase()
-            );
+            assert!(example.contains(&var), "{} missing from .env.example", key.to_ascii_uppercase());
         }
     }
 
@@ -663,13 +621,7 @@ mod tests {
         ])
         .unwrap_err();
         let all = err.0.join("\n");
-        for key in [
-            "EMAIL_TRANSPORT",
-            "CURRENCY",
-            "PUBLIC_URL",
-            "CORS_ORIGIN",
-            "REDIS_URL",
-        ] {
+        for key in ["EMAIL_TRANSPORT", "CURRENCY", "PUBLIC_URL", "CORS_ORIGIN", "REDIS_URL"] {
             assert!(all.contains(key), "{key} missing in {all}");
         }
     }

@@ -20,15 +20,13 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 /// Connection options: statement timeout and slow-statement logging from config.
 pub fn connect_options(settings: &Settings) -> anyhow::Result<PgConnectOptions> {
     let timeout_ms = settings.db_statement_timeout.as_millis().to_string();
-    Ok(
-        PgConnectOptions::from_str(settings.database_url.expose_secret())
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?
-            .application_name("storefront")
-            .options([("statement_timeout", timeout_ms.as_str())])
-            // Every statement at debug level is noise; slow ones are worth a warning.
-            .log_statements(LevelFilter::Trace)
-            .log_slow_statements(LevelFilter::Warn, settings.db_slow_query_threshold),
-    )
+    Ok(PgConnectOptions::from_str(settings.database_url.expose_secret())
+        .context("DATABASE_URL is not a valid PostgreSQL URL")?
+        .application_name("storefront")
+        .options([("statement_timeout", timeout_ms.as_str())])
+        // Every statement at debug level is noise; slow ones are worth a warning.
+        .log_statements(LevelFilter::Trace)
+        .log_slow_statements(LevelFilter::Warn, settings.db_slow_query_threshold))
 }
 
 /// Pool options from config.
@@ -49,19 +47,13 @@ pub fn connect_lazy(settings: &Settings) -> anyhow::Result<PgPool> {
 /// Applies pending migrations. sqlx serialises concurrent runs with an advisory lock,
 /// so several instances starting at once are safe.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .context("running database migrations")?;
+    MIGRATOR.run(pool).await.context("running database migrations")?;
     Ok(())
 }
 
 /// A cheap round trip used by the readiness probe.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query_scalar!(r#"select 1 as "one!""#)
-        .fetch_one(pool)
-        .await
-        .map(|_| ())
+    sqlx::query_scalar!(r#"select 1 as "one!""#).fetch_one(pool).await.map(|_| ())
 }
 
 /// `%q%` for ILIKE with the pattern characters in `q` escaped.

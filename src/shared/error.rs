@@ -26,10 +26,7 @@ pub type AppResult<T> = Result<T, AppError>;
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{message}")]
-    Validation {
-        message: String,
-        fields: FieldErrors,
-    },
+    Validation { message: String, fields: FieldErrors },
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -73,18 +70,12 @@ impl AppError {
 
     /// A 400 without a field (malformed input as a whole).
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::Validation {
-            message: message.into(),
-            fields: FieldErrors::new(),
-        }
+        Self::Validation { message: message.into(), fields: FieldErrors::new() }
     }
 
     /// A 400 listing field errors.
     pub fn invalid_fields(fields: FieldErrors) -> Self {
-        Self::Validation {
-            message: "request validation failed".to_owned(),
-            fields,
-        }
+        Self::Validation { message: "request validation failed".to_owned(), fields }
     }
 
     /// A 404 for a resource named `what`.
@@ -146,21 +137,15 @@ impl AppError {
             StatusCode::NOT_FOUND => Self::NotFound("resource not found".to_owned()),
             StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,
             StatusCode::CONFLICT => Self::Conflict("conflict".to_owned()),
-            StatusCode::PRECONDITION_FAILED => {
-                Self::PreconditionFailed("precondition failed".to_owned())
-            }
+            StatusCode::PRECONDITION_FAILED => Self::PreconditionFailed("precondition failed".to_owned()),
             StatusCode::PAYLOAD_TOO_LARGE => Self::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::UnsupportedMediaType("unsupported media type".to_owned())
             }
-            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited {
-                retry_after_secs: 1,
-            },
-            StatusCode::REQUEST_TIMEOUT
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Self::ServiceUnavailable(
-                "the request timed out or the service is unavailable".to_owned(),
-            ),
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited { retry_after_secs: 1 },
+            StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+                Self::ServiceUnavailable("the request timed out or the service is unavailable".to_owned())
+            }
             s if s.is_client_error() => Self::bad_request("bad request"),
             _ => Self::Internal(anyhow::anyhow!("unexpected bare {status} response")),
         }
@@ -184,17 +169,13 @@ impl From<sqlx::Error> for AppError {
             // Text Postgres cannot store (a NUL character, say) is the client's input, not
             // our failure: 22021 character_not_in_repertoire, 22P05 untranslatable_character.
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
-                Self::bad_request(
-                    "the request contains characters that cannot be stored (such as NUL)",
-                )
+                Self::bad_request("the request contains characters that cannot be stored (such as NUL)")
             }
             // Lock conflicts Postgres resolved by aborting us: safe for the client to retry.
             // 40P01 deadlock_detected, 40001 serialization_failure.
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
                 tracing::warn!(error = %d, "transaction aborted by a lock conflict");
-                Self::ServiceUnavailable(
-                    "the request collided with another one; retry it".to_owned(),
-                )
+                Self::ServiceUnavailable("the request collided with another one; retry it".to_owned())
             }
             other => Self::Internal(anyhow::Error::new(other).context("database error")),
         }
@@ -290,9 +271,7 @@ mod tests {
         let res = e.into_response();
         let status = res.status();
         let headers = res.headers().clone();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
         (status, headers, serde_json::from_slice(&bytes).unwrap())
     }
 
@@ -305,50 +284,16 @@ mod tests {
             (AppError::not_found("thing"), 404, "NOT_FOUND"),
             (AppError::MethodNotAllowed, 405, "METHOD_NOT_ALLOWED"),
             (AppError::Conflict("x".into()), 409, "CONFLICT"),
-            (
-                AppError::InsufficientStock(Value::Null),
-                409,
-                "INSUFFICIENT_STOCK",
-            ),
-            (
-                AppError::InvalidStatusTransition("x".into()),
-                409,
-                "INVALID_STATUS_TRANSITION",
-            ),
+            (AppError::InsufficientStock(Value::Null), 409, "INSUFFICIENT_STOCK"),
+            (AppError::InvalidStatusTransition("x".into()), 409, "INVALID_STATUS_TRANSITION"),
             (AppError::IdempotencyKeyInUse, 409, "IDEMPOTENCY_KEY_IN_USE"),
-            (
-                AppError::PreconditionFailed("x".into()),
-                412,
-                "PRECONDITION_FAILED",
-            ),
+            (AppError::PreconditionFailed("x".into()), 412, "PRECONDITION_FAILED"),
             (AppError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
-            (
-                AppError::UnsupportedMediaType("x".into()),
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-            ),
-            (
-                AppError::IdempotencyKeyMismatch,
-                422,
-                "IDEMPOTENCY_KEY_MISMATCH",
-            ),
-            (
-                AppError::RateLimited {
-                    retry_after_secs: 7,
-                },
-                429,
-                "RATE_LIMITED",
-            ),
-            (
-                AppError::ServiceUnavailable("x".into()),
-                503,
-                "SERVICE_UNAVAILABLE",
-            ),
-            (
-                AppError::Internal(anyhow::anyhow!("boom")),
-                500,
-                "INTERNAL_SERVER_ERROR",
-            ),
+            (AppError::UnsupportedMediaType("x".into()), 415, "UNSUPPORTED_MEDIA_TYPE"),
+            (AppError::IdempotencyKeyMismatch, 422, "IDEMPOTENCY_KEY_MISMATCH"),
+            (AppError::RateLimited { retry_after_secs: 7 }, 429, "RATE_LIMITED"),
+            (AppError::ServiceUnavailable("x".into()), 503, "SERVICE_UNAVAILABLE"),
+            (AppError::Internal(anyhow::anyhow!("boom")), 500, "INTERNAL_SERVER_ERROR"),
         ];
         for (error, status, code) in cases {
             let (s, _, body) = body_of(error).await;
@@ -361,10 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn internal_errors_hide_their_cause() {
-        let (_, _, body) = body_of(AppError::Internal(anyhow::anyhow!(
-            "select * from secret_table"
-        )))
-        .await;
+        let (_, _, body) = body_of(AppError::Internal(anyhow::anyhow!("select * from secret_table"))).await;
         let message = body["error"]["message"].as_str().unwrap();
         assert!(!message.contains("secret_table"));
     }
@@ -373,49 +315,25 @@ mod tests {
     async fn unauthorized_and_rate_limited_carry_their_headers() {
         let (_, h, _) = body_of(AppError::Unauthorized("no")).await;
         assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
-        let (_, h, _) = body_of(AppError::RateLimited {
-            retry_after_secs: 7,
-        })
-        .await;
+        let (_, h, _) = body_of(AppError::RateLimited { retry_after_secs: 7 }).await;
         assert_eq!(h[header::RETRY_AFTER], "7");
     }
 
     #[tokio::test]
     async fn validation_errors_list_fields_and_domain_errors_details() {
         let (_, _, body) = body_of(AppError::field("email", "must be an e-mail address")).await;
-        assert_eq!(
-            body["error"]["fields"]["email"][0],
-            "must be an e-mail address"
-        );
-        let (_, _, body) = body_of(AppError::InsufficientStock(
-            serde_json::json!({"products": []}),
-        ))
-        .await;
+        assert_eq!(body["error"]["fields"]["email"][0], "must be an e-mail address");
+        let (_, _, body) = body_of(AppError::InsufficientStock(serde_json::json!({"products": []}))).await;
         assert!(body["error"]["details"]["products"].is_array());
         assert!(body["error"].get("fields").is_none());
     }
 
     #[test]
     fn bare_statuses_map_to_spec_codes() {
-        assert_eq!(
-            AppError::from_status(StatusCode::METHOD_NOT_ALLOWED).code(),
-            "METHOD_NOT_ALLOWED"
-        );
-        assert_eq!(
-            AppError::from_status(StatusCode::REQUEST_TIMEOUT).code(),
-            "SERVICE_UNAVAILABLE"
-        );
-        assert_eq!(
-            AppError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(),
-            "PAYLOAD_TOO_LARGE"
-        );
-        assert_eq!(
-            AppError::from_status(StatusCode::IM_A_TEAPOT).code(),
-            "VALIDATION_ERROR"
-        );
-        assert_eq!(
-            AppError::from_status(StatusCode::BAD_GATEWAY).code(),
-            "INTERNAL_SERVER_ERROR"
-        );
+        assert_eq!(AppError::from_status(StatusCode::METHOD_NOT_ALLOWED).code(), "METHOD_NOT_ALLOWED");
+        assert_eq!(AppError::from_status(StatusCode::REQUEST_TIMEOUT).code(), "SERVICE_UNAVAILABLE");
+        assert_eq!(AppError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(), "PAYLOAD_TOO_LARGE");
+        assert_eq!(AppError::from_status(StatusCode::IM_A_TEAPOT).code(), "VALIDATION_ERROR");
+        assert_eq!(AppError::from_status(StatusCode::BAD_GATEWAY).code(), "INTERNAL_SERVER_ERROR");
     }
 }

@@ -27,9 +27,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 "expected a request body with Content-Type: application/json".to_owned(),
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -64,9 +62,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequestParts<S> for Que
             if field.is_empty() || field == "." {
                 field_from_message(&message)
                     .map(|f| AppError::field(f, message.clone()))
-                    .unwrap_or_else(|| {
-                        AppError::bad_request(format!("invalid query string: {message}"))
-                    })
+                    .unwrap_or_else(|| AppError::bad_request(format!("invalid query string: {message}")))
             } else {
                 AppError::field(camel_case(&field), message)
             }
@@ -93,49 +89,32 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(v)) => Ok(PathParam(v)),
             Err(PathRejection::FailedToDeserializePathParams(e)) => Err(match e.into_kind() {
-                ErrorKind::ParseErrorAtKey {
-                    key, expected_type, ..
-                } => AppError::field(
-                    key,
-                    format!("must be a valid {}", friendly_type(expected_type)),
-                ),
-                ErrorKind::DeserializeError { key, message, .. } => AppError::field(key, message),
-                ErrorKind::InvalidUtf8InPathParam { key } => {
-                    AppError::field(key, "must be valid UTF-8")
+                ErrorKind::ParseErrorAtKey { key, expected_type, .. } => {
+                    AppError::field(key, format!("must be a valid {}", friendly_type(expected_type)))
                 }
+                ErrorKind::DeserializeError { key, message, .. } => AppError::field(key, message),
+                ErrorKind::InvalidUtf8InPathParam { key } => AppError::field(key, "must be valid UTF-8"),
                 ErrorKind::ParseError { expected_type, .. } => AppError::bad_request(format!(
                     "path parameter must be a valid {}",
                     friendly_type(expected_type)
                 )),
                 _ => AppError::bad_request("invalid path parameter"),
             }),
-            Err(other) => Err(AppError::Internal(anyhow::anyhow!(
-                "path extraction failed: {other}"
-            ))),
+            Err(other) => Err(AppError::Internal(anyhow::anyhow!("path extraction failed: {other}"))),
         }
     }
 }
 
 fn friendly_type(rust_type: &str) -> &str {
-    if rust_type.ends_with("Uuid") {
-        "UUID"
-    } else {
-        rust_type
-    }
+    if rust_type.ends_with("Uuid") { "UUID" } else { rust_type }
 }
 
 fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
     let Some(mime) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = mime
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = mime.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn body_rejection(rejection: BytesRejection) -> AppError {
@@ -159,9 +138,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         }
         shape_error(&e.path().to_string(), &inner.to_string())
     })?;
-    de.end().map_err(|_| {
-        AppError::bad_request("malformed JSON: trailing characters after the value")
-    })?;
+    de.end().map_err(|_| AppError::bad_request("malformed JSON: trailing characters after the value"))?;
     Ok(value)
 }
 
@@ -193,19 +170,11 @@ fn shape_error(raw_path: &str, raw_message: &str) -> AppError {
 
 /// `items[2].quantity` from serde_path_to_error's `items[2].quantity` / `.` (root).
 fn json_path(raw: &str) -> String {
-    if raw == "." {
-        String::new()
-    } else {
-        raw.to_owned()
-    }
+    if raw == "." { String::new() } else { raw.to_owned() }
 }
 
 fn join_path(parent: &str, field: &str) -> String {
-    if parent.is_empty() {
-        field.to_owned()
-    } else {
-        format!("{parent}.{field}")
-    }
+    if parent.is_empty() { field.to_owned() } else { format!("{parent}.{field}") }
 }
 
 /// The backticked name in serde messages such as "unknown field `role`, expected ...".
@@ -232,11 +201,7 @@ pub fn validation_error(errors: ValidationErrors) -> AppError {
 
 fn flatten(errors: &ValidationErrors, prefix: &str, out: &mut FieldErrors) {
     for (name, kind) in errors.errors() {
-        let name = if name == "__all__" {
-            Cow::Borrowed("")
-        } else {
-            Cow::Owned(camel_case(name))
-        };
+        let name = if name == "__all__" { Cow::Borrowed("") } else { Cow::Owned(camel_case(name)) };
         let path = match (prefix.is_empty(), name.is_empty()) {
             (true, _) => name.into_owned(),
             (false, true) => prefix.to_owned(),
@@ -367,11 +332,7 @@ mod tests {
         assert_eq!(fields_of(e)["items[0].price"], vec!["unknown field"]);
         let e = parse_json::<Order>(br#"{"items":[{}]}"#).unwrap_err();
         let fields = fields_of(e);
-        assert_eq!(
-            fields.get("items[0].quantity"),
-            Some(&vec!["is required".to_owned()]),
-            "{fields:?}"
-        );
+        assert_eq!(fields.get("items[0].quantity"), Some(&vec!["is required".to_owned()]), "{fields:?}");
     }
 
     #[test]
@@ -389,10 +350,7 @@ mod tests {
             first_name: Some(String::new()),
         };
         let fields = fields_of(validation_error(order.validate().unwrap_err()));
-        assert_eq!(
-            fields["items[1].quantity"],
-            vec!["must be between 1 and 1000"]
-        );
+        assert_eq!(fields["items[1].quantity"], vec!["must be between 1 and 1000"]);
         assert_eq!(fields["firstName"], vec!["length must be at least 1"]);
     }
 

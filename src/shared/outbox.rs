@@ -10,12 +10,7 @@ use uuid::Uuid;
 pub const EMAILS: &str = "emails";
 
 /// Writes one job; call it inside the business transaction.
-pub async fn push(
-    db: impl PgExecutor<'_>,
-    queue: &str,
-    kind: &str,
-    payload: &Value,
-) -> sqlx::Result<Uuid> {
+pub async fn push(db: impl PgExecutor<'_>, queue: &str, kind: &str, payload: &Value) -> sqlx::Result<Uuid> {
     sqlx::query_scalar!(
         "insert into outbox (queue, kind, payload) values ($1, $2, $3) returning id",
         queue,

@@ -31,10 +31,7 @@ impl PasswordHasher {
     /// One permit per CPU: more concurrent hashes would only thrash.
     pub fn new() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self {
-            permits: Arc::new(Semaphore::new(cpus)),
-            dummy_hash: Arc::new(OnceCell::new()),
-        }
+        Self { permits: Arc::new(Semaphore::new(cpus)), dummy_hash: Arc::new(OnceCell::new()) }
     }
 
     /// Hashes `password` into a PHC string.
@@ -52,22 +49,14 @@ impl PasswordHasher {
     /// Whether `password` matches the PHC string `hash`.
     pub async fn verify(&self, password: &str, hash: &str) -> anyhow::Result<bool> {
         let (password, hash) = (password.to_owned(), hash.to_owned());
-        self.run(move || {
-            Ok(argon2()
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok())
-        })
-        .await
+        self.run(move || Ok(argon2().verify_password(password.as_bytes(), hash.as_str()).is_ok())).await
     }
 
     /// Spends the same work as a real verification, for an account that does not exist,
     /// so "unknown e-mail" and "wrong password" take about the same time.
     pub async fn verify_dummy(&self, password: &str) -> anyhow::Result<()> {
-        let dummy = self
-            .dummy_hash
-            .get_or_try_init(|| self.hash("dummy password that never matches"))
-            .await?
-            .clone();
+        let dummy =
+            self.dummy_hash.get_or_try_init(|| self.hash("dummy password that never matches")).await?.clone();
         self.verify(password, &dummy).await.map(|_| ())
     }
 
@@ -75,14 +64,8 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .context("password hasher closed")?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .context("password hashing task failed")?
+        let _permit = self.permits.acquire().await.context("password hasher closed")?;
+        tokio::task::spawn_blocking(work).await.context("password hashing task failed")?
     }
 }
 
@@ -94,22 +77,9 @@ mod tests {
     async fn hashes_verify_and_wrong_passwords_do_not() {
         let hasher = PasswordHasher::new();
         let hash = hasher.hash("correct horse battery staple").await.unwrap();
-        assert!(
-            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
-            "{hash}"
-        );
-        assert!(
-            hasher
-                .verify("correct horse battery staple", &hash)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !hasher
-                .verify("Correct horse battery staple", &hash)
-                .await
-                .unwrap()
-        );
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
+        assert!(hasher.verify("correct horse battery staple", &hash).await.unwrap());
+        assert!(!hasher.verify("Correct horse battery staple", &hash).await.unwrap());
         assert!(!hasher.verify("anything", "not a phc string").await.unwrap());
         hasher.verify_dummy("whatever").await.unwrap();
     }
@@ -117,10 +87,7 @@ mod tests {
     #[tokio::test]
     async fn the_same_password_gets_a_new_salt_each_time() {
         let hasher = PasswordHasher::new();
-        let (a, b) = (
-            hasher.hash("password1").await.unwrap(),
-            hasher.hash("password1").await.unwrap(),
-        );
+        let (a, b) = (hasher.hash("password1").await.unwrap(), hasher.hash("password1").await.unwrap());
         assert_ne!(a, b);
     }
 }

@@ -20,8 +20,8 @@ impl Redis {
     /// Creates the handle without connecting; the first command connects, and a lost
     /// connection is re-established on the next command.
     pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Self> {
-        let client = redis::Client::open(settings.redis_url.expose_secret())
-            .context("REDIS_URL is invalid")?;
+        let client =
+            redis::Client::open(settings.redis_url.expose_secret()).context("REDIS_URL is invalid")?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
@@ -29,10 +29,7 @@ impl Redis {
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client, config)
             .context("creating the Redis connection")?;
-        Ok(Self {
-            conn,
-            prefix: Arc::from(settings.redis_prefix.as_str()),
-        })
+        Ok(Self { conn, prefix: Arc::from(settings.redis_prefix.as_str()) })
     }
 
     /// A connection handle for commands (multiplexed: cloning is cheap).
@@ -53,9 +50,6 @@ impl Redis {
     /// `PING`, used by the readiness probe.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         let mut conn = self.conn();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map(|_| ())
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ())
     }
 }

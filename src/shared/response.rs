@@ -19,10 +19,7 @@ pub struct ApiOk<T> {
 
 impl<T> ApiOk<T> {
     pub fn new(data: T) -> Self {
-        Self {
-            success: true,
-            data,
-        }
+        Self { success: true, data }
     }
 }
 
@@ -45,12 +42,7 @@ impl Pagination {
     /// `pages` is `ceil(total / limit)`, so an empty result has `pages: 0`.
     pub fn new(page: u32, limit: u32, total: i64) -> Self {
         let limit_i = i64::from(limit.max(1));
-        Self {
-            page,
-            limit,
-            total,
-            pages: (total + limit_i - 1) / limit_i,
-        }
+        Self { page, limit, total, pages: (total + limit_i - 1) / limit_i }
     }
 }
 
@@ -65,11 +57,7 @@ pub struct ApiList<T> {
 
 impl<T> ApiList<T> {
     pub fn new(data: Vec<T>, pagination: Pagination) -> Self {
-        Self {
-            success: true,
-            data,
-            pagination,
-        }
+        Self { success: true, data, pagination }
     }
 }
 

@@ -11,18 +11,10 @@ pub fn init(settings: &Settings) {
     let registry = tracing_subscriber::registry().with(filter);
     if settings.json_logs() {
         registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
+            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
             .init();
     } else {
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry
-            .with(fmt::layer().with_target(false).with_ansi(ansi))
-            .init();
+        registry.with(fmt::layer().with_target(false).with_ansi(ansi)).init();
     }
 }

@@ -18,15 +18,8 @@ const LOGOUT: &str = "/api/v1/auth/logout";
 const LOGOUT_ALL: &str = "/api/v1/auth/logout-all";
 const PROFILE: &str = "/api/v1/users/profile";
 
-async fn refresh(
-    app: &TestApp,
-    token: &str,
-) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
-    send(
-        app.request(Method::POST, REFRESH)
-            .json(&json!({"refreshToken": token})),
-    )
-    .await
+async fn refresh(app: &TestApp, token: &str) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+    send(app.request(Method::POST, REFRESH).json(&json!({"refreshToken": token}))).await
 }
 
 #[sqlx::test]
@@ -49,8 +42,7 @@ async fn register_creates_a_user_and_returns_tokens_without_caching(pool: PgPool
     assert_eq!(user["role"], "user");
     assert!(user.get("passwordHash").is_none() && user.get("password").is_none());
     // The token works.
-    let (status, _, me) =
-        send(app.authed(Method::GET, PROFILE, data["token"].as_str().unwrap())).await;
+    let (status, _, me) = send(app.authed(Method::GET, PROFILE, data["token"].as_str().unwrap())).await;
     assert_eq!(status, 200);
     assert_eq!(me["data"]["id"], user["id"]);
 }
@@ -59,26 +51,11 @@ async fn register_creates_a_user_and_returns_tokens_without_caching(pool: PgPool
 async fn register_rejects_bad_fields_naming_each(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let cases = [
-        (
-            json!({"email": "not-an-email", "password": "password123"}),
-            "email",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "short"}),
-            "password",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "x".repeat(129)}),
-            "password",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "password123", "firstName": ""}),
-            "firstName",
-        ),
-        (
-            json!({"email": "a@example.com", "password": "password123", "role": "admin"}),
-            "role",
-        ),
+        (json!({"email": "not-an-email", "password": "password123"}), "email"),
+        (json!({"email": "a@example.com", "password": "short"}), "password"),
+        (json!({"email": "a@example.com", "password": "x".repeat(129)}), "password"),
+        (json!({"email": "a@example.com", "password": "password123", "firstName": ""}), "firstName"),
+        (json!({"email": "a@example.com", "password": "password123", "role": "admin"}), "role"),
         (json!({"password": "password123"}), "email"),
     ];
     for (body, field) in cases {
@@ -94,12 +71,7 @@ async fn register_rejects_bad_fields_naming_each(pool: PgPool) {
 async fn an_email_differing_only_in_case_is_a_conflict(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     app.register("ann@example.com", "password123").await;
-    let res = app
-        .post_json(
-            REGISTER,
-            &json!({"email": "ANN@Example.com", "password": "password456"}),
-        )
-        .await;
+    let res = app.post_json(REGISTER, &json!({"email": "ANN@Example.com", "password": "password456"})).await;
     assert_error(res, 409, "CONFLICT").await;
 }
 
@@ -112,8 +84,7 @@ async fn login_returns_tokens_and_bad_credentials_are_one_uniform_401(pool: PgPo
     assert_eq!(ok.email, "ann@example.com");
 
     let (s1, h1, wrong) = send(
-        app.request(Method::POST, LOGIN)
-            .json(&json!({"email": "ann@example.com", "password": "nope-nope"})),
+        app.request(Method::POST, LOGIN).json(&json!({"email": "ann@example.com", "password": "nope-nope"})),
     )
     .await;
     let (s2, h2, unknown) = send(
@@ -139,12 +110,7 @@ async fn an_unknown_email_costs_about_as_much_as_a_wrong_password(pool: PgPool) 
             let mut total = Duration::ZERO;
             for _ in 0..3 {
                 let started = Instant::now();
-                let res = app
-                    .post_json(
-                        LOGIN,
-                        &json!({"email": email, "password": "wrong-password"}),
-                    )
-                    .await;
+                let res = app.post_json(LOGIN, &json!({"email": email, "password": "wrong-password"})).await;
                 assert_eq!(res.status(), 401);
                 total += started.elapsed();
             }
@@ -156,22 +122,15 @@ async fn an_unknown_email_costs_about_as_much_as_a_wrong_password(pool: PgPool) 
     let unknown_email = time("nobody@example.com").await;
     // Both pay for an argon2 verification; without the dummy hash the unknown e-mail
     // would answer in well under a tenth of the time.
-    assert!(
-        unknown_email * 10 > wrong_password * 4,
-        "unknown {unknown_email:?} vs wrong {wrong_password:?}"
-    );
+    assert!(unknown_email * 10 > wrong_password * 4, "unknown {unknown_email:?} vs wrong {wrong_password:?}");
 }
 
 #[sqlx::test]
 async fn login_validation_errors_are_400(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let err = assert_error(
-        app.post_json(LOGIN, &json!({"email": "a@example.com"}))
-            .await,
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    let err =
+        assert_error(app.post_json(LOGIN, &json!({"email": "a@example.com"})).await, 400, "VALIDATION_ERROR")
+            .await;
     assert!(err["error"]["fields"]["password"].is_array());
 }
 
@@ -187,10 +146,7 @@ async fn refresh_rotates_and_the_old_token_is_then_refused(pool: PgPool) {
     assert_ne!(rotated, ann.refresh_token);
     assert_eq!(body["data"]["expiresIn"], 900);
     let new_access = body["data"]["token"].as_str().unwrap();
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, new_access)).await.0,
-        200
-    );
+    assert_eq!(send(app.authed(Method::GET, PROFILE, new_access)).await.0, 200);
 
     let (s, h, b) = refresh(&app, &ann.refresh_token).await;
     assert_error_parts(s, &h, &b, 401, "UNAUTHORIZED");
@@ -206,18 +162,11 @@ async fn presenting_a_rotated_token_revokes_its_whole_family(pool: PgPool) {
     let (_, _, first) = refresh(&app, &ann.refresh_token).await;
     let second = first["data"]["refreshToken"].as_str().unwrap().to_owned();
     let (_, _, second_body) = refresh(&app, &second).await;
-    let third = second_body["data"]["refreshToken"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let third = second_body["data"]["refreshToken"].as_str().unwrap().to_owned();
 
     // A thief replays the first token: refused, and the family is burned.
     assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
-    assert_eq!(
-        refresh(&app, &third).await.0,
-        401,
-        "the newest descendant is revoked too"
-    );
+    assert_eq!(refresh(&app, &third).await.0, 401, "the newest descendant is revoked too");
     // Another login (another family) is untouched.
     assert_eq!(refresh(&app, &other_device.refresh_token).await.0, 200);
 }
@@ -227,21 +176,11 @@ async fn concurrent_refreshes_of_one_token_let_at_most_one_through(pool: PgPool)
     let app = TestApp::spawn(pool).await;
     let ann = app.register("ann@example.com", "password123").await;
     let attempts = (0..5).map(|_| refresh(&app, &ann.refresh_token));
-    let statuses: Vec<u16> = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(|(s, _, _)| s.as_u16())
-        .collect();
+    let statuses: Vec<u16> =
+        futures::future::join_all(attempts).await.into_iter().map(|(s, _, _)| s.as_u16()).collect();
     // One rotation wins; the losers' attempts count as reuse and burn the family.
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 401),
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 401), "{statuses:?}");
 }
 
 #[sqlx::test]
@@ -249,28 +188,17 @@ async fn logout_revokes_the_session_and_unknown_tokens_are_fine(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let ann = app.register("ann@example.com", "password123").await;
 
-    let (status, headers, body) = send(
-        app.request(Method::POST, LOGOUT)
-            .json(&json!({"refreshToken": ann.refresh_token})),
-    )
-    .await;
+    let (status, headers, body) =
+        send(app.request(Method::POST, LOGOUT).json(&json!({"refreshToken": ann.refresh_token}))).await;
     assert_eq!(status, 204);
     assert_eq!(body, Value::Null);
     assert_eq!(headers["cache-control"], "no-store");
     assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
 
-    let (status, _, _) = send(
-        app.request(Method::POST, LOGOUT)
-            .json(&json!({"refreshToken": "never-issued"})),
-    )
-    .await;
+    let (status, _, _) =
+        send(app.request(Method::POST, LOGOUT).json(&json!({"refreshToken": "never-issued"}))).await;
     assert_eq!(status, 204);
-    assert_error(
-        app.post_json(LOGOUT, &json!({})).await,
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    assert_error(app.post_json(LOGOUT, &json!({})).await, 400, "VALIDATION_ERROR").await;
 }
 
 #[sqlx::test]
@@ -280,22 +208,13 @@ async fn logout_all_revokes_every_session_of_the_caller(pool: PgPool) {
     let phone = app.login("ann@example.com", "password123").await;
     let bob = app.user().await;
 
-    assert_error(
-        app.request(Method::POST, LOGOUT_ALL).send().await.unwrap(),
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
+    assert_error(app.request(Method::POST, LOGOUT_ALL).send().await.unwrap(), 401, "UNAUTHORIZED").await;
     let (status, _, _) = send(app.authed(Method::POST, LOGOUT_ALL, &ann.token)).await;
     assert_eq!(status, 204);
 
     assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
     assert_eq!(refresh(&app, &phone.refresh_token).await.0, 401);
-    assert_eq!(
-        refresh(&app, &bob.refresh_token).await.0,
-        200,
-        "other users keep their sessions"
-    );
+    assert_eq!(refresh(&app, &bob.refresh_token).await.0, 200, "other users keep their sessions");
 }
 
 fn b64(v: &Value) -> String {
@@ -318,27 +237,13 @@ async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
                "iss": iss, "aud": aud, "jti": jti})
     };
     let sign = |claims: &Value, key: &[u8]| {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            claims,
-            &EncodingKey::from_secret(key),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(key)).unwrap()
     };
     let good = claims("storefront-api", "storefront", now + 600);
     // Sanity: a correctly signed token with these claims is accepted.
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &sign(&good, secret.as_bytes())))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &sign(&good, secret.as_bytes()))).await.0, 200);
 
-    let alg_none = format!(
-        "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(&good)
-    );
+    let alg_none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&good));
     let hs512 = jsonwebtoken::encode(
         &Header::new(Algorithm::HS512),
         &good,
@@ -348,31 +253,10 @@ async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
     let forged = [
         ("alg none", alg_none),
         ("alg HS512", hs512),
-        (
-            "foreign secret",
-            sign(&good, b"another-secret-another-secret-another"),
-        ),
-        (
-            "wrong aud",
-            sign(
-                &claims("someone-else", "storefront", now + 600),
-                secret.as_bytes(),
-            ),
-        ),
-        (
-            "wrong iss",
-            sign(
-                &claims("storefront-api", "evil", now + 600),
-                secret.as_bytes(),
-            ),
-        ),
-        (
-            "expired",
-            sign(
-                &claims("storefront-api", "storefront", now - 3600),
-                secret.as_bytes(),
-            ),
-        ),
+        ("foreign secret", sign(&good, b"another-secret-another-secret-another")),
+        ("wrong aud", sign(&claims("someone-else", "storefront", now + 600), secret.as_bytes())),
+        ("wrong iss", sign(&claims("storefront-api", "evil", now + 600), secret.as_bytes())),
+        ("expired", sign(&claims("storefront-api", "storefront", now - 3600), secret.as_bytes())),
         ("garbage", "not-a-jwt".to_owned()),
     ];
     for (what, token) in forged {
@@ -383,8 +267,7 @@ async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
     }
     // Wrong scheme and no header.
     expect_error(
-        app.request(Method::GET, PROFILE)
-            .header("authorization", format!("Basic {}", ann.token)),
+        app.request(Method::GET, PROFILE).header("authorization", format!("Basic {}", ann.token)),
         401,
         "UNAUTHORIZED",
     )
@@ -401,20 +284,11 @@ async fn a_user_calling_an_admin_endpoint_is_403(pool: PgPool) {
         (Method::GET, format!("/api/v1/users/{}", ann.id)),
         (Method::DELETE, format!("/api/v1/users/{}", ann.id)),
     ] {
-        expect_error(
-            app.authed(method.clone(), &path, &ann.token),
-            403,
-            "FORBIDDEN",
-        )
-        .await;
+        expect_error(app.authed(method.clone(), &path, &ann.token), 403, "FORBIDDEN").await;
     }
     expect_error(
-        app.authed(
-            Method::PATCH,
-            &format!("/api/v1/users/{}", ann.id),
-            &ann.token,
-        )
-        .json(&json!({"role": "admin"})),
+        app.authed(Method::PATCH, &format!("/api/v1/users/{}", ann.id), &ann.token)
+            .json(&json!({"role": "admin"})),
         403,
         "FORBIDDEN",
     )
@@ -427,26 +301,14 @@ async fn a_soft_deleted_user_can_neither_log_in_nor_refresh_nor_use_a_token(pool
     let admin = app.admin().await;
     let ann = app.register("ann@example.com", "password123").await;
 
-    let (status, _, _) = send(app.authed(
-        Method::DELETE,
-        &format!("/api/v1/users/{}", ann.id),
-        &admin.token,
-    ))
-    .await;
+    let (status, _, _) =
+        send(app.authed(Method::DELETE, &format!("/api/v1/users/{}", ann.id), &admin.token)).await;
     assert_eq!(status, 204);
 
-    let res = app
-        .post_json(
-            LOGIN,
-            &json!({"email": "ann@example.com", "password": "password123"}),
-        )
-        .await;
+    let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "password123"})).await;
     assert_error(res, 401, "UNAUTHORIZED").await;
     assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401);
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &ann.token)).await.0,
-        401
-    );
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &ann.token)).await.0, 401);
 }
 
 #[sqlx::test]
@@ -472,57 +334,25 @@ async fn access_tokens_die_with_their_sessions(pool: PgPool) {
     let tablet = app.login("ann@example.com", "password123").await;
 
     // Logout of one session ends that session's access token only.
-    send(
-        app.request(Method::POST, LOGOUT)
-            .json(&json!({"refreshToken": phone.refresh_token})),
-    )
-    .await;
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &phone.token)).await.0,
-        401
-    );
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &laptop.token))
-            .await
-            .0,
-        200
-    );
+    send(app.request(Method::POST, LOGOUT).json(&json!({"refreshToken": phone.refresh_token}))).await;
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &phone.token)).await.0, 401);
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &laptop.token)).await.0, 200);
 
     // Reuse detection ends the family's access tokens.
     refresh(&app, &tablet.refresh_token).await;
     refresh(&app, &tablet.refresh_token).await;
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &tablet.token))
-            .await
-            .0,
-        401
-    );
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &tablet.token)).await.0, 401);
 
     // Logout-all ends everything, the caller's own token included.
-    assert_eq!(
-        send(app.authed(Method::POST, LOGOUT_ALL, &laptop.token))
-            .await
-            .0,
-        204
-    );
-    assert_eq!(
-        send(app.authed(Method::GET, PROFILE, &laptop.token))
-            .await
-            .0,
-        401
-    );
+    assert_eq!(send(app.authed(Method::POST, LOGOUT_ALL, &laptop.token)).await.0, 204);
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &laptop.token)).await.0, 401);
 }
 
 #[sqlx::test]
 async fn text_postgres_cannot_store_is_a_400_not_a_500(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.admin().await;
-    let res = app
-        .post_json(
-            LOGIN,
-            &json!({"email": "a\u{0}b@example.com", "password": "password123"}),
-        )
-        .await;
+    let res = app.post_json(LOGIN, &json!({"email": "a\u{0}b@example.com", "password": "password123"})).await;
     assert_error(res, 400, "VALIDATION_ERROR").await;
     let res = app
         .post_json(
@@ -531,18 +361,8 @@ async fn text_postgres_cannot_store_is_a_400_not_a_500(pool: PgPool) {
         )
         .await;
     assert_error(res, 400, "VALIDATION_ERROR").await;
-    expect_error(
-        app.authed(Method::GET, "/api/v1/users?q=%00", &admin.token),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
-    expect_error(
-        app.request(Method::GET, "/api/v1/products?q=%00"),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(app.authed(Method::GET, "/api/v1/users?q=%00", &admin.token), 400, "VALIDATION_ERROR").await;
+    expect_error(app.request(Method::GET, "/api/v1/products?q=%00"), 400, "VALIDATION_ERROR").await;
     let res = app
         .post_json(
             REGISTER,

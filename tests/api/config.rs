@@ -28,23 +28,14 @@ fn a_bad_configuration_exits_non_zero_listing_every_problem() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for needle in [
-        "JWT_SECRET",
-        "DATABASE_URL",
-        "DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)",
-        "PORT",
-    ] {
+    for needle in ["JWT_SECRET", "DATABASE_URL", "DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)", "PORT"] {
         assert!(stderr.contains(needle), "{needle} missing from:\n{stderr}");
     }
 }
 
 #[test]
 fn production_refuses_the_development_secret() {
-    let out = storefront()
-        .env("APP_ENV", "production")
-        .arg("migrate")
-        .output()
-        .unwrap();
+    let out = storefront().env("APP_ENV", "production").arg("migrate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused in production"));
 }
@@ -77,22 +68,13 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
-        match client
-            .get(format!("http://127.0.0.1:{port}/health"))
-            .send()
-            .await
-        {
+        match client.get(format!("http://127.0.0.1:{port}/health")).send().await {
             Ok(res) => break res.status(),
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
             Err(e) => panic!("server never answered: {e}"),
         }
     };
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     // Assert
     assert_eq!(status, 200);
     assert!(killed.success());
@@ -101,10 +83,7 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
         if let Some(code) = child.try_wait().unwrap() {
             break code;
         }
-        assert!(
-            Instant::now() < deadline,
-            "server did not stop after SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");

@@ -41,9 +41,7 @@ fn probe_routes() -> Router<AppState> {
     Router::new()
         .route(
             "/__probe/echo",
-            post(
-                |ValidJson(body): ValidJson<Echo>| async move { Json(json!({"name": body.name})) },
-            ),
+            post(|ValidJson(body): ValidJson<Echo>| async move { Json(json!({"name": body.name})) }),
         )
         .route(
             "/__probe/page",
@@ -96,10 +94,7 @@ async fn an_unknown_route_is_a_404_in_the_envelope(pool: PgPool) {
 async fn a_wrong_method_is_a_405_in_the_envelope_with_allow(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let res = app.request(Method::DELETE, "/health").send().await.unwrap();
-    let allow = res
-        .headers()
-        .get("allow")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let allow = res.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
     assert_error(res, 405, "METHOD_NOT_ALLOWED").await;
     assert!(allow.unwrap().contains("GET"));
 }
@@ -123,12 +118,7 @@ async fn a_body_that_is_not_json_is_a_415(pool: PgPool) {
         "UNSUPPORTED_MEDIA_TYPE",
     )
     .await;
-    expect_error(
-        app.request(Method::POST, "/__probe/echo").body("{}"),
-        415,
-        "UNSUPPORTED_MEDIA_TYPE",
-    )
-    .await;
+    expect_error(app.request(Method::POST, "/__probe/echo").body("{}"), 415, "UNSUPPORTED_MEDIA_TYPE").await;
 }
 
 #[sqlx::test]
@@ -148,42 +138,29 @@ async fn malformed_json_is_a_400(pool: PgPool) {
 async fn wrong_types_unknown_fields_and_rule_violations_name_the_field(pool: PgPool) {
     let app = probe_app(pool).await;
 
-    let body = assert_error(
-        app.post_json("/__probe/echo", &json!({"name": 5})).await,
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    let body =
+        assert_error(app.post_json("/__probe/echo", &json!({"name": 5})).await, 400, "VALIDATION_ERROR")
+            .await;
     assert!(body["error"]["fields"]["name"].is_array(), "{body}");
 
     let body = assert_error(
-        app.post_json("/__probe/echo", &json!({"name": "a", "role": "admin"}))
-            .await,
+        app.post_json("/__probe/echo", &json!({"name": "a", "role": "admin"})).await,
         400,
         "VALIDATION_ERROR",
     )
     .await;
     assert_eq!(body["error"]["fields"]["role"], json!(["unknown field"]));
 
-    let body = assert_error(
-        app.post_json("/__probe/echo", &json!({})).await,
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    let body = assert_error(app.post_json("/__probe/echo", &json!({})).await, 400, "VALIDATION_ERROR").await;
     assert_eq!(body["error"]["fields"]["name"], json!(["is required"]));
 
     let body = assert_error(
-        app.post_json("/__probe/echo", &json!({"name": "much too long a name"}))
-            .await,
+        app.post_json("/__probe/echo", &json!({"name": "much too long a name"})).await,
         400,
         "VALIDATION_ERROR",
     )
     .await;
-    assert_eq!(
-        body["error"]["fields"]["name"],
-        json!(["length must be between 1 and 10"])
-    );
+    assert_eq!(body["error"]["fields"]["name"], json!(["length must be between 1 and 10"]));
 
     let ok = app.post_json("/__probe/echo", &json!({"name": "ok"})).await;
     assert_eq!(ok.status(), 200);
@@ -192,12 +169,9 @@ async fn wrong_types_unknown_fields_and_rule_violations_name_the_field(pool: PgP
 #[sqlx::test]
 async fn bad_query_parameters_are_a_400_naming_the_parameter(pool: PgPool) {
     let app = probe_app(pool).await;
-    for (query, field) in [
-        ("limit=0", "limit"),
-        ("limit=101", "limit"),
-        ("page=0", "page"),
-        ("page=abc", "page"),
-    ] {
+    for (query, field) in
+        [("limit=0", "limit"), ("limit=101", "limit"), ("page=0", "page"), ("page=abc", "page")]
+    {
         let res = app.get(&format!("/__probe/page?{query}")).await;
         let body = assert_error(res, 400, "VALIDATION_ERROR").await;
         assert!(body["error"]["fields"][field].is_array(), "{query}: {body}");
@@ -209,12 +183,7 @@ async fn bad_query_parameters_are_a_400_naming_the_parameter(pool: PgPool) {
 #[sqlx::test]
 async fn a_bad_path_parameter_is_a_400(pool: PgPool) {
     let app = probe_app(pool).await;
-    let body = assert_error(
-        app.get("/__probe/items/not-a-uuid").await,
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    let body = assert_error(app.get("/__probe/items/not-a-uuid").await, 400, "VALIDATION_ERROR").await;
     assert!(body["error"]["fields"]["id"].is_array(), "{body}");
     let id = uuid::Uuid::new_v4();
     assert_eq!(app.get(&format!("/__probe/items/{id}")).await.status(), 200);
@@ -223,12 +192,7 @@ async fn a_bad_path_parameter_is_a_400(pool: PgPool) {
 #[sqlx::test]
 async fn a_panic_is_a_500_without_internals(pool: PgPool) {
     let app = probe_app(pool).await;
-    let body = assert_error(
-        app.get("/__probe/panic").await,
-        500,
-        "INTERNAL_SERVER_ERROR",
-    )
-    .await;
+    let body = assert_error(app.get("/__probe/panic").await, 500, "INTERNAL_SERVER_ERROR").await;
     assert!(!body.to_string().contains("hunter2"));
     assert!(!body.to_string().contains("secret internals"));
     // The server survives the panic.
@@ -247,28 +211,16 @@ async fn a_request_over_the_timeout_is_a_503_in_the_envelope(pool: PgPool) {
 async fn a_sane_client_request_id_is_echoed_and_an_insane_one_replaced(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
 
-    let res = app
-        .request(Method::GET, "/nope")
-        .header("x-request-id", "client-abc-123")
-        .send()
-        .await
-        .unwrap();
+    let res =
+        app.request(Method::GET, "/nope").header("x-request-id", "client-abc-123").send().await.unwrap();
     assert_eq!(res.headers()["x-request-id"], "client-abc-123");
     let body = assert_error(res, 404, "NOT_FOUND").await;
     assert_eq!(body["error"]["requestId"], "client-abc-123");
 
     let too_long = "a".repeat(129);
-    let res = app
-        .request(Method::GET, "/health")
-        .header("x-request-id", &too_long)
-        .send()
-        .await
-        .unwrap();
+    let res = app.request(Method::GET, "/health").header("x-request-id", &too_long).send().await.unwrap();
     let id = res.headers()["x-request-id"].to_str().unwrap();
-    assert!(
-        uuid::Uuid::parse_str(id).is_ok(),
-        "replaced by a UUID: {id}"
-    );
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "replaced by a UUID: {id}");
 
     let res = app.get("/health").await;
     assert!(uuid::Uuid::parse_str(res.headers()["x-request-id"].to_str().unwrap()).is_ok());
@@ -283,21 +235,15 @@ async fn security_headers_are_on_every_response(pool: PgPool) {
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
-        assert!(
-            !h.contains_key("strict-transport-security"),
-            "HSTS off by default"
-        );
+        assert!(!h.contains_key("strict-transport-security"), "HSTS off by default");
     }
 }
 
 #[sqlx::test]
 async fn cors_preflight_allows_only_configured_origins(pool: PgPool) {
-    let app = TestApp::spawn_with(
-        pool,
-        |s| s.cors_origins = vec!["https://shop.example".into()],
-        Router::new(),
-    )
-    .await;
+    let app =
+        TestApp::spawn_with(pool, |s| s.cors_origins = vec!["https://shop.example".into()], Router::new())
+            .await;
     let allowed = app
         .request(Method::OPTIONS, "/health")
         .header("origin", "https://shop.example")
@@ -305,10 +251,7 @@ async fn cors_preflight_allows_only_configured_origins(pool: PgPool) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        allowed.headers()["access-control-allow-origin"],
-        "https://shop.example"
-    );
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://shop.example");
     let denied = app
         .request(Method::OPTIONS, "/health")
         .header("origin", "https://evil.example")

@@ -31,10 +31,7 @@ async fn readiness_is_ok_when_postgres_and_redis_answer(pool: PgPool) {
     let res = app.get("/health/ready").await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
-    assert_eq!(
-        body,
-        serde_json::json!({"status": "ok", "checks": {"database": "ok", "redis": "ok"}})
-    );
+    assert_eq!(body, serde_json::json!({"status": "ok", "checks": {"database": "ok", "redis": "ok"}}));
 }
 
 #[sqlx::test]
@@ -54,13 +51,7 @@ async fn a_stopped_redis_makes_readiness_503_while_liveness_stays_200(pool: PgPo
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["checks"]["database"], "ok");
-    assert!(
-        body["checks"]["redis"]
-            .as_str()
-            .unwrap()
-            .starts_with("error"),
-        "{body}"
-    );
+    assert!(body["checks"]["redis"].as_str().unwrap().starts_with("error"), "{body}");
     assert_eq!(live.status(), 200);
 }
 
@@ -72,13 +63,7 @@ async fn a_stopped_postgres_makes_readiness_503_naming_the_database(pool: PgPool
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
-    assert!(
-        body["checks"]["database"]
-            .as_str()
-            .unwrap()
-            .starts_with("error"),
-        "{body}"
-    );
+    assert!(body["checks"]["database"].as_str().unwrap().starts_with("error"), "{body}");
     assert_eq!(body["checks"]["redis"], "ok");
     assert_eq!(app.get("/health").await.status(), 200);
 }
@@ -86,20 +71,12 @@ async fn a_stopped_postgres_makes_readiness_503_naming_the_database(pool: PgPool
 #[sqlx::test]
 async fn openapi_document_and_swagger_ui_are_served_offline(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let doc: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get("/api-docs/openapi.json").await.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     assert!(doc["paths"]["/health"]["get"].is_object());
     assert!(doc["paths"]["/health/ready"]["get"].is_object());
     assert!(doc["components"]["schemas"]["ErrorEnvelope"].is_object());
-    assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
 
     let ui = app.get("/api-docs/").await;
     assert_eq!(ui.status(), 200);
@@ -113,12 +90,7 @@ async fn openapi_document_and_swagger_ui_are_served_offline(pool: PgPool) {
 #[sqlx::test]
 async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let doc: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.get("/api-docs/openapi.json").await.json().await.unwrap();
     let endpoints = [
         ("post", "/api/v1/auth/register", false),
         ("post", "/api/v1/auth/login", false),
@@ -152,10 +124,37 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
             responses.keys().any(|status| status.starts_with('4')),
             "{method} {path} documents no error response"
         );
-        assert_eq!(
-            op["security"].is_array(),
-            secured,
-            "{method} {path} security"
-        );
+        assert_eq!(op["security"].is_array(), secured, "{method} {path} security");
     }
+}
+
+#[sqlx::test]
+async fn metrics_count_requests_by_route_template_and_status(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let id = uuid::Uuid::new_v4();
+    assert_eq!(app.get("/api/v1/products").await.status(), 200);
+    assert_eq!(app.get(&format!("/api/v1/products/{id}")).await.status(), 404);
+    assert_eq!(app.get("/no/such/path").await.status(), 404);
+
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = res.text().await.unwrap();
+    for line in [
+        r#"http_requests_total{method="GET",route="/api/v1/products",status="200"} 1"#,
+        r#"http_requests_total{method="GET",route="/api/v1/products/{id}",status="404"} 1"#,
+        r#"http_requests_total{method="GET",route="<unmatched>",status="404"} 1"#,
+        r#"http_request_duration_seconds_count{method="GET",route="/api/v1/products",status="200"} 1"#,
+        "# TYPE http_request_duration_seconds histogram",
+        "db_pool_max_connections 5",
+    ] {
+        assert!(text.contains(line), "{line} missing in:\n{text}");
+    }
+    assert!(!text.contains(&id.to_string()), "ids never become labels");
+}
+
+#[sqlx::test]
+async fn metrics_can_be_switched_off(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.metrics_enabled = false, Default::default()).await;
+    crate::helpers::assert_error(app.get("/metrics").await, 404, "NOT_FOUND").await;
 }

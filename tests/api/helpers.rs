@@ -46,10 +46,7 @@ impl TestApp {
         TRACING.call_once(|| {
             // Quiet unless asked: TEST_LOG=debug cargo test ...
             if let Ok(level) = std::env::var("TEST_LOG") {
-                let _ = tracing_subscriber::fmt()
-                    .with_env_filter(level)
-                    .with_test_writer()
-                    .try_init();
+                let _ = tracing_subscriber::fmt().with_env_filter(level).with_test_writer().try_init();
             }
         });
         let mut settings = test_settings();
@@ -57,25 +54,12 @@ impl TestApp {
         let redis = Redis::connect_lazy(&settings).expect("redis handle");
         let state = AppState::new(settings, pool, redis);
         let router = app::build_router_with(state.clone(), extra);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
-        tokio::spawn(app::run(
-            listener,
-            router,
-            std::future::pending(),
-            std::time::Duration::from_secs(1),
-        ));
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("client");
-        Self {
-            address,
-            client,
-            state,
-        }
+        tokio::spawn(app::run(listener, router, std::future::pending(), std::time::Duration::from_secs(1)));
+        let client =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Self { address, client, state }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -87,18 +71,11 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> Response {
-        self.request(Method::GET, path)
-            .send()
-            .await
-            .expect("request sent")
+        self.request(Method::GET, path).send().await.expect("request sent")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.request(Method::POST, path)
-            .json(body)
-            .send()
-            .await
-            .expect("request sent")
+        self.request(Method::POST, path).json(body).send().await.expect("request sent")
     }
 }
 
@@ -115,16 +92,8 @@ pub fn assert_error_parts(
     assert_eq!(status.as_u16(), want_status, "status; body: {body}");
     assert_eq!(body["success"], false, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
-    let header_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("X-Request-Id header");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    let header_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).expect("X-Request-Id header");
     assert_eq!(body["error"]["requestId"], header_id, "{body}");
     assert_eq!(
         headers.get("content-type").and_then(|v| v.to_str().ok()),
@@ -155,10 +124,7 @@ impl TestApp {
     /// Registers `email` with `password`; panics unless 201.
     pub async fn register(&self, email: &str, password: &str) -> Session {
         let res = self
-            .post_json(
-                "/api/v1/auth/register",
-                &serde_json::json!({"email": email, "password": password}),
-            )
+            .post_json("/api/v1/auth/register", &serde_json::json!({"email": email, "password": password}))
             .await;
         assert_eq!(res.status(), 201, "register {email}");
         session_from(res.json().await.unwrap())
@@ -173,10 +139,7 @@ impl TestApp {
     /// Logs in; panics unless 200.
     pub async fn login(&self, email: &str, password: &str) -> Session {
         let res = self
-            .post_json(
-                "/api/v1/auth/login",
-                &serde_json::json!({"email": email, "password": password}),
-            )
+            .post_json("/api/v1/auth/login", &serde_json::json!({"email": email, "password": password}))
             .await;
         assert_eq!(res.status(), 200, "login {email}");
         session_from(res.json().await.unwrap())
@@ -215,11 +178,8 @@ pub async fn send(req: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMa
     let status = res.status();
     let headers = res.headers().clone();
     let bytes = res.bytes().await.expect("body");
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).expect("JSON body")
-    };
+    let body =
+        if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).expect("JSON body") };
     (status, headers, body)
 }
 
@@ -231,11 +191,7 @@ pub async fn expect_error(req: RequestBuilder, want_status: u16, code: &str) -> 
 /// `DATABASE_URL` of the per-test database behind `pool`.
 pub fn url_of(pool: &PgPool) -> String {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
-    let db = pool
-        .connect_options()
-        .get_database()
-        .expect("database name")
-        .to_owned();
+    let db = pool.connect_options().get_database().expect("database name").to_owned();
     let (server, _) = base.rsplit_once('/').expect("URL with a database");
     format!("{server}/{db}")
 }

@@ -10,13 +10,8 @@ use crate::helpers::{Session, TestApp, assert_error_parts, expect_error, send};
 const ORDERS: &str = "/api/v1/orders";
 
 async fn product(app: &TestApp, admin: &Session, sku: &str, price: i64, stock: i32) -> Uuid {
-    let body =
-        json!({"sku": sku, "name": format!("Product {sku}"), "priceCents": price, "stock": stock});
-    let (status, _, res) = send(
-        app.authed(Method::POST, "/api/v1/products", &admin.token)
-            .json(&body),
-    )
-    .await;
+    let body = json!({"sku": sku, "name": format!("Product {sku}"), "priceCents": price, "stock": stock});
+    let (status, _, res) = send(app.authed(Method::POST, "/api/v1/products", &admin.token).json(&body)).await;
     assert_eq!(status, 201, "{res}");
     res["data"]["id"].as_str().unwrap().parse().unwrap()
 }
@@ -31,10 +26,7 @@ async fn stock_of(app: &TestApp, id: Uuid) -> i64 {
 }
 
 async fn order_count(app: &TestApp) -> i64 {
-    sqlx::query_scalar("select count(*) from orders")
-        .fetch_one(&app.state.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar("select count(*) from orders").fetch_one(&app.state.db).await.unwrap()
 }
 
 fn one(product: Uuid, quantity: i32) -> Value {
@@ -61,14 +53,10 @@ async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool
 
     let body = json!({"items": [{"productId": mug, "quantity": 2}, {"productId": tea, "quantity": 3}],
                       "shippingAddress": address()});
-    let (status, headers, res) =
-        send(app.authed(Method::POST, ORDERS, &ann.token).json(&body)).await;
+    let (status, headers, res) = send(app.authed(Method::POST, ORDERS, &ann.token).json(&body)).await;
     assert_eq!(status, 201, "{res}");
     let order = &res["data"];
-    assert_eq!(
-        headers["location"],
-        format!("/api/v1/orders/{}", order["id"].as_str().unwrap())
-    );
+    assert_eq!(headers["location"], format!("/api/v1/orders/{}", order["id"].as_str().unwrap()));
     assert_eq!(order["status"], "pending");
     assert_eq!(order["userId"], ann.id.to_string());
     assert_eq!(order["currency"], "USD");
@@ -81,10 +69,7 @@ async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool
             {"productId": tea, "sku": "TEA", "name": "Product TEA", "unitPriceCents": 399, "quantity": 3, "lineTotalCents": 1197},
         ])
     );
-    assert_eq!(
-        (stock_of(&app, mug).await, stock_of(&app, tea).await),
-        (8, 2)
-    );
+    assert_eq!((stock_of(&app, mug).await, stock_of(&app, tea).await), (8, 2));
     let queued: i64 = sqlx::query_scalar(
         "select count(*) from outbox where kind = 'order-confirmation' and payload->>'orderId' = $1 and sent_at is null",
     )
@@ -97,20 +82,13 @@ async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool
     // Later catalogue changes do not touch the order; archiving keeps it readable.
     let renamed = json!({"priceCents": 9999, "name": "Renamed"});
     let product_path = format!("/api/v1/products/{mug}");
-    let (status, _, _) = send(
-        app.authed(Method::PATCH, &product_path, &admin.token)
-            .json(&renamed),
-    )
-    .await;
+    let (status, _, _) = send(app.authed(Method::PATCH, &product_path, &admin.token).json(&renamed)).await;
     assert_eq!(status, 200);
     let (status, _, _) = send(app.authed(Method::DELETE, &product_path, &admin.token)).await;
     assert_eq!(status, 204);
-    let (_, _, again) = send(app.authed(
-        Method::GET,
-        &format!("{ORDERS}/{}", order["id"].as_str().unwrap()),
-        &ann.token,
-    ))
-    .await;
+    let (_, _, again) =
+        send(app.authed(Method::GET, &format!("{ORDERS}/{}", order["id"].as_str().unwrap()), &ann.token))
+            .await;
     assert_eq!(again["data"]["items"][0]["unitPriceCents"], 1250);
     assert_eq!(again["data"]["items"][0]["name"], "Product MUG");
 }
@@ -121,16 +99,9 @@ async fn invalid_orders_are_400_naming_the_item_and_change_nothing(pool: PgPool)
     let admin = app.admin().await;
     let mug = product(&app, &admin, "MUG", 100, 10).await;
     let old = product(&app, &admin, "OLD", 100, 10).await;
-    send(app.authed(
-        Method::DELETE,
-        &format!("/api/v1/products/{old}"),
-        &admin.token,
-    ))
-    .await;
+    send(app.authed(Method::DELETE, &format!("/api/v1/products/{old}"), &admin.token)).await;
     let ann = app.user().await;
-    let many: Vec<Value> = (0..101)
-        .map(|_| json!({"productId": Uuid::new_v4(), "quantity": 1}))
-        .collect();
+    let many: Vec<Value> = (0..101).map(|_| json!({"productId": Uuid::new_v4(), "quantity": 1})).collect();
     let cases = [
         (json!({"items": []}), "items"),
         (json!({"items": many}), "items"),
@@ -145,40 +116,26 @@ async fn invalid_orders_are_400_naming_the_item_and_change_nothing(pool: PgPool)
             json!({"items": [{"productId": mug, "quantity": 1}, {"productId": old, "quantity": 1}]}),
             "items[1].productId",
         ),
-        (
-            json!({"items": [{"productId": "nope", "quantity": 1}]}),
-            "items[0].productId",
-        ),
+        (json!({"items": [{"productId": "nope", "quantity": 1}]}), "items[0].productId"),
         (
             json!({"items": [{"productId": mug, "quantity": 1}], "shippingAddress": {"line1": "x", "city": "y", "postalCode": "1", "country": "XX"}}),
             "shippingAddress.country",
         ),
-        (
-            json!({"items": [{"productId": mug, "quantity": 1}], "userId": Uuid::new_v4()}),
-            "userId",
-        ),
+        (json!({"items": [{"productId": mug, "quantity": 1}], "userId": Uuid::new_v4()}), "userId"),
         (
             json!({"items": [{"productId": mug, "quantity": 1, "unitPriceCents": 1}]}),
             "items[0].unitPriceCents",
         ),
     ];
     for (body, field) in cases {
-        let err = expect_error(
-            app.authed(Method::POST, ORDERS, &ann.token).json(&body),
-            400,
-            "VALIDATION_ERROR",
-        )
-        .await;
+        let err =
+            expect_error(app.authed(Method::POST, ORDERS, &ann.token).json(&body), 400, "VALIDATION_ERROR")
+                .await;
         assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
     }
     assert_eq!(stock_of(&app, mug).await, 10);
     assert_eq!(order_count(&app).await, 0);
-    expect_error(
-        app.request(Method::POST, ORDERS).json(&one(mug, 1)),
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
+    expect_error(app.request(Method::POST, ORDERS).json(&one(mug, 1)), 401, "UNAUTHORIZED").await;
 }
 
 #[sqlx::test]
@@ -189,21 +146,14 @@ async fn insufficient_stock_is_a_409_naming_the_products_and_takes_nothing(pool:
     let scarce = product(&app, &admin, "SCARCE", 100, 2).await;
     let ann = app.user().await;
     let body = json!({"items": [{"productId": plenty, "quantity": 5}, {"productId": scarce, "quantity": 3}]});
-    let err = expect_error(
-        app.authed(Method::POST, ORDERS, &ann.token).json(&body),
-        409,
-        "INSUFFICIENT_STOCK",
-    )
-    .await;
+    let err =
+        expect_error(app.authed(Method::POST, ORDERS, &ann.token).json(&body), 409, "INSUFFICIENT_STOCK")
+            .await;
     assert_eq!(
         err["error"]["details"]["products"],
         json!([{"productId": scarce, "requested": 3, "available": 2}])
     );
-    assert_eq!(
-        (stock_of(&app, plenty).await, stock_of(&app, scarce).await),
-        (50, 2),
-        "all or nothing"
-    );
+    assert_eq!((stock_of(&app, plenty).await, stock_of(&app, scarce).await), (50, 2), "all or nothing");
     assert_eq!(order_count(&app).await, 0);
 }
 
@@ -217,64 +167,31 @@ async fn users_see_their_own_orders_and_admins_everyones(pool: PgPool) {
     let a2 = place(&app, &ann, &one(mug, 2)).await;
     let b1 = place(&app, &bob, &one(mug, 3)).await;
     send(
-        app.authed(
-            Method::PATCH,
-            &format!("{ORDERS}/{}/status", a1["id"].as_str().unwrap()),
-            &admin.token,
-        )
-        .json(&json!({"status": "paid"})),
+        app.authed(Method::PATCH, &format!("{ORDERS}/{}/status", a1["id"].as_str().unwrap()), &admin.token)
+            .json(&json!({"status": "paid"})),
     )
     .await;
 
-    let ids = |body: &Value| {
-        body["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|o| o["id"].clone())
-            .collect::<Vec<_>>()
-    };
+    let ids =
+        |body: &Value| body["data"].as_array().unwrap().iter().map(|o| o["id"].clone()).collect::<Vec<_>>();
     let (_, _, mine) = send(app.authed(Method::GET, ORDERS, &ann.token)).await;
-    assert_eq!(
-        ids(&mine),
-        [a2["id"].clone(), a1["id"].clone()],
-        "own orders, newest first"
-    );
-    assert_eq!(
-        mine["pagination"],
-        json!({"page": 1, "limit": 20, "total": 2, "pages": 1})
-    );
-    assert_eq!(
-        mine["data"][0]["items"][0]["quantity"], 2,
-        "items come with the page"
-    );
-    let (_, _, paid) =
-        send(app.authed(Method::GET, &format!("{ORDERS}?status=paid"), &ann.token)).await;
+    assert_eq!(ids(&mine), [a2["id"].clone(), a1["id"].clone()], "own orders, newest first");
+    assert_eq!(mine["pagination"], json!({"page": 1, "limit": 20, "total": 2, "pages": 1}));
+    assert_eq!(mine["data"][0]["items"][0]["quantity"], 2, "items come with the page");
+    let (_, _, paid) = send(app.authed(Method::GET, &format!("{ORDERS}?status=paid"), &ann.token)).await;
     assert_eq!(ids(&paid), [a1["id"].clone()]);
 
     let (_, _, all) = send(app.authed(Method::GET, ORDERS, &admin.token)).await;
     assert_eq!(all["pagination"]["total"], 3);
-    let (_, _, bobs) = send(app.authed(
-        Method::GET,
-        &format!("{ORDERS}?userId={}", bob.id),
-        &admin.token,
-    ))
-    .await;
+    let (_, _, bobs) =
+        send(app.authed(Method::GET, &format!("{ORDERS}?userId={}", bob.id), &admin.token)).await;
     assert_eq!(ids(&bobs), [b1["id"].clone()]);
-    let (_, _, page2) = send(app.authed(
-        Method::GET,
-        &format!("{ORDERS}?limit=2&page=2"),
-        &admin.token,
-    ))
-    .await;
+    let (_, _, page2) =
+        send(app.authed(Method::GET, &format!("{ORDERS}?limit=2&page=2"), &admin.token)).await;
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
 
     expect_error(
-        app.authed(
-            Method::GET,
-            &format!("{ORDERS}?userId={}", bob.id),
-            &ann.token,
-        ),
+        app.authed(Method::GET, &format!("{ORDERS}?userId={}", bob.id), &ann.token),
         403,
         "FORBIDDEN",
     )
@@ -288,38 +205,17 @@ async fn users_see_their_own_orders_and_admins_everyones(pool: PgPool) {
     expect_error(app.request(Method::GET, ORDERS), 401, "UNAUTHORIZED").await;
 
     let b1_path = format!("{ORDERS}/{}", b1["id"].as_str().unwrap());
+    expect_error(app.authed(Method::GET, &b1_path, &ann.token), 404, "NOT_FOUND").await;
+    assert_eq!(send(app.authed(Method::GET, &b1_path, &bob.token)).await.0, 200);
+    assert_eq!(send(app.authed(Method::GET, &b1_path, &admin.token)).await.0, 200);
     expect_error(
-        app.authed(Method::GET, &b1_path, &ann.token),
+        app.authed(Method::GET, &format!("{ORDERS}/{}", Uuid::new_v4()), &admin.token),
         404,
         "NOT_FOUND",
     )
     .await;
-    assert_eq!(
-        send(app.authed(Method::GET, &b1_path, &bob.token)).await.0,
-        200
-    );
-    assert_eq!(
-        send(app.authed(Method::GET, &b1_path, &admin.token))
-            .await
-            .0,
-        200
-    );
-    expect_error(
-        app.authed(
-            Method::GET,
-            &format!("{ORDERS}/{}", Uuid::new_v4()),
-            &admin.token,
-        ),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    expect_error(
-        app.authed(Method::GET, &format!("{ORDERS}/x"), &admin.token),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(app.authed(Method::GET, &format!("{ORDERS}/x"), &admin.token), 400, "VALIDATION_ERROR")
+        .await;
 }
 
 #[sqlx::test]
@@ -330,8 +226,7 @@ async fn the_address_changes_while_pending_for_owners_and_while_paid_for_admins(
     let (ann, bob) = (app.user().await, app.user().await);
     let order = place(&app, &ann, &one(mug, 1)).await;
     let path = format!("{ORDERS}/{}", order["id"].as_str().unwrap());
-    let patch =
-        |who: &Session, body: Value| app.authed(Method::PATCH, &path, &who.token).json(&body);
+    let patch = |who: &Session, body: Value| app.authed(Method::PATCH, &path, &who.token).json(&body);
 
     let (status, _, res) = send(patch(&ann, json!({"shippingAddress": address()}))).await;
     assert_eq!(status, 200, "{res}");
@@ -339,53 +234,21 @@ async fn the_address_changes_while_pending_for_owners_and_while_paid_for_admins(
     let (_, _, res) = send(patch(&ann, json!({"shippingAddress": null}))).await;
     assert_eq!(res["data"]["shippingAddress"], Value::Null);
     expect_error(patch(&ann, json!({})), 400, "VALIDATION_ERROR").await;
-    expect_error(
-        patch(&ann, json!({"shippingAddress": {"line1": "x"}})),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
-    expect_error(
-        patch(&ann, json!({"status": "paid"})),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
-    expect_error(
-        patch(&bob, json!({"shippingAddress": address()})),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    expect_error(patch(&ann, json!({"shippingAddress": {"line1": "x"}})), 400, "VALIDATION_ERROR").await;
+    expect_error(patch(&ann, json!({"status": "paid"})), 400, "VALIDATION_ERROR").await;
+    expect_error(patch(&bob, json!({"shippingAddress": address()})), 404, "NOT_FOUND").await;
 
-    send(
-        app.authed(Method::PATCH, &format!("{path}/status"), &admin.token)
-            .json(&json!({"status": "paid"})),
-    )
-    .await;
-    expect_error(
-        patch(&ann, json!({"shippingAddress": address()})),
-        409,
-        "INVALID_STATUS_TRANSITION",
-    )
-    .await;
-    assert_eq!(
-        send(patch(&admin, json!({"shippingAddress": address()})))
-            .await
-            .0,
-        200
-    );
+    send(app.authed(Method::PATCH, &format!("{path}/status"), &admin.token).json(&json!({"status": "paid"})))
+        .await;
+    expect_error(patch(&ann, json!({"shippingAddress": address()})), 409, "INVALID_STATUS_TRANSITION").await;
+    assert_eq!(send(patch(&admin, json!({"shippingAddress": address()}))).await.0, 200);
     send(
         app.authed(Method::PATCH, &format!("{path}/status"), &admin.token)
             .json(&json!({"status": "shipped"})),
     )
     .await;
-    expect_error(
-        patch(&admin, json!({"shippingAddress": address()})),
-        409,
-        "INVALID_STATUS_TRANSITION",
-    )
-    .await;
+    expect_error(patch(&admin, json!({"shippingAddress": address()})), 409, "INVALID_STATUS_TRANSITION")
+        .await;
 }
 
 #[sqlx::test]
@@ -397,11 +260,7 @@ async fn cancelling_follows_the_rules_and_restocks_once(pool: PgPool) {
 
     let first = place(&app, &ann, &one(mug, 3)).await;
     let cancel = |who: &Session, order: &Value| {
-        app.authed(
-            Method::POST,
-            &format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap()),
-            &who.token,
-        )
+        app.authed(Method::POST, &format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap()), &who.token)
     };
     expect_error(cancel(&bob, &first), 404, "NOT_FOUND").await;
     let (status, _, res) = send(cancel(&ann, &first)).await;
@@ -414,12 +273,8 @@ async fn cancelling_follows_the_rules_and_restocks_once(pool: PgPool) {
 
     let paid = place(&app, &ann, &one(mug, 4)).await;
     send(
-        app.authed(
-            Method::PATCH,
-            &format!("{ORDERS}/{}/status", paid["id"].as_str().unwrap()),
-            &admin.token,
-        )
-        .json(&json!({"status": "paid"})),
+        app.authed(Method::PATCH, &format!("{ORDERS}/{}/status", paid["id"].as_str().unwrap()), &admin.token)
+            .json(&json!({"status": "paid"})),
     )
     .await;
     expect_error(cancel(&ann, &paid), 409, "INVALID_STATUS_TRANSITION").await;
@@ -437,8 +292,7 @@ async fn admins_move_orders_along_the_status_machine_only(pool: PgPool) {
     let order = place(&app, &ann, &one(mug, 2)).await;
     let path = format!("{ORDERS}/{}/status", order["id"].as_str().unwrap());
     let set = |who: &Session, status: &str| {
-        app.authed(Method::PATCH, &path, &who.token)
-            .json(&json!({"status": status}))
+        app.authed(Method::PATCH, &path, &who.token).json(&json!({"status": status}))
     };
 
     expect_error(set(&ann, "paid"), 403, "FORBIDDEN").await;
@@ -451,15 +305,10 @@ async fn admins_move_orders_along_the_status_machine_only(pool: PgPool) {
         assert_eq!(res["data"]["status"], next);
     }
     expect_error(set(&admin, "cancelled"), 409, "INVALID_STATUS_TRANSITION").await;
-    assert_eq!(
-        stock_of(&app, mug).await,
-        8,
-        "delivered orders keep their stock"
-    );
+    assert_eq!(stock_of(&app, mug).await, 8, "delivered orders keep their stock");
     let missing = format!("{ORDERS}/{}/status", Uuid::new_v4());
     expect_error(
-        app.authed(Method::PATCH, &missing, &admin.token)
-            .json(&json!({"status": "paid"})),
+        app.authed(Method::PATCH, &missing, &admin.token).json(&json!({"status": "paid"})),
         404,
         "NOT_FOUND",
     )
@@ -476,22 +325,12 @@ async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
         shoppers.push(app.user().await);
     }
     let body = one(mug, 1);
-    let attempts = (0..50).map(|i| {
-        send(
-            app.authed(Method::POST, ORDERS, &shoppers[i % 5].token)
-                .json(&body),
-        )
-    });
+    let attempts =
+        (0..50).map(|i| send(app.authed(Method::POST, ORDERS, &shoppers[i % 5].token).json(&body)));
     let results = futures::future::join_all(attempts).await;
 
-    let created = results
-        .iter()
-        .filter(|(s, _, _)| *s == StatusCode::CREATED)
-        .count();
-    let refused: Vec<_> = results
-        .iter()
-        .filter(|(s, _, _)| *s == StatusCode::CONFLICT)
-        .collect();
+    let created = results.iter().filter(|(s, _, _)| *s == StatusCode::CREATED).count();
+    let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s == StatusCode::CONFLICT).collect();
     assert_eq!(created, 10);
     assert_eq!(refused.len(), 40);
     for (status, headers, body) in refused {
@@ -516,21 +355,10 @@ async fn concurrent_cancels_of_one_order_restock_once(pool: PgPool) {
         let who = if i % 2 == 0 { &ann } else { &admin };
         send(app.authed(Method::POST, &path, &who.token))
     });
-    let statuses: Vec<u16> = futures::future::join_all(attempts)
-        .await
-        .iter()
-        .map(|(s, _, _)| s.as_u16())
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 409).count(),
-        9,
-        "{statuses:?}"
-    );
+    let statuses: Vec<u16> =
+        futures::future::join_all(attempts).await.iter().map(|(s, _, _)| s.as_u16()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 9, "{statuses:?}");
     assert_eq!(stock_of(&app, mug).await, 10);
 }
 
@@ -541,9 +369,7 @@ async fn an_idempotency_key_replays_the_first_answer(pool: PgPool) {
     let mug = product(&app, &admin, "MUG", 100, 10).await;
     let (ann, bob) = (app.user().await, app.user().await);
     let post = |who: &Session, key: &str, body: &Value| {
-        app.authed(Method::POST, ORDERS, &who.token)
-            .header("idempotency-key", key)
-            .json(body)
+        app.authed(Method::POST, ORDERS, &who.token).header("idempotency-key", key).json(body)
     };
 
     let (s1, h1, first) = send(post(&ann, "key-1", &one(mug, 2))).await;
@@ -556,22 +382,12 @@ async fn an_idempotency_key_replays_the_first_answer(pool: PgPool) {
     assert_eq!(again, first, "the stored body, unchanged");
     assert_eq!(stock_of(&app, mug).await, 8, "one decrement");
 
-    expect_error(
-        post(&ann, "key-1", &one(mug, 3)),
-        422,
-        "IDEMPOTENCY_KEY_MISMATCH",
-    )
-    .await;
+    expect_error(post(&ann, "key-1", &one(mug, 3)), 422, "IDEMPOTENCY_KEY_MISMATCH").await;
     // Keys are per caller: Bob's "key-1" is a new order.
     assert_eq!(send(post(&bob, "key-1", &one(mug, 2))).await.0, 201);
     assert_eq!(stock_of(&app, mug).await, 6);
     expect_error(post(&ann, "", &one(mug, 1)), 400, "VALIDATION_ERROR").await;
-    expect_error(
-        post(&ann, &"k".repeat(256), &one(mug, 1)),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(post(&ann, &"k".repeat(256), &one(mug, 1)), 400, "VALIDATION_ERROR").await;
 
     // A final 4xx is replayed too, even once stock is back.
     let (s, h, refused) = send(post(&ann, "key-2", &one(mug, 50))).await;
@@ -591,11 +407,7 @@ async fn twenty_concurrent_retries_with_one_key_make_one_order(pool: PgPool) {
     let ann = app.user().await;
     let body = one(mug, 1);
     let attempts = (0..20).map(|_| {
-        send(
-            app.authed(Method::POST, ORDERS, &ann.token)
-                .header("idempotency-key", "same")
-                .json(&body),
-        )
+        send(app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", "same").json(&body))
     });
     let results = futures::future::join_all(attempts).await;
     let mut order_ids = std::collections::HashSet::new();
@@ -618,10 +430,7 @@ async fn put_claim(app: &TestApp, user: Uuid, key: &str, body: &Value, age: &str
     use sha2::{Digest, Sha256};
     let hash = Sha256::digest(serde_json::to_vec(body).unwrap()).to_vec();
     let (status, response) = if completed {
-        (
-            Some(201_i16),
-            Some(json!({"success": true, "data": {"stored": true}})),
-        )
+        (Some(201_i16), Some(json!({"success": true, "data": {"stored": true}})))
     } else {
         (None, None)
     };
@@ -647,11 +456,8 @@ async fn a_key_still_in_flight_is_409_until_its_request_is_presumed_dead(pool: P
     let mug = product(&app, &admin, "MUG", 100, 10).await;
     let ann = app.user().await;
     let body = one(mug, 1);
-    let post = |key: &str| {
-        app.authed(Method::POST, ORDERS, &ann.token)
-            .header("idempotency-key", key)
-            .json(&body)
-    };
+    let post =
+        |key: &str| app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", key).json(&body);
 
     put_claim(&app, ann.id, "running", &body, "1 second", false).await;
     expect_error(post("running"), 409, "IDEMPOTENCY_KEY_IN_USE").await;
@@ -670,18 +476,12 @@ async fn answers_are_replayed_for_24_hours_and_not_after(pool: PgPool) {
     let mug = product(&app, &admin, "MUG", 100, 10).await;
     let ann = app.user().await;
     let body = one(mug, 1);
-    let post = |key: &str| {
-        app.authed(Method::POST, ORDERS, &ann.token)
-            .header("idempotency-key", key)
-            .json(&body)
-    };
+    let post =
+        |key: &str| app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", key).json(&body);
 
     put_claim(&app, ann.id, "recent", &body, "23 hours", true).await;
     let (status, headers, replayed) = send(post("recent")).await;
-    assert_eq!(
-        (status.as_u16(), &replayed["data"]["stored"]),
-        (201, &json!(true))
-    );
+    assert_eq!((status.as_u16(), &replayed["data"]["stored"]), (201, &json!(true)));
     assert_eq!(headers["idempotent-replayed"], "true");
 
     put_claim(&app, ann.id, "stale", &body, "25 hours", true).await;
@@ -699,15 +499,8 @@ async fn cancelling_after_stock_was_raised_to_the_bound_caps_the_restock(pool: P
     let ann = app.user().await;
     let order = place(&app, &ann, &one(mug, 5)).await;
     let raise = json!({"stock": 1_000_000});
-    let (status, _, _) = send(
-        app.authed(
-            Method::PATCH,
-            &format!("/api/v1/products/{mug}"),
-            &admin.token,
-        )
-        .json(&raise),
-    )
-    .await;
+    let (status, _, _) =
+        send(app.authed(Method::PATCH, &format!("/api/v1/products/{mug}"), &admin.token).json(&raise)).await;
     assert_eq!(status, 200);
     let (status, _, body) = send(app.authed(
         Method::POST,
@@ -734,36 +527,19 @@ async fn cancels_and_placements_over_shared_products_never_deadlock(pool: PgPool
     }
     // Cancels (lines in both orders) racing placements (lines in both orders).
     let cancels = existing.iter().map(|o| {
-        send(app.authed(
-            Method::POST,
-            &format!("{ORDERS}/{}/cancel", o["id"].as_str().unwrap()),
-            &ann.token,
-        ))
+        send(app.authed(Method::POST, &format!("{ORDERS}/{}/cancel", o["id"].as_str().unwrap()), &ann.token))
     });
-    let placements = (0..16).map(|i| {
-        send(
-            app.authed(Method::POST, ORDERS, &ann.token)
-                .json(if i % 2 == 0 { &ba } else { &ab }),
-        )
-    });
-    let (cancelled, placed) = tokio::join!(
-        futures::future::join_all(cancels),
-        futures::future::join_all(placements)
-    );
+    let placements = (0..16)
+        .map(|i| send(app.authed(Method::POST, ORDERS, &ann.token).json(if i % 2 == 0 { &ba } else { &ab })));
+    let (cancelled, placed) =
+        tokio::join!(futures::future::join_all(cancels), futures::future::join_all(placements));
     assert!(
         cancelled.iter().all(|(s, _, _)| *s == 200),
         "{:?}",
         cancelled.iter().map(|r| r.0).collect::<Vec<_>>()
     );
-    assert!(
-        placed.iter().all(|(s, _, _)| *s == 201),
-        "{:?}",
-        placed.iter().map(|r| r.0).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        (stock_of(&app, a).await, stock_of(&app, b).await),
-        (100_000 - 16, 100_000 - 16)
-    );
+    assert!(placed.iter().all(|(s, _, _)| *s == 201), "{:?}", placed.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert_eq!((stock_of(&app, a).await, stock_of(&app, b).await), (100_000 - 16, 100_000 - 16));
 }
 
 #[sqlx::test]
@@ -772,34 +548,21 @@ async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(p
     let app = TestApp::spawn(pool).await;
     let ann = app.user().await;
     let body = json!({"items": []});
-    let key = IdempotencyKey::from_header(Some(&"k".parse().unwrap()), &body)
-        .unwrap()
-        .unwrap();
+    let key = IdempotencyKey::from_header(Some(&"k".parse().unwrap()), &body).unwrap().unwrap();
     let db = &app.state.db;
     let Claim::Acquired(first) =
-        idempotency::claim(db, ann.id, &key, std::time::Duration::from_secs(60))
-            .await
-            .unwrap()
+        idempotency::claim(db, ann.id, &key, std::time::Duration::from_secs(60)).await.unwrap()
     else {
         panic!("first claim")
     };
     // The first request stalls past the takeover threshold; a retry takes the key over.
-    let Claim::Acquired(second) = idempotency::claim(db, ann.id, &key, std::time::Duration::ZERO)
-        .await
-        .unwrap()
+    let Claim::Acquired(second) =
+        idempotency::claim(db, ann.id, &key, std::time::Duration::ZERO).await.unwrap()
     else {
         panic!("takeover")
     };
     assert_ne!(first.token, second.token);
-    assert!(
-        !idempotency::complete(db, ann.id, &first, 201, &json!({}))
-            .await
-            .unwrap()
-    );
+    assert!(!idempotency::complete(db, ann.id, &first, 201, &json!({})).await.unwrap());
     idempotency::release(db, ann.id, &first).await.unwrap();
-    assert!(
-        idempotency::complete(db, ann.id, &second, 201, &json!({"ok": true}))
-            .await
-            .unwrap()
-    );
+    assert!(idempotency::complete(db, ann.id, &second, 201, &json!({"ok": true})).await.unwrap());
 }

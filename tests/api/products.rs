@@ -22,12 +22,8 @@ fn product(sku: &str, name: &str, price: i64, stock: i32) -> Value {
 async fn list(app: &TestApp, q: &str) -> (Vec<String>, Value) {
     let (status, _, body) = send(app.request(Method::GET, &format!("{PRODUCTS}?{q}"))).await;
     assert_eq!(status, 200, "{q}: {body}");
-    let skus = body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["sku"].as_str().unwrap().to_owned())
-        .collect();
+    let skus =
+        body["data"].as_array().unwrap().iter().map(|p| p["sku"].as_str().unwrap().to_owned()).collect();
     (skus, body["pagination"].clone())
 }
 
@@ -45,10 +41,7 @@ async fn admins_create_products_with_location_and_etag(pool: PgPool) {
     .await;
     assert_eq!(status, 201, "{body}");
     let data = &body["data"];
-    assert_eq!(
-        headers["location"],
-        format!("/api/v1/products/{}", data["id"].as_str().unwrap())
-    );
+    assert_eq!(headers["location"], format!("/api/v1/products/{}", data["id"].as_str().unwrap()));
     assert_eq!(headers["etag"], "\"1\"");
     assert_eq!(data["priceCents"], 1250);
     assert_eq!(data["currency"], "USD");
@@ -56,20 +49,11 @@ async fn admins_create_products_with_location_and_etag(pool: PgPool) {
     assert_eq!(data["version"], 1);
 
     let user = app.user().await;
-    let req = app
-        .authed(Method::POST, PRODUCTS, &user.token)
-        .json(&product("X-1", "X", 1, 1));
+    let req = app.authed(Method::POST, PRODUCTS, &user.token).json(&product("X-1", "X", 1, 1));
     expect_error(req, 403, "FORBIDDEN").await;
-    expect_error(
-        app.request(Method::POST, PRODUCTS)
-            .json(&product("X-1", "X", 1, 1)),
-        401,
-        "UNAUTHORIZED",
-    )
-    .await;
-    let req = app
-        .authed(Method::POST, PRODUCTS, &admin.token)
-        .json(&product("MUG-001", "Other", 1, 1));
+    expect_error(app.request(Method::POST, PRODUCTS).json(&product("X-1", "X", 1, 1)), 401, "UNAUTHORIZED")
+        .await;
+    let req = app.authed(Method::POST, PRODUCTS, &admin.token).json(&product("MUG-001", "Other", 1, 1));
     expect_error(req, 409, "CONFLICT").await;
 }
 
@@ -78,50 +62,20 @@ async fn product_bounds_are_enforced_field_by_field(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.admin().await;
     let cases = [
-        (
-            json!({"sku": "A", "name": "n", "priceCents": -1, "stock": 0}),
-            "priceCents",
-        ),
-        (
-            json!({"sku": "A", "name": "n", "priceCents": 100_000_001, "stock": 0}),
-            "priceCents",
-        ),
-        (
-            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 1_000_001}),
-            "stock",
-        ),
-        (
-            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": -1}),
-            "stock",
-        ),
-        (
-            json!({"sku": "bad sku!", "name": "n", "priceCents": 0, "stock": 0}),
-            "sku",
-        ),
-        (
-            json!({"sku": "x".repeat(65), "name": "n", "priceCents": 0, "stock": 0}),
-            "sku",
-        ),
-        (
-            json!({"sku": "A", "name": "", "priceCents": 0, "stock": 0}),
-            "name",
-        ),
-        (
-            json!({"sku": "A", "name": "n".repeat(201), "priceCents": 0, "stock": 0}),
-            "name",
-        ),
+        (json!({"sku": "A", "name": "n", "priceCents": -1, "stock": 0}), "priceCents"),
+        (json!({"sku": "A", "name": "n", "priceCents": 100_000_001, "stock": 0}), "priceCents"),
+        (json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 1_000_001}), "stock"),
+        (json!({"sku": "A", "name": "n", "priceCents": 0, "stock": -1}), "stock"),
+        (json!({"sku": "bad sku!", "name": "n", "priceCents": 0, "stock": 0}), "sku"),
+        (json!({"sku": "x".repeat(65), "name": "n", "priceCents": 0, "stock": 0}), "sku"),
+        (json!({"sku": "A", "name": "", "priceCents": 0, "stock": 0}), "name"),
+        (json!({"sku": "A", "name": "n".repeat(201), "priceCents": 0, "stock": 0}), "name"),
         (
             json!({"sku": "A", "name": "n", "description": "d".repeat(5001), "priceCents": 0, "stock": 0}),
             "description",
         ),
-        (
-            json!({"sku": "A", "name": "n", "priceCents": 1.5, "stock": 0}),
-            "priceCents",
-        ),
-        (
-            json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 0, "version": 9}),
-            "version",
-        ),
+        (json!({"sku": "A", "name": "n", "priceCents": 1.5, "stock": 0}), "priceCents"),
+        (json!({"sku": "A", "name": "n", "priceCents": 0, "stock": 0, "version": 9}), "version"),
     ];
     for (body, field) in cases {
         let err = expect_error(
@@ -155,35 +109,16 @@ async fn get_answers_with_an_etag_and_304_when_unchanged(pool: PgPool) {
     assert_eq!(body["data"]["sku"], "MUG");
     let tag = headers["etag"].to_str().unwrap().to_owned();
 
-    let res = app
-        .request(Method::GET, &path)
-        .header("if-none-match", &tag)
-        .send()
-        .await
-        .unwrap();
+    let res = app.request(Method::GET, &path).header("if-none-match", &tag).send().await.unwrap();
     assert_eq!(res.status(), 304);
     assert_eq!(res.headers()["etag"], tag.as_str());
     assert!(res.bytes().await.unwrap().is_empty());
-    let res = app
-        .request(Method::GET, &path)
-        .header("if-none-match", "\"999\"")
-        .send()
-        .await
-        .unwrap();
+    let res = app.request(Method::GET, &path).header("if-none-match", "\"999\"").send().await.unwrap();
     assert_eq!(res.status(), 200);
 
-    expect_error(
-        app.request(Method::GET, &format!("{PRODUCTS}/{}", uuid::Uuid::new_v4())),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    expect_error(
-        app.request(Method::GET, &format!("{PRODUCTS}/nope")),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(app.request(Method::GET, &format!("{PRODUCTS}/{}", uuid::Uuid::new_v4())), 404, "NOT_FOUND")
+        .await;
+    expect_error(app.request(Method::GET, &format!("{PRODUCTS}/nope")), 400, "VALIDATION_ERROR").await;
 }
 
 #[sqlx::test]
@@ -200,26 +135,17 @@ async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
     let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
     let patch = |body: Value| app.authed(Method::PATCH, &path, &admin.token).json(&body);
 
-    let (status, headers, body) =
-        send(patch(json!({"priceCents": 150})).header("if-match", "\"1\"")).await;
+    let (status, headers, body) = send(patch(json!({"priceCents": 150})).header("if-match", "\"1\"")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["priceCents"], 150);
     assert_eq!(body["data"]["version"], 2);
     assert_eq!(headers["etag"], "\"2\"");
 
     // A stale tag: 412, nothing written.
-    expect_error(
-        patch(json!({"priceCents": 1})).header("if-match", "\"1\""),
-        412,
-        "PRECONDITION_FAILED",
-    )
-    .await;
-    expect_error(
-        patch(json!({"priceCents": 1})).header("if-match", "garbage"),
-        412,
-        "PRECONDITION_FAILED",
-    )
-    .await;
+    expect_error(patch(json!({"priceCents": 1})).header("if-match", "\"1\""), 412, "PRECONDITION_FAILED")
+        .await;
+    expect_error(patch(json!({"priceCents": 1})).header("if-match", "garbage"), 412, "PRECONDITION_FAILED")
+        .await;
     let (_, _, now) = send(app.request(Method::GET, &path)).await;
     assert_eq!(now["data"]["priceCents"], 150);
     assert_eq!(now["data"]["version"], 2);
@@ -232,24 +158,13 @@ async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
 
     expect_error(patch(json!({"sku": "CUP"})), 409, "CONFLICT").await;
     expect_error(patch(json!({"stock": -5})), 400, "VALIDATION_ERROR").await;
-    expect_error(
-        patch(json!({"id": uuid::Uuid::new_v4()})),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(patch(json!({"id": uuid::Uuid::new_v4()})), 400, "VALIDATION_ERROR").await;
     let user = app.user().await;
-    expect_error(
-        app.authed(Method::PATCH, &path, &user.token)
-            .json(&json!({"stock": 5})),
-        403,
-        "FORBIDDEN",
-    )
-    .await;
+    expect_error(app.authed(Method::PATCH, &path, &user.token).json(&json!({"stock": 5})), 403, "FORBIDDEN")
+        .await;
     let missing = format!("{PRODUCTS}/{}", uuid::Uuid::new_v4());
     expect_error(
-        app.authed(Method::PATCH, &missing, &admin.token)
-            .json(&json!({"stock": 5})),
+        app.authed(Method::PATCH, &missing, &admin.token).json(&json!({"stock": 5})),
         404,
         "NOT_FOUND",
     )
@@ -267,19 +182,9 @@ async fn delete_archives_the_product_out_of_the_catalogue(pool: PgPool) {
     let (status, _, _) = send(app.authed(Method::DELETE, &path, &admin.token)).await;
     assert_eq!(status, 204);
     expect_error(app.request(Method::GET, &path), 404, "NOT_FOUND").await;
-    expect_error(
-        app.authed(Method::DELETE, &path, &admin.token),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    expect_error(
-        app.authed(Method::PATCH, &path, &admin.token)
-            .json(&json!({"stock": 1})),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    expect_error(app.authed(Method::DELETE, &path, &admin.token), 404, "NOT_FOUND").await;
+    expect_error(app.authed(Method::PATCH, &path, &admin.token).json(&json!({"stock": 1})), 404, "NOT_FOUND")
+        .await;
     let (_, _, list) = send(app.request(Method::GET, PRODUCTS)).await;
     assert_eq!(list["pagination"]["total"], 1);
     assert_eq!(list["data"][0]["sku"], "CUP");
@@ -307,21 +212,14 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
 
     let (skus, page) = list(&app, "").await;
     assert_eq!(skus, ["D", "C", "B", "A"], "newest first by default");
-    assert_eq!(
-        page,
-        json!({"page": 1, "limit": 20, "total": 4, "pages": 1})
-    );
+    assert_eq!(page, json!({"page": 1, "limit": 20, "total": 4, "pages": 1}));
     assert_eq!(list(&app, "sort=price").await.0, ["A", "D", "B", "C"]);
     assert_eq!(list(&app, "sort=-price").await.0, ["C", "B", "D", "A"]);
     assert_eq!(list(&app, "sort=name").await.0, ["A", "D", "B", "C"]);
     assert_eq!(list(&app, "sort=-name").await.0, ["C", "B", "D", "A"]);
     assert_eq!(list(&app, "sort=createdAt").await.0, ["A", "B", "C", "D"]);
     assert_eq!(list(&app, "q=MUG").await.0, ["B", "A"]);
-    assert_eq!(
-        list(&app, "minPrice=800&maxPrice=1500").await.0,
-        ["D", "B"],
-        "bounds are inclusive"
-    );
+    assert_eq!(list(&app, "minPrice=800&maxPrice=1500").await.0, ["D", "B"], "bounds are inclusive");
     let (skus, page) = list(&app, "inStock=true").await;
     assert_eq!(skus, ["D", "C", "A"]);
     assert_eq!(page["total"], 3);
@@ -331,10 +229,7 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
     assert_eq!(page, json!({"page": 2, "limit": 3, "total": 4, "pages": 2}));
     let (skus, page) = list(&app, "q=nothing-like-this").await;
     assert!(skus.is_empty());
-    assert_eq!(
-        page,
-        json!({"page": 1, "limit": 20, "total": 0, "pages": 0})
-    );
+    assert_eq!(page, json!({"page": 1, "limit": 20, "total": 0, "pages": 0}));
     let (skus, page) = list(&app, "page=50").await;
     assert!(skus.is_empty());
     assert_eq!(page["total"], 4);
@@ -348,12 +243,7 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
         "inStock=maybe",
         "limit=500",
     ] {
-        expect_error(
-            app.request(Method::GET, &format!("{PRODUCTS}?{bad}")),
-            400,
-            "VALIDATION_ERROR",
-        )
-        .await;
+        expect_error(app.request(Method::GET, &format!("{PRODUCTS}?{bad}")), 400, "VALIDATION_ERROR").await;
     }
 }
 
@@ -364,39 +254,19 @@ async fn catalogue_totals_stay_exact_through_stock_changes_and_archives(pool: Pg
     let a = create(&app, &admin, product("A", "a", 1, 1)).await;
     let b = create(&app, &admin, product("B", "b", 1, 0)).await;
     assert_eq!(
-        (
-            total(&app, "").await,
-            total(&app, "inStock=true").await,
-            total(&app, "inStock=false").await
-        ),
+        (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (2, 1, 1)
     );
     let path_b = format!("{PRODUCTS}/{}", b["id"].as_str().unwrap());
-    send(
-        app.authed(Method::PATCH, &path_b, &admin.token)
-            .json(&json!({"stock": 4})),
-    )
-    .await;
+    send(app.authed(Method::PATCH, &path_b, &admin.token).json(&json!({"stock": 4}))).await;
     assert_eq!(
-        (
-            total(&app, "").await,
-            total(&app, "inStock=true").await,
-            total(&app, "inStock=false").await
-        ),
+        (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (2, 2, 0)
     );
-    send(app.authed(
-        Method::DELETE,
-        &format!("{PRODUCTS}/{}", a["id"].as_str().unwrap()),
-        &admin.token,
-    ))
-    .await;
+    send(app.authed(Method::DELETE, &format!("{PRODUCTS}/{}", a["id"].as_str().unwrap()), &admin.token))
+        .await;
     assert_eq!(
-        (
-            total(&app, "").await,
-            total(&app, "inStock=true").await,
-            total(&app, "inStock=false").await
-        ),
+        (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (1, 1, 0)
     );
 }
@@ -413,23 +283,12 @@ async fn the_seed_command_fills_the_catalogue_quickly(pool: PgPool) {
         .args(["seed", "--products", "500", "--users", "7"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (skus, page) = list(&app, "limit=100&sort=price").await;
     assert_eq!(page["total"], 500);
     assert_eq!(skus.len(), 100);
-    assert_eq!(
-        total(&app, "inStock=true").await + total(&app, "inStock=false").await,
-        500
-    );
-    app.login(
-        &format!("seed-{}-1@example.com", skus[0].split('-').nth(1).unwrap()),
-        "password123",
-    )
-    .await;
+    assert_eq!(total(&app, "inStock=true").await + total(&app, "inStock=false").await, 500);
+    app.login(&format!("seed-{}-1@example.com", skus[0].split('-').nth(1).unwrap()), "password123").await;
 }
 
 #[sqlx::test]
@@ -447,12 +306,7 @@ async fn patch_refuses_null_for_required_fields_and_compares_if_match_strongly(p
     send(patch(json!({"stock": 2}))).await; // now at version 2
     let (status, _, _) = send(patch(json!({"stock": 3})).header("if-match", "\"1\", \"2\"")).await;
     assert_eq!(status, 200, "any listed tag may match");
-    expect_error(
-        patch(json!({"stock": 4})).header("if-match", "W/\"3\""),
-        412,
-        "PRECONDITION_FAILED",
-    )
-    .await;
+    expect_error(patch(json!({"stock": 4})).header("if-match", "W/\"3\""), 412, "PRECONDITION_FAILED").await;
     let (status, _, _) = send(patch(json!({"stock": 4})).header("if-match", "*")).await;
     assert_eq!(status, 200);
 }

@@ -12,26 +12,17 @@ const LOGIN: &str = "/api/v1/auth/login";
 
 #[sqlx::test]
 async fn the_default_limit_counts_per_ip_and_answers_429_with_retry_after(pool: PgPool) {
-    let app =
-        TestApp::spawn_with(pool, |s| s.rate_limit_default_per_minute = 3, Router::new()).await;
+    let app = TestApp::spawn_with(pool, |s| s.rate_limit_default_per_minute = 3, Router::new()).await;
     for remaining in ["2", "1", "0"] {
         let (status, headers, _) = send(app.request(Method::GET, PRODUCTS)).await;
         assert_eq!(status, 200);
         assert_eq!(headers["ratelimit-limit"], "3");
         assert_eq!(headers["ratelimit-remaining"], remaining);
-        let reset: u64 = headers["ratelimit-reset"]
-            .to_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+        let reset: u64 = headers["ratelimit-reset"].to_str().unwrap().parse().unwrap();
         assert!((1..=60).contains(&reset), "{reset}");
     }
     let res = app.request(Method::GET, PRODUCTS).send().await.unwrap();
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_eq!(res.headers()["ratelimit-remaining"], "0");
     crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
@@ -45,29 +36,19 @@ async fn login_and_register_have_a_strict_per_ip_limit(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.rate_limit_auth_per_minute = 3, Router::new()).await;
     let ann = app.register("ann@example.com", "password123").await;
     for _ in 0..2 {
-        let res = app
-            .post_json(
-                LOGIN,
-                &json!({"email": "x@example.com", "password": "wrong-password"}),
-            )
-            .await;
+        let res =
+            app.post_json(LOGIN, &json!({"email": "x@example.com", "password": "wrong-password"})).await;
         assert_eq!(res.status(), 401);
     }
-    let res = app
-        .post_json(
-            LOGIN,
-            &json!({"email": "ann@example.com", "password": "password123"}),
-        )
-        .await;
+    let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "password123"})).await;
     crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
     let req = app
         .request(Method::POST, "/api/v1/auth/register")
         .json(&json!({"email": "bob@example.com", "password": "password123"}));
     expect_error(req, 429, "RATE_LIMITED").await;
     // Refreshing is not a credential guess: only the default limit applies.
-    let req = app
-        .request(Method::POST, "/api/v1/auth/refresh")
-        .json(&json!({"refreshToken": ann.refresh_token}));
+    let req =
+        app.request(Method::POST, "/api/v1/auth/refresh").json(&json!({"refreshToken": ann.refresh_token}));
     assert_eq!(send(req).await.0, 200);
 }
 
@@ -77,26 +58,12 @@ async fn login_attempts_are_limited_per_email_address(pool: PgPool) {
     app.register("ann@example.com", "password123").await;
     app.register("bob@example.com", "password123").await;
     for _ in 0..2 {
-        let res = app
-            .post_json(
-                LOGIN,
-                &json!({"email": "ann@example.com", "password": "guess-guess"}),
-            )
-            .await;
+        let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "guess-guess"})).await;
         assert_eq!(res.status(), 401);
     }
     // Even the right password waits now, in any spelling of the address.
-    let res = app
-        .post_json(
-            LOGIN,
-            &json!({"email": " ANN@example.com", "password": "password123"}),
-        )
-        .await;
-    let retry_after: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let res = app.post_json(LOGIN, &json!({"email": " ANN@example.com", "password": "password123"})).await;
+    let retry_after: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after > 60, "a 15-minute window: {retry_after}");
     crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
     app.login("bob@example.com", "password123").await;
@@ -113,10 +80,8 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_counted(pool: PgPool) {
         Router::new(),
     )
     .await;
-    let from = |ip: &str| {
-        app.request(Method::GET, PRODUCTS)
-            .header("x-forwarded-for", format!("10.1.1.1, {ip}"))
-    };
+    let from =
+        |ip: &str| app.request(Method::GET, PRODUCTS).header("x-forwarded-for", format!("10.1.1.1, {ip}"));
     assert_eq!(send(from("203.0.113.1")).await.0, 200);
     assert_eq!(send(from("203.0.113.2")).await.0, 200);
     expect_error(from("203.0.113.1"), 429, "RATE_LIMITED").await;

@@ -41,10 +41,8 @@ async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
     let ann = app.user().await;
     let patch = |body: Value| app.authed(Method::PATCH, PROFILE, &ann.token).json(&body);
 
-    let (status, _, body) = send(patch(
-        json!({"firstName": "Ann", "lastName": "Lee", "phone": "+14155550123"}),
-    ))
-    .await;
+    let (status, _, body) =
+        send(patch(json!({"firstName": "Ann", "lastName": "Lee", "phone": "+14155550123"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["phone"], "+14155550123");
 
@@ -64,10 +62,7 @@ async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
         assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
     }
     let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
-    assert_eq!(
-        after["data"]["firstName"], "Ann",
-        "failed patches changed nothing"
-    );
+    assert_eq!(after["data"]["firstName"], "Ann", "failed patches changed nothing");
 }
 
 #[sqlx::test]
@@ -82,23 +77,13 @@ async fn mass_assignment_on_the_profile_is_a_400_and_changes_nothing(pool: PgPoo
         json!({"firstName": "Eve", "role": "admin"}),
         json!({"passwordHash": "x"}),
     ] {
-        expect_error(
-            app.authed(Method::PATCH, PROFILE, &ann.token)
-                .json(&attempt),
-            400,
-            "VALIDATION_ERROR",
-        )
-        .await;
+        expect_error(app.authed(Method::PATCH, PROFILE, &ann.token).json(&attempt), 400, "VALIDATION_ERROR")
+            .await;
     }
     let (_, _, after) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
     assert_eq!(before, after);
     // Still not an admin.
-    assert_eq!(
-        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
-            .await
-            .0,
-        403
-    );
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 403);
 }
 
 #[sqlx::test]
@@ -132,25 +117,12 @@ async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: P
     .await;
     assert_eq!(status, 204);
 
-    let refresh = |token: &str| {
-        app.request(Method::POST, "/api/v1/auth/refresh")
-            .json(&json!({"refreshToken": token}))
-    };
-    assert_eq!(
-        send(refresh(&phone.refresh_token)).await.0,
-        401,
-        "other session revoked"
-    );
-    assert_eq!(
-        send(refresh(&laptop.refresh_token)).await.0,
-        200,
-        "this session kept"
-    );
+    let refresh =
+        |token: &str| app.request(Method::POST, "/api/v1/auth/refresh").json(&json!({"refreshToken": token}));
+    assert_eq!(send(refresh(&phone.refresh_token)).await.0, 401, "other session revoked");
+    assert_eq!(send(refresh(&laptop.refresh_token)).await.0, 200, "this session kept");
     let res = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"email": "ann@example.com", "password": "password123"}),
-        )
+        .post_json("/api/v1/auth/login", &json!({"email": "ann@example.com", "password": "password123"}))
         .await;
     assert_error(res, 401, "UNAUTHORIZED").await;
     app.login("ann@example.com", "new-password-1").await;
@@ -160,28 +132,18 @@ async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: P
 async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.admin().await;
-    for (email, first) in [
-        ("ann@example.com", "Ann"),
-        ("bob@example.com", "Bob"),
-        ("carla@shop.test", "Carla"),
-    ] {
+    for (email, first) in
+        [("ann@example.com", "Ann"), ("bob@example.com", "Bob"), ("carla@shop.test", "Carla")]
+    {
         let s = app.register(email, "password123").await;
-        send(
-            app.authed(Method::PATCH, PROFILE, &s.token)
-                .json(&json!({"firstName": first})),
-        )
-        .await;
+        send(app.authed(Method::PATCH, PROFILE, &s.token).json(&json!({"firstName": first}))).await;
     }
-    let list =
-        |query: &str| app.authed(Method::GET, &format!("/api/v1/users?{query}"), &admin.token);
+    let list = |query: &str| app.authed(Method::GET, &format!("/api/v1/users?{query}"), &admin.token);
 
     let (status, _, body) = send(list("page=1&limit=2")).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        body["pagination"],
-        json!({"page": 1, "limit": 2, "total": 4, "pages": 2})
-    );
+    assert_eq!(body["pagination"], json!({"page": 1, "limit": 2, "total": 4, "pages": 2}));
     // Newest first: carla was registered last.
     assert_eq!(body["data"][0]["email"], "carla@shop.test");
 
@@ -189,10 +151,7 @@ async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) 
     assert_eq!(body["pagination"]["total"], 1);
     assert_eq!(body["data"][0]["firstName"], "Carla");
     let (_, _, body) = send(list("q=example.com")).await;
-    assert_eq!(
-        body["pagination"]["total"], 3,
-        "matches e-mail too: ann, bob and the admin"
-    );
+    assert_eq!(body["pagination"]["total"], 3, "matches e-mail too: ann, bob and the admin");
     let (_, _, body) = send(list("q=%25")).await;
     assert_eq!(body["pagination"]["total"], 0, "LIKE wildcards are literal");
 
@@ -217,18 +176,10 @@ async fn admins_get_users_by_id(pool: PgPool) {
     let (status, _, body) = send(app.authed(Method::GET, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["email"], ann.email);
-    expect_error(
-        app.authed(Method::GET, &user_path(uuid::Uuid::new_v4()), &admin.token),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    expect_error(
-        app.authed(Method::GET, &user_path("not-a-uuid"), &admin.token),
-        400,
-        "VALIDATION_ERROR",
-    )
-    .await;
+    expect_error(app.authed(Method::GET, &user_path(uuid::Uuid::new_v4()), &admin.token), 404, "NOT_FOUND")
+        .await;
+    expect_error(app.authed(Method::GET, &user_path("not-a-uuid"), &admin.token), 400, "VALIDATION_ERROR")
+        .await;
 }
 
 #[sqlx::test]
@@ -236,48 +187,30 @@ async fn a_role_change_applies_to_existing_tokens_at_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let admin = app.admin().await;
     let ann = app.user().await;
-    assert_eq!(
-        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
-            .await
-            .0,
-        403
-    );
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 403);
 
-    let (status, _, body) = send(
-        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
-            .json(&json!({"role": "admin"})),
-    )
-    .await;
+    let (status, _, body) =
+        send(app.authed(Method::PATCH, &user_path(ann.id), &admin.token).json(&json!({"role": "admin"})))
+            .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["role"], "admin");
-    assert_eq!(
-        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 200);
 
     expect_error(
-        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
-            .json(&json!({"role": "owner"})),
+        app.authed(Method::PATCH, &user_path(ann.id), &admin.token).json(&json!({"role": "owner"})),
         400,
         "VALIDATION_ERROR",
     )
     .await;
     expect_error(
-        app.authed(Method::PATCH, &user_path(ann.id), &admin.token)
-            .json(&json!({"email": "x@y.z"})),
+        app.authed(Method::PATCH, &user_path(ann.id), &admin.token).json(&json!({"email": "x@y.z"})),
         400,
         "VALIDATION_ERROR",
     )
     .await;
     expect_error(
-        app.authed(
-            Method::PATCH,
-            &user_path(uuid::Uuid::new_v4()),
-            &admin.token,
-        )
-        .json(&json!({"role": "user"})),
+        app.authed(Method::PATCH, &user_path(uuid::Uuid::new_v4()), &admin.token)
+            .json(&json!({"role": "user"})),
         404,
         "NOT_FOUND",
     )
@@ -290,33 +223,20 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
     let admin = app.admin().await;
 
     expect_error(
-        app.authed(Method::PATCH, &user_path(admin.id), &admin.token)
-            .json(&json!({"role": "user"})),
+        app.authed(Method::PATCH, &user_path(admin.id), &admin.token).json(&json!({"role": "user"})),
         409,
         "CONFLICT",
     )
     .await;
-    expect_error(
-        app.authed(Method::DELETE, &user_path(admin.id), &admin.token),
-        409,
-        "CONFLICT",
-    )
-    .await;
+    expect_error(app.authed(Method::DELETE, &user_path(admin.id), &admin.token), 409, "CONFLICT").await;
 
     // With a second admin, the first may step down.
     let second = app.admin().await;
-    let (status, _, _) = send(
-        app.authed(Method::PATCH, &user_path(admin.id), &second.token)
-            .json(&json!({"role": "user"})),
-    )
-    .await;
+    let (status, _, _) =
+        send(app.authed(Method::PATCH, &user_path(admin.id), &second.token).json(&json!({"role": "user"})))
+            .await;
     assert_eq!(status, 200);
-    expect_error(
-        app.authed(Method::DELETE, &user_path(second.id), &second.token),
-        409,
-        "CONFLICT",
-    )
-    .await;
+    expect_error(app.authed(Method::DELETE, &user_path(second.id), &second.token), 409, "CONFLICT").await;
 }
 
 #[sqlx::test]
@@ -328,35 +248,23 @@ async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
     app.login("ann@example.com", "password123").await;
     let (status, _, _) = send(app.authed(Method::DELETE, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 204);
-    let live: i64 = sqlx::query_scalar(
-        "select count(*) from sessions where user_id = $1 and revoked_at is null",
-    )
-    .bind(ann.id)
-    .fetch_one(&app.state.db)
-    .await
-    .unwrap();
+    let live: i64 =
+        sqlx::query_scalar("select count(*) from sessions where user_id = $1 and revoked_at is null")
+            .bind(ann.id)
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
     assert_eq!(live, 0, "every session revoked");
-    expect_error(
-        app.authed(Method::GET, &user_path(ann.id), &admin.token),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
-    expect_error(
-        app.authed(Method::DELETE, &user_path(ann.id), &admin.token),
-        404,
-        "NOT_FOUND",
-    )
-    .await;
+    expect_error(app.authed(Method::GET, &user_path(ann.id), &admin.token), 404, "NOT_FOUND").await;
+    expect_error(app.authed(Method::DELETE, &user_path(ann.id), &admin.token), 404, "NOT_FOUND").await;
 
     let again = app.register("ann@example.com", "another-password").await;
     assert_ne!(again.id, ann.id);
     // The old row is kept (orders will keep pointing at it).
-    let kept: i64 =
-        sqlx::query_scalar("select count(*) from users where email = 'ann@example.com'")
-            .fetch_one(&app.state.db)
-            .await
-            .unwrap();
+    let kept: i64 = sqlx::query_scalar("select count(*) from users where email = 'ann@example.com'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
     assert_eq!(kept, 2);
 }
 
@@ -376,15 +284,9 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
     let app = TestApp::spawn(pool.clone()).await;
 
     // From ADMIN_PASSWORD.
-    let out = create_admin(&pool, "Root@Example.com")
-        .env("ADMIN_PASSWORD", "root-password")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        create_admin(&pool, "Root@Example.com").env("ADMIN_PASSWORD", "root-password").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let root = app.login("root@example.com", "root-password").await;
     let (_, _, me) = send(app.authed(Method::GET, PROFILE, &root.token)).await;
     assert_eq!(me["data"]["role"], "admin");
@@ -396,50 +298,22 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"ops-password\n")
-        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ops-password\n").unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     app.login("ops@example.com", "ops-password").await;
 
     // Promotion of an existing user keeps their password.
     let ann = app.register("ann@example.com", "password123").await;
-    let out = create_admin(&pool, "ann@example.com")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        send(app.authed(Method::GET, "/api/v1/users", &ann.token))
-            .await
-            .0,
-        200
-    );
+    let out = create_admin(&pool, "ann@example.com").stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 200);
 
     // Too short a password is refused, and nothing is created.
-    let out = create_admin(&pool, "weak@example.com")
-        .env("ADMIN_PASSWORD", "short")
-        .output()
-        .unwrap();
+    let out = create_admin(&pool, "weak@example.com").env("ADMIN_PASSWORD", "short").output().unwrap();
     assert!(!out.status.success());
-    let res = app
-        .post_json(
-            "/api/v1/auth/login",
-            &json!({"email": "weak@example.com", "password": "short"}),
-        )
-        .await;
+    let res =
+        app.post_json("/api/v1/auth/login", &json!({"email": "weak@example.com", "password": "short"})).await;
     assert_error(res, 401, "UNAUTHORIZED").await;
 }
 
@@ -449,24 +323,17 @@ async fn two_admins_demoting_each_other_at_once_leave_one_admin(pool: PgPool) {
     let first = app.admin().await;
     let second = app.admin().await;
     let demote = |actor: &crate::helpers::Session, target: uuid::Uuid| {
-        send(
-            app.authed(Method::PATCH, &user_path(target), &actor.token)
-                .json(&json!({"role": "user"})),
-        )
+        send(app.authed(Method::PATCH, &user_path(target), &actor.token).json(&json!({"role": "user"})))
     };
     let (a, b) = tokio::join!(demote(&first, second.id), demote(&second, first.id));
     let mut statuses = [a.0.as_u16(), b.0.as_u16()];
     statuses.sort_unstable();
     // The loser may also be refused as no longer an admin (403) if the winner committed first.
-    assert!(
-        statuses == [200, 409] || statuses == [200, 403],
-        "{statuses:?}"
-    );
-    let admins: i64 = sqlx::query_scalar(
-        "select count(*) from users where role = 'admin' and deleted_at is null",
-    )
-    .fetch_one(&app.state.db)
-    .await
-    .unwrap();
+    assert!(statuses == [200, 409] || statuses == [200, 403], "{statuses:?}");
+    let admins: i64 =
+        sqlx::query_scalar("select count(*) from users where role = 'admin' and deleted_at is null")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
     assert_eq!(admins, 1);
 }

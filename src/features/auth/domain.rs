@@ -32,10 +32,7 @@ mod tests {
         let (b, _) = new_refresh_token();
         assert_ne!(a, b);
         assert_eq!(a.len(), 43, "32 bytes in unpadded base64url");
-        assert!(
-            a.bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
-        );
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_eq!(hash_refresh_token(&a), hash_a);
         assert_ne!(hash_refresh_token(&b), hash_a);
     }

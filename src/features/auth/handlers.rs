@@ -35,10 +35,7 @@ pub async fn register(
         last_name: body.last_name,
     };
     let (user, tokens) = auth.register(registration, &meta).await?;
-    Ok((
-        StatusCode::CREATED,
-        ApiOk::new(AuthResponse::new(tokens, user.into())),
-    ))
+    Ok((StatusCode::CREATED, ApiOk::new(AuthResponse::new(tokens, user.into()))))
 }
 
 /// Exchanges e-mail and password for tokens.
@@ -56,9 +53,7 @@ pub async fn login(
     ValidJson(body): ValidJson<LoginRequest>,
 ) -> AppResult<ApiOk<AuthResponse>> {
     // Per address, whatever IPs the attempts come from.
-    limiter
-        .check(limiter.login_email, &normalize_email(&body.email))
-        .await?;
+    limiter.check(limiter.login_email, &normalize_email(&body.email)).await?;
     let (user, tokens) = auth.login(&body.email, &body.password, &meta).await?;
     Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
 }
@@ -75,9 +70,7 @@ pub async fn refresh(
     meta: ClientMeta,
     ValidJson(body): ValidJson<RefreshRequest>,
 ) -> AppResult<ApiOk<TokenResponse>> {
-    Ok(ApiOk::new(
-        auth.refresh(&body.refresh_token, &meta).await?.into(),
-    ))
+    Ok(ApiOk::new(auth.refresh(&body.refresh_token, &meta).await?.into()))
 }
 
 /// Revokes one session (unknown tokens are accepted too).

@@ -27,10 +27,7 @@ pub async fn insert_session(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Re
     .map(|_| ())
 }
 
-pub async fn find_by_hash(
-    db: impl PgExecutor<'_>,
-    token_hash: &[u8],
-) -> sqlx::Result<Option<Session>> {
+pub async fn find_by_hash(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
     sqlx::query_as!(
         Session,
         "select id, user_id, family_id, expires_at, revoked_at, replaced_by
@@ -96,56 +93,36 @@ pub async fn revoke_user_sessions(
 /// Without it, a revocation's UPDATE would not see a successor session inserted by a
 /// rotation that commits while the UPDATE waits, and the successor would stay live.
 pub async fn lock_user_for_rotation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
-        "select 1 as one from users where id = $1 for share",
-        user_id
-    )
-    .fetch_optional(db)
-    .await
-    .map(|_| ())
+    sqlx::query!("select 1 as one from users where id = $1 for share", user_id)
+        .fetch_optional(db)
+        .await
+        .map(|_| ())
 }
 
 /// The exclusive side of [`lock_user_for_rotation`], taken before revoking sessions.
 pub async fn lock_user_for_revocation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
-        "select 1 as one from users where id = $1 for no key update",
-        user_id
-    )
-    .fetch_optional(db)
-    .await
-    .map(|_| ())
+    sqlx::query!("select 1 as one from users where id = $1 for no key update", user_id)
+        .fetch_optional(db)
+        .await
+        .map(|_| ())
 }
 
 /// The user owning the sessions of `family_id`.
-pub async fn owner_of_family(
-    db: impl PgExecutor<'_>,
-    family_id: Uuid,
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar!(
-        "select user_id from sessions where family_id = $1 limit 1",
-        family_id
-    )
-    .fetch_optional(db)
-    .await
+pub async fn owner_of_family(db: impl PgExecutor<'_>, family_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!("select user_id from sessions where family_id = $1 limit 1", family_id)
+        .fetch_optional(db)
+        .await
 }
 
 /// The user owning the session of `token_hash`.
-pub async fn owner_of_token(
-    db: impl PgExecutor<'_>,
-    token_hash: &[u8],
-) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar!(
-        "select user_id from sessions where token_hash = $1",
-        token_hash
-    )
-    .fetch_optional(db)
-    .await
+pub async fn owner_of_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!("select user_id from sessions where token_hash = $1", token_hash)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn family_of(db: impl PgExecutor<'_>, session_id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query_scalar!("select family_id from sessions where id = $1", session_id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_scalar!("select family_id from sessions where id = $1", session_id).fetch_optional(db).await
 }
 
 /// The production [`AuthStore`].

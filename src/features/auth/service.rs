@@ -93,22 +93,13 @@ impl AuthService {
         tokens: Arc<TokenKeys>,
         refresh_ttl: Duration,
     ) -> Self {
-        Self {
-            store,
-            hasher,
-            tokens,
-            refresh_ttl,
-        }
+        Self { store, hasher, tokens, refresh_ttl }
     }
 
     /// Creates a `user` account and signs it in. A live account with the same e-mail
     /// (compared after normalisation) is a 409.
     #[tracing::instrument(skip_all)]
-    pub async fn register(
-        &self,
-        reg: Registration,
-        meta: &ClientMeta,
-    ) -> AppResult<(UserRow, IssuedTokens)> {
+    pub async fn register(&self, reg: Registration, meta: &ClientMeta) -> AppResult<(UserRow, IssuedTokens)> {
         let email = normalize_email(&reg.email);
         let password_hash = self.hasher.hash(&reg.password).await?;
         let new = NewUser {
@@ -118,9 +109,11 @@ impl AuthService {
             last_name: reg.last_name.as_deref(),
             role: Role::User,
         };
-        let user = self.store.insert_user(&new).await?.ok_or_else(|| {
-            AppError::Conflict("an account with this e-mail already exists".to_owned())
-        })?;
+        let user = self
+            .store
+            .insert_user(&new)
+            .await?
+            .ok_or_else(|| AppError::Conflict("an account with this e-mail already exists".to_owned()))?;
         tracing::info!(user.id = %user.id, "user registered");
         let tokens = self.start_session(&user, Uuid::new_v4(), meta).await?;
         Ok((user, tokens))
@@ -136,11 +129,7 @@ impl AuthService {
         meta: &ClientMeta,
     ) -> AppResult<(UserRow, IssuedTokens)> {
         let email = normalize_email(email);
-        let Some(LoginRow {
-            user,
-            password_hash,
-        }) = self.store.find_login(&email).await?
-        else {
+        let Some(LoginRow { user, password_hash }) = self.store.find_login(&email).await? else {
             self.hasher.verify_dummy(password).await?;
             return Err(AppError::Unauthorized(INVALID_CREDENTIALS));
         };
@@ -158,11 +147,7 @@ impl AuthService {
     pub async fn refresh(&self, refresh_token: &str, meta: &ClientMeta) -> AppResult<IssuedTokens> {
         let unauthorized = || AppError::Unauthorized(INVALID_REFRESH);
         let hash = hash_refresh_token(refresh_token);
-        let session = self
-            .store
-            .find_session(&hash)
-            .await?
-            .ok_or_else(unauthorized)?;
+        let session = self.store.find_session(&hash).await?.ok_or_else(unauthorized)?;
         if session.replaced_by.is_some() {
             tracing::warn!(session.family = %session.family_id, "rotated refresh token presented again: revoking its family");
             self.store.revoke_family(session.family_id).await?;
@@ -171,11 +156,7 @@ impl AuthService {
         if session.revoked_at.is_some() || session.expires_at <= Utc::now() {
             return Err(unauthorized());
         }
-        let user = self
-            .store
-            .find_active_user(session.user_id)
-            .await?
-            .ok_or_else(unauthorized)?;
+        let user = self.store.find_active_user(session.user_id).await?.ok_or_else(unauthorized)?;
         let (token, token_hash) = new_refresh_token();
         let next = self.new_session(&user, session.family_id, token_hash, meta);
         if !self.store.rotate_session(session.id, &next).await? {
@@ -189,9 +170,7 @@ impl AuthService {
 
     /// Revokes the session of `refresh_token`; unknown tokens are ignored.
     pub async fn logout(&self, refresh_token: &str) -> AppResult<()> {
-        self.store
-            .revoke_session(&hash_refresh_token(refresh_token))
-            .await
+        self.store.revoke_session(&hash_refresh_token(refresh_token)).await
     }
 
     /// Revokes every session of `user_id`.
@@ -237,9 +216,7 @@ impl AuthService {
         refresh_token: String,
     ) -> AppResult<IssuedTokens> {
         Ok(IssuedTokens {
-            access_token: self
-                .tokens
-                .issue(user.id, &user.email, user.role, session_id)?,
+            access_token: self.tokens.issue(user.id, &user.email, user.role, session_id)?,
             refresh_token,
             expires_in: self.tokens.ttl_secs(),
         })
@@ -262,20 +239,10 @@ mod tests {
 
     impl FakeStore {
         fn live_sessions(&self) -> usize {
-            self.sessions
-                .lock()
-                .unwrap()
-                .values()
-                .filter(|(s, _)| s.revoked_at.is_none())
-                .count()
+            self.sessions.lock().unwrap().values().filter(|(s, _)| s.revoked_at.is_none()).count()
         }
         fn delete_user(&self, id: Uuid) {
-            self.users
-                .lock()
-                .unwrap()
-                .iter_mut()
-                .filter(|u| u.0.id == id)
-                .for_each(|u| u.2 = true);
+            self.users.lock().unwrap().iter_mut().filter(|u| u.0.id == id).for_each(|u| u.2 = true);
         }
         fn expire_all(&self) {
             for (s, _) in self.sessions.lock().unwrap().values_mut() {
@@ -288,10 +255,7 @@ mod tests {
     impl AuthStore for FakeStore {
         async fn insert_user(&self, new: &NewUser<'_>) -> AppResult<Option<UserRow>> {
             let mut users = self.users.lock().unwrap();
-            if users
-                .iter()
-                .any(|(u, _, deleted)| u.email == new.email && !deleted)
-            {
+            if users.iter().any(|(u, _, deleted)| u.email == new.email && !deleted) {
                 return Ok(None);
             }
             let row = UserRow {
@@ -314,10 +278,7 @@ mod tests {
                 .unwrap()
                 .iter()
                 .find(|(u, _, d)| u.email == email && !d)
-                .map(|(u, h, _)| LoginRow {
-                    user: u.clone(),
-                    password_hash: h.clone(),
-                }))
+                .map(|(u, h, _)| LoginRow { user: u.clone(), password_hash: h.clone() }))
         }
         async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
             Ok(self
@@ -337,20 +298,11 @@ mod tests {
                 revoked_at: None,
                 replaced_by: None,
             };
-            self.sessions
-                .lock()
-                .unwrap()
-                .insert(s.id, (session, s.token_hash));
+            self.sessions.lock().unwrap().insert(s.id, (session, s.token_hash));
             Ok(())
         }
         async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {
-            Ok(self
-                .sessions
-                .lock()
-                .unwrap()
-                .values()
-                .find(|(_, h)| h == token_hash)
-                .map(|(s, _)| s.clone()))
+            Ok(self.sessions.lock().unwrap().values().find(|(_, h)| h == token_hash).map(|(s, _)| s.clone()))
         }
         async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool> {
             {
@@ -396,12 +348,7 @@ mod tests {
         let settings = Settings::load_for(AppEnv::Test).unwrap();
         let store = Arc::new(FakeStore::default());
         let tokens = Arc::new(TokenKeys::from_settings(&settings));
-        let svc = AuthService::new(
-            store.clone(),
-            PasswordHasher::new(),
-            tokens,
-            settings.refresh_token_ttl,
-        );
+        let svc = AuthService::new(store.clone(), PasswordHasher::new(), tokens, settings.refresh_token_ttl);
         (svc, store)
     }
 
@@ -415,10 +362,7 @@ mod tests {
     }
 
     fn meta() -> ClientMeta {
-        ClientMeta {
-            ip: Some("127.0.0.1".into()),
-            user_agent: Some("unit-test".into()),
-        }
+        ClientMeta { ip: Some("127.0.0.1".into()), user_agent: Some("unit-test".into()) }
     }
 
     fn is_unauthorized(e: &AppError) -> bool {
@@ -428,44 +372,28 @@ mod tests {
     #[tokio::test]
     async fn register_normalises_the_email_and_issues_tokens() {
         let (svc, store) = service();
-        let (user, tokens) = svc
-            .register(registration("  Ann@Example.COM "), &meta())
-            .await
-            .unwrap();
+        let (user, tokens) = svc.register(registration("  Ann@Example.COM "), &meta()).await.unwrap();
         assert_eq!(user.email, "ann@example.com");
         assert_eq!(user.role, Role::User);
         assert_eq!(tokens.expires_in, 900);
         assert_eq!(store.live_sessions(), 1);
         let stored_hash = store.users.lock().unwrap()[0].1.clone();
-        assert!(
-            stored_hash.starts_with("$argon2id$"),
-            "password stored hashed"
-        );
+        assert!(stored_hash.starts_with("$argon2id$"), "password stored hashed");
     }
 
     #[tokio::test]
     async fn register_with_a_taken_email_in_other_case_is_a_conflict() {
         let (svc, _) = service();
-        svc.register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
-        let err = svc
-            .register(registration("ANN@example.com"), &meta())
-            .await
-            .unwrap_err();
+        svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        let err = svc.register(registration("ANN@example.com"), &meta()).await.unwrap_err();
         assert_eq!(err.code(), "CONFLICT");
     }
 
     #[tokio::test]
     async fn login_succeeds_with_the_right_password_in_any_email_case() {
         let (svc, store) = service();
-        svc.register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
-        let (user, _) = svc
-            .login(" ANN@example.com", "password123", &meta())
-            .await
-            .unwrap();
+        svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        let (user, _) = svc.login(" ANN@example.com", "password123", &meta()).await.unwrap();
         assert_eq!(user.email, "ann@example.com");
         assert_eq!(store.live_sessions(), 2);
     }
@@ -473,17 +401,9 @@ mod tests {
     #[tokio::test]
     async fn unknown_email_and_wrong_password_fail_identically() {
         let (svc, _) = service();
-        svc.register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
-        let wrong = svc
-            .login("ann@example.com", "wrong-password", &meta())
-            .await
-            .unwrap_err();
-        let unknown = svc
-            .login("bob@example.com", "password123", &meta())
-            .await
-            .unwrap_err();
+        svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        let wrong = svc.login("ann@example.com", "wrong-password", &meta()).await.unwrap_err();
+        let unknown = svc.login("bob@example.com", "password123", &meta()).await.unwrap_err();
         assert!(is_unauthorized(&wrong) && is_unauthorized(&unknown));
         assert_eq!(wrong.to_string(), unknown.to_string());
     }
@@ -491,98 +411,52 @@ mod tests {
     #[tokio::test]
     async fn login_of_a_deleted_user_fails() {
         let (svc, store) = service();
-        let (user, _) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         store.delete_user(user.id);
-        assert!(is_unauthorized(
-            &svc.login("ann@example.com", "password123", &meta())
-                .await
-                .unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.login("ann@example.com", "password123", &meta()).await.unwrap_err()));
     }
 
     #[tokio::test]
     async fn refresh_rotates_and_the_old_token_stops_working() {
         let (svc, _) = service();
-        let (_, first) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (_, first) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let second = svc.refresh(&first.refresh_token, &meta()).await.unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
-        let reuse = svc
-            .refresh(&first.refresh_token, &meta())
-            .await
-            .unwrap_err();
+        let reuse = svc.refresh(&first.refresh_token, &meta()).await.unwrap_err();
         assert!(is_unauthorized(&reuse));
     }
 
     #[tokio::test]
     async fn reusing_a_rotated_token_revokes_the_whole_family() {
         let (svc, store) = service();
-        let (_, first) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (_, first) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let second = svc.refresh(&first.refresh_token, &meta()).await.unwrap();
-        let _ = svc
-            .refresh(&first.refresh_token, &meta())
-            .await
-            .unwrap_err();
+        let _ = svc.refresh(&first.refresh_token, &meta()).await.unwrap_err();
         // The newer token, never reused itself, is dead too.
-        assert!(is_unauthorized(
-            &svc.refresh(&second.refresh_token, &meta())
-                .await
-                .unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.refresh(&second.refresh_token, &meta()).await.unwrap_err()));
         assert_eq!(store.live_sessions(), 0);
     }
 
     #[tokio::test]
     async fn unknown_revoked_and_expired_refresh_tokens_fail() {
         let (svc, store) = service();
-        assert!(is_unauthorized(
-            &svc.refresh("nonsense", &meta()).await.unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.refresh("nonsense", &meta()).await.unwrap_err()));
 
-        let (_, tokens) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (_, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         svc.logout(&tokens.refresh_token).await.unwrap();
-        assert!(is_unauthorized(
-            &svc.refresh(&tokens.refresh_token, &meta())
-                .await
-                .unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
 
-        let (_, tokens) = svc
-            .login("ann@example.com", "password123", &meta())
-            .await
-            .unwrap();
+        let (_, tokens) = svc.login("ann@example.com", "password123", &meta()).await.unwrap();
         store.expire_all();
-        assert!(is_unauthorized(
-            &svc.refresh(&tokens.refresh_token, &meta())
-                .await
-                .unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
     }
 
     #[tokio::test]
     async fn refresh_for_a_deleted_user_fails() {
         let (svc, store) = service();
-        let (user, tokens) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (user, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         store.delete_user(user.id);
-        assert!(is_unauthorized(
-            &svc.refresh(&tokens.refresh_token, &meta())
-                .await
-                .unwrap_err()
-        ));
+        assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
     }
 
     #[tokio::test]
@@ -627,15 +501,9 @@ mod tests {
             Arc::new(TokenKeys::from_settings(&settings)),
             settings.refresh_token_ttl,
         );
-        let (_, tokens) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
+        let (_, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         // Act
-        let err = svc
-            .refresh(&tokens.refresh_token, &meta())
-            .await
-            .unwrap_err();
+        let err = svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err();
         // Assert
         assert!(is_unauthorized(&err));
         assert_eq!(store.0.live_sessions(), 0, "family revoked");
@@ -644,13 +512,8 @@ mod tests {
     #[tokio::test]
     async fn logout_all_revokes_every_session() {
         let (svc, store) = service();
-        let (user, _) = svc
-            .register(registration("ann@example.com"), &meta())
-            .await
-            .unwrap();
-        svc.login("ann@example.com", "password123", &meta())
-            .await
-            .unwrap();
+        let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        svc.login("ann@example.com", "password123", &meta()).await.unwrap();
         svc.logout_all(user.id).await.unwrap();
         assert_eq!(store.live_sessions(), 0);
         // Logging out an unknown token is harmless.

@@ -67,11 +67,7 @@ pub struct TokenResponse {
 
 impl From<IssuedTokens> for TokenResponse {
     fn from(t: IssuedTokens) -> Self {
-        Self {
-            token: t.access_token,
-            refresh_token: t.refresh_token,
-            expires_in: t.expires_in,
-        }
+        Self { token: t.access_token, refresh_token: t.refresh_token, expires_in: t.expires_in }
     }
 }
 
@@ -100,7 +96,6 @@ fn person_name(name: &str) -> Result<(), ValidationError> {
     if crate::features::users::types::is_valid_name(name) {
         Ok(())
     } else {
-        Err(ValidationError::new("name")
-            .with_message("must be 1 to 100 characters and not blank".into()))
+        Err(ValidationError::new("name").with_message("must be 1 to 100 characters and not blank".into()))
     }
 }

@@ -17,10 +17,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[utoipa::path(get, path = "/health", tag = "health",
     responses((status = 200, description = "The process is alive", body = HealthResponse)))]
 pub async fn live() -> Json<HealthResponse> {
-    Json(HealthResponse {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-    })
+    Json(HealthResponse { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
 /// Readiness: Postgres and Redis both answer. 503 names the failing dependency.
@@ -40,13 +37,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         tracing::warn!(database = %database, redis = %redis, "readiness check failed");
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let mut res = (
-        status,
-        Json(ReadyResponse {
-            status: label,
-            checks: ReadyChecks { database, redis },
-        }),
-    )
+    let mut res = (status, Json(ReadyResponse { status: label, checks: ReadyChecks { database, redis } }))
         .into_response();
     // The probe's 503 is its own ops-convention body, not an API error.
     res.extensions_mut().insert(Enveloped);
@@ -59,4 +50,21 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
         Ok(Err(e)) => format!("error: {e}"),
         Err(_) => format!("error: no answer within {}s", CHECK_TIMEOUT.as_secs()),
     }
+}
+
+/// Prometheus text: request counts and latency histograms by method, route template and
+/// status; database pool gauges. Restrict access at the proxy; `METRICS_ENABLED=false`
+/// turns it off (404).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
+        (status = 404, description = "Metrics are disabled", body = crate::shared::error::ErrorEnvelope),
+    ))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    if !state.config.metrics_enabled {
+        return crate::shared::error::AppError::NotFound("no route matches this path".to_owned())
+            .into_response();
+    }
+    let body = state.metrics.render(&state.db);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

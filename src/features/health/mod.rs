@@ -1,5 +1,5 @@
-//! Liveness and readiness probes (SPEC §9). They answer bare objects in the ops
-//! convention, not the API envelope.
+//! Liveness and readiness probes and Prometheus metrics (SPEC §9). They answer in the
+//! ops conventions (bare objects, Prometheus text), not the API envelope.
 
 mod handlers;
 mod routes;

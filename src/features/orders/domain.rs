@@ -77,10 +77,7 @@ impl ShippingAddress {
     /// Adds a message per bad field under `prefix` (e.g. `shippingAddress.city`).
     pub fn check(&self, prefix: &str, errors: &mut FieldErrors) {
         let mut bad = |field: &str, message: &str| {
-            errors
-                .entry(format!("{prefix}.{field}"))
-                .or_default()
-                .push(message.to_owned());
+            errors.entry(format!("{prefix}.{field}")).or_default().push(message.to_owned());
         };
         let text = |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max;
         if !text(&self.line1, 200) {
@@ -98,10 +95,7 @@ impl ShippingAddress {
             bad("postalCode", "must be 1 to 20 characters and not blank");
         }
         if !is_country_code(&self.country) {
-            bad(
-                "country",
-                "must be an ISO 3166-1 alpha-2 code such as DE or US",
-            );
+            bad("country", "must be an ISO 3166-1 alpha-2 code such as DE or US");
         }
     }
 }
@@ -116,9 +110,7 @@ QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ
 TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
 
 pub fn is_country_code(code: &str) -> bool {
-    code.len() == 2
-        && code.bytes().all(|b| b.is_ascii_uppercase())
-        && COUNTRIES.split(' ').any(|c| c == code)
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_uppercase()) && COUNTRIES.split(' ').any(|c| c == code)
 }
 
 /// `unit × quantity` for each line and their sum, or `None` on overflow (impossible within
@@ -150,13 +142,7 @@ mod tests {
             .collect();
         assert_eq!(
             allowed,
-            [
-                (Pending, Paid),
-                (Pending, Cancelled),
-                (Paid, Shipped),
-                (Paid, Cancelled),
-                (Shipped, Delivered)
-            ]
+            [(Pending, Paid), (Pending, Cancelled), (Paid, Shipped), (Paid, Cancelled), (Shipped, Delivered)]
         );
     }
 
@@ -175,10 +161,7 @@ mod tests {
         assert_eq!(price(&[]), Some((vec![], 0)));
         assert_eq!(price(&[(i64::MAX, 2)]), None);
         assert_eq!(price(&[(i64::MAX, 1), (1, 1)]), None);
-        assert_eq!(
-            price(&[(100_000_000, 1000); 100]).map(|p| p.1),
-            Some(10_000_000_000_000)
-        );
+        assert_eq!(price(&[(100_000_000, 1000); 100]).map(|p| p.1), Some(10_000_000_000_000));
     }
 
     #[test]
@@ -193,16 +176,9 @@ mod tests {
         let mut errors = FieldErrors::new();
         ok.check("shippingAddress", &mut errors);
         assert!(errors.is_empty());
-        let bad = ShippingAddress {
-            line1: " ".into(),
-            country: "XX".into(),
-            ..ok
-        };
+        let bad = ShippingAddress { line1: " ".into(), country: "XX".into(), ..ok };
         bad.check("shippingAddress", &mut errors);
-        assert_eq!(
-            errors.keys().collect::<Vec<_>>(),
-            ["shippingAddress.country", "shippingAddress.line1"]
-        );
+        assert_eq!(errors.keys().collect::<Vec<_>>(), ["shippingAddress.country", "shippingAddress.line1"]);
     }
 
     #[test]

@@ -12,8 +12,7 @@ use super::{
     idempotency::{Claim, IdempotencyKey},
     service::OrderService,
     types::{
-        CreateOrderRequest, OrderFilter, OrderIdPath, OrderResponse, UpdateOrderRequest,
-        UpdateStatusRequest,
+        CreateOrderRequest, OrderFilter, OrderIdPath, OrderResponse, UpdateOrderRequest, UpdateStatusRequest,
     },
 };
 use crate::shared::{
@@ -45,10 +44,7 @@ fn replay(status: u16, body: Value) -> Response {
     let location = body["data"]["id"].as_str().and_then(location);
     let mut res = (status, axum::Json(body)).into_response();
     let headers = res.headers_mut();
-    headers.insert(
-        IDEMPOTENT_REPLAYED.clone(),
-        HeaderValue::from_static("true"),
-    );
+    headers.insert(IDEMPOTENT_REPLAYED.clone(), HeaderValue::from_static("true"));
     if status == StatusCode::CREATED
         && let Some(location) = location
     {
@@ -107,13 +103,10 @@ pub async fn create_order(
     }
     // A final 4xx is part of the contract too: store it as sent.
     let (parts, body) = error.into_response().into_parts();
-    let bytes = to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading an error body: {e}"))?;
+    let bytes =
+        to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("reading an error body: {e}"))?;
     let stored: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
-    orders
-        .remember_failure(user.id, &claim, parts.status.as_u16(), &stored)
-        .await?;
+    orders.remember_failure(user.id, &claim, parts.status.as_u16(), &stored).await?;
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
@@ -133,10 +126,7 @@ pub async fn list_orders(
     QueryParams(filter): QueryParams<OrderFilter>,
 ) -> AppResult<ApiList<OrderResponse>> {
     let (data, total) = orders.list(&user, &filter, page).await?;
-    Ok(ApiList::new(
-        data,
-        Pagination::new(page.page, page.limit, total),
-    ))
+    Ok(ApiList::new(data, Pagination::new(page.page, page.limit, total)))
 }
 
 /// One order: the owner's or, for staff, any. Another user's order is a 404.
@@ -174,11 +164,7 @@ pub async fn update_order(
     JsonBody(body): JsonBody<UpdateOrderRequest>,
 ) -> AppResult<ApiOk<OrderResponse>> {
     let address = body.into_address()?;
-    Ok(ApiOk::new(
-        orders
-            .update_address(&user, path.id, address.as_ref())
-            .await?,
-    ))
+    Ok(ApiOk::new(orders.update_address(&user, path.id, address.as_ref()).await?))
 }
 
 /// Cancels an order and restocks it: the owner while pending, staff while pending or paid.
@@ -216,7 +202,5 @@ pub async fn update_order_status(
     PathParam(path): PathParam<OrderIdPath>,
     JsonBody(body): JsonBody<UpdateStatusRequest>,
 ) -> AppResult<ApiOk<OrderResponse>> {
-    Ok(ApiOk::new(
-        orders.set_status(&user, path.id, body.status).await?,
-    ))
+    Ok(ApiOk::new(orders.set_status(&user, path.id, body.status).await?))
 }

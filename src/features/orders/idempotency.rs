@@ -25,21 +25,13 @@ impl IdempotencyKey {
         body: &Value,
     ) -> Result<Option<Self>, AppError> {
         let Some(value) = value else { return Ok(None) };
-        let key = value
-            .to_str()
-            .map_err(|_| AppError::field("Idempotency-Key", "must be visible ASCII"))?;
+        let key = value.to_str().map_err(|_| AppError::field("Idempotency-Key", "must be visible ASCII"))?;
         if key.is_empty() || key.len() > 255 {
-            return Err(AppError::field(
-                "Idempotency-Key",
-                "must be 1 to 255 characters",
-            ));
+            return Err(AppError::field("Idempotency-Key", "must be 1 to 255 characters"));
         }
         // serde_json's maps are ordered, so the same JSON in any key order hashes alike.
         let canonical = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
-        Ok(Some(Self {
-            key: key.to_owned(),
-            request_hash: Sha256::digest(&canonical).to_vec(),
-        }))
+        Ok(Some(Self { key: key.to_owned(), request_hash: Sha256::digest(&canonical).to_vec() }))
     }
 }
 
@@ -73,12 +65,7 @@ pub async fn claim(
 ) -> sqlx::Result<Claim> {
     let abandoned_secs = abandoned_after.as_secs_f64();
     let token = Uuid::new_v4();
-    let acquired = || {
-        Claim::Acquired(ClaimedKey {
-            key: key.key.clone(),
-            token,
-        })
-    };
+    let acquired = || Claim::Acquired(ClaimedKey { key: key.key.clone(), token });
     // Two rounds: a record removed between our insert and our read gets a second try.
     for _ in 0..2 {
         let inserted = sqlx::query!(
@@ -124,10 +111,7 @@ pub async fn claim(
             return Ok(Claim::Mismatch);
         }
         if let (Some(status), Some(body)) = (found.response_status, found.response_body) {
-            return Ok(Claim::Replay {
-                status: u16::try_from(status).unwrap_or(500),
-                body,
-            });
+            return Ok(Claim::Replay { status: u16::try_from(status).unwrap_or(500), body });
         }
         if found.abandoned {
             let taken = sqlx::query!(

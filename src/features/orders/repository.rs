@@ -67,11 +67,7 @@ pub async fn lock_products(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resul
 
 /// Takes `quantities[i]` from `ids[i]`, bumping each version. The `stock >= 0` check
 /// constraint is the last line of defence against overselling.
-pub async fn take_stock(
-    db: impl PgExecutor<'_>,
-    ids: &[Uuid],
-    quantities: &[i32],
-) -> sqlx::Result<u64> {
+pub async fn take_stock(db: impl PgExecutor<'_>, ids: &[Uuid], quantities: &[i32]) -> sqlx::Result<u64> {
     sqlx::query!(
         "update products p set stock = p.stock - x.quantity, version = p.version + 1
          from unnest($1::uuid[], $2::int[]) as x(id, quantity)
@@ -134,11 +130,7 @@ pub async fn insert_order(
     .await
 }
 
-pub async fn insert_items(
-    db: impl PgExecutor<'_>,
-    order_id: Uuid,
-    items: &NewItems,
-) -> sqlx::Result<()> {
+pub async fn insert_items(db: impl PgExecutor<'_>, order_id: Uuid, items: &NewItems) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
          select $1, * from unnest($2::uuid[], $3::smallint[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bigint[])",
@@ -183,10 +175,7 @@ pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Orde
 }
 
 /// The lines of several orders in one query (no N+1), in purchase order.
-pub async fn items_of(
-    db: impl PgExecutor<'_>,
-    order_ids: &[Uuid],
-) -> sqlx::Result<Vec<OrderItemRow>> {
+pub async fn items_of(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Result<Vec<OrderItemRow>> {
     sqlx::query_as!(
         OrderItemRow,
         "select order_id, product_id, sku, name, unit_price_cents, quantity, line_total_cents
@@ -254,11 +243,7 @@ pub async fn set_address(
     .await
 }
 
-pub async fn set_status(
-    db: impl PgExecutor<'_>,
-    id: Uuid,
-    status: OrderStatus,
-) -> sqlx::Result<OrderRow> {
+pub async fn set_status(db: impl PgExecutor<'_>, id: Uuid, status: OrderStatus) -> sqlx::Result<OrderRow> {
     sqlx::query_as!(
         OrderRow,
         r#"update orders set status = $2 where id = $1

@@ -35,19 +35,12 @@ fn staff(caller: &AuthUser) -> bool {
 }
 
 fn transition_error(status: OrderStatus, action: &str) -> AppError {
-    AppError::InvalidStatusTransition(format!(
-        "cannot {action} an order that is {}",
-        status.as_str()
-    ))
+    AppError::InvalidStatusTransition(format!("cannot {action} an order that is {}", status.as_str()))
 }
 
 impl OrderService {
     pub fn new(db: PgPool, currency: &str, abandoned_after: Duration) -> Self {
-        Self {
-            db,
-            currency: Arc::from(currency),
-            abandoned_after,
-        }
+        Self { db, currency: Arc::from(currency), abandoned_after }
     }
 
     /// Claims an `Idempotency-Key` for `user` (see [`idempotency::claim`]).
@@ -92,10 +85,7 @@ impl OrderService {
         let mut unknown = FieldErrors::new();
         for (i, item) in req.items.iter().enumerate() {
             if products.get(&item.product_id).is_none_or(|p| p.archived) {
-                unknown.insert(
-                    format!("items[{i}].productId"),
-                    vec!["no such product".to_owned()],
-                );
+                unknown.insert(format!("items[{i}].productId"), vec!["no such product".to_owned()]);
             }
         }
         if !unknown.is_empty() {
@@ -116,11 +106,8 @@ impl OrderService {
             return Err(AppError::InsufficientStock(json!({ "products": short })));
         }
 
-        let lines: Vec<(i64, i32)> = req
-            .items
-            .iter()
-            .map(|i| (products[&i.product_id].price_cents, i.quantity))
-            .collect();
+        let lines: Vec<(i64, i32)> =
+            req.items.iter().map(|i| (products[&i.product_id].price_cents, i.quantity)).collect();
         let (line_totals, total) = domain::price(&lines)
             .ok_or_else(|| AppError::Internal(anyhow::anyhow!("order total overflowed")))?;
 
@@ -128,9 +115,7 @@ impl OrderService {
         for (position, (item, line_total)) in req.items.iter().zip(&line_totals).enumerate() {
             let p = products[&item.product_id];
             items.product_ids.push(p.id);
-            items
-                .positions
-                .push(i16::try_from(position).map_err(anyhow::Error::from)?);
+            items.positions.push(i16::try_from(position).map_err(anyhow::Error::from)?);
             items.skus.push(p.sku.clone());
             items.names.push(p.name.clone());
             items.unit_prices.push(p.price_cents);
@@ -138,14 +123,9 @@ impl OrderService {
             items.line_totals.push(*line_total);
         }
         repository::take_stock(&mut *tx, &items.product_ids, &items.quantities).await?;
-        let order = repository::insert_order(
-            &mut *tx,
-            user,
-            total,
-            &self.currency,
-            req.shipping_address.as_ref(),
-        )
-        .await?;
+        let order =
+            repository::insert_order(&mut *tx, user, total, &self.currency, req.shipping_address.as_ref())
+                .await?;
         repository::insert_items(&mut *tx, order.id, &items).await?;
         outbox::push(
             &mut *tx,
@@ -182,9 +162,7 @@ impl OrderService {
 
     /// One order: the owner's, or any for staff. Anything else is a 404, never a 403.
     pub async fn get(&self, caller: &AuthUser, id: Uuid) -> AppResult<OrderResponse> {
-        let order = repository::find(&self.db, id)
-            .await?
-            .filter(|o| o.user_id == caller.id || staff(caller));
+        let order = repository::find(&self.db, id).await?.filter(|o| o.user_id == caller.id || staff(caller));
         let order = order.ok_or_else(|| AppError::not_found("order"))?;
         self.with_items(order).await
     }
@@ -201,9 +179,7 @@ impl OrderService {
         } else {
             match filter.user_id {
                 Some(other) if other != caller.id => {
-                    return Err(AppError::Forbidden(
-                        "only staff may list other users' orders",
-                    ));
+                    return Err(AppError::Forbidden("only staff may list other users' orders"));
                 }
                 _ => Some(caller.id),
             }
@@ -212,14 +188,8 @@ impl OrderService {
         if total == 0 || page.offset() >= total {
             return Ok((Vec::new(), total));
         }
-        let orders = repository::list(
-            &self.db,
-            owner,
-            filter.status,
-            i64::from(page.limit),
-            page.offset(),
-        )
-        .await?;
+        let orders =
+            repository::list(&self.db, owner, filter.status, i64::from(page.limit), page.offset()).await?;
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let mut items_by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
         for item in repository::items_of(&self.db, &ids).await? {
@@ -261,9 +231,7 @@ impl OrderService {
         if !order.status.cancellable_by(staff(caller)) {
             return Err(transition_error(order.status, "cancel"));
         }
-        let order = self
-            .transition(&mut tx, order, OrderStatus::Cancelled)
-            .await?;
+        let order = self.transition(&mut tx, order, OrderStatus::Cancelled).await?;
         tx.commit().await?;
         self.with_items(order).await
     }
@@ -279,10 +247,7 @@ impl OrderService {
         let mut tx = self.db.begin().await?;
         let order = self.lock_visible(&mut tx, caller, id).await?;
         if !order.status.can_become(next) {
-            return Err(transition_error(
-                order.status,
-                &format!("mark as {}", next.as_str()),
-            ));
+            return Err(transition_error(order.status, &format!("mark as {}", next.as_str())));
         }
         let order = self.transition(&mut tx, order, next).await?;
         tx.commit().await?;

@@ -43,10 +43,7 @@ impl CreateOrderRequest {
     pub fn check(&self) -> Result<(), AppError> {
         let mut errors = FieldErrors::new();
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
-            errors.insert(
-                "items".into(),
-                vec![format!("must have 1 to {MAX_ITEMS} items")],
-            );
+            errors.insert("items".into(), vec![format!("must have 1 to {MAX_ITEMS} items")]);
         }
         let mut first_seen: HashMap<Uuid, usize> = HashMap::new();
         for (i, item) in self.items.iter().enumerate() {
@@ -58,20 +55,13 @@ impl CreateOrderRequest {
             }
             if let Some(first) = first_seen.insert(item.product_id, i) {
                 first_seen.insert(item.product_id, first);
-                errors.insert(
-                    format!("items[{i}].productId"),
-                    vec![format!("duplicates items[{first}]")],
-                );
+                errors.insert(format!("items[{i}].productId"), vec![format!("duplicates items[{first}]")]);
             }
         }
         if let Some(address) = &self.shipping_address {
             address.check("shippingAddress", &mut errors);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(AppError::invalid_fields(errors))
-        }
+        if errors.is_empty() { Ok(()) } else { Err(AppError::invalid_fields(errors)) }
     }
 }
 
@@ -87,10 +77,7 @@ pub struct UpdateOrderRequest {
 impl UpdateOrderRequest {
     pub fn into_address(self) -> Result<Option<ShippingAddress>, AppError> {
         let Some(address) = self.shipping_address else {
-            return Err(AppError::field(
-                "shippingAddress",
-                "is required (null clears it)",
-            ));
+            return Err(AppError::field("shippingAddress", "is required (null clears it)"));
         };
         if let Some(a) = &address {
             let mut errors = FieldErrors::new();

@@ -11,9 +11,7 @@ use axum::{
 use super::{
     repository::{NewProduct, ProductChanges, ProductRow},
     service::ProductService,
-    types::{
-        CreateProductRequest, ProductFilter, ProductIdPath, ProductResponse, UpdateProductRequest,
-    },
+    types::{CreateProductRequest, ProductFilter, ProductIdPath, ProductResponse, UpdateProductRequest},
 };
 use crate::shared::{
     auth::{Require, perm},
@@ -39,19 +37,13 @@ fn versions_in(value: &str, weak: bool) -> impl Iterator<Item = i32> + '_ {
             Some(stripped) => stripped,
             None => tag,
         };
-        tag.strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .and_then(|v| v.parse().ok())
+        tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|v| v.parse().ok())
     })
 }
 
 fn with_etag(product: ProductRow, settings: &Settings, status: StatusCode) -> Response {
     let tag = etag(product.version);
-    let mut res = (
-        status,
-        ApiOk::new(ProductResponse::new(product, &settings.currency)),
-    )
-        .into_response();
+    let mut res = (status, ApiOk::new(ProductResponse::new(product, &settings.currency))).into_response();
     res.headers_mut().insert(header::ETAG, tag);
     res
 }
@@ -71,14 +63,8 @@ pub async fn list_products(
 ) -> AppResult<ApiList<ProductResponse>> {
     filter.check()?;
     let (rows, total) = products.list(page, &filter).await?;
-    let data = rows
-        .into_iter()
-        .map(|p| ProductResponse::new(p, &settings.currency))
-        .collect();
-    Ok(ApiList::new(
-        data,
-        Pagination::new(page.page, page.limit, total),
-    ))
+    let data = rows.into_iter().map(|p| ProductResponse::new(p, &settings.currency)).collect();
+    Ok(ApiList::new(data, Pagination::new(page.page, page.limit, total)))
 }
 
 /// One live product (public), with `ETag`; `If-None-Match` with the current tag → 304.
@@ -97,15 +83,12 @@ pub async fn get_product(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let product = products.get(path.id).await?;
-    let if_none_match = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok());
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     if let Some(value) = if_none_match
         && (value.trim() == "*" || versions_in(value, true).any(|v| v == product.version))
     {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
-        res.headers_mut()
-            .insert(header::ETAG, etag(product.version));
+        res.headers_mut().insert(header::ETAG, etag(product.version));
         return Ok(res);
     }
     Ok(with_etag(product, &settings, StatusCode::OK))
@@ -136,8 +119,8 @@ pub async fn create_product(
             stock: body.stock,
         })
         .await?;
-    let location = HeaderValue::from_str(&format!("/api/v1/products/{}", product.id))
-        .map_err(anyhow::Error::from)?;
+    let location =
+        HeaderValue::from_str(&format!("/api/v1/products/{}", product.id)).map_err(anyhow::Error::from)?;
     let mut res = with_etag(product, &settings, StatusCode::CREATED);
     res.headers_mut().insert(header::LOCATION, location);
     Ok(res)
@@ -165,10 +148,7 @@ pub async fn update_product(
     ValidJson(body): ValidJson<UpdateProductRequest>,
 ) -> AppResult<Response> {
     body.check()?;
-    let expected = match headers
-        .get(header::IF_MATCH)
-        .map(|v| v.to_str().unwrap_or_default())
-    {
+    let expected = match headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or_default()) {
         None => None,
         Some(value) if value.trim() == "*" => None,
         // Any listed strong tag may match; none parseable means nothing can: 412, never
@@ -177,13 +157,8 @@ pub async fn update_product(
     };
     if body.is_empty() {
         let product = products.get(path.id).await?;
-        if expected
-            .as_ref()
-            .is_some_and(|v| !v.contains(&product.version))
-        {
-            return Err(AppError::PreconditionFailed(
-                "the product has changed; fetch it again".to_owned(),
-            ));
+        if expected.as_ref().is_some_and(|v| !v.contains(&product.version)) {
+            return Err(AppError::PreconditionFailed("the product has changed; fetch it again".to_owned()));
         }
         return Ok(with_etag(product, &settings, StatusCode::OK));
     }
@@ -194,9 +169,7 @@ pub async fn update_product(
         price_cents: body.price_cents,
         stock: body.stock,
     };
-    let product = products
-        .update(path.id, expected.as_deref(), &changes)
-        .await?;
+    let product = products.update(path.id, expected.as_deref(), &changes).await?;
     Ok(with_etag(product, &settings, StatusCode::OK))
 }
 

@@ -129,8 +129,7 @@ fn order_by(sort: ProductSort) -> &'static str {
 fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ProductFilter, pattern: Option<String>) {
     qb.push(" where archived_at is null");
     if let Some(pattern) = pattern {
-        qb.push(" and (name || ' ' || coalesce(description, '')) ilike ")
-            .push_bind(pattern);
+        qb.push(" and (name || ' ' || coalesce(description, '')) ilike ").push_bind(pattern);
     }
     if let Some(min) = f.min_price {
         qb.push(" and price_cents >= ").push_bind(min);
@@ -153,22 +152,13 @@ pub async fn list(
     offset: i64,
 ) -> sqlx::Result<(Vec<ProductRow>, i64)> {
     let pattern =
-        f.q.as_deref()
-            .map(str::trim)
-            .filter(|q| !q.is_empty())
-            .map(crate::shared::db::contains_pattern);
+        f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(crate::shared::db::contains_pattern);
     let only_stock_filter = pattern.is_none() && f.min_price.is_none() && f.max_price.is_none();
 
     let total = match (only_stock_filter, f.in_stock) {
-        (true, None) => {
-            sqlx::query_scalar!("select live from product_counts")
-                .fetch_one(pool)
-                .await?
-        }
+        (true, None) => sqlx::query_scalar!("select live from product_counts").fetch_one(pool).await?,
         (true, Some(true)) => {
-            sqlx::query_scalar!("select in_stock from product_counts")
-                .fetch_one(pool)
-                .await?
+            sqlx::query_scalar!("select in_stock from product_counts").fetch_one(pool).await?
         }
         (true, Some(false)) => {
             sqlx::query_scalar!("select live - in_stock as \"n!\" from product_counts")
@@ -191,22 +181,14 @@ pub async fn list(
          from (select id from products",
     );
     push_filters(&mut qb, f, pattern);
-    qb.push(format!(" order by {order} limit "))
-        .push_bind(limit);
+    qb.push(format!(" order by {order} limit ")).push_bind(limit);
     qb.push(" offset ").push_bind(offset);
-    qb.push(format!(
-        ") page join products p using (id) order by {}",
-        prefixed(order)
-    ));
+    qb.push(format!(") page join products p using (id) order by {}", prefixed(order)));
     let rows = qb.build_query_as::<ProductRow>().fetch_all(pool).await?;
     Ok((rows, total))
 }
 
 /// `name asc, id asc` → `p.name asc, p.id asc`.
 fn prefixed(order: &str) -> String {
-    order
-        .split(", ")
-        .map(|part| format!("p.{part}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    order.split(", ").map(|part| format!("p.{part}")).collect::<Vec<_>>().join(", ")
 }

@@ -5,11 +5,9 @@ use crate::app::AppState;
 
 /// `/products/...`
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(handlers::list_products, handlers::create_product))
-        .routes(routes!(
-            handlers::get_product,
-            handlers::update_product,
-            handlers::delete_product
-        ))
+    OpenApiRouter::new().routes(routes!(handlers::list_products, handlers::create_product)).routes(routes!(
+        handlers::get_product,
+        handlers::update_product,
+        handlers::delete_product
+    ))
 }

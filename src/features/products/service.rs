@@ -33,25 +33,17 @@ impl ProductService {
         Self { db }
     }
 
-    pub async fn list(
-        &self,
-        page: PageParams,
-        filter: &ProductFilter,
-    ) -> AppResult<(Vec<ProductRow>, i64)> {
+    pub async fn list(&self, page: PageParams, filter: &ProductFilter) -> AppResult<(Vec<ProductRow>, i64)> {
         Ok(repository::list(&self.db, filter, i64::from(page.limit), page.offset()).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {
-        repository::find_live(&self.db, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("product"))
+        repository::find_live(&self.db, id).await?.ok_or_else(|| AppError::not_found("product"))
     }
 
     #[tracing::instrument(skip_all)]
     pub async fn create(&self, new: &NewProduct<'_>) -> AppResult<ProductRow> {
-        let product = repository::insert(&self.db, new)
-            .await
-            .map_err(sku_conflict)?;
+        let product = repository::insert(&self.db, new).await.map_err(sku_conflict)?;
         tracing::info!(product.id = %product.id, "product created");
         Ok(product)
     }
@@ -65,15 +57,12 @@ impl ProductService {
         expected_versions: Option<&[i32]>,
         changes: &ProductChanges,
     ) -> AppResult<ProductRow> {
-        match repository::update(&self.db, id, expected_versions, changes)
-            .await
-            .map_err(sku_conflict)?
-        {
+        match repository::update(&self.db, id, expected_versions, changes).await.map_err(sku_conflict)? {
             Some(product) => Ok(product),
             None => match repository::find_live(&self.db, id).await? {
-                Some(_) => Err(AppError::PreconditionFailed(
-                    "the product has changed; fetch it again".to_owned(),
-                )),
+                Some(_) => {
+                    Err(AppError::PreconditionFailed("the product has changed; fetch it again".to_owned()))
+                }
                 None => Err(AppError::not_found("product")),
             },
         }

@@ -64,11 +64,7 @@ pub struct CreateProductRequest {
     pub name: String,
     #[validate(length(max = 5000, message = "must be at most 5000 characters"))]
     pub description: Option<String>,
-    #[validate(range(
-        min = 0,
-        max = 100_000_000,
-        message = "must be between 0 and 100000000"
-    ))]
+    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
     pub price_cents: i64,
     #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
     pub stock: i32,
@@ -87,11 +83,7 @@ pub struct UpdateProductRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 5000)]
     pub description: Option<Option<String>>,
-    #[validate(range(
-        min = 0,
-        max = 100_000_000,
-        message = "must be between 0 and 100000000"
-    ))]
+    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
     #[serde(default, deserialize_with = "reject_null")]
     pub price_cents: Option<i64>,
     #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
@@ -103,10 +95,9 @@ impl UpdateProductRequest {
     /// Checks what `validator` cannot express on a nullable field.
     pub fn check(&self) -> Result<(), AppError> {
         match &self.description {
-            Some(Some(d)) if d.chars().count() > 5000 => Err(AppError::field(
-                "description",
-                "must be at most 5000 characters",
-            )),
+            Some(Some(d)) if d.chars().count() > 5000 => {
+                Err(AppError::field("description", "must be at most 5000 characters"))
+            }
             _ => Ok(()),
         }
     }
@@ -147,18 +138,10 @@ pub struct ProductFilter {
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub q: Option<String>,
     /// Inclusive, minor units.
-    #[validate(range(
-        min = 0,
-        max = 100_000_000,
-        message = "must be between 0 and 100000000"
-    ))]
+    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
     pub min_price: Option<i64>,
     /// Inclusive, minor units.
-    #[validate(range(
-        min = 0,
-        max = 100_000_000,
-        message = "must be between 0 and 100000000"
-    ))]
+    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
     pub max_price: Option<i64>,
     /// `true`: only products with stock; `false`: only sold-out ones.
     pub in_stock: Option<bool>,
@@ -188,9 +171,7 @@ pub struct ProductIdPath {
 
 fn valid_sku(value: &str) -> Result<(), ValidationError> {
     let ok = (1..=64).contains(&value.len())
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {

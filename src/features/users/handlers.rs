@@ -5,8 +5,8 @@ use axum::{extract::State, http::StatusCode};
 use super::{
     service::UserService,
     types::{
-        AdminUpdateUserRequest, ChangePasswordRequest, UpdateProfileRequest, UserFilter,
-        UserIdPath, UserResponse,
+        AdminUpdateUserRequest, ChangePasswordRequest, UpdateProfileRequest, UserFilter, UserIdPath,
+        UserResponse,
     },
 };
 use crate::shared::{
@@ -43,9 +43,7 @@ pub async fn update_profile(
     JsonBody(body): JsonBody<UpdateProfileRequest>,
 ) -> AppResult<ApiOk<UserResponse>> {
     let changes = body.into_changes()?;
-    Ok(ApiOk::new(
-        users.update_profile(user.id, &changes).await?.into(),
-    ))
+    Ok(ApiOk::new(users.update_profile(user.id, &changes).await?.into()))
 }
 
 /// Changes the password; every other session of the user is revoked.
@@ -61,9 +59,7 @@ pub async fn change_password(
     Require(user, _): Require<perm::ProfileUpdate>,
     ValidJson(body): ValidJson<ChangePasswordRequest>,
 ) -> AppResult<StatusCode> {
-    users
-        .change_password(&user, &body.current_password, &body.new_password)
-        .await?;
+    users.change_password(&user, &body.current_password, &body.new_password).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -84,10 +80,7 @@ pub async fn list_users(
 ) -> AppResult<ApiList<UserResponse>> {
     let (rows, total) = users.list(page, filter.role, filter.q.as_deref()).await?;
     let pagination = Pagination::new(page.page, page.limit, total);
-    Ok(ApiList::new(
-        rows.into_iter().map(Into::into).collect(),
-        pagination,
-    ))
+    Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination))
 }
 
 /// One user (admin).
@@ -126,15 +119,10 @@ pub async fn update_user(
     JsonBody(body): JsonBody<AdminUpdateUserRequest>,
 ) -> AppResult<ApiOk<UserResponse>> {
     let role = body.role;
-    let changes = UpdateProfileRequest {
-        first_name: body.first_name,
-        last_name: body.last_name,
-        phone: body.phone,
-    }
-    .into_changes()?;
-    Ok(ApiOk::new(
-        users.admin_update(path.id, role, &changes).await?.into(),
-    ))
+    let changes =
+        UpdateProfileRequest { first_name: body.first_name, last_name: body.last_name, phone: body.phone }
+            .into_changes()?;
+    Ok(ApiOk::new(users.admin_update(path.id, role, &changes).await?.into()))
 }
 
 /// Soft-deletes a user (admin): sessions revoked, orders kept, e-mail free again.

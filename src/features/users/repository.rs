@@ -120,12 +120,9 @@ pub async fn find_login(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<Op
 }
 
 pub async fn find_password_hash(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar!(
-        "select password_hash from users where id = $1 and deleted_at is null",
-        id
-    )
-    .fetch_optional(db)
-    .await
+    sqlx::query_scalar!("select password_hash from users where id = $1 and deleted_at is null", id)
+        .fetch_optional(db)
+        .await
 }
 
 /// Inserts a user; a live user with the same e-mail violates `users_email_key`.
@@ -172,14 +169,10 @@ pub async fn update_profile(
 }
 
 pub async fn set_password_hash(db: impl PgExecutor<'_>, id: Uuid, hash: &str) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update users set password_hash = $2 where id = $1 and deleted_at is null",
-        id,
-        hash
-    )
-    .execute(db)
-    .await
-    .map(|_| ())
+    sqlx::query!("update users set password_hash = $2 where id = $1 and deleted_at is null", id, hash)
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 pub async fn set_role(db: impl PgExecutor<'_>, id: Uuid, role: Role) -> sqlx::Result<UserRow> {
@@ -195,13 +188,10 @@ pub async fn set_role(db: impl PgExecutor<'_>, id: Uuid, role: Role) -> sqlx::Re
 }
 
 pub async fn soft_delete(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update users set deleted_at = now() where id = $1 and deleted_at is null",
-        id
-    )
-    .execute(db)
-    .await
-    .map(|_| ())
+    sqlx::query!("update users set deleted_at = now() where id = $1 and deleted_at is null", id)
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 /// Locks every live admin row: demotions and deletions of admins serialise on this, so two

@@ -9,9 +9,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::get_profile, handlers::update_profile))
         .routes(routes!(handlers::change_password))
         .routes(routes!(handlers::list_users))
-        .routes(routes!(
-            handlers::get_user,
-            handlers::update_user,
-            handlers::delete_user
-        ))
+        .routes(routes!(handlers::get_user, handlers::update_user, handlers::delete_user))
 }

@@ -35,34 +35,22 @@ impl UserService {
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<UserRow> {
-        repository::find_active(&self.db, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))
+        repository::find_active(&self.db, id).await?.ok_or_else(|| AppError::not_found("user"))
     }
 
     pub async fn update_profile(&self, id: Uuid, changes: &ProfileChanges) -> AppResult<UserRow> {
-        repository::update_profile(&self.db, id, changes)
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))
+        repository::update_profile(&self.db, id, changes).await?.ok_or_else(|| AppError::not_found("user"))
     }
 
     /// Changes the caller's password after checking the current one, and revokes every
     /// session except the caller's own (its whole rotation family).
     #[tracing::instrument(skip_all, fields(user.id = %user.id))]
-    pub async fn change_password(
-        &self,
-        user: &AuthUser,
-        current: &str,
-        new: &str,
-    ) -> AppResult<()> {
+    pub async fn change_password(&self, user: &AuthUser, current: &str, new: &str) -> AppResult<()> {
         let stored = repository::find_password_hash(&self.db, user.id)
             .await?
             .ok_or_else(|| AppError::not_found("user"))?;
         if !self.hasher.verify(current, &stored).await? {
-            return Err(AppError::field(
-                "currentPassword",
-                "is not your current password",
-            ));
+            return Err(AppError::field("currentPassword", "is not your current password"));
         }
         let hash = self.hasher.hash(new).await?;
         let mut tx = self.db.begin().await?;
@@ -97,16 +85,13 @@ impl UserService {
         let mut tx = self.db.begin().await?;
         // Lock order everywhere: admins, then the target row.
         let admins = repository::lock_active_admins(&mut *tx).await?;
-        let target = repository::lock_active(&mut *tx, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))?;
+        let target =
+            repository::lock_active(&mut *tx, id).await?.ok_or_else(|| AppError::not_found("user"))?;
         if let Some(role) = role
             && role != target.role
         {
             if target.role == Role::Admin && admins.len() <= 1 {
-                return Err(AppError::Conflict(
-                    "the last admin cannot be demoted".to_owned(),
-                ));
+                return Err(AppError::Conflict("the last admin cannot be demoted".to_owned()));
             }
             repository::set_role(&mut *tx, id, role).await?;
             tracing::info!(user.role = role.as_str(), "role changed");
@@ -124,13 +109,10 @@ impl UserService {
     pub async fn delete(&self, id: Uuid) -> AppResult<()> {
         let mut tx = self.db.begin().await?;
         let admins = repository::lock_active_admins(&mut *tx).await?;
-        let target = repository::lock_active(&mut *tx, id)
-            .await?
-            .ok_or_else(|| AppError::not_found("user"))?;
+        let target =
+            repository::lock_active(&mut *tx, id).await?.ok_or_else(|| AppError::not_found("user"))?;
         if target.role == Role::Admin && admins.len() <= 1 {
-            return Err(AppError::Conflict(
-                "the last admin cannot be deleted".to_owned(),
-            ));
+            return Err(AppError::Conflict("the last admin cannot be deleted".to_owned()));
         }
         repository::soft_delete(&mut *tx, id).await?;
         let revoked = sessions::revoke_user_sessions(&mut *tx, id, None).await?;

@@ -69,19 +69,12 @@ impl UpdateProfileRequest {
         if let Some(Some(phone)) = &self.phone
             && !is_e164(phone)
         {
-            errors.insert(
-                "phone".into(),
-                vec!["must be an E.164 phone number such as +14155550123".into()],
-            );
+            errors.insert("phone".into(), vec!["must be an E.164 phone number such as +14155550123".into()]);
         }
         if !errors.is_empty() {
             return Err(AppError::invalid_fields(errors));
         }
-        Ok(ProfileChanges {
-            first_name: self.first_name,
-            last_name: self.last_name,
-            phone: self.phone,
-        })
+        Ok(ProfileChanges { first_name: self.first_name, last_name: self.last_name, phone: self.phone })
     }
 }
 
@@ -89,10 +82,7 @@ fn check_name(field: &str, value: Option<&Option<String>>, errors: &mut FieldErr
     if let Some(Some(name)) = value
         && !is_valid_name(name)
     {
-        errors.insert(
-            field.into(),
-            vec!["must be 1 to 100 characters and not blank".into()],
-        );
+        errors.insert(field.into(), vec!["must be 1 to 100 characters and not blank".into()]);
     }
 }
 
@@ -104,9 +94,7 @@ pub fn is_valid_name(name: &str) -> bool {
 /// `^\+?[1-9]\d{1,14}$`
 pub fn is_e164(phone: &str) -> bool {
     let digits = phone.strip_prefix('+').unwrap_or(phone);
-    (2..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 /// `POST /users/profile/password`.
@@ -163,15 +151,7 @@ mod tests {
         for ok in ["+14155550123", "14155550123", "+12", "+123456789012345"] {
             assert!(is_e164(ok), "{ok}");
         }
-        for bad in [
-            "",
-            "+",
-            "+0123",
-            "+1",
-            "+1234567890123456",
-            "+1 415 555",
-            "phone",
-        ] {
+        for bad in ["", "+", "+0123", "+1", "+1234567890123456", "+1 415 555", "phone"] {
             assert!(!is_e164(bad), "{bad}");
         }
     }
@@ -185,10 +165,7 @@ mod tests {
         };
         match req.into_changes().unwrap_err() {
             AppError::Validation { fields, .. } => {
-                assert_eq!(
-                    fields.keys().collect::<Vec<_>>(),
-                    ["firstName", "lastName", "phone"]
-                );
+                assert_eq!(fields.keys().collect::<Vec<_>>(), ["firstName", "lastName", "phone"]);
             }
             other => panic!("{other:?}"),
         }

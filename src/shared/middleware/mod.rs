@@ -3,7 +3,7 @@
 //! 1. request id (outermost: everything below, error bodies included, can see it)
 //! 2. security headers (on every response, errors included)
 //! 3. envelope (rewrites any bare error status from the layers below)
-//! 4. trace (one log line per request with route template, status, latency)
+//! 4. trace (one log line per request with route template, status, latency) and metrics
 //! 5. CORS (answers preflights before any work)
 //! 6. rate limit per client IP (Redis; health probes exempt)
 //! 7. panic catcher (a panic becomes a 500 in the envelope, without the panic text)
@@ -33,35 +33,26 @@ use tower_http::{
 use tracing::{Span, field::Empty};
 
 use self::request_id::{RequestId, X_REQUEST_ID};
-use super::{config::Settings, error::AppError};
+use super::{config::Settings, error::AppError, metrics::Metrics};
 
 /// Wraps `router` (routes and fallback already added) in the full stack.
 pub fn apply<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     settings: &Settings,
     limiter: &rate_limit::RateLimiter,
+    metrics: &Metrics,
 ) -> Router<S> {
-    let hsts = settings
-        .hsts_enabled
-        .then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
+    let hsts = settings.hsts_enabled.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
     // `Router::layer` wraps what is already there, so the last call is the outermost.
     router
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            settings.request_timeout,
-        ))
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                // The panic text may hold internals: it goes nowhere near the client.
-                tracing::error!("handler panicked");
-                AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
-            },
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            limiter.clone(),
-            rate_limit::per_ip,
-        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            // The panic text may hold internals: it goes nowhere near the client.
+            tracing::error!("handler panicked");
+            AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(axum::middleware::from_fn_with_state(limiter.clone(), rate_limit::per_ip))
         .layer(cors(settings))
         .layer(
             TraceLayer::new_for_http()
@@ -70,11 +61,11 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                 .on_response(on_response)
                 .on_failure(()),
         )
+        // Inside the envelope: the recorded status is the one the client gets, except for
+        // a bare status the envelope rewrites (same class of error either way).
+        .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::shared::metrics::track))
         .layer(axum::middleware::from_fn(envelope::ensure))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::STRICT_TRANSPORT_SECURITY,
-            hsts,
-        ))
+        .layer(SetResponseHeaderLayer::if_not_present(header::STRICT_TRANSPORT_SECURITY, hsts))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
@@ -91,10 +82,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
 }
 
 fn make_span(req: &Request<Body>) -> Span {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("<unmatched>", MatchedPath::as_str);
+    let route = req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str);
     let request_id = req.extensions().get::<RequestId>().map_or("", |r| &*r.0);
     tracing::info_span!(
         "request",
@@ -117,22 +105,11 @@ fn cors(settings: &Settings) -> CorsLayer {
     let origin = if settings.cors_origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(
-            settings
-                .cors_origins
-                .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok()),
-        )
+        AllowOrigin::list(settings.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
     CorsLayer::new()
         .allow_origin(origin)
-        .allow_methods([
-            Method::GET,
-            Method::POST,
-            Method::PATCH,
-            Method::PUT,
-            Method::DELETE,
-        ])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

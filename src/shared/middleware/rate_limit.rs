@@ -63,10 +63,7 @@ impl Decision {
     }
 
     fn refusal(&self) -> Response {
-        let mut res = AppError::RateLimited {
-            retry_after_secs: self.reset_secs,
-        }
-        .into_response();
+        let mut res = AppError::RateLimited { retry_after_secs: self.reset_secs }.into_response();
         self.headers(res.headers_mut());
         res
     }
@@ -117,12 +114,8 @@ impl RateLimiter {
         let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
         let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
         let mut conn = self.redis.conn();
-        let counted: redis::RedisResult<(u64, i64)> = self
-            .script
-            .key(redis_key)
-            .arg(window_ms)
-            .invoke_async(&mut conn)
-            .await;
+        let counted: redis::RedisResult<(u64, i64)> =
+            self.script.key(redis_key).arg(window_ms).invoke_async(&mut conn).await;
         match counted {
             Ok((count, ttl_ms)) => {
                 let reset_secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
@@ -144,9 +137,7 @@ impl RateLimiter {
     /// Refuses with 429 when `key` has used up `quota`.
     pub async fn check(&self, quota: Quota, key: &str) -> Result<(), AppError> {
         match self.hit(quota, key).await {
-            Some(d) if !d.allowed => Err(AppError::RateLimited {
-                retry_after_secs: d.reset_secs,
-            }),
+            Some(d) if !d.allowed => Err(AppError::RateLimited { retry_after_secs: d.reset_secs }),
             _ => Ok(()),
         }
     }
@@ -169,10 +160,7 @@ impl RateLimiter {
     }
 
     async fn limit(&self, quota: Quota, req: Request, next: Next) -> Response {
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0);
+        let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let Some(ip) = self.client_ip(req.headers(), peer) else {
             return next.run(req).await;
         };
@@ -188,12 +176,13 @@ impl RateLimiter {
     }
 }
 
-/// Middleware: the default per-IP limit. Health probes are exempt (a load balancer
-/// polls them from one address). The limiter rides along in the request extensions for
+/// Middleware: the default per-IP limit. Health probes and metrics are exempt (load
+/// balancers and scrapers poll them from one address). The limiter rides along in the request extensions for
 /// the stricter route layers below.
 pub async fn per_ip(State(limiter): State<RateLimiter>, mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(limiter.clone());
-    if req.uri().path().starts_with("/health") {
+    let path = req.uri().path();
+    if path.starts_with("/health") || path == "/metrics" {
         return next.run(req).await;
     }
     let quota = limiter.default;
@@ -230,22 +219,13 @@ mod tests {
     async fn the_client_ip_is_the_peer_unless_the_proxy_is_trusted() {
         let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
         let headers = xff("203.0.113.7, 198.51.100.2");
-        assert_eq!(
-            limiter(false).client_ip(&headers, Some(peer)),
-            Some("10.0.0.9".parse().unwrap())
-        );
-        assert_eq!(
-            limiter(true).client_ip(&headers, Some(peer)),
-            Some("198.51.100.2".parse().unwrap())
-        );
+        assert_eq!(limiter(false).client_ip(&headers, Some(peer)), Some("10.0.0.9".parse().unwrap()));
+        assert_eq!(limiter(true).client_ip(&headers, Some(peer)), Some("198.51.100.2".parse().unwrap()));
         // A client-supplied garbage entry cannot hide the proxy's own.
         assert_eq!(
             limiter(true).client_ip(&xff("spoofed, 198.51.100.2"), Some(peer)),
             Some("198.51.100.2".parse().unwrap())
         );
-        assert_eq!(
-            limiter(true).client_ip(&HeaderMap::new(), Some(peer)),
-            Some("10.0.0.9".parse().unwrap())
-        );
+        assert_eq!(limiter(true).client_ip(&HeaderMap::new(), Some(peer)), Some("10.0.0.9".parse().unwrap()));
     }
 }
