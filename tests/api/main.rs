@@ -2,6 +2,7 @@
 //! database per test, via `#[sqlx::test]`) and real Redis (a key prefix per test).
 
 mod auth;
+mod backup;
 mod config;
 mod errors;
 mod health;
