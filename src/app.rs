@@ -14,7 +14,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::{
     features::{
         self,
-        auth::{AuthService, repository::PgAuthStore},
+        auth::{AuthService, repository::PgAuthStore, reset::PasswordResetService},
         orders::OrderService,
         products::ProductService,
         users::UserService,
@@ -38,6 +38,7 @@ pub struct AppState {
     pub orders: OrderService,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
+    pub resets: PasswordResetService,
 }
 
 /// Lets handlers and extractors take `State<T>` of one part of the state.
@@ -51,7 +52,7 @@ macro_rules! from_ref {
     )*};
 }
 
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter, metrics: Metrics);
+from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter, metrics: Metrics, resets: PasswordResetService);
 
 impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
@@ -61,13 +62,26 @@ impl AppState {
         let tokens = Arc::new(TokenKeys::from_settings(&config));
         let store = Arc::new(PgAuthStore { pool: db.clone() });
         let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
-        let users = UserService::new(db.clone(), hasher);
+        let users = UserService::new(db.clone(), hasher.clone());
+        let resets = PasswordResetService::new(db.clone(), hasher, &config.public_url);
         let products = ProductService::new(db.clone());
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
-        Self { config: Arc::new(config), db, redis, tokens, auth, users, products, orders, limiter, metrics }
+        Self {
+            config: Arc::new(config),
+            db,
+            redis,
+            tokens,
+            auth,
+            users,
+            products,
+            orders,
+            limiter,
+            metrics,
+            resets,
+        }
     }
 }
 

@@ -372,3 +372,118 @@ async fn text_postgres_cannot_store_is_a_400_not_a_500(pool: PgPool) {
     let err = assert_error(res, 400, "VALIDATION_ERROR").await;
     assert!(err["error"]["fields"]["firstName"].is_array());
 }
+
+const FORGOT: &str = "/api/v1/auth/password/forgot";
+const RESET: &str = "/api/v1/auth/password/reset";
+
+/// The reset link queued for `email` most recently, from the outbox.
+async fn reset_token(app: &TestApp, email: &str) -> Option<String> {
+    let url: Option<String> = sqlx::query_scalar(
+        "select payload->>'resetUrl' from outbox where kind = 'reset-password' and payload->>'email' = $1
+         order by created_at desc limit 1",
+    )
+    .bind(email)
+    .fetch_optional(&app.state.db)
+    .await
+    .unwrap();
+    url.map(|u| u.split("token=").nth(1).unwrap().to_owned())
+}
+
+#[sqlx::test]
+async fn forgot_password_answers_202_whether_or_not_the_account_exists(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("ann@example.com", "password123").await;
+    let (known, known_headers, known_body) =
+        send(app.request(Method::POST, FORGOT).json(&json!({"email": " ANN@example.com"}))).await;
+    let (unknown, _, unknown_body) =
+        send(app.request(Method::POST, FORGOT).json(&json!({"email": "nobody@example.com"}))).await;
+    assert_eq!((known.as_u16(), unknown.as_u16()), (202, 202));
+    assert_eq!(known_body, unknown_body, "nothing tells the two apart");
+    assert_eq!(known_headers["cache-control"], "no-store");
+    let token = reset_token(&app, "ann@example.com").await.expect("a reset e-mail is queued");
+    assert!(token.len() >= 43);
+    assert!(reset_token(&app, "nobody@example.com").await.is_none());
+    let url: String =
+        sqlx::query_scalar("select payload->>'resetUrl' from outbox where kind = 'reset-password'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert!(url.starts_with(&format!("{}/reset-password?token=", app.state.config.public_url)), "{url}");
+    expect_error(app.request(Method::POST, FORGOT).json(&json!({})), 400, "VALIDATION_ERROR").await;
+}
+
+#[sqlx::test]
+async fn a_reset_token_sets_the_password_once_and_ends_every_session(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
+    let token = reset_token(&app, "ann@example.com").await.unwrap();
+
+    // A bad password is refused without spending the token.
+    let err = expect_error(
+        app.request(Method::POST, RESET).json(&json!({"token": token, "password": "short"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["password"].is_array());
+
+    let (status, _, _) =
+        send(app.request(Method::POST, RESET).json(&json!({"token": token, "password": "brand-new-pass"})))
+            .await;
+    assert_eq!(status, 204);
+    app.login("ann@example.com", "brand-new-pass").await;
+    expect_error(
+        app.request(Method::POST, LOGIN)
+            .json(&json!({"email": "ann@example.com", "password": "password123"})),
+        401,
+        "UNAUTHORIZED",
+    )
+    .await;
+    assert_eq!(refresh(&app, &ann.refresh_token).await.0, 401, "sessions revoked");
+    assert_eq!(send(app.authed(Method::GET, PROFILE, &ann.token)).await.0, 401);
+
+    let err = expect_error(
+        app.request(Method::POST, RESET).json(&json!({"token": token, "password": "another-pass"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["token"].is_array(), "single use: {err}");
+    let err = expect_error(
+        app.request(Method::POST, RESET).json(&json!({"token": "made-up", "password": "another-pass"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["token"].is_array());
+}
+
+#[sqlx::test]
+async fn expired_and_superseded_reset_tokens_are_refused(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.register("ann@example.com", "password123").await;
+    send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
+    let first = reset_token(&app, "ann@example.com").await.unwrap();
+    send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
+    let second = reset_token(&app, "ann@example.com").await.unwrap();
+    assert_ne!(first, second);
+    expect_error(
+        app.request(Method::POST, RESET).json(&json!({"token": first, "password": "new-password"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+
+    sqlx::query("update password_reset_tokens set expires_at = now() - interval '1 minute'")
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    expect_error(
+        app.request(Method::POST, RESET).json(&json!({"token": second, "password": "new-password"})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    app.login("ann@example.com", "password123").await;
+}

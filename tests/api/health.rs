@@ -97,6 +97,8 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
         ("post", "/api/v1/auth/refresh", false),
         ("post", "/api/v1/auth/logout", false),
         ("post", "/api/v1/auth/logout-all", true),
+        ("post", "/api/v1/auth/password/forgot", false),
+        ("post", "/api/v1/auth/password/reset", false),
         ("get", "/api/v1/users/profile", true),
         ("patch", "/api/v1/users/profile", true),
         ("post", "/api/v1/users/profile/password", true),

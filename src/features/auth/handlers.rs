@@ -4,8 +4,12 @@ use axum::{extract::State, http::StatusCode};
 
 use super::{
     domain::normalize_email,
+    reset::PasswordResetService,
     service::{AuthService, Registration},
-    types::{AuthResponse, LoginRequest, RefreshRequest, RegisterRequest, TokenResponse},
+    types::{
+        AuthResponse, ForgotPasswordRequest, LoginRequest, RefreshRequest, RegisterRequest,
+        ResetPasswordRequest, TokenResponse,
+    },
 };
 use crate::shared::{
     auth::{AuthUser, ClientMeta},
@@ -95,5 +99,39 @@ pub async fn logout(
     ))]
 pub async fn logout_all(State(auth): State<AuthService>, user: AuthUser) -> AppResult<StatusCode> {
     auth.logout_all(user.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Starts a password reset: always 202, whether or not the address has an account (no
+/// account enumeration). For an account, a single-use link valid for 1 hour is e-mailed.
+#[utoipa::path(post, path = "/auth/password/forgot", tag = "auth", request_body = ForgotPasswordRequest,
+    responses(
+        (status = 202, description = "Accepted; an e-mail follows if the account exists"),
+        (status = 400, body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts for this IP or e-mail; see Retry-After", body = ErrorEnvelope),
+    ))]
+pub async fn forgot_password(
+    State(resets): State<PasswordResetService>,
+    State(limiter): State<RateLimiter>,
+    ValidJson(body): ValidJson<ForgotPasswordRequest>,
+) -> AppResult<StatusCode> {
+    limiter.check(limiter.login_email, &normalize_email(&body.email)).await?;
+    resets.forgot(&body.email).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Sets a new password with a reset token; the token is consumed and every session of
+/// the user is revoked.
+#[utoipa::path(post, path = "/auth/password/reset", tag = "auth", request_body = ResetPasswordRequest,
+    responses(
+        (status = 204, description = "Password changed; every session revoked"),
+        (status = 400, description = "Unknown, used or expired token (`fields.token`) or invalid password", body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ))]
+pub async fn reset_password(
+    State(resets): State<PasswordResetService>,
+    ValidJson(body): ValidJson<ResetPasswordRequest>,
+) -> AppResult<StatusCode> {
+    resets.reset(&body.token, &body.password).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,6 +4,7 @@
 pub mod domain;
 mod handlers;
 pub mod repository;
+pub mod reset;
 mod routes;
 pub mod service;
 pub mod types;

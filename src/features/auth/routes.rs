@@ -11,6 +11,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     let guarded = OpenApiRouter::new()
         .routes(routes!(handlers::register))
         .routes(routes!(handlers::login))
+        .routes(routes!(handlers::forgot_password))
+        .routes(routes!(handlers::reset_password))
         .route_layer(axum::middleware::from_fn(rate_limit::auth_per_ip));
     OpenApiRouter::new()
         .merge(guarded)

@@ -43,6 +43,27 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// `POST /auth/password/forgot`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForgotPasswordRequest {
+    #[validate(length(min = 1, max = 254, message = "is required"))]
+    pub email: String,
+}
+
+/// `POST /auth/password/reset`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token from the e-mailed link.
+    #[validate(length(min = 1, max = 512, message = "is required"))]
+    pub token: String,
+    /// 8..=128 characters.
+    #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
+    #[schema(min_length = 8, max_length = 128)]
+    pub password: String,
+}
+
 /// Tokens and the signed-in user.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
