@@ -132,7 +132,16 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "listening");
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
+    let mut scheduler = match state.config.scheduler_enabled {
+        true => Some(features::maintenance::start(pool.clone()).await?),
+        false => None,
+    };
     run(listener, build_router(state), shutdown_signal(), drain).await?;
+    if let Some(scheduler) = scheduler.as_mut()
+        && let Err(e) = scheduler.shutdown().await
+    {
+        tracing::warn!(error = %e, "scheduler did not stop cleanly");
+    }
     pool.close().await;
     tracing::info!("shut down cleanly");
     Ok(())

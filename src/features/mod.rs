@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod maintenance;
 pub mod orders;
 pub mod products;
 pub mod users;
@@ -17,6 +18,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(products::router())
         .merge(orders::router())
+        .merge(maintenance::router())
 }
 
 /// Routes outside the versioned API (operations).

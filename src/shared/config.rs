@@ -57,6 +57,7 @@ rate_limit_auth_per_minute = 20
 rate_limit_login_per_email = 10
 trust_proxy = false
 metrics_enabled = true
+scheduler_enabled = true
 "#;
 
 /// Every setting key, as its environment variable is spelled (lower-cased).
@@ -99,6 +100,7 @@ pub const KEYS: &[&str] = &[
     "rate_limit_login_per_email",
     "trust_proxy",
     "metrics_enabled",
+    "scheduler_enabled",
 ];
 
 /// Deployment environment (`APP_ENV`).
@@ -228,6 +230,8 @@ pub struct Settings {
     pub trust_proxy: bool,
     /// Serve `GET /metrics`.
     pub metrics_enabled: bool,
+    /// Run the scheduled tasks in this process.
+    pub scheduler_enabled: bool,
 }
 
 impl fmt::Debug for Settings {
@@ -344,6 +348,7 @@ impl Settings {
         let rate_limit_login_per_email: u32 = field!("rate_limit_login_per_email");
         let trust_proxy: bool = field!("trust_proxy");
         let metrics_enabled: bool = field!("metrics_enabled");
+        let scheduler_enabled: bool = field!("scheduler_enabled");
         let smtp_url: Option<String> = match figment.find_value("smtp_url") {
             Ok(v) => v
                 .deserialize::<String>()
@@ -394,6 +399,7 @@ impl Settings {
             rate_limit_login_per_email,
             trust_proxy,
             metrics_enabled,
+            scheduler_enabled,
         };
         problems.extend(settings.problems());
         if problems.is_empty() { Ok(settings) } else { Err(ConfigError(problems)) }

@@ -59,6 +59,8 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
         .env("RUN_MIGRATIONS", "false")
+        // The scheduler starts and stops with the server.
+        .env("SCHEDULER_ENABLED", "true")
         .arg("serve")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -117,6 +117,7 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
         ("patch", "/api/v1/orders/{id}", true),
         ("post", "/api/v1/orders/{id}/cancel", true),
         ("patch", "/api/v1/orders/{id}/status", true),
+        ("get", "/api/v1/admin/analytics", true),
     ];
     for (method, path, secured) in endpoints {
         let op = &doc["paths"][path][method];

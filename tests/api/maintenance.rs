@@ -1,0 +1,124 @@
+//! SPEC §8: the scheduled tasks and the analytics endpoint.
+
+use chrono::{DurationRound, TimeDelta, Utc};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use storefront::features::maintenance::tasks;
+
+use crate::helpers::{TestApp, expect_error, send};
+
+async fn count(app: &TestApp, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(&app.state.db).await.unwrap()
+}
+
+async fn exec(app: &TestApp, sql: &'static str) {
+    sqlx::query(sql).execute(&app.state.db).await.unwrap();
+}
+
+#[sqlx::test]
+async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Sessions: one logged out (dead family), one rotated in a live family, one expired.
+    let ann = app.register("ann@example.com", "password123").await;
+    let bob = app.register("bob@example.com", "password123").await;
+    send(app.request(Method::POST, "/api/v1/auth/logout").json(&json!({"refreshToken": ann.refresh_token})))
+        .await;
+    send(app.request(Method::POST, "/api/v1/auth/refresh").json(&json!({"refreshToken": bob.refresh_token})))
+        .await;
+    app.login("ann@example.com", "password123").await;
+    exec(&app, "update sessions set expires_at = now() - interval '1 minute' where id = (select id from sessions where revoked_at is null and user_id = (select id from users where email = 'ann@example.com'))").await;
+    // Reset tokens, idempotency records and outbox rows, fresh and old.
+    send(
+        app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "bob@example.com"})),
+    )
+    .await;
+    send(
+        app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "bob@example.com"})),
+    )
+    .await;
+    exec(&app, "insert into idempotency_keys (user_id, key, request_hash, created_at) select id, 'old', '\\x00', now() - interval '25 hours' from users where email = 'ann@example.com'").await;
+    exec(&app, "insert into idempotency_keys (user_id, key, request_hash) select id, 'new', '\\x00' from users where email = 'ann@example.com'").await;
+    exec(&app, "insert into outbox (queue, kind, payload, sent_at) values ('emails', 'x', '{}', now() - interval '8 days'), ('emails', 'x', '{}', now() - interval '1 day')").await;
+    let outbox_before = count(&app, "select count(*) from outbox").await;
+
+    let slot = tasks::slot(Utc::now(), TimeDelta::days(1));
+    let report = tasks::cleanup(&app.state.db, slot).await.unwrap().expect("first run");
+
+    assert_eq!(report.sessions, 2, "{report:?}");
+    assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'bob@example.com')").await, 2, "rotated token of a live family kept for reuse detection");
+    assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'ann@example.com')").await, 0);
+    assert_eq!(report.reset_tokens, 1, "the superseded token");
+    assert_eq!(count(&app, "select count(*) from password_reset_tokens").await, 1, "the live token stays");
+    assert_eq!(report.idempotency_keys, 1);
+    assert_eq!(count(&app, "select count(*) from idempotency_keys where key = 'new'").await, 1);
+    assert_eq!(report.outbox, 1);
+    assert_eq!(count(&app, "select count(*) from outbox").await, outbox_before - 1);
+
+    // Another instance firing for the same slot does nothing.
+    assert_eq!(tasks::cleanup(&app.state.db, slot).await.unwrap(), None);
+}
+
+#[sqlx::test]
+async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.admin().await;
+    let ann = app.user().await;
+    let product = json!({"sku": "MUG", "name": "Mug", "priceCents": 1000, "stock": 50});
+    let (_, _, mug) = send(app.authed(Method::POST, "/api/v1/products", &admin.token).json(&product)).await;
+    let order = |quantity: i32| json!({"items": [{"productId": mug["data"]["id"], "quantity": quantity}]});
+    send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order(2))).await;
+    send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order(3))).await;
+    let (_, _, cancelled) =
+        send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order(4))).await;
+    send(app.authed(
+        Method::POST,
+        &format!("/api/v1/orders/{}/cancel", cancelled["data"]["id"].as_str().unwrap()),
+        &ann.token,
+    ))
+    .await;
+    // Everything happened "two hours ago".
+    let hour = Utc::now().duration_trunc(TimeDelta::hours(1)).unwrap() - TimeDelta::hours(2);
+    sqlx::query("update orders set created_at = $1 + interval '10 minutes'")
+        .bind(hour)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    sqlx::query("update users set created_at = $1 + interval '20 minutes'")
+        .bind(hour)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+
+    let slot = tasks::slot(Utc::now(), TimeDelta::hours(1));
+    assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), Some(24));
+    assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), None, "once per slot");
+
+    let (status, _, body) = send(app.authed(Method::GET, "/api/v1/admin/analytics", &admin.token)).await;
+    assert_eq!(status, 200, "{body}");
+    let rows = body["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 24);
+    let busy: Vec<&Value> = rows.iter().filter(|r| r["orders"] != 0 || r["newUsers"] != 0).collect();
+    assert_eq!(busy.len(), 1, "{body}");
+    assert_eq!(busy[0]["hour"], json!(hour.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+    assert_eq!(
+        (&busy[0]["orders"], &busy[0]["items"], &busy[0]["revenueCents"], &busy[0]["newUsers"]),
+        (&json!(2), &json!(5), &json!(5000), &json!(2))
+    );
+
+    let from = (hour - TimeDelta::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (hour + TimeDelta::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let q = |from: &str, to: &str| {
+        format!("/api/v1/admin/analytics?from={}&to={}", from.replace('+', "%2B"), to.replace('+', "%2B"))
+    };
+    let (_, _, narrow) = send(app.authed(Method::GET, &q(&from, &to), &admin.token)).await;
+    assert_eq!(narrow["data"].as_array().unwrap().len(), 2);
+    expect_error(app.authed(Method::GET, &q(&to, &from), &admin.token), 400, "VALIDATION_ERROR").await;
+    expect_error(
+        app.authed(Method::GET, "/api/v1/admin/analytics?from=yesterday", &admin.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(app.authed(Method::GET, "/api/v1/admin/analytics", &ann.token), 403, "FORBIDDEN").await;
+}
