@@ -487,3 +487,25 @@ async fn expired_and_superseded_reset_tokens_are_refused(pool: PgPool) {
     .await;
     app.login("ann@example.com", "password123").await;
 }
+
+#[sqlx::test]
+async fn registering_queues_a_welcome_email_in_the_same_transaction(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.register("ann@example.com", "password123").await;
+    let queued: i64 = sqlx::query_scalar(
+        "select count(*) from outbox where kind = 'welcome' and queue = 'emails' and payload->>'userId' = $1",
+    )
+    .bind(ann.id.to_string())
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(queued, 1);
+    // A refused duplicate queues nothing.
+    let res = app.post_json(REGISTER, &json!({"email": "ANN@example.com", "password": "password123"})).await;
+    assert_error(res, 409, "CONFLICT").await;
+    let all: i64 = sqlx::query_scalar("select count(*) from outbox where kind = 'welcome'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(all, 1);
+}

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::service::{AuthStore, NewSession, Session};
 use crate::{
     features::users::repository::{self as users, LoginRow, NewUser, UserRow},
-    shared::error::AppResult,
+    shared::{error::AppResult, outbox},
 };
 
 pub async fn insert_session(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Result<()> {
@@ -134,11 +134,22 @@ pub struct PgAuthStore {
 #[async_trait]
 impl AuthStore for PgAuthStore {
     async fn insert_user(&self, new: &NewUser<'_>) -> AppResult<Option<UserRow>> {
-        match users::insert(&self.pool, new).await {
-            Ok(user) => Ok(Some(user)),
-            Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        // The account and its welcome e-mail job commit together or not at all.
+        let mut tx = self.pool.begin().await?;
+        let user = match users::insert(&mut *tx, new).await {
+            Ok(user) => user,
+            Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        outbox::push(
+            &mut *tx,
+            outbox::EMAILS,
+            "welcome",
+            &serde_json::json!({"userId": user.id, "email": user.email}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(user))
     }
 
     async fn find_login(&self, email: &str) -> AppResult<Option<LoginRow>> {
