@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -52,7 +52,8 @@ pub enum AppError {
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyMismatch,
     #[error("too many requests")]
-    RateLimited { retry_after_secs: u64 },
+    /// `limit`: the quota that ran out (0 when unknown).
+    RateLimited { retry_after_secs: u64, limit: u32 },
     #[error("{0}")]
     ServiceUnavailable(String),
     #[error("internal error")]
@@ -142,7 +143,7 @@ impl AppError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 Self::UnsupportedMediaType("unsupported media type".to_owned())
             }
-            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited { retry_after_secs: 1 },
+            StatusCode::TOO_MANY_REQUESTS => Self::RateLimited { retry_after_secs: 1, limit: 0 },
             StatusCode::REQUEST_TIMEOUT | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
                 Self::ServiceUnavailable("the request timed out or the service is unavailable".to_owned())
             }
@@ -253,8 +254,15 @@ impl IntoResponse for AppError {
             Self::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Self::RateLimited { retry_after_secs } => {
+            Self::RateLimited { retry_after_secs, limit } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+                // The exhausted quota describes itself; outer limiters leave these alone.
+                if *limit > 0 {
+                    headers.insert(HeaderName::from_static("ratelimit-limit"), HeaderValue::from(*limit));
+                }
+                headers.insert(HeaderName::from_static("ratelimit-remaining"), HeaderValue::from(0));
+                headers
+                    .insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }
@@ -291,7 +299,7 @@ mod tests {
             (AppError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
             (AppError::UnsupportedMediaType("x".into()), 415, "UNSUPPORTED_MEDIA_TYPE"),
             (AppError::IdempotencyKeyMismatch, 422, "IDEMPOTENCY_KEY_MISMATCH"),
-            (AppError::RateLimited { retry_after_secs: 7 }, 429, "RATE_LIMITED"),
+            (AppError::RateLimited { retry_after_secs: 7, limit: 5 }, 429, "RATE_LIMITED"),
             (AppError::ServiceUnavailable("x".into()), 503, "SERVICE_UNAVAILABLE"),
             (AppError::Internal(anyhow::anyhow!("boom")), 500, "INTERNAL_SERVER_ERROR"),
         ];
@@ -315,7 +323,7 @@ mod tests {
     async fn unauthorized_and_rate_limited_carry_their_headers() {
         let (_, h, _) = body_of(AppError::Unauthorized("no")).await;
         assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
-        let (_, h, _) = body_of(AppError::RateLimited { retry_after_secs: 7 }).await;
+        let (_, h, _) = body_of(AppError::RateLimited { retry_after_secs: 7, limit: 5 }).await;
         assert_eq!(h[header::RETRY_AFTER], "7");
     }
 

@@ -123,7 +123,12 @@ fn escape(value: &str) -> String {
 /// paths share one label, so scanners cannot blow up the series count).
 pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Clients may invent methods; only the standard ones become label values.
+    let method = match req.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "OTHER",
+    }
+    .to_owned();
     let route = req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str).to_owned();
     let res = next.run(req).await;
     metrics.observe(&method, &route, res.status().as_u16(), started.elapsed());

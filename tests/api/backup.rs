@@ -37,7 +37,11 @@ async fn a_backup_restores_into_a_fresh_database_with_its_data(pool: PgPool) {
     // Act
     let backup = script("backup").env("DATABASE_URL", &source).arg(&dump).output().unwrap();
     assert!(backup.status.success(), "{}", String::from_utf8_lossy(&backup.stderr));
-    let restore = script("restore").arg(&dump).arg(&target).output().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dump).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the dump holds password hashes: owner-only, got {mode:o}");
+    assert!(!dir.join("test.dump.partial").exists());
+    let restore = script("restore").env("DATABASE_URL", &target).arg(&dump).output().unwrap();
     assert!(restore.status.success(), "{}", String::from_utf8_lossy(&restore.stderr));
 
     // Assert

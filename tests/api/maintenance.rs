@@ -37,12 +37,23 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
         app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "bob@example.com"})),
     )
     .await;
+    // The forgot work runs after the 202: wait for both links.
+    for _ in 0..50 {
+        if count(&app, "select count(*) from outbox where kind = 'reset-password'").await == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     exec(&app, "insert into idempotency_keys (user_id, key, request_hash, created_at) select id, 'old', '\\x00', now() - interval '25 hours' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into idempotency_keys (user_id, key, request_hash) select id, 'new', '\\x00' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into outbox (queue, kind, payload, sent_at) values ('emails', 'x', '{}', now() - interval '8 days'), ('emails', 'x', '{}', now() - interval '1 day')").await;
     let outbox_before = count(&app, "select count(*) from outbox").await;
 
     let slot = tasks::slot(Utc::now(), TimeDelta::days(1));
+    // A rotated session long expired, in a family that is still alive: kept.
+    exec(&app, "update sessions set expires_at = now() - interval '30 days' where revoked_at is not null and user_id = (select id from users where email = 'bob@example.com')").await;
+    exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '2 days')").await;
+    let outbox_before = outbox_before + 1;
     let report = tasks::cleanup(&app.state.db, slot).await.unwrap().expect("first run");
 
     assert_eq!(report.sessions, 2, "{report:?}");
@@ -52,8 +63,8 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     assert_eq!(count(&app, "select count(*) from password_reset_tokens").await, 1, "the live token stays");
     assert_eq!(report.idempotency_keys, 1);
     assert_eq!(count(&app, "select count(*) from idempotency_keys where key = 'new'").await, 1);
-    assert_eq!(report.outbox, 1);
-    assert_eq!(count(&app, "select count(*) from outbox").await, outbox_before - 1);
+    assert_eq!(report.outbox, 2, "one sent long ago, one stale reset link");
+    assert_eq!(count(&app, "select count(*) from outbox").await, outbox_before - 2);
 
     // Another instance firing for the same slot does nothing.
     assert_eq!(tasks::cleanup(&app.state.db, slot).await.unwrap(), None);
@@ -94,7 +105,11 @@ async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
     assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), Some(24));
     assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), None, "once per slot");
 
-    let (status, _, body) = send(app.authed(Method::GET, "/api/v1/admin/analytics", &admin.token)).await;
+    // An explicit range: the default ("the last 24 h") moves if the clock crosses an hour.
+    let day =
+        |t: chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true).replace('+', "%2B");
+    let path = format!("/api/v1/admin/analytics?from={}&to={}", day(slot - TimeDelta::hours(24)), day(slot));
+    let (status, _, body) = send(app.authed(Method::GET, &path, &admin.token)).await;
     assert_eq!(status, 200, "{body}");
     let rows = body["data"].as_array().unwrap();
     assert_eq!(rows.len(), 24);
@@ -120,5 +135,9 @@ async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
         "VALIDATION_ERROR",
     )
     .await;
+    let ancient = "/api/v1/admin/analytics?from=-10000-01-01T00:00:00Z&to=-10000-01-02T00:00:00Z";
+    expect_error(app.authed(Method::GET, ancient, &admin.token), 400, "VALIDATION_ERROR").await;
+    let far = "/api/v1/admin/analytics?to=-262143-01-01T00:00:00Z";
+    expect_error(app.authed(Method::GET, far, &admin.token), 400, "VALIDATION_ERROR").await;
     expect_error(app.authed(Method::GET, "/api/v1/admin/analytics", &ann.token), 403, "FORBIDDEN").await;
 }

@@ -41,6 +41,9 @@ async fn login_and_register_have_a_strict_per_ip_limit(pool: PgPool) {
         assert_eq!(res.status(), 401);
     }
     let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "password123"})).await;
+    // The headers describe the quota that bound (3), not the generous default.
+    assert_eq!(res.headers()["ratelimit-limit"], "3");
+    assert_eq!(res.headers()["ratelimit-remaining"], "0");
     crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
     let req = app
         .request(Method::POST, "/api/v1/auth/register")
@@ -121,4 +124,29 @@ async fn limits_can_be_switched_off(pool: PgPool) {
         assert_eq!(status, 200);
         assert!(!headers.contains_key("ratelimit-limit"));
     }
+}
+
+#[sqlx::test]
+async fn forgot_requests_are_limited_per_address_without_locking_out_login(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
+    app.register("ann@example.com", "password123").await;
+    let forgot = || {
+        app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "ann@example.com"}))
+    };
+    assert_eq!(send(forgot()).await.0, 202);
+    assert_eq!(send(forgot()).await.0, 202);
+    expect_error(forgot(), 429, "RATE_LIMITED").await;
+    app.login("ann@example.com", "password123").await;
+}
+
+#[sqlx::test]
+async fn invented_methods_do_not_become_metric_labels(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for method in ["QWE1", "QWE2"] {
+        let res = app.request(Method::from_bytes(method.as_bytes()).unwrap(), PRODUCTS).send().await.unwrap();
+        assert_eq!(res.status(), 405);
+    }
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("QWE"), "{text}");
+    assert!(text.contains(r#"method="OTHER",route="/api/v1/products",status="405"} 2"#), "{text}");
 }

@@ -1,6 +1,7 @@
 //! HTTP handlers of `/auth` (SPEC §3).
 
 use axum::{extract::State, http::StatusCode};
+use tracing::Instrument;
 
 use super::{
     domain::normalize_email,
@@ -115,8 +116,18 @@ pub async fn forgot_password(
     State(limiter): State<RateLimiter>,
     ValidJson(body): ValidJson<ForgotPasswordRequest>,
 ) -> AppResult<StatusCode> {
-    limiter.check(limiter.login_email, &normalize_email(&body.email)).await?;
-    resets.forgot(&body.email).await?;
+    limiter.check(limiter.forgot_email, &normalize_email(&body.email)).await?;
+    // The work happens after the answer: whether the account exists must not show in
+    // the response time either.
+    let email = body.email;
+    tokio::spawn(
+        async move {
+            if let Err(e) = resets.forgot(&email).await {
+                tracing::error!(error = %e, "password reset request failed");
+            }
+        }
+        .instrument(tracing::Span::current()),
+    );
     Ok(StatusCode::ACCEPTED)
 }
 

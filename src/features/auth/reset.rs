@@ -50,6 +50,8 @@ impl PasswordResetService {
         let expires_at = Utc::now() + Duration::minutes(TOKEN_TTL_MINUTES);
         let link = format!("{}/reset-password?token={token}", self.public_url);
         let mut tx = self.db.begin().await?;
+        // Serialise concurrent requests for one user, so exactly one link stays live.
+        sessions::lock_user_for_revocation(&mut *tx, user.user.id).await?;
         // A new request supersedes older links.
         sqlx::query!(
             "update password_reset_tokens set used_at = now() where user_id = $1 and used_at is null",

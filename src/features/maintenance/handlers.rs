@@ -1,6 +1,6 @@
 //! `GET /admin/analytics` (SPEC §8).
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::{IntoParams, ToSchema};
@@ -46,6 +46,14 @@ pub async fn get_analytics(
     _: Require<perm::AnalyticsRead>,
     QueryParams(range): QueryParams<AnalyticsRange>,
 ) -> AppResult<ApiOk<Vec<HourlyAnalytics>>> {
+    // Timestamps far outside any data (or Postgres' range) are a client mistake.
+    let sane = |t: &DateTime<Utc>| (2000..=9999).contains(&t.year());
+    if !range.from.as_ref().is_none_or(sane) {
+        return Err(AppError::field("from", "must be between the years 2000 and 9999"));
+    }
+    if !range.to.as_ref().is_none_or(sane) {
+        return Err(AppError::field("to", "must be between the years 2000 and 9999"));
+    }
     let to = range.to.unwrap_or_else(Utc::now);
     // Default: the 24 hours before `to`, from the start of that first hour.
     let from = range.from.unwrap_or_else(|| {

@@ -16,13 +16,26 @@ pub struct CleanupReport {
     pub outbox: u64,
 }
 
-/// Claims `(task, slot)`; `None` when another instance already ran (or is running) it.
+/// Claims `(task, slot)`; `None` when another instance runs or ran it. An advisory lock
+/// keyed by the task is tried first, so a second instance skips at once instead of
+/// queueing on the first one's slot row; the slot row then makes a late instance skip
+/// too. Maintenance statements may outlast the request-sized statement timeout.
 async fn claim(
     pool: &PgPool,
     task: &str,
     slot: DateTime<Utc>,
 ) -> sqlx::Result<Option<Transaction<'static, Postgres>>> {
     let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar!(
+        r#"select pg_try_advisory_xact_lock(hashtext('storefront:' || $1)) as "locked!""#,
+        task
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !locked {
+        return Ok(None);
+    }
+    sqlx::query("set local statement_timeout = '15min'").execute(&mut *tx).await?;
     let claimed = sqlx::query!(
         "insert into scheduled_runs (task, slot) values ($1, $2) on conflict do nothing",
         task,
@@ -39,10 +52,11 @@ pub fn slot(now: DateTime<Utc>, every: TimeDelta) -> DateTime<Utc> {
     now.duration_trunc(every).unwrap_or(now)
 }
 
-/// Daily: deletes expired sessions and revoked ones whose whole family is dead (a revoked
-/// session of a live family is kept until it expires, so presenting a stolen, rotated
-/// token is still recognised as reuse), used or expired reset tokens, idempotency
-/// records older than 24 h and outbox rows sent more than 7 days ago.
+/// Daily: deletes sessions whose whole family is dead (revoked or expired throughout; a
+/// rotated session of a live family is kept, however old, so presenting a stolen rotated
+/// token is still recognised as reuse), used or expired reset tokens, idempotency records
+/// older than 24 h, outbox rows sent more than 7 days ago, and reset-password jobs older
+/// than a day whatever their state (their links expired long before).
 pub async fn cleanup(pool: &PgPool, slot: DateTime<Utc>) -> sqlx::Result<Option<CleanupReport>> {
     let started = Instant::now();
     let Some(mut tx) = claim(pool, "cleanup", slot).await? else {
@@ -50,11 +64,9 @@ pub async fn cleanup(pool: &PgPool, slot: DateTime<Utc>) -> sqlx::Result<Option<
     };
     let sessions = sqlx::query!(
         "delete from sessions s
-         where s.expires_at < now()
-            or (s.revoked_at is not null
-                and not exists (select 1 from sessions live
-                                where live.family_id = s.family_id and live.revoked_at is null
-                                  and live.expires_at > now()))"
+         where not exists (select 1 from sessions live
+                           where live.family_id = s.family_id and live.revoked_at is null
+                             and live.expires_at > now())"
     )
     .execute(&mut *tx)
     .await?
@@ -69,10 +81,14 @@ pub async fn cleanup(pool: &PgPool, slot: DateTime<Utc>) -> sqlx::Result<Option<
             .execute(&mut *tx)
             .await?
             .rows_affected();
-    let outbox = sqlx::query!("delete from outbox where sent_at < now() - interval '7 days'")
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+    let outbox = sqlx::query!(
+        "delete from outbox
+         where sent_at < now() - interval '7 days'
+            or (kind = 'reset-password' and created_at < now() - interval '1 day')"
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
     tx.commit().await?;
     let report = CleanupReport { sessions, reset_tokens, idempotency_keys, outbox };
     tracing::info!(

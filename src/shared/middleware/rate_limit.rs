@@ -56,16 +56,19 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Sets the `RateLimit-*` headers unless an inner, stricter limiter already did: the
+    /// client sees the quota that binds.
     fn headers(&self, headers: &mut HeaderMap) {
+        if headers.contains_key(&LIMIT) {
+            return;
+        }
         headers.insert(LIMIT.clone(), HeaderValue::from(self.limit));
         headers.insert(REMAINING.clone(), HeaderValue::from(self.remaining));
         headers.insert(RESET.clone(), HeaderValue::from(self.reset_secs));
     }
 
-    fn refusal(&self) -> Response {
-        let mut res = AppError::RateLimited { retry_after_secs: self.reset_secs }.into_response();
-        self.headers(res.headers_mut());
-        res
+    fn error(&self) -> AppError {
+        AppError::RateLimited { retry_after_secs: self.reset_secs, limit: self.limit }
     }
 }
 
@@ -79,6 +82,9 @@ pub struct RateLimiter {
     pub default: Quota,
     pub auth: Quota,
     pub login_email: Quota,
+    /// Same size as `login_email`, counted apart: forgot requests must not lock the owner
+    /// out of logging in.
+    pub forgot_email: Quota,
 }
 
 impl RateLimiter {
@@ -100,6 +106,11 @@ impl RateLimiter {
             },
             login_email: Quota {
                 scope: "login-email",
+                max: settings.rate_limit_login_per_email,
+                window: Duration::from_secs(15 * 60),
+            },
+            forgot_email: Quota {
+                scope: "forgot-email",
                 max: settings.rate_limit_login_per_email,
                 window: Duration::from_secs(15 * 60),
             },
@@ -137,22 +148,19 @@ impl RateLimiter {
     /// Refuses with 429 when `key` has used up `quota`.
     pub async fn check(&self, quota: Quota, key: &str) -> Result<(), AppError> {
         match self.hit(quota, key).await {
-            Some(d) if !d.allowed => Err(AppError::RateLimited { retry_after_secs: d.reset_secs }),
+            Some(d) if !d.allowed => Err(d.error()),
             _ => Ok(()),
         }
     }
 
-    /// The client's address: the socket peer, or with `TRUST_PROXY` the right-most
-    /// `X-Forwarded-For` entry (the one our own proxy appended, which a client cannot forge).
+    /// The client's address: the socket peer, or with `TRUST_PROXY` (one trusted proxy in
+    /// front) the right-most `X-Forwarded-For` entry, the one that proxy appended. Only
+    /// that entry counts: anything left of it is client-supplied and forgeable. If it does
+    /// not parse, the peer (the proxy) is used, which is strict rather than forgeable.
     pub fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
         if self.trust_proxy
-            && let Some(ip) = headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
-                .next_back()
+            && let Some(last) = headers.get_all("x-forwarded-for").iter().next_back()
+            && let Some(ip) = last.to_str().ok().and_then(|v| v.rsplit(',').next()).and_then(parse_forwarded)
         {
             return Some(ip);
         }
@@ -164,14 +172,38 @@ impl RateLimiter {
         let Some(ip) = self.client_ip(req.headers(), peer) else {
             return next.run(req).await;
         };
-        match self.hit(quota, &ip.to_string()).await {
-            Some(d) if !d.allowed => d.refusal(),
+        match self.hit(quota, &ip_key(ip)).await {
+            Some(d) if !d.allowed => d.error().into_response(),
             Some(d) => {
                 let mut res = next.run(req).await;
                 d.headers(res.headers_mut());
                 res
             }
             None => next.run(req).await,
+        }
+    }
+}
+
+/// An `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:5678`.
+fn parse_forwarded(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = entry.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    None
+}
+
+/// The bucket of an address: IPv4 as is; IPv6 by its /64, since one subscriber usually
+/// holds a whole /64 and could otherwise rotate addresses past any limit.
+fn ip_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
 }
@@ -226,6 +258,32 @@ mod tests {
             limiter(true).client_ip(&xff("spoofed, 198.51.100.2"), Some(peer)),
             Some("198.51.100.2".parse().unwrap())
         );
+        // Nor can a proxy entry with a port let a forged one through.
+        assert_eq!(
+            limiter(true).client_ip(&xff("203.0.113.66, 198.51.100.2:4711"), Some(peer)),
+            Some("198.51.100.2".parse().unwrap())
+        );
+        // An unparseable proxy entry falls back to the peer, never to a client entry.
+        assert_eq!(
+            limiter(true).client_ip(&xff("203.0.113.66, junk"), Some(peer)),
+            Some("10.0.0.9".parse().unwrap())
+        );
         assert_eq!(limiter(true).client_ip(&HeaderMap::new(), Some(peer)), Some("10.0.0.9".parse().unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_bucketed_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        assert_eq!(ip_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1");
+        assert_eq!(ip_key("192.0.2.1".parse().unwrap()), "192.0.2.1");
     }
 }
