@@ -132,19 +132,42 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     tracing::info!(address = %listener.local_addr()?, "listening");
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
-    let mut scheduler = match state.config.scheduler_enabled {
-        true => Some(features::maintenance::start(pool.clone()).await?),
-        false => None,
-    };
+    let scheduler = start_background(&state).await?;
     run(listener, build_router(state), shutdown_signal(), drain).await?;
-    if let Some(scheduler) = scheduler.as_mut()
+    stop_background(scheduler).await;
+    pool.close().await;
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// `storefront worker`: the background roles only (today the scheduler; the job workers
+/// join it), until SIGINT/SIGTERM. Run as many API instances and workers as needed.
+pub async fn work(state: AppState) -> anyhow::Result<()> {
+    if !state.config.scheduler_enabled {
+        tracing::warn!("SCHEDULER_ENABLED=false: this worker has nothing to do");
+    }
+    let scheduler = start_background(&state).await?;
+    tracing::info!("worker running");
+    shutdown_signal().await;
+    stop_background(scheduler).await;
+    state.db.close().await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn start_background(state: &AppState) -> anyhow::Result<Option<tokio_cron_scheduler::JobScheduler>> {
+    Ok(match state.config.scheduler_enabled {
+        true => Some(features::maintenance::start(state.db.clone()).await?),
+        false => None,
+    })
+}
+
+async fn stop_background(scheduler: Option<tokio_cron_scheduler::JobScheduler>) {
+    if let Some(mut scheduler) = scheduler
         && let Err(e) = scheduler.shutdown().await
     {
         tracing::warn!(error = %e, "scheduler did not stop cleanly");
     }
-    pool.close().await;
-    tracing::info!("shut down cleanly");
-    Ok(())
 }
 
 /// Runs `router` on `listener` until `signal` resolves, then allows `drain` for

@@ -19,8 +19,10 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve the HTTP API (the default).
+    /// Serve the HTTP API, plus the background roles enabled by config (the default).
     Serve,
+    /// Run only the background roles (scheduled tasks), no HTTP.
+    Worker,
     /// Apply pending database migrations and exit.
     Migrate,
     /// Create an admin, or promote an existing user to admin. The password (for a new
@@ -61,6 +63,7 @@ pub async fn run(cli: Cli) -> i32 {
     telemetry::init(&settings);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
+        Command::Worker => worker(settings).await,
         Command::Migrate => migrate(settings).await,
         Command::CreateAdmin { email } => create_admin(settings, &email).await,
         Command::Seed { products, users } => seed(settings, products, users).await,
@@ -73,6 +76,11 @@ pub async fn run(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+async fn worker(settings: Settings) -> anyhow::Result<()> {
+    let state = app::connect(settings).await?;
+    app::work(state).await
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -90,3 +90,28 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
     };
     assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
 }
+
+#[test]
+fn the_worker_runs_until_sigterm_and_stops_cleanly() {
+    let mut child = storefront()
+        .env("APP_ENV", "test")
+        .env("RUN_MIGRATIONS", "false")
+        .env("SCHEDULER_ENABLED", "true")
+        .arg("worker")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.try_wait().unwrap().is_none(), "the worker keeps running");
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "worker did not stop after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
+}
