@@ -16,6 +16,20 @@ fn storefront() -> Command {
     cmd
 }
 
+/// Waits (up to 10 s) for `child` to exit after SIGTERM and checks it exited with 0.
+#[track_caller]
+fn assert_clean_exit(child: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
+}
+
 #[test]
 fn a_bad_configuration_exits_non_zero_listing_every_problem() {
     let out = storefront()
@@ -80,15 +94,7 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
     // Assert
     assert_eq!(status, 200);
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
+    assert_clean_exit(&mut child);
 }
 
 #[test]
@@ -105,13 +111,5 @@ fn the_worker_runs_until_sigterm_and_stops_cleanly() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(child.try_wait().unwrap().is_none(), "the worker keeps running");
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(code) = child.try_wait().unwrap() {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "worker did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(exit.success(), "clean exit after SIGTERM, got {exit:?}");
+    assert_clean_exit(&mut child);
 }
