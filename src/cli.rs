@@ -47,7 +47,10 @@ pub enum Command {
 /// Returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     // A missing .env is normal; a broken one should not be silently half-read.
-    if let Err(e) = dotenvy::dotenv()
+    // `NO_DOTENV=1` skips it (tests that set the environment themselves).
+    let skip_dotenv = std::env::var_os("NO_DOTENV").is_some_and(|v| v == "1");
+    if !skip_dotenv
+        && let Err(e) = dotenvy::dotenv()
         && !e.not_found()
     {
         eprintln!("error: could not read .env: {e}");

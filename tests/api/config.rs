@@ -11,6 +11,8 @@ fn storefront() -> Command {
     // Start from a clean slate: only what each test sets (plus PATH) reaches the process.
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // A developer's .env must not leak into these tests.
+        .env("NO_DOTENV", "1")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null());
     cmd

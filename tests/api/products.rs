@@ -277,6 +277,7 @@ async fn the_seed_command_fills_the_catalogue_quickly(pool: PgPool) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_DOTENV", "1")
         .env("APP_ENV", "test")
         .env("DATABASE_URL", url_of(&pool))
         .current_dir(env!("CARGO_MANIFEST_DIR"))

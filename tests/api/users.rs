@@ -272,6 +272,7 @@ fn create_admin(pool: &PgPool, email: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_storefront"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_DOTENV", "1")
         .env("APP_ENV", "test")
         .env("DATABASE_URL", url_of(pool))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
