@@ -161,3 +161,15 @@ async fn metrics_can_be_switched_off(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.metrics_enabled = false, Default::default()).await;
     crate::helpers::assert_error(app.get("/metrics").await, 404, "NOT_FOUND").await;
 }
+
+#[sqlx::test]
+async fn with_postgres_down_api_calls_answer_503_in_the_envelope(pool: PgPool) {
+    drop(pool);
+    let app = TestApp::spawn(unreachable_pool()).await;
+    let res = app.get("/api/v1/products").await;
+    crate::helpers::assert_error(res, 503, "SERVICE_UNAVAILABLE").await;
+    let res = app
+        .post_json("/api/v1/auth/login", &serde_json::json!({"email": "a@b.co", "password": "password123"}))
+        .await;
+    crate::helpers::assert_error(res, 503, "SERVICE_UNAVAILABLE").await;
+}
