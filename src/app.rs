@@ -1,89 +1,21 @@
-//! Application wiring: [`AppState`], the router with its middleware stack and API docs,
-//! and the HTTP server with graceful shutdown.
+//! Assembly: the router with its middleware stack and API docs, connecting the
+//! [`AppState`], and the HTTP server and background roles with graceful shutdown.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use anyhow::Context;
-use axum::{Router, extract::FromRef};
-use sqlx::PgPool;
+use axum::Router;
 use tokio::net::TcpListener;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    features::{
-        self,
-        auth::{AuthService, repository::PgAuthStore, reset::PasswordResetService},
-        orders::OrderService,
-        products::ProductService,
-        users::UserService,
-    },
-    shared::{
-        auth::TokenKeys, config::Settings, db, error::AppError, metrics::Metrics, middleware,
-        middleware::rate_limit::RateLimiter, openapi::ApiDoc, password::PasswordHasher, redis::Redis,
-    },
+    features,
+    shared::{config::Settings, db, error::AppError, middleware, openapi::ApiDoc, redis::Redis},
 };
 
-/// Everything a request handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Settings>,
-    pub db: PgPool,
-    pub redis: Redis,
-    pub tokens: Arc<TokenKeys>,
-    pub auth: AuthService,
-    pub users: UserService,
-    pub products: ProductService,
-    pub orders: OrderService,
-    pub limiter: RateLimiter,
-    pub metrics: Metrics,
-    pub resets: PasswordResetService,
-}
-
-/// Lets handlers and extractors take `State<T>` of one part of the state.
-macro_rules! from_ref {
-    ($($field:ident: $ty:ty),* $(,)?) => {$(
-        impl FromRef<AppState> for $ty {
-            fn from_ref(state: &AppState) -> Self {
-                state.$field.clone()
-            }
-        }
-    )*};
-}
-
-from_ref!(config: Arc<Settings>, db: PgPool, tokens: Arc<TokenKeys>, auth: AuthService, users: UserService, products: ProductService, orders: OrderService, limiter: RateLimiter, metrics: Metrics, resets: PasswordResetService);
-
-impl AppState {
-    /// Builds the state and its services from already-created connections (tests pass
-    /// their own pool).
-    pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
-        let hasher = PasswordHasher::new();
-        let tokens = Arc::new(TokenKeys::from_settings(&config));
-        let store = Arc::new(PgAuthStore { pool: db.clone() });
-        let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
-        let users = UserService::new(db.clone(), hasher.clone());
-        let resets = PasswordResetService::new(db.clone(), hasher, &config.public_url);
-        let products = ProductService::new(db.clone());
-        // A claim unanswered for twice the request timeout belongs to a request that died.
-        let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
-        let limiter = RateLimiter::new(redis.clone(), &config);
-        let metrics = Metrics::default();
-        Self {
-            config: Arc::new(config),
-            db,
-            redis,
-            tokens,
-            auth,
-            users,
-            products,
-            orders,
-            limiter,
-            metrics,
-            resets,
-        }
-    }
-}
+use crate::state::AppState;
 
 /// The full router: versioned API, ops endpoints, API docs, fallbacks and middleware.
 pub fn build_router(state: AppState) -> Router {
@@ -157,7 +89,7 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
 
 async fn start_background(state: &AppState) -> anyhow::Result<Option<tokio_cron_scheduler::JobScheduler>> {
     Ok(match state.config.scheduler_enabled {
-        true => Some(features::maintenance::start(state.db.clone()).await?),
+        true => Some(features::maintenance::start(state.db.clone(), &state.config).await?),
         false => None,
     })
 }

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     app,
     features::users::service::AdminProvisioned,
-    shared::{config::Settings, db, password::PasswordHasher, telemetry},
+    shared::{config::Settings, db, email::Email, password::PasswordHasher, telemetry},
 };
 
 /// Storefront API server.
@@ -100,10 +100,7 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn create_admin(settings: Settings, email: &str) -> anyhow::Result<()> {
-    use validator::ValidateEmail;
-
-    let email = crate::features::auth::domain::normalize_email(email);
-    anyhow::ensure!(email.validate_email(), "--email is not a valid e-mail address");
+    let email = Email::parse(email).map_err(|_| anyhow::anyhow!("--email is not a valid e-mail address"))?;
     let pool = db::connect_lazy(&settings)?;
     db::migrate(&pool).await?;
     let users = crate::features::users::UserService::new(pool.clone(), PasswordHasher::new());

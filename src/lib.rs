@@ -8,3 +8,4 @@ pub mod cli;
 pub mod features;
 pub mod seed;
 pub mod shared;
+pub mod state;

@@ -1,5 +1,6 @@
 //! Feature modules, each owning its routes, handlers, services and SQL.
 
+pub mod analytics;
 pub mod auth;
 pub mod health;
 pub mod maintenance;
@@ -9,7 +10,7 @@ pub mod users;
 
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Routes under `/api/v1`.
 pub fn api_router() -> OpenApiRouter<AppState> {
@@ -18,7 +19,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(products::router())
         .merge(orders::router())
-        .merge(maintenance::router())
+        .merge(analytics::router())
 }
 
 /// Routes outside the versioned API (operations).

@@ -19,31 +19,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{config::Settings, error::AppError};
+pub use super::role::Role;
+use super::{config::Settings, error::AppError, sessions};
 
 /// The message of every authentication failure: it never says which check failed.
 pub const INVALID_TOKEN: &str = "missing, invalid or expired access token";
-
-/// A signed-in user's role. Guests (no token) have no role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
-#[sqlx(type_name = "user_role", rename_all = "lowercase")]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    User,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Admin => "admin",
-            Self::User => "user",
-        }
-    }
-}
 
 /// Declares [`Permission`], its [`Permission::ALL`] list and, in [`perm`], one marker
 /// type per permission for [`Require`], from a single list.
@@ -231,7 +213,7 @@ where
         // Two index lookups: deleted users and revoked sessions are locked out at once, and
         // role changes apply now rather than at token expiry.
         let pool = PgPool::from_ref(state);
-        let current = crate::features::users::repository::find_active_identity(&pool, claims.sub, claims.jti)
+        let current = sessions::find_identity(&pool, claims.sub, claims.jti)
             .await?
             .ok_or(AppError::Unauthorized(INVALID_TOKEN))?;
         let user =

@@ -19,89 +19,160 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 /// Production refuses to start with it.
 pub const DEVELOPMENT_JWT_SECRET: &str = "development-only-secret-change-me-0123456789";
 
-/// Built-in defaults: the lowest layer, valid on their own for local development.
-const BUILTIN_DEFAULTS: &str = r#"
-app_env = "development"
-host = "0.0.0.0"
-port = 3000
-database_url = "postgres://storefront:storefront@127.0.0.1:5432/storefront"
-db_pool_min = 1
-db_pool_max = 10
-db_acquire_timeout = "5s"
-db_idle_timeout = "10m"
-db_statement_timeout = "10s"
-db_slow_query_threshold = "500ms"
-run_migrations = true
-redis_url = "redis://127.0.0.1:6379"
-redis_prefix = "storefront"
-jwt_secret = "development-only-secret-change-me-0123456789"
-jwt_expires_in = "15m"
-jwt_issuer = "storefront"
-jwt_audience = "storefront-api"
-refresh_token_ttl = "7d"
-cors_origin = "http://localhost:3000"
-log_level = "info"
-log_format = "auto"
-public_url = "http://localhost:3000"
-currency = "USD"
-email_transport = "file"
-mail_from = "Storefront <no-reply@storefront.local>"
-mail_dir = "var/mail"
-request_timeout = "30s"
-body_limit_bytes = 1048576
-shutdown_timeout = "30s"
-hsts_enabled = false
-rate_limit_enabled = true
-rate_limit_default_per_minute = 600
-rate_limit_auth_per_minute = 20
-rate_limit_login_per_email = 10
-trust_proxy = false
-metrics_enabled = true
-scheduler_enabled = true
-"#;
+/// Declares every setting once: the [`Settings`] field (named after its environment
+/// variable, lower-cased), its type, its built-in default (a TOML value) and its doc.
+/// From this one list come the struct, [`KEYS`] (the only variables read from the
+/// environment), the built-in defaults layer and the extraction. Adding a setting is one
+/// line here plus its entry in `.env.example` (a unit test checks that file).
+macro_rules! settings {
+    ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:literal,)*) => {
+        /// The validated configuration of one process.
+        #[derive(Clone)]
+        pub struct Settings {
+            $($(#[doc = $doc])* pub $name: $ty,)*
+        }
 
-/// Every setting key, as its environment variable is spelled (lower-cased).
-/// Only these are read from the environment, so unrelated variables never leak in.
-pub const KEYS: &[&str] = &[
-    "app_env",
-    "host",
-    "port",
-    "database_url",
-    "db_pool_min",
-    "db_pool_max",
-    "db_acquire_timeout",
-    "db_idle_timeout",
-    "db_statement_timeout",
-    "db_slow_query_threshold",
-    "run_migrations",
-    "redis_url",
-    "redis_prefix",
-    "jwt_secret",
-    "jwt_expires_in",
-    "jwt_issuer",
-    "jwt_audience",
-    "refresh_token_ttl",
-    "cors_origin",
-    "log_level",
-    "log_format",
-    "public_url",
-    "currency",
-    "email_transport",
-    "smtp_url",
-    "mail_from",
-    "mail_dir",
-    "request_timeout",
-    "body_limit_bytes",
-    "shutdown_timeout",
-    "hsts_enabled",
-    "rate_limit_enabled",
-    "rate_limit_default_per_minute",
-    "rate_limit_auth_per_minute",
-    "rate_limit_login_per_email",
-    "trust_proxy",
-    "metrics_enabled",
-    "scheduler_enabled",
-];
+        /// Every setting key, as its environment variable is spelled (lower-cased).
+        pub const KEYS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Built-in defaults: the lowest layer, valid on their own for local development.
+        const BUILTIN_DEFAULTS: &str = concat!($(stringify!($name), " = ", stringify!($default), "\n"),*);
+
+        impl Settings {
+            /// Extracts every key, noting each one that does not parse.
+            fn extract(figment: &Figment, builtin: &Figment, problems: &mut Vec<String>) -> Self {
+                Self { $($name: read::<$ty>(stringify!($name), figment, builtin, problems),)* }
+            }
+        }
+
+        impl fmt::Debug for Settings {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                // Secrets (URLs that may hold passwords included) are `SecretString`s,
+                // which print redacted.
+                f.debug_struct("Settings")$(.field(stringify!($name), &self.$name))*.finish()
+            }
+        }
+    };
+}
+
+settings! {
+    /// development | test | production.
+    app_env: AppEnv = "development",
+    host: String = "0.0.0.0",
+    port: u16 = 3000,
+    database_url: SecretString = "postgres://storefront:storefront@127.0.0.1:5432/storefront",
+    db_pool_min: u32 = 1,
+    db_pool_max: u32 = 10,
+    db_acquire_timeout: Duration = "5s",
+    db_idle_timeout: Duration = "10m",
+    db_statement_timeout: Duration = "10s",
+    db_slow_query_threshold: Duration = "500ms",
+    run_migrations: bool = true,
+    redis_url: SecretString = "redis://127.0.0.1:6379",
+    /// Prefix of every Redis key this process writes (`{prefix}:...`); tests use a unique one.
+    redis_prefix: String = "storefront",
+    jwt_secret: SecretString = "development-only-secret-change-me-0123456789",
+    jwt_expires_in: Duration = "15m",
+    jwt_issuer: String = "storefront",
+    jwt_audience: String = "storefront-api",
+    refresh_token_ttl: Duration = "7d",
+    /// Allowed origins (`CORS_ORIGIN`, comma-separated; `*` for any).
+    cors_origin: Vec<String> = "http://localhost:3000",
+    log_level: String = "info",
+    log_format: LogFormat = "auto",
+    public_url: String = "http://localhost:3000",
+    currency: String = "USD",
+    email_transport: EmailTransport = "file",
+    /// Required for `EMAIL_TRANSPORT=smtp`; blank means unset.
+    smtp_url: Option<SecretString> = "",
+    mail_from: String = "Storefront <no-reply@storefront.local>",
+    mail_dir: String = "var/mail",
+    request_timeout: Duration = "30s",
+    body_limit_bytes: usize = 1048576,
+    shutdown_timeout: Duration = "30s",
+    hsts_enabled: bool = false,
+    rate_limit_enabled: bool = true,
+    /// Requests per minute per client IP, every route.
+    rate_limit_default_per_minute: u32 = 600,
+    /// Requests per minute per client IP on login, register and password routes.
+    rate_limit_auth_per_minute: u32 = 20,
+    /// Login (and password-forgot) attempts per e-mail address per 15 minutes.
+    rate_limit_login_per_email: u32 = 10,
+    /// Take the client IP from the right-most `X-Forwarded-For` entry.
+    trust_proxy: bool = false,
+    /// Serve `GET /metrics`.
+    metrics_enabled: bool = true,
+    /// Run the scheduled tasks in this process.
+    scheduler_enabled: bool = true,
+    /// Cron expression (seconds first, UTC) of the nightly cleanup.
+    schedule_cleanup: String = "0 0 2 * * *",
+    /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.
+    schedule_analytics: String = "0 5 * * * *",
+}
+
+/// How a setting's type is read: from which raw (deserialisable) form, converted how.
+pub trait Setting: Sized {
+    type Raw: DeserializeOwned;
+    fn from_raw(raw: Self::Raw) -> Self;
+}
+
+macro_rules! plain_settings {
+    ($($ty:ty),*) => {$(
+        impl Setting for $ty {
+            type Raw = Self;
+            fn from_raw(raw: Self) -> Self {
+                raw
+            }
+        }
+    )*};
+}
+
+plain_settings!(String, u16, u32, usize, bool, AppEnv, LogFormat, EmailTransport);
+
+/// `500ms`, `30s`, `15m`, `2h`, `7d` or a bare number of seconds.
+impl Setting for Duration {
+    type Raw = HumanDuration;
+    fn from_raw(raw: HumanDuration) -> Self {
+        raw.0
+    }
+}
+
+impl Setting for SecretString {
+    type Raw = String;
+    fn from_raw(raw: String) -> Self {
+        raw.into()
+    }
+}
+
+/// Blank is unset.
+impl Setting for Option<SecretString> {
+    type Raw = String;
+    fn from_raw(raw: String) -> Self {
+        Some(raw).filter(|s| !s.trim().is_empty()).map(Into::into)
+    }
+}
+
+/// A comma-separated list; blank entries are dropped.
+impl Setting for Vec<String> {
+    type Raw = String;
+    fn from_raw(raw: String) -> Self {
+        raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    }
+}
+
+/// Reads `key` as `T`; on failure notes the problem and falls back to the built-in
+/// default, so that the remaining checks still run.
+fn read<T: Setting>(key: &str, figment: &Figment, builtin: &Figment, problems: &mut Vec<String>) -> T {
+    let value = figment.find_value(key).ok();
+    let value = value.unwrap_or_else(|| builtin.find_value(key).expect("every key has a built-in default"));
+    match value.deserialize::<T::Raw>() {
+        Ok(raw) => T::from_raw(raw),
+        Err(e) => {
+            problems.push(format!("{}: {}", key.to_ascii_uppercase(), e.kind));
+            T::from_raw(builtin.extract_inner(key).expect("built-in defaults are valid"))
+        }
+    }
+}
 
 /// Deployment environment (`APP_ENV`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -184,72 +255,6 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// The validated configuration of one process.
-#[derive(Clone)]
-pub struct Settings {
-    pub app_env: AppEnv,
-    pub host: String,
-    pub port: u16,
-    pub database_url: SecretString,
-    pub db_pool_min: u32,
-    pub db_pool_max: u32,
-    pub db_acquire_timeout: Duration,
-    pub db_idle_timeout: Duration,
-    pub db_statement_timeout: Duration,
-    pub db_slow_query_threshold: Duration,
-    pub run_migrations: bool,
-    pub redis_url: SecretString,
-    /// Prefix of every Redis key this process writes (`{prefix}:...`); tests use a unique one.
-    pub redis_prefix: String,
-    pub jwt_secret: SecretString,
-    pub jwt_expires_in: Duration,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
-    pub refresh_token_ttl: Duration,
-    pub cors_origins: Vec<String>,
-    pub log_level: String,
-    pub log_format: LogFormat,
-    pub public_url: String,
-    pub currency: String,
-    pub email_transport: EmailTransport,
-    pub smtp_url: Option<SecretString>,
-    pub mail_from: String,
-    pub mail_dir: String,
-    pub request_timeout: Duration,
-    pub body_limit_bytes: usize,
-    pub shutdown_timeout: Duration,
-    pub hsts_enabled: bool,
-    pub rate_limit_enabled: bool,
-    /// Requests per minute per client IP, every route.
-    pub rate_limit_default_per_minute: u32,
-    /// Requests per minute per client IP on login, register and password routes.
-    pub rate_limit_auth_per_minute: u32,
-    /// Login (and password-forgot) attempts per e-mail address per 15 minutes.
-    pub rate_limit_login_per_email: u32,
-    /// Take the client IP from the right-most `X-Forwarded-For` entry.
-    pub trust_proxy: bool,
-    /// Serve `GET /metrics`.
-    pub metrics_enabled: bool,
-    /// Run the scheduled tasks in this process.
-    pub scheduler_enabled: bool,
-}
-
-impl fmt::Debug for Settings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Secrets (`SecretString`) print as redacted; URLs may carry passwords, so they too.
-        f.debug_struct("Settings")
-            .field("app_env", &self.app_env)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("db_pool_min", &self.db_pool_min)
-            .field("db_pool_max", &self.db_pool_max)
-            .field("redis_prefix", &self.redis_prefix)
-            .field("log_level", &self.log_level)
-            .field("email_transport", &self.email_transport)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Every problem found while loading the configuration.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
@@ -286,121 +291,7 @@ impl Settings {
     pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
         let builtin = Figment::from(Toml::string(BUILTIN_DEFAULTS));
         let mut problems = Vec::new();
-        let get = |key: &str| -> figment::value::Value {
-            let value = figment.find_value(key).ok();
-            value.unwrap_or_else(|| builtin.find_value(key).expect("every key has a built-in default"))
-        };
-        // Extract a key as `T`; on failure note the problem and fall back to the built-in
-        // default so that the remaining checks still run.
-        fn typed<T: DeserializeOwned>(
-            key: &str,
-            value: figment::value::Value,
-            builtin: &Figment,
-            problems: &mut Vec<String>,
-        ) -> T {
-            match value.deserialize::<T>() {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("{}: {}", key.to_ascii_uppercase(), e.kind));
-                    builtin.extract_inner(key).expect("built-in defaults are valid")
-                }
-            }
-        }
-        macro_rules! field {
-            ($key:literal) => {
-                typed($key, get($key), &builtin, &mut problems)
-            };
-        }
-
-        let app_env: AppEnv = field!("app_env");
-        let host: String = field!("host");
-        let port: u16 = field!("port");
-        let database_url: String = field!("database_url");
-        let db_pool_min: u32 = field!("db_pool_min");
-        let db_pool_max: u32 = field!("db_pool_max");
-        let db_acquire_timeout: HumanDuration = field!("db_acquire_timeout");
-        let db_idle_timeout: HumanDuration = field!("db_idle_timeout");
-        let db_statement_timeout: HumanDuration = field!("db_statement_timeout");
-        let db_slow_query_threshold: HumanDuration = field!("db_slow_query_threshold");
-        let run_migrations: bool = field!("run_migrations");
-        let redis_url: String = field!("redis_url");
-        let redis_prefix: String = field!("redis_prefix");
-        let jwt_secret: String = field!("jwt_secret");
-        let jwt_expires_in: HumanDuration = field!("jwt_expires_in");
-        let jwt_issuer: String = field!("jwt_issuer");
-        let jwt_audience: String = field!("jwt_audience");
-        let refresh_token_ttl: HumanDuration = field!("refresh_token_ttl");
-        let cors_origin: String = field!("cors_origin");
-        let log_level: String = field!("log_level");
-        let log_format: LogFormat = field!("log_format");
-        let public_url: String = field!("public_url");
-        let currency: String = field!("currency");
-        let email_transport: EmailTransport = field!("email_transport");
-        let mail_from: String = field!("mail_from");
-        let mail_dir: String = field!("mail_dir");
-        let request_timeout: HumanDuration = field!("request_timeout");
-        let body_limit_bytes: usize = field!("body_limit_bytes");
-        let shutdown_timeout: HumanDuration = field!("shutdown_timeout");
-        let hsts_enabled: bool = field!("hsts_enabled");
-        let rate_limit_enabled: bool = field!("rate_limit_enabled");
-        let rate_limit_default_per_minute: u32 = field!("rate_limit_default_per_minute");
-        let rate_limit_auth_per_minute: u32 = field!("rate_limit_auth_per_minute");
-        let rate_limit_login_per_email: u32 = field!("rate_limit_login_per_email");
-        let trust_proxy: bool = field!("trust_proxy");
-        let metrics_enabled: bool = field!("metrics_enabled");
-        let scheduler_enabled: bool = field!("scheduler_enabled");
-        let smtp_url: Option<String> = match figment.find_value("smtp_url") {
-            Ok(v) => v
-                .deserialize::<String>()
-                .map_err(|e| problems.push(format!("SMTP_URL: {}", e.kind)))
-                .ok()
-                .filter(|s| !s.trim().is_empty()),
-            Err(_) => None,
-        };
-
-        let cors_origins: Vec<String> =
-            cors_origin.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-
-        let settings = Settings {
-            app_env,
-            host,
-            port,
-            database_url: database_url.into(),
-            db_pool_min,
-            db_pool_max,
-            db_acquire_timeout: db_acquire_timeout.0,
-            db_idle_timeout: db_idle_timeout.0,
-            db_statement_timeout: db_statement_timeout.0,
-            db_slow_query_threshold: db_slow_query_threshold.0,
-            run_migrations,
-            redis_url: redis_url.into(),
-            redis_prefix,
-            jwt_secret: jwt_secret.into(),
-            jwt_expires_in: jwt_expires_in.0,
-            jwt_issuer,
-            jwt_audience,
-            refresh_token_ttl: refresh_token_ttl.0,
-            cors_origins,
-            log_level,
-            log_format,
-            public_url,
-            currency,
-            email_transport,
-            smtp_url: smtp_url.map(Into::into),
-            mail_from,
-            mail_dir,
-            request_timeout: request_timeout.0,
-            body_limit_bytes,
-            shutdown_timeout: shutdown_timeout.0,
-            hsts_enabled,
-            rate_limit_enabled,
-            rate_limit_default_per_minute,
-            rate_limit_auth_per_minute,
-            rate_limit_login_per_email,
-            trust_proxy,
-            metrics_enabled,
-            scheduler_enabled,
-        };
+        let settings = Self::extract(figment, &builtin, &mut problems);
         problems.extend(settings.problems());
         if problems.is_empty() { Ok(settings) } else { Err(ConfigError(problems)) }
     }
@@ -448,7 +339,7 @@ impl Settings {
         if self.jwt_issuer.is_empty() || self.jwt_audience.is_empty() {
             p.push("JWT_ISSUER and JWT_AUDIENCE: must not be empty".to_owned());
         }
-        for origin in &self.cors_origins {
+        for origin in &self.cors_origin {
             if origin != "*" && !is_http_url(origin) {
                 p.push(format!("CORS_ORIGIN: `{origin}` is not an http(s) origin"));
             }
@@ -484,6 +375,15 @@ impl Settings {
         }
         if self.body_limit_bytes < 1024 {
             p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());
+        }
+        for (name, expression) in
+            [("SCHEDULE_CLEANUP", &self.schedule_cleanup), ("SCHEDULE_ANALYTICS", &self.schedule_analytics)]
+        {
+            if tokio_cron_scheduler::Job::new(expression.as_str(), |_, _| {}).is_err() {
+                p.push(format!(
+                    "{name}: `{expression}` is not a cron expression (seconds first, e.g. 0 0 2 * * *)"
+                ));
+            }
         }
         p
     }
@@ -550,7 +450,9 @@ mod tests {
         assert_eq!(s.port, 3000);
         assert_eq!(s.jwt_expires_in, Duration::from_secs(900));
         assert_eq!(s.refresh_token_ttl, Duration::from_secs(7 * 86_400));
-        assert_eq!(s.cors_origins, vec!["http://localhost:3000"]);
+        assert_eq!(s.cors_origin, vec!["http://localhost:3000"]);
+        assert_eq!(s.schedule_cleanup, "0 0 2 * * *");
+        assert!(s.smtp_url.is_none());
     }
 
     #[test]
@@ -624,10 +526,13 @@ mod tests {
             ("public_url", "localhost"),
             ("cors_origin", "http://a.example, ftp://b"),
             ("redis_url", "nope://"),
+            ("schedule_cleanup", "every night"),
         ])
         .unwrap_err();
         let all = err.0.join("\n");
-        for key in ["EMAIL_TRANSPORT", "CURRENCY", "PUBLIC_URL", "CORS_ORIGIN", "REDIS_URL"] {
+        for key in
+            ["EMAIL_TRANSPORT", "CURRENCY", "PUBLIC_URL", "CORS_ORIGIN", "REDIS_URL", "SCHEDULE_CLEANUP"]
+        {
             assert!(all.contains(key), "{key} missing in {all}");
         }
     }

@@ -223,6 +223,27 @@ pub struct ErrorBody {
     pub request_id: String,
 }
 
+impl AppError {
+    /// The body a client sees for this error, with the current request's id.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        let (fields, details) = match self {
+            Self::Validation { fields, .. } if !fields.is_empty() => (Some(fields.clone()), None),
+            Self::InsufficientStock(details) => (None, Some(details.clone())),
+            _ => (None, None),
+        };
+        ErrorEnvelope {
+            success: false,
+            error: ErrorBody {
+                code: self.code(),
+                message: self.client_message(),
+                fields,
+                details,
+                request_id: request_id::current().unwrap_or_default(),
+            },
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -233,21 +254,7 @@ impl IntoResponse for AppError {
             e if status.is_server_error() => tracing::warn!(error = %e, "request failed"),
             _ => {}
         }
-        let (fields, details) = match &self {
-            Self::Validation { fields, .. } if !fields.is_empty() => (Some(fields.clone()), None),
-            Self::InsufficientStock(details) => (None, Some(details.clone())),
-            _ => (None, None),
-        };
-        let body = ErrorEnvelope {
-            success: false,
-            error: ErrorBody {
-                code: self.code(),
-                message: self.client_message(),
-                fields,
-                details,
-                request_id: request_id::current().unwrap_or_default(),
-            },
-        };
+        let body = self.envelope();
         let mut res = (status, axum::Json(body)).into_response();
         let headers = res.headers_mut();
         match &self {

@@ -10,7 +10,7 @@ use axum::{
     http::{StatusCode, header, request::Parts},
 };
 use serde::{Deserialize, de::DeserializeOwned};
-use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+use validator::{Validate, ValidationError, ValidationErrors, ValidationErrorsKind};
 
 use super::error::{AppError, FieldErrors};
 
@@ -149,6 +149,41 @@ pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, A
         .map_err(|e| shape_error(&e.path().to_string(), &e.inner().to_string()))
 }
 
+/// [`parse_value`] plus the type's `validator` rules, as [`ValidJson`] runs them.
+pub fn parse_valid_value<T: DeserializeOwned + Validate>(value: serde_json::Value) -> Result<T, AppError> {
+    let value: T = parse_value(value)?;
+    value.validate().map_err(validation_error)?;
+    Ok(value)
+}
+
+/// For hand-written `Validate` impls whose rules span fields or list items: the
+/// [`FieldErrors`] they collected (paths such as `items[1].productId`), as validator's
+/// errors, so every extractor reports them like derived ones.
+pub fn into_validation_errors(fields: FieldErrors) -> Result<(), ValidationErrors> {
+    if fields.is_empty() {
+        return Ok(());
+    }
+    let mut errors = ValidationErrors::new();
+    for (path, messages) in fields {
+        let list = messages
+            .into_iter()
+            .map(|m| ValidationError::new("invalid").with_message(Cow::Owned(m)))
+            .collect();
+        errors.errors_mut().insert(Cow::Owned(path), ValidationErrorsKind::Field(list));
+    }
+    Err(errors)
+}
+
+/// For `#[validate(schema(function = ...))]` checks across fields: an error reported
+/// under `field` (a struct-level error otherwise has no field to name).
+pub fn struct_error(field: &'static str, message: &'static str) -> ValidationError {
+    let mut error = ValidationError::new("invalid").with_message(Cow::Borrowed(message));
+    error.add_param(Cow::Borrowed(STRUCT_ERROR_FIELD), &field);
+    error
+}
+
+const STRUCT_ERROR_FIELD: &str = "field";
+
 /// A well-formed document of the wrong shape: name the field when there is one.
 fn shape_error(raw_path: &str, raw_message: &str) -> AppError {
     let message = clean_serde_message(raw_message);
@@ -209,11 +244,18 @@ fn flatten(errors: &ValidationErrors, prefix: &str, out: &mut FieldErrors) {
         };
         match kind {
             ValidationErrorsKind::Field(list) => {
-                let messages = out.entry(path).or_default();
-                messages.extend(list.iter().map(|e| match &e.message {
-                    Some(m) => m.to_string(),
-                    None => default_message(&e.code, &e.params),
-                }));
+                for e in list {
+                    // A struct-level check may name the field it is about.
+                    let path = match e.params.get(STRUCT_ERROR_FIELD).and_then(|f| f.as_str()) {
+                        Some(field) if path.is_empty() => field.to_owned(),
+                        Some(field) => format!("{path}.{field}"),
+                        None => path.clone(),
+                    };
+                    out.entry(path).or_default().push(match &e.message {
+                        Some(m) => m.to_string(),
+                        None => default_message(&e.code, &e.params),
+                    });
+                }
             }
             ValidationErrorsKind::Struct(inner) => flatten(inner, &path, out),
             ValidationErrorsKind::List(items) => {
@@ -352,6 +394,33 @@ mod tests {
         let fields = fields_of(validation_error(order.validate().unwrap_err()));
         assert_eq!(fields["items[1].quantity"], vec!["must be between 1 and 1000"]);
         assert_eq!(fields["firstName"], vec!["length must be at least 1"]);
+    }
+
+    #[derive(Debug, Validate)]
+    #[validate(schema(function = "ordered"))]
+    struct Range {
+        min: i64,
+        max: i64,
+    }
+
+    fn ordered(r: &Range) -> Result<(), ValidationError> {
+        if r.min <= r.max { Ok(()) } else { Err(struct_error("minPrice", "must not exceed maxPrice")) }
+    }
+
+    #[test]
+    fn struct_level_checks_name_their_field() {
+        let fields = fields_of(validation_error(Range { min: 2, max: 1 }.validate().unwrap_err()));
+        assert_eq!(fields["minPrice"], vec!["must not exceed maxPrice"]);
+        assert!(Range { min: 1, max: 1 }.validate().is_ok());
+    }
+
+    #[test]
+    fn hand_collected_field_errors_keep_their_paths() {
+        let mut collected = FieldErrors::new();
+        collected.insert("items[1].productId".into(), vec!["duplicates items[0]".into()]);
+        let fields = fields_of(validation_error(into_validation_errors(collected).unwrap_err()));
+        assert_eq!(fields["items[1].productId"], vec!["duplicates items[0]"]);
+        assert!(into_validation_errors(FieldErrors::new()).is_ok());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod email;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -12,4 +13,7 @@ pub mod outbox;
 pub mod password;
 pub mod redis;
 pub mod response;
+pub mod role;
+pub mod schedule;
+pub mod sessions;
 pub mod telemetry;

@@ -1,21 +1,63 @@
 //! The transactional outbox (SPEC §7): a job is written to Postgres in the same
 //! transaction as the change that causes it, so it exists exactly when the change does.
 //! A relay (jobs issue) moves unsent rows to the Redis queues.
+//!
+//! Services decide which [`Job`] a change causes and write it inside their transaction;
+//! this module only knows how a job is stored.
 
-use serde_json::Value;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
 /// Queue of e-mail jobs.
 pub const EMAILS: &str = "emails";
 
+/// Every job a business change can cause.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// A new account's welcome e-mail.
+    Welcome { user_id: Uuid, email: String },
+    /// The confirmation of a placed order.
+    OrderConfirmation { order_id: Uuid, user_id: Uuid },
+    /// A password-reset link.
+    ResetPassword { user_id: Uuid, email: String, reset_url: String, expires_at: DateTime<Utc> },
+}
+
+impl Job {
+    /// The queue the relay moves the job to.
+    pub fn queue(&self) -> &'static str {
+        EMAILS
+    }
+
+    /// The job's kind, as stored in `outbox.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::OrderConfirmation { .. } => "order-confirmation",
+            Self::ResetPassword { .. } => "reset-password",
+        }
+    }
+
+    /// The job's arguments, as stored in `outbox.payload`.
+    pub fn payload(&self) -> Value {
+        match self {
+            Self::Welcome { user_id, email } => json!({"userId": user_id, "email": email}),
+            Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
+            Self::ResetPassword { user_id, email, reset_url, expires_at } => {
+                json!({"userId": user_id, "email": email, "resetUrl": reset_url, "expiresAt": expires_at})
+            }
+        }
+    }
+}
+
 /// Writes one job; call it inside the business transaction.
-pub async fn push(db: impl PgExecutor<'_>, queue: &str, kind: &str, payload: &Value) -> sqlx::Result<Uuid> {
+pub async fn push(db: impl PgExecutor<'_>, job: &Job) -> sqlx::Result<Uuid> {
     sqlx::query_scalar!(
         "insert into outbox (queue, kind, payload) values ($1, $2, $3) returning id",
-        queue,
-        kind,
-        payload
+        job.queue(),
+        job.kind(),
+        job.payload()
     )
     .fetch_one(db)
     .await

@@ -64,13 +64,13 @@ async fn register_rejects_bad_fields_naming_each(pool: PgPool) {
         assert!(err["error"]["fields"][field].is_array(), "{field}: {err}");
     }
     // Nothing was created: the address is still free.
-    app.register("a@example.com", "password123").await;
+    app.user().email("a@example.com").signed_in().await;
 }
 
 #[sqlx::test]
 async fn an_email_differing_only_in_case_is_a_conflict(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
     let res = app.post_json(REGISTER, &json!({"email": "ANN@Example.com", "password": "password456"})).await;
     assert_error(res, 409, "CONFLICT").await;
 }
@@ -78,7 +78,7 @@ async fn an_email_differing_only_in_case_is_a_conflict(pool: PgPool) {
 #[sqlx::test]
 async fn login_returns_tokens_and_bad_credentials_are_one_uniform_401(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
 
     let ok = app.login("ANN@example.com ", "password123").await;
     assert_eq!(ok.email, "ann@example.com");
@@ -103,7 +103,7 @@ async fn login_returns_tokens_and_bad_credentials_are_one_uniform_401(pool: PgPo
 #[sqlx::test]
 async fn an_unknown_email_costs_about_as_much_as_a_wrong_password(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
     let time = |email: &'static str| {
         let app = &app;
         async move {
@@ -137,7 +137,7 @@ async fn login_validation_errors_are_400(pool: PgPool) {
 #[sqlx::test]
 async fn refresh_rotates_and_the_old_token_is_then_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
 
     let (status, headers, body) = refresh(&app, &ann.refresh_token).await;
     assert_eq!(status, 200, "{body}");
@@ -156,7 +156,7 @@ async fn refresh_rotates_and_the_old_token_is_then_refused(pool: PgPool) {
 #[sqlx::test]
 async fn presenting_a_rotated_token_revokes_its_whole_family(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let other_device = app.login("ann@example.com", "password123").await;
 
     let (_, _, first) = refresh(&app, &ann.refresh_token).await;
@@ -174,7 +174,7 @@ async fn presenting_a_rotated_token_revokes_its_whole_family(pool: PgPool) {
 #[sqlx::test]
 async fn concurrent_refreshes_of_one_token_let_at_most_one_through(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let attempts = (0..5).map(|_| refresh(&app, &ann.refresh_token));
     let statuses: Vec<u16> =
         futures::future::join_all(attempts).await.into_iter().map(|(s, _, _)| s.as_u16()).collect();
@@ -186,7 +186,7 @@ async fn concurrent_refreshes_of_one_token_let_at_most_one_through(pool: PgPool)
 #[sqlx::test]
 async fn logout_revokes_the_session_and_unknown_tokens_are_fine(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
 
     let (status, headers, body) =
         send(app.request(Method::POST, LOGOUT).json(&json!({"refreshToken": ann.refresh_token}))).await;
@@ -204,9 +204,9 @@ async fn logout_revokes_the_session_and_unknown_tokens_are_fine(pool: PgPool) {
 #[sqlx::test]
 async fn logout_all_revokes_every_session_of_the_caller(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let phone = app.login("ann@example.com", "password123").await;
-    let bob = app.user().await;
+    let bob = app.user().signed_in().await;
 
     assert_error(app.request(Method::POST, LOGOUT_ALL).send().await.unwrap(), 401, "UNAUTHORIZED").await;
     let (status, _, _) = send(app.authed(Method::POST, LOGOUT_ALL, &ann.token)).await;
@@ -224,7 +224,7 @@ fn b64(v: &Value) -> String {
 #[sqlx::test]
 async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let settings = &app.state.config;
     let secret = secrecy::ExposeSecret::expose_secret(&settings.jwt_secret).to_owned();
     let now = chrono::Utc::now().timestamp();
@@ -278,7 +278,7 @@ async fn forged_expired_and_misaddressed_tokens_are_401(pool: PgPool) {
 #[sqlx::test]
 async fn a_user_calling_an_admin_endpoint_is_403(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     for (method, path) in [
         (Method::GET, "/api/v1/users".to_owned()),
         (Method::GET, format!("/api/v1/users/{}", ann.id)),
@@ -298,8 +298,8 @@ async fn a_user_calling_an_admin_endpoint_is_403(pool: PgPool) {
 #[sqlx::test]
 async fn a_soft_deleted_user_can_neither_log_in_nor_refresh_nor_use_a_token(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
 
     let (status, _, _) =
         send(app.authed(Method::DELETE, &format!("/api/v1/users/{}", ann.id), &admin.token)).await;
@@ -314,7 +314,7 @@ async fn a_soft_deleted_user_can_neither_log_in_nor_refresh_nor_use_a_token(pool
 #[sqlx::test]
 async fn a_rotated_family_stays_burned_after_concurrent_refreshes(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let attempts = (0..5).map(|_| refresh(&app, &ann.refresh_token));
     let results = futures::future::join_all(attempts).await;
     // Whatever the winner received is dead too: concurrent use of one token is reuse.
@@ -329,7 +329,7 @@ async fn a_rotated_family_stays_burned_after_concurrent_refreshes(pool: PgPool) 
 #[sqlx::test]
 async fn access_tokens_die_with_their_sessions(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let laptop = app.register("ann@example.com", "password123").await;
+    let laptop = app.user().email("ann@example.com").signed_in().await;
     let phone = app.login("ann@example.com", "password123").await;
     let tablet = app.login("ann@example.com", "password123").await;
 
@@ -351,7 +351,7 @@ async fn access_tokens_die_with_their_sessions(pool: PgPool) {
 #[sqlx::test]
 async fn text_postgres_cannot_store_is_a_400_not_a_500(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
+    let admin = app.user().admin().signed_in().await;
     let res = app.post_json(LOGIN, &json!({"email": "a\u{0}b@example.com", "password": "password123"})).await;
     assert_error(res, 400, "VALIDATION_ERROR").await;
     let res = app
@@ -403,7 +403,7 @@ async fn reset_token(app: &TestApp, email: &str) -> Option<String> {
 #[sqlx::test]
 async fn forgot_password_answers_202_whether_or_not_the_account_exists(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
     let (known, known_headers, known_body) =
         send(app.request(Method::POST, FORGOT).json(&json!({"email": " ANN@example.com"}))).await;
     let (unknown, _, unknown_body) =
@@ -431,7 +431,7 @@ async fn forgot_password_answers_202_whether_or_not_the_account_exists(pool: PgP
 #[sqlx::test]
 async fn a_reset_token_sets_the_password_once_and_ends_every_session(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
     let token = reset_token(&app, "ann@example.com").await.unwrap();
 
@@ -478,7 +478,7 @@ async fn a_reset_token_sets_the_password_once_and_ends_every_session(pool: PgPoo
 #[sqlx::test]
 async fn expired_and_superseded_reset_tokens_are_refused(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
     send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
     let first = reset_token(&app, "ann@example.com").await.unwrap();
     send(app.request(Method::POST, FORGOT).json(&json!({"email": "ann@example.com"}))).await;
@@ -507,7 +507,7 @@ async fn expired_and_superseded_reset_tokens_are_refused(pool: PgPool) {
 #[sqlx::test]
 async fn registering_queues_a_welcome_email_in_the_same_transaction(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let queued: i64 = sqlx::query_scalar(
         "select count(*) from outbox where kind = 'welcome' and queue = 'emails' and payload->>'userId' = $1",
     )

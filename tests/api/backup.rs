@@ -19,11 +19,9 @@ fn script(name: &str) -> Command {
 async fn a_backup_restores_into_a_fresh_database_with_its_data(pool: PgPool) {
     // Arrange: a user, a product and an order.
     let app = TestApp::spawn(pool.clone()).await;
-    let admin = app.admin().await;
-    let ann = app.register("ann@example.com", "password123").await;
-    let product = json!({"sku": "MUG", "name": "Mug", "priceCents": 1250, "stock": 5});
-    let (_, _, mug) = send(app.authed(Method::POST, "/api/v1/products", &admin.token).json(&product)).await;
-    let order = json!({"items": [{"productId": mug["data"]["id"], "quantity": 2}]});
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    let mug = app.product().sku("MUG").name("Mug").price_cents(1250).stock(5).create().await;
+    let order = json!({"items": [{"productId": mug.id, "quantity": 2}]});
     let (status, _, _) = send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order)).await;
     assert_eq!(status, 201);
     let dir = std::env::temp_dir().join(format!("storefront-backup-{}", uuid::Uuid::new_v4()));

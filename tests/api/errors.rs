@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use storefront::{
-    app::AppState,
     shared::{
         extract::{PathParam, QueryParams, ValidJson},
         response::PageParams,
     },
+    state::AppState,
 };
 use validator::Validate;
 
@@ -242,7 +242,7 @@ async fn security_headers_are_on_every_response(pool: PgPool) {
 #[sqlx::test]
 async fn cors_preflight_allows_only_configured_origins(pool: PgPool) {
     let app =
-        TestApp::spawn_with(pool, |s| s.cors_origins = vec!["https://shop.example".into()], Router::new())
+        TestApp::spawn_with(pool, |s| s.cors_origin = vec!["https://shop.example".into()], Router::new())
             .await;
     let allowed = app
         .request(Method::OPTIONS, "/health")

@@ -7,11 +7,14 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
 use storefront::{
-    app::{self, AppState},
+    app,
+    features::products::repository::{NewProduct, ProductRow},
     shared::{
         config::{AppEnv, Settings},
+        email::Email,
         redis::Redis,
     },
+    state::AppState,
 };
 
 /// A running application bound to a random port.
@@ -130,12 +133,6 @@ impl TestApp {
         session_from(res.json().await.unwrap())
     }
 
-    /// A fresh `user` with a unique e-mail.
-    pub async fn user(&self) -> Session {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
-        self.register(&email, "password123").await
-    }
-
     /// Logs in; panics unless 200.
     pub async fn login(&self, email: &str, password: &str) -> Session {
         let res = self
@@ -145,15 +142,14 @@ impl TestApp {
         session_from(res.json().await.unwrap())
     }
 
-    /// A fresh admin (created the way `storefront create-admin` does), signed in.
-    pub async fn admin(&self) -> Session {
-        let email = format!("admin-{}@example.com", uuid::Uuid::new_v4().simple());
-        self.state
-            .users
-            .create_admin(&email, || Ok("admin-password".to_owned()))
-            .await
-            .expect("admin created");
-        self.login(&email, "admin-password").await
+    /// A user to create: `app.user().signed_in().await`, `app.user().admin().signed_in().await`.
+    pub fn user(&self) -> UserBuilder<'_> {
+        UserBuilder { app: self, email: None, password: "password123".to_owned(), admin: false }
+    }
+
+    /// A product to create: `app.product().price_cents(1_250).stock(1).create().await`.
+    pub fn product(&self) -> ProductBuilder<'_> {
+        ProductBuilder { app: self, sku: None, name: None, description: None, price_cents: 100, stock: 10 }
     }
 
     /// A request with `Authorization: Bearer <token>`.
@@ -194,4 +190,97 @@ pub fn url_of(pool: &PgPool) -> String {
     let db = pool.connect_options().get_database().expect("database name").to_owned();
     let (server, _) = base.rsplit_once('/').expect("URL with a database");
     format!("{server}/{db}")
+}
+
+/// Builds a user (see [`TestApp::user`]): a `user` registered over HTTP, or an admin
+/// created the way `storefront create-admin` does; both signed in over HTTP.
+pub struct UserBuilder<'a> {
+    app: &'a TestApp,
+    email: Option<String>,
+    password: String,
+    admin: bool,
+}
+
+impl UserBuilder<'_> {
+    /// Default: a unique address.
+    pub fn email(mut self, email: &str) -> Self {
+        self.email = Some(email.to_owned());
+        self
+    }
+
+    /// Default: `password123`.
+    pub fn password(mut self, password: &str) -> Self {
+        self.password = password.to_owned();
+        self
+    }
+
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+
+    /// Creates the account and signs it in.
+    pub async fn signed_in(self) -> Session {
+        let kind = if self.admin { "admin" } else { "user" };
+        let email =
+            self.email.unwrap_or_else(|| format!("{kind}-{}@example.com", uuid::Uuid::new_v4().simple()));
+        if !self.admin {
+            return self.app.register(&email, &self.password).await;
+        }
+        let address = Email::parse(&email).expect("a valid test address");
+        let password = self.password.clone();
+        self.app.state.users.create_admin(&address, || Ok(password)).await.expect("admin created");
+        self.app.login(&email, &self.password).await
+    }
+}
+
+/// Builds a product (see [`TestApp::product`]) through the catalogue service. Defaults:
+/// a unique SKU, name `Product {sku}`, 100 cents, stock 10.
+pub struct ProductBuilder<'a> {
+    app: &'a TestApp,
+    sku: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+    price_cents: i64,
+    stock: i32,
+}
+
+impl ProductBuilder<'_> {
+    pub fn sku(mut self, sku: &str) -> Self {
+        self.sku = Some(sku.to_owned());
+        self
+    }
+
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = Some(name.to_owned());
+        self
+    }
+
+    pub fn description(mut self, description: &str) -> Self {
+        self.description = Some(description.to_owned());
+        self
+    }
+
+    pub fn price_cents(mut self, price_cents: i64) -> Self {
+        self.price_cents = price_cents;
+        self
+    }
+
+    pub fn stock(mut self, stock: i32) -> Self {
+        self.stock = stock;
+        self
+    }
+
+    pub async fn create(self) -> ProductRow {
+        let sku = self.sku.unwrap_or_else(|| format!("SKU-{}", uuid::Uuid::new_v4().simple()));
+        let name = self.name.unwrap_or_else(|| format!("Product {sku}"));
+        let new = NewProduct {
+            sku: &sku,
+            name: &name,
+            description: self.description.as_deref(),
+            price_cents: self.price_cents,
+            stock: self.stock,
+        };
+        self.app.state.products.create(&new).await.expect("product created")
+    }
 }

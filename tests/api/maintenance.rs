@@ -4,7 +4,10 @@ use chrono::{DurationRound, TimeDelta, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use storefront::features::maintenance::tasks;
+use storefront::{
+    features::{analytics, maintenance::tasks},
+    shared::schedule,
+};
 
 use crate::helpers::{TestApp, expect_error, send};
 
@@ -20,8 +23,8 @@ async fn exec(app: &TestApp, sql: &'static str) {
 async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     // Sessions: one logged out (dead family), one rotated in a live family, one expired.
-    let ann = app.register("ann@example.com", "password123").await;
-    let bob = app.register("bob@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    let bob = app.user().email("bob@example.com").signed_in().await;
     send(app.request(Method::POST, "/api/v1/auth/logout").json(&json!({"refreshToken": ann.refresh_token})))
         .await;
     send(app.request(Method::POST, "/api/v1/auth/refresh").json(&json!({"refreshToken": bob.refresh_token})))
@@ -49,7 +52,7 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     exec(&app, "insert into outbox (queue, kind, payload, sent_at) values ('emails', 'x', '{}', now() - interval '8 days'), ('emails', 'x', '{}', now() - interval '1 day')").await;
     let outbox_before = count(&app, "select count(*) from outbox").await;
 
-    let slot = tasks::slot(Utc::now(), TimeDelta::days(1));
+    let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
     // A rotated session long expired, in a family that is still alive: kept.
     exec(&app, "update sessions set expires_at = now() - interval '30 days' where revoked_at is not null and user_id = (select id from users where email = 'bob@example.com')").await;
     exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '2 days')").await;
@@ -73,11 +76,10 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
 #[sqlx::test]
 async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let ann = app.user().await;
-    let product = json!({"sku": "MUG", "name": "Mug", "priceCents": 1000, "stock": 50});
-    let (_, _, mug) = send(app.authed(Method::POST, "/api/v1/products", &admin.token).json(&product)).await;
-    let order = |quantity: i32| json!({"items": [{"productId": mug["data"]["id"], "quantity": quantity}]});
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().sku("MUG").name("Mug").price_cents(1000).stock(50).create().await;
+    let order = |quantity: i32| json!({"items": [{"productId": mug.id, "quantity": quantity}]});
     send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order(2))).await;
     send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order(3))).await;
     let (_, _, cancelled) =
@@ -101,9 +103,9 @@ async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
         .await
         .unwrap();
 
-    let slot = tasks::slot(Utc::now(), TimeDelta::hours(1));
-    assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), Some(24));
-    assert_eq!(tasks::rollup_analytics(&app.state.db, slot).await.unwrap(), None, "once per slot");
+    let slot = schedule::slot(Utc::now(), TimeDelta::hours(1));
+    assert_eq!(analytics::rollup(&app.state.db, slot).await.unwrap(), Some(24));
+    assert_eq!(analytics::rollup(&app.state.db, slot).await.unwrap(), None, "once per slot");
 
     // An explicit range: the default ("the last 24 h") moves if the clock crosses an hour.
     let day =

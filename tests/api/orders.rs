@@ -9,13 +9,6 @@ use crate::helpers::{Session, TestApp, assert_error_parts, expect_error, send};
 
 const ORDERS: &str = "/api/v1/orders";
 
-async fn product(app: &TestApp, admin: &Session, sku: &str, price: i64, stock: i32) -> Uuid {
-    let body = json!({"sku": sku, "name": format!("Product {sku}"), "priceCents": price, "stock": stock});
-    let (status, _, res) = send(app.authed(Method::POST, "/api/v1/products", &admin.token).json(&body)).await;
-    assert_eq!(status, 201, "{res}");
-    res["data"]["id"].as_str().unwrap().parse().unwrap()
-}
-
 async fn stock_of(app: &TestApp, id: Uuid) -> i64 {
     sqlx::query_scalar::<_, i32>("select stock from products where id = $1")
         .bind(id)
@@ -46,10 +39,10 @@ fn address() -> Value {
 #[sqlx::test]
 async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 1250, 10).await;
-    let tea = product(&app, &admin, "TEA", 399, 5).await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(1250).stock(10).create().await.id;
+    let tea = app.product().sku("TEA").price_cents(399).stock(5).create().await.id;
+    let ann = app.user().signed_in().await;
 
     let body = json!({"items": [{"productId": mug, "quantity": 2}, {"productId": tea, "quantity": 3}],
                       "shippingAddress": address()});
@@ -96,11 +89,11 @@ async fn placing_an_order_snapshots_prices_takes_stock_and_queues_the_email(pool
 #[sqlx::test]
 async fn invalid_orders_are_400_naming_the_item_and_change_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let old = product(&app, &admin, "OLD", 100, 10).await;
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let old = app.product().sku("OLD").price_cents(100).stock(10).create().await.id;
     send(app.authed(Method::DELETE, &format!("/api/v1/products/{old}"), &admin.token)).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     let many: Vec<Value> = (0..101).map(|_| json!({"productId": Uuid::new_v4(), "quantity": 1})).collect();
     let cases = [
         (json!({"items": []}), "items"),
@@ -141,10 +134,9 @@ async fn invalid_orders_are_400_naming_the_item_and_change_nothing(pool: PgPool)
 #[sqlx::test]
 async fn insufficient_stock_is_a_409_naming_the_products_and_takes_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let plenty = product(&app, &admin, "PLENTY", 100, 50).await;
-    let scarce = product(&app, &admin, "SCARCE", 100, 2).await;
-    let ann = app.user().await;
+    let plenty = app.product().sku("PLENTY").price_cents(100).stock(50).create().await.id;
+    let scarce = app.product().sku("SCARCE").price_cents(100).stock(2).create().await.id;
+    let ann = app.user().signed_in().await;
     let body = json!({"items": [{"productId": plenty, "quantity": 5}, {"productId": scarce, "quantity": 3}]});
     let err =
         expect_error(app.authed(Method::POST, ORDERS, &ann.token).json(&body), 409, "INSUFFICIENT_STOCK")
@@ -160,9 +152,9 @@ async fn insufficient_stock_is_a_409_naming_the_products_and_takes_nothing(pool:
 #[sqlx::test]
 async fn users_see_their_own_orders_and_admins_everyones(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 100).await;
-    let (ann, bob) = (app.user().await, app.user().await);
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(100).create().await.id;
+    let (ann, bob) = (app.user().signed_in().await, app.user().signed_in().await);
     let a1 = place(&app, &ann, &one(mug, 1)).await;
     let a2 = place(&app, &ann, &one(mug, 2)).await;
     let b1 = place(&app, &bob, &one(mug, 3)).await;
@@ -221,9 +213,9 @@ async fn users_see_their_own_orders_and_admins_everyones(pool: PgPool) {
 #[sqlx::test]
 async fn the_address_changes_while_pending_for_owners_and_while_paid_for_admins(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 100).await;
-    let (ann, bob) = (app.user().await, app.user().await);
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(100).create().await.id;
+    let (ann, bob) = (app.user().signed_in().await, app.user().signed_in().await);
     let order = place(&app, &ann, &one(mug, 1)).await;
     let path = format!("{ORDERS}/{}", order["id"].as_str().unwrap());
     let patch = |who: &Session, body: Value| app.authed(Method::PATCH, &path, &who.token).json(&body);
@@ -254,9 +246,9 @@ async fn the_address_changes_while_pending_for_owners_and_while_paid_for_admins(
 #[sqlx::test]
 async fn cancelling_follows_the_rules_and_restocks_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let (ann, bob) = (app.user().await, app.user().await);
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let (ann, bob) = (app.user().signed_in().await, app.user().signed_in().await);
 
     let first = place(&app, &ann, &one(mug, 3)).await;
     let cancel = |who: &Session, order: &Value| {
@@ -286,9 +278,9 @@ async fn cancelling_follows_the_rules_and_restocks_once(pool: PgPool) {
 #[sqlx::test]
 async fn admins_move_orders_along_the_status_machine_only(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
     let order = place(&app, &ann, &one(mug, 2)).await;
     let path = format!("{ORDERS}/{}/status", order["id"].as_str().unwrap());
     let set = |who: &Session, status: &str| {
@@ -318,11 +310,10 @@ async fn admins_move_orders_along_the_status_machine_only(pool: PgPool) {
 #[sqlx::test]
 async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
     let mut shoppers = Vec::new();
     for _ in 0..5 {
-        shoppers.push(app.user().await);
+        shoppers.push(app.user().signed_in().await);
     }
     let body = one(mug, 1);
     let attempts =
@@ -346,9 +337,9 @@ async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
 #[sqlx::test]
 async fn concurrent_cancels_of_one_order_restock_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
     let order = place(&app, &ann, &one(mug, 4)).await;
     let path = format!("{ORDERS}/{}/cancel", order["id"].as_str().unwrap());
     let attempts = (0..10).map(|i| {
@@ -365,9 +356,8 @@ async fn concurrent_cancels_of_one_order_restock_once(pool: PgPool) {
 #[sqlx::test]
 async fn an_idempotency_key_replays_the_first_answer(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let (ann, bob) = (app.user().await, app.user().await);
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let (ann, bob) = (app.user().signed_in().await, app.user().signed_in().await);
     let post = |who: &Session, key: &str, body: &Value| {
         app.authed(Method::POST, ORDERS, &who.token).header("idempotency-key", key).json(body)
     };
@@ -402,9 +392,8 @@ async fn an_idempotency_key_replays_the_first_answer(pool: PgPool) {
 #[sqlx::test]
 async fn twenty_concurrent_retries_with_one_key_make_one_order(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 100).await;
-    let ann = app.user().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(100).create().await.id;
+    let ann = app.user().signed_in().await;
     let body = one(mug, 1);
     let attempts = (0..20).map(|_| {
         send(app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", "same").json(&body))
@@ -452,9 +441,8 @@ async fn put_claim(app: &TestApp, user: Uuid, key: &str, body: &Value, age: &str
 #[sqlx::test]
 async fn a_key_still_in_flight_is_409_until_its_request_is_presumed_dead(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let ann = app.user().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
     let body = one(mug, 1);
     let post =
         |key: &str| app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", key).json(&body);
@@ -472,9 +460,8 @@ async fn a_key_still_in_flight_is_409_until_its_request_is_presumed_dead(pool: P
 #[sqlx::test]
 async fn answers_are_replayed_for_24_hours_and_not_after(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let ann = app.user().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
     let body = one(mug, 1);
     let post =
         |key: &str| app.authed(Method::POST, ORDERS, &ann.token).header("idempotency-key", key).json(&body);
@@ -494,9 +481,9 @@ async fn answers_are_replayed_for_24_hours_and_not_after(pool: PgPool) {
 #[sqlx::test]
 async fn cancelling_after_stock_was_raised_to_the_bound_caps_the_restock(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = product(&app, &admin, "MUG", 100, 10).await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
     let order = place(&app, &ann, &one(mug, 5)).await;
     let raise = json!({"stock": 1_000_000});
     let (status, _, _) =
@@ -515,10 +502,9 @@ async fn cancelling_after_stock_was_raised_to_the_bound_caps_the_restock(pool: P
 #[sqlx::test]
 async fn cancels_and_placements_over_shared_products_never_deadlock(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let a = product(&app, &admin, "A", 100, 100_000).await;
-    let b = product(&app, &admin, "B", 100, 100_000).await;
-    let ann = app.user().await;
+    let a = app.product().sku("A").price_cents(100).stock(100_000).create().await.id;
+    let b = app.product().sku("B").price_cents(100).stock(100_000).create().await.id;
+    let ann = app.user().signed_in().await;
     let ab = json!({"items": [{"productId": a, "quantity": 1}, {"productId": b, "quantity": 1}]});
     let ba = json!({"items": [{"productId": b, "quantity": 1}, {"productId": a, "quantity": 1}]});
     let mut existing = Vec::new();
@@ -544,11 +530,11 @@ async fn cancels_and_placements_over_shared_products_never_deadlock(pool: PgPool
 
 #[sqlx::test]
 async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(pool: PgPool) {
-    use storefront::features::orders::idempotency::{self, Claim, IdempotencyKey};
+    use storefront::features::orders::idempotency::{self, Answer, Claim, IdempotencyKey};
     let app = TestApp::spawn(pool).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     let body = json!({"items": []});
-    let key = IdempotencyKey::from_header(Some(&"k".parse().unwrap()), &body).unwrap().unwrap();
+    let key = IdempotencyKey::new("k".to_owned(), &body);
     let db = &app.state.db;
     let Claim::Acquired(first) =
         idempotency::claim(db, ann.id, &key, std::time::Duration::from_secs(60)).await.unwrap()
@@ -562,7 +548,8 @@ async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(p
         panic!("takeover")
     };
     assert_ne!(first.token, second.token);
-    assert!(!idempotency::complete(db, ann.id, &first, 201, &json!({})).await.unwrap());
+    let answer = |body: Value| Answer { status: 201, body };
+    assert!(!idempotency::complete(db, ann.id, &first, &answer(json!({}))).await.unwrap());
     idempotency::release(db, ann.id, &first).await.unwrap();
-    assert!(idempotency::complete(db, ann.id, &second, 201, &json!({"ok": true})).await.unwrap());
+    assert!(idempotency::complete(db, ann.id, &second, &answer(json!({"ok": true}))).await.unwrap());
 }

@@ -34,7 +34,7 @@ async fn total(app: &TestApp, q: &str) -> i64 {
 #[sqlx::test]
 async fn admins_create_products_with_location_and_etag(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
+    let admin = app.user().admin().signed_in().await;
     let (status, headers, body) = send(app.authed(Method::POST, PRODUCTS, &admin.token).json(&json!({
         "sku": "MUG-001", "name": "Mug", "description": "A sturdy mug", "priceCents": 1250, "stock": 10
     })))
@@ -48,7 +48,7 @@ async fn admins_create_products_with_location_and_etag(pool: PgPool) {
     assert_eq!(data["stock"], 10);
     assert_eq!(data["version"], 1);
 
-    let user = app.user().await;
+    let user = app.user().signed_in().await;
     let req = app.authed(Method::POST, PRODUCTS, &user.token).json(&product("X-1", "X", 1, 1));
     expect_error(req, 403, "FORBIDDEN").await;
     expect_error(app.request(Method::POST, PRODUCTS).json(&product("X-1", "X", 1, 1)), 401, "UNAUTHORIZED")
@@ -60,7 +60,7 @@ async fn admins_create_products_with_location_and_etag(pool: PgPool) {
 #[sqlx::test]
 async fn product_bounds_are_enforced_field_by_field(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
+    let admin = app.user().admin().signed_in().await;
     let cases = [
         (json!({"sku": "A", "name": "n", "priceCents": -1, "stock": 0}), "priceCents"),
         (json!({"sku": "A", "name": "n", "priceCents": 100_000_001, "stock": 0}), "priceCents"),
@@ -100,9 +100,8 @@ async fn product_bounds_are_enforced_field_by_field(pool: PgPool) {
 #[sqlx::test]
 async fn get_answers_with_an_etag_and_304_when_unchanged(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = create(&app, &admin, product("MUG", "Mug", 100, 1)).await;
-    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let mug = app.product().sku("MUG").name("Mug").price_cents(100).stock(1).create().await;
+    let path = format!("{PRODUCTS}/{}", mug.id);
 
     let (status, headers, body) = send(app.request(Method::GET, &path)).await;
     assert_eq!(status, 200);
@@ -124,15 +123,10 @@ async fn get_answers_with_an_etag_and_304_when_unchanged(pool: PgPool) {
 #[sqlx::test]
 async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = create(
-        &app,
-        &admin,
-        json!({"sku": "MUG", "name": "Mug", "description": "d", "priceCents": 100, "stock": 1}),
-    )
-    .await;
-    create(&app, &admin, product("CUP", "Cup", 100, 1)).await;
-    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").name("Mug").description("d").price_cents(100).stock(1).create().await;
+    app.product().sku("CUP").name("Cup").price_cents(100).stock(1).create().await;
+    let path = format!("{PRODUCTS}/{}", mug.id);
     let patch = |body: Value| app.authed(Method::PATCH, &path, &admin.token).json(&body);
 
     let (status, headers, body) = send(patch(json!({"priceCents": 150})).header("if-match", "\"1\"")).await;
@@ -159,7 +153,7 @@ async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
     expect_error(patch(json!({"sku": "CUP"})), 409, "CONFLICT").await;
     expect_error(patch(json!({"stock": -5})), 400, "VALIDATION_ERROR").await;
     expect_error(patch(json!({"id": uuid::Uuid::new_v4()})), 400, "VALIDATION_ERROR").await;
-    let user = app.user().await;
+    let user = app.user().signed_in().await;
     expect_error(app.authed(Method::PATCH, &path, &user.token).json(&json!({"stock": 5})), 403, "FORBIDDEN")
         .await;
     let missing = format!("{PRODUCTS}/{}", uuid::Uuid::new_v4());
@@ -174,10 +168,10 @@ async fn patch_bumps_the_version_and_honours_if_match(pool: PgPool) {
 #[sqlx::test]
 async fn delete_archives_the_product_out_of_the_catalogue(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = create(&app, &admin, product("MUG", "Mug", 100, 3)).await;
-    create(&app, &admin, product("CUP", "Cup", 100, 3)).await;
-    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").name("Mug").price_cents(100).stock(3).create().await;
+    app.product().sku("CUP").name("Cup").price_cents(100).stock(3).create().await;
+    let path = format!("{PRODUCTS}/{}", mug.id);
 
     let (status, _, _) = send(app.authed(Method::DELETE, &path, &admin.token)).await;
     assert_eq!(status, 204);
@@ -199,7 +193,6 @@ async fn delete_archives_the_product_out_of_the_catalogue(pool: PgPool) {
 #[sqlx::test]
 async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
     let seed = [
         ("A", "Blue mug", 500, 5),
         ("B", "Red mug", 1500, 0),
@@ -207,7 +200,7 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
         ("D", "Plate", 800, 9),
     ];
     for (sku, name, price, stock) in seed {
-        create(&app, &admin, product(sku, name, price, stock)).await;
+        app.product().sku(sku).name(name).price_cents(price).stock(stock).create().await;
     }
 
     let (skus, page) = list(&app, "").await;
@@ -250,21 +243,20 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
 #[sqlx::test]
 async fn catalogue_totals_stay_exact_through_stock_changes_and_archives(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let a = create(&app, &admin, product("A", "a", 1, 1)).await;
-    let b = create(&app, &admin, product("B", "b", 1, 0)).await;
+    let admin = app.user().admin().signed_in().await;
+    let a = app.product().sku("A").name("a").price_cents(1).stock(1).create().await;
+    let b = app.product().sku("B").name("b").price_cents(1).stock(0).create().await;
     assert_eq!(
         (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (2, 1, 1)
     );
-    let path_b = format!("{PRODUCTS}/{}", b["id"].as_str().unwrap());
+    let path_b = format!("{PRODUCTS}/{}", b.id);
     send(app.authed(Method::PATCH, &path_b, &admin.token).json(&json!({"stock": 4}))).await;
     assert_eq!(
         (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (2, 2, 0)
     );
-    send(app.authed(Method::DELETE, &format!("{PRODUCTS}/{}", a["id"].as_str().unwrap()), &admin.token))
-        .await;
+    send(app.authed(Method::DELETE, &format!("{PRODUCTS}/{}", a.id), &admin.token)).await;
     assert_eq!(
         (total(&app, "").await, total(&app, "inStock=true").await, total(&app, "inStock=false").await),
         (1, 1, 0)
@@ -295,9 +287,9 @@ async fn the_seed_command_fills_the_catalogue_quickly(pool: PgPool) {
 #[sqlx::test]
 async fn patch_refuses_null_for_required_fields_and_compares_if_match_strongly(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let mug = create(&app, &admin, product("MUG", "Mug", 100, 1)).await;
-    let path = format!("{PRODUCTS}/{}", mug["id"].as_str().unwrap());
+    let admin = app.user().admin().signed_in().await;
+    let mug = app.product().sku("MUG").name("Mug").price_cents(100).stock(1).create().await;
+    let path = format!("{PRODUCTS}/{}", mug.id);
     let patch = |body: Value| app.authed(Method::PATCH, &path, &admin.token).json(&body);
 
     for field in ["sku", "name", "priceCents", "stock"] {

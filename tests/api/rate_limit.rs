@@ -34,7 +34,7 @@ async fn the_default_limit_counts_per_ip_and_answers_429_with_retry_after(pool: 
 #[sqlx::test]
 async fn login_and_register_have_a_strict_per_ip_limit(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.rate_limit_auth_per_minute = 3, Router::new()).await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     for _ in 0..2 {
         let res =
             app.post_json(LOGIN, &json!({"email": "x@example.com", "password": "wrong-password"})).await;
@@ -58,8 +58,8 @@ async fn login_and_register_have_a_strict_per_ip_limit(pool: PgPool) {
 #[sqlx::test]
 async fn login_attempts_are_limited_per_email_address(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
-    app.register("ann@example.com", "password123").await;
-    app.register("bob@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
+    app.user().email("bob@example.com").signed_in().await;
     for _ in 0..2 {
         let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "guess-guess"})).await;
         assert_eq!(res.status(), 401);
@@ -130,7 +130,7 @@ async fn limits_can_be_switched_off(pool: PgPool) {
 #[sqlx::test]
 async fn forgot_requests_are_limited_per_address_without_locking_out_login(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
-    app.register("ann@example.com", "password123").await;
+    app.user().email("ann@example.com").signed_in().await;
     let forgot = || {
         app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "ann@example.com"}))
     };

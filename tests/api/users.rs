@@ -21,7 +21,7 @@ fn user_path(id: impl std::fmt::Display) -> String {
 #[sqlx::test]
 async fn the_profile_shows_the_caller_without_secrets(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     let (status, _, body) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
     assert_eq!(status, 200);
     let data = &body["data"];
@@ -38,7 +38,7 @@ async fn the_profile_shows_the_caller_without_secrets(pool: PgPool) {
 #[sqlx::test]
 async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     let patch = |body: Value| app.authed(Method::PATCH, PROFILE, &ann.token).json(&body);
 
     let (status, _, body) =
@@ -68,7 +68,7 @@ async fn patch_profile_sets_clears_and_leaves_fields_alone(pool: PgPool) {
 #[sqlx::test]
 async fn mass_assignment_on_the_profile_is_a_400_and_changes_nothing(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let ann = app.user().await;
+    let ann = app.user().signed_in().await;
     let (_, _, before) = send(app.authed(Method::GET, PROFILE, &ann.token)).await;
     for attempt in [
         json!({"role": "admin"}),
@@ -89,7 +89,7 @@ async fn mass_assignment_on_the_profile_is_a_400_and_changes_nothing(pool: PgPoo
 #[sqlx::test]
 async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let laptop = app.register("ann@example.com", "password123").await;
+    let laptop = app.user().email("ann@example.com").signed_in().await;
     let phone = app.login("ann@example.com", "password123").await;
 
     let err = expect_error(
@@ -131,11 +131,11 @@ async fn changing_the_password_keeps_this_session_and_revokes_the_others(pool: P
 #[sqlx::test]
 async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
+    let admin = app.user().admin().signed_in().await;
     for (email, first) in
         [("ann@example.com", "Ann"), ("bob@example.com", "Bob"), ("carla@shop.test", "Carla")]
     {
-        let s = app.register(email, "password123").await;
+        let s = app.user().email(email).signed_in().await;
         send(app.authed(Method::PATCH, PROFILE, &s.token).json(&json!({"firstName": first}))).await;
     }
     let list = |query: &str| app.authed(Method::GET, &format!("/api/v1/users?{query}"), &admin.token);
@@ -171,8 +171,8 @@ async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) 
 #[sqlx::test]
 async fn admins_get_users_by_id(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
     let (status, _, body) = send(app.authed(Method::GET, &user_path(ann.id), &admin.token)).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"]["email"], ann.email);
@@ -185,8 +185,8 @@ async fn admins_get_users_by_id(pool: PgPool) {
 #[sqlx::test]
 async fn a_role_change_applies_to_existing_tokens_at_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let ann = app.user().await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
     assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 403);
 
     let (status, _, body) =
@@ -220,7 +220,7 @@ async fn a_role_change_applies_to_existing_tokens_at_once(pool: PgPool) {
 #[sqlx::test]
 async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
+    let admin = app.user().admin().signed_in().await;
 
     expect_error(
         app.authed(Method::PATCH, &user_path(admin.id), &admin.token).json(&json!({"role": "user"})),
@@ -231,7 +231,7 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
     expect_error(app.authed(Method::DELETE, &user_path(admin.id), &admin.token), 409, "CONFLICT").await;
 
     // With a second admin, the first may step down.
-    let second = app.admin().await;
+    let second = app.user().admin().signed_in().await;
     let (status, _, _) =
         send(app.authed(Method::PATCH, &user_path(admin.id), &second.token).json(&json!({"role": "user"})))
             .await;
@@ -242,8 +242,8 @@ async fn the_last_admin_can_be_neither_demoted_nor_deleted(pool: PgPool) {
 #[sqlx::test]
 async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let admin = app.admin().await;
-    let ann = app.register("ann@example.com", "password123").await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
 
     app.login("ann@example.com", "password123").await;
     let (status, _, _) = send(app.authed(Method::DELETE, &user_path(ann.id), &admin.token)).await;
@@ -258,7 +258,7 @@ async fn a_deleted_user_is_gone_but_the_email_can_register_again(pool: PgPool) {
     expect_error(app.authed(Method::GET, &user_path(ann.id), &admin.token), 404, "NOT_FOUND").await;
     expect_error(app.authed(Method::DELETE, &user_path(ann.id), &admin.token), 404, "NOT_FOUND").await;
 
-    let again = app.register("ann@example.com", "another-password").await;
+    let again = app.user().email("ann@example.com").password("another-password").signed_in().await;
     assert_ne!(again.id, ann.id);
     // The old row is kept (orders will keep pointing at it).
     let kept: i64 = sqlx::query_scalar("select count(*) from users where email = 'ann@example.com'")
@@ -305,7 +305,7 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
     app.login("ops@example.com", "ops-password").await;
 
     // Promotion of an existing user keeps their password.
-    let ann = app.register("ann@example.com", "password123").await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
     let out = create_admin(&pool, "ann@example.com").stdin(Stdio::null()).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 200);
@@ -321,8 +321,8 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
 #[sqlx::test]
 async fn two_admins_demoting_each_other_at_once_leave_one_admin(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let first = app.admin().await;
-    let second = app.admin().await;
+    let first = app.user().admin().signed_in().await;
+    let second = app.user().admin().signed_in().await;
     let demote = |actor: &crate::helpers::Session, target: uuid::Uuid| {
         send(app.authed(Method::PATCH, &user_path(target), &actor.token).json(&json!({"role": "user"})))
     };

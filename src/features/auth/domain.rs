@@ -1,9 +1,9 @@
-//! Refresh tokens and e-mail normalisation: pure functions, unit-tested here.
+//! Opaque tokens (refresh tokens, reset tokens): pure functions, unit-tested here.
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use sha2::{Digest, Sha256};
 
-/// A new opaque refresh token (256 random bits, base64url) and the SHA-256 that is stored.
+/// A new opaque token (256 random bits, base64url) and the SHA-256 that is stored.
 pub fn new_refresh_token() -> (String, [u8; 32]) {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes[..]);
@@ -12,14 +12,9 @@ pub fn new_refresh_token() -> (String, [u8; 32]) {
     (token, hash)
 }
 
-/// The stored form of a refresh token.
+/// The stored form of a token.
 pub fn hash_refresh_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-/// Trimmed and lower-cased: the one form e-mails are stored and compared in.
-pub fn normalize_email(email: &str) -> String {
-    email.trim().to_lowercase()
 }
 
 #[cfg(test)]
@@ -35,10 +30,5 @@ mod tests {
         assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
         assert_eq!(hash_refresh_token(&a), hash_a);
         assert_ne!(hash_refresh_token(&b), hash_a);
-    }
-
-    #[test]
-    fn emails_are_trimmed_and_lower_cased() {
-        assert_eq!(normalize_email("  Ann@Example.COM "), "ann@example.com");
     }
 }

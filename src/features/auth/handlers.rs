@@ -4,9 +4,8 @@ use axum::{extract::State, http::StatusCode};
 use tracing::Instrument;
 
 use super::{
-    domain::normalize_email,
     reset::PasswordResetService,
-    service::{AuthService, Registration},
+    service::AuthService,
     types::{
         AuthResponse, ForgotPasswordRequest, LoginRequest, RefreshRequest, RegisterRequest,
         ResetPasswordRequest, TokenResponse,
@@ -14,6 +13,7 @@ use super::{
 };
 use crate::shared::{
     auth::{AuthUser, ClientMeta},
+    email::Email,
     error::{AppResult, ErrorEnvelope},
     extract::ValidJson,
     middleware::rate_limit::RateLimiter,
@@ -33,13 +33,7 @@ pub async fn register(
     meta: ClientMeta,
     ValidJson(body): ValidJson<RegisterRequest>,
 ) -> AppResult<(StatusCode, ApiOk<AuthResponse>)> {
-    let registration = Registration {
-        email: body.email,
-        password: body.password,
-        first_name: body.first_name,
-        last_name: body.last_name,
-    };
-    let (user, tokens) = auth.register(registration, &meta).await?;
+    let (user, tokens) = auth.register(body.try_into()?, &meta).await?;
     Ok((StatusCode::CREATED, ApiOk::new(AuthResponse::new(tokens, user.into()))))
 }
 
@@ -57,9 +51,13 @@ pub async fn login(
     meta: ClientMeta,
     ValidJson(body): ValidJson<LoginRequest>,
 ) -> AppResult<ApiOk<AuthResponse>> {
-    // Per address, whatever IPs the attempts come from.
-    limiter.check(limiter.login_email, &normalize_email(&body.email)).await?;
-    let (user, tokens) = auth.login(&body.email, &body.password, &meta).await?;
+    // Per address, whatever IPs the attempts come from. A string that is no address
+    // matches no account, so it fails like an unknown one (and has no quota to spend).
+    let email = Email::parse(&body.email).ok();
+    if let Some(email) = &email {
+        limiter.check(limiter.login_email, email.as_str()).await?;
+    }
+    let (user, tokens) = auth.login(email.as_ref(), &body.password, &meta).await?;
     Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
 }
 
@@ -116,10 +114,13 @@ pub async fn forgot_password(
     State(limiter): State<RateLimiter>,
     ValidJson(body): ValidJson<ForgotPasswordRequest>,
 ) -> AppResult<StatusCode> {
-    limiter.check(limiter.forgot_email, &normalize_email(&body.email)).await?;
+    // Not an address: no account can match, the answer is the same 202.
+    let Ok(email) = Email::parse(&body.email) else {
+        return Ok(StatusCode::ACCEPTED);
+    };
+    limiter.check(limiter.forgot_email, email.as_str()).await?;
     // The work happens after the answer: whether the account exists must not show in
     // the response time either.
-    let email = body.email;
     tokio::spawn(
         async move {
             if let Err(e) = resets.forgot(&email).await {

@@ -5,20 +5,20 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::{
-    domain::{hash_refresh_token as hash_token, new_refresh_token as new_token, normalize_email},
-    repository as sessions,
+    domain::{hash_refresh_token as hash_token, new_refresh_token as new_token},
+    repository,
 };
 use crate::{
     features::users::repository as users,
     shared::{
+        email::Email,
         error::{AppError, AppResult},
-        outbox,
+        outbox::{self, Job},
         password::PasswordHasher,
+        sessions,
     },
 };
 
@@ -41,9 +41,8 @@ impl PasswordResetService {
     /// Issues a token for a live account and queues the e-mail; for an unknown address
     /// does nothing. Either way the caller learns nothing (the handler answers 202).
     #[tracing::instrument(skip_all)]
-    pub async fn forgot(&self, email: &str) -> AppResult<()> {
-        let email = normalize_email(email);
-        let Some(user) = users::find_login(&self.db, &email).await? else {
+    pub async fn forgot(&self, email: &Email) -> AppResult<()> {
+        let Some(user) = users::find_login(&self.db, email).await? else {
             return Ok(());
         };
         let (token, token_hash) = new_token();
@@ -53,29 +52,13 @@ impl PasswordResetService {
         // Serialise concurrent requests for one user, so exactly one link stays live.
         sessions::lock_user_for_revocation(&mut *tx, user.user.id).await?;
         // A new request supersedes older links.
-        sqlx::query!(
-            "update password_reset_tokens set used_at = now() where user_id = $1 and used_at is null",
-            user.user.id
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "insert into password_reset_tokens (user_id, token_hash, expires_at) values ($1, $2, $3)",
-            user.user.id,
-            &token_hash[..],
-            expires_at
-        )
-        .execute(&mut *tx)
-        .await?;
+        repository::supersede_reset_tokens(&mut *tx, user.user.id).await?;
+        repository::insert_reset_token(&mut *tx, user.user.id, &token_hash, expires_at).await?;
         // The mail job needs the link; the outbox row lives at most a week and the token
         // an hour, and the stored token itself is only a hash.
-        outbox::push(
-            &mut *tx,
-            outbox::EMAILS,
-            "reset-password",
-            &json!({"userId": user.user.id, "email": user.user.email, "resetUrl": link, "expiresAt": expires_at}),
-        )
-        .await?;
+        let job =
+            Job::ResetPassword { user_id: user.user.id, email: user.user.email, reset_url: link, expires_at };
+        outbox::push(&mut *tx, &job).await?;
         tx.commit().await?;
         tracing::info!(user.id = %user.user.id, "password reset requested");
         Ok(())
@@ -86,40 +69,22 @@ impl PasswordResetService {
     pub async fn reset(&self, token: &str, password: &str) -> AppResult<()> {
         let token_hash = hash_token(token);
         // Cheap check first, so a bad token costs no argon2 work.
-        let user_id = self
-            .live_token_owner(&token_hash)
+        let user_id = repository::live_reset_token_owner(&self.db, &token_hash)
             .await?
             .ok_or_else(|| AppError::field("token", INVALID_TOKEN))?;
         let password_hash = self.hasher.hash(password).await?;
 
         let mut tx = self.db.begin().await?;
         // Consuming is one conditional update: two concurrent resets cannot both win.
-        let consumed = sqlx::query_scalar!(
-            "update password_reset_tokens set used_at = now()
-             where token_hash = $1 and used_at is null and expires_at > now()
-             returning user_id",
-            &token_hash[..]
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
+        let consumed = repository::consume_reset_token(&mut *tx, &token_hash).await?;
         if consumed != Some(user_id) {
             return Err(AppError::field("token", INVALID_TOKEN));
         }
         sessions::lock_user_for_revocation(&mut *tx, user_id).await?;
         users::set_password_hash(&mut *tx, user_id, &password_hash).await?;
-        let revoked = sessions::revoke_user_sessions(&mut *tx, user_id, None).await?;
+        let revoked = sessions::revoke_all(&mut tx, user_id, None).await?;
         tx.commit().await?;
         tracing::info!(user.id = %user_id, sessions.revoked = revoked, "password reset");
         Ok(())
-    }
-
-    async fn live_token_owner(&self, token_hash: &[u8; 32]) -> sqlx::Result<Option<Uuid>> {
-        sqlx::query_scalar!(
-            "select t.user_id from password_reset_tokens t join users u on u.id = t.user_id
-             where t.token_hash = $1 and t.used_at is null and t.expires_at > now() and u.deleted_at is null",
-            &token_hash[..]
-        )
-        .fetch_optional(&self.db)
-        .await
     }
 }

@@ -1,9 +1,21 @@
+//! Routes of the auth feature; handlers in `handlers.rs`, rules in `service.rs`.
+//!
+//! | Method | Path | Handler | Who |
+//! | --- | --- | --- | --- |
+//! | POST | `/api/v1/auth/register` | `handlers::register` | anyone, strict per-IP limit |
+//! | POST | `/api/v1/auth/login` | `handlers::login` | anyone, strict per-IP + per-e-mail limit |
+//! | POST | `/api/v1/auth/password/forgot` | `handlers::forgot_password` | anyone, strict per-IP + per-e-mail limit |
+//! | POST | `/api/v1/auth/password/reset` | `handlers::reset_password` | anyone, strict per-IP limit |
+//! | POST | `/api/v1/auth/refresh` | `handlers::refresh` | anyone |
+//! | POST | `/api/v1/auth/logout` | `handlers::logout` | anyone |
+//! | POST | `/api/v1/auth/logout-all` | `handlers::logout_all` | signed in |
+
 use axum::http::{HeaderValue, header};
 use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::{app::AppState, shared::middleware::rate_limit};
+use crate::{shared::middleware::rate_limit, state::AppState};
 
 /// `/auth/...`; every answer (errors included) is `Cache-Control: no-store`.
 pub fn router() -> OpenApiRouter<AppState> {

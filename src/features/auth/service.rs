@@ -3,16 +3,19 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use uuid::Uuid;
 
-use super::domain::{hash_refresh_token, new_refresh_token, normalize_email};
+use super::domain::{hash_refresh_token, new_refresh_token};
 use crate::{
     features::users::repository::{LoginRow, NewUser, UserRow},
     shared::{
         auth::{ClientMeta, Role, TokenKeys},
+        email::Email,
         error::{AppError, AppResult},
+        outbox::Job,
         password::PasswordHasher,
+        sessions::{NewSession, Session},
     },
 };
 
@@ -20,35 +23,13 @@ use crate::{
 pub const INVALID_CREDENTIALS: &str = "invalid e-mail or password";
 pub const INVALID_REFRESH: &str = "invalid or expired refresh token";
 
-/// A refresh session as stored.
-#[derive(Debug, Clone)]
-pub struct Session {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub family_id: Uuid,
-    pub expires_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub replaced_by: Option<Uuid>,
-}
-
-/// A session to insert.
-#[derive(Debug, Clone)]
-pub struct NewSession {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub family_id: Uuid,
-    pub token_hash: [u8; 32],
-    pub expires_at: DateTime<Utc>,
-    pub user_agent: Option<String>,
-    pub ip: Option<String>,
-}
-
 /// What the auth service needs from storage: the seam unit tests fake.
 #[async_trait]
 pub trait AuthStore: Send + Sync + 'static {
-    /// `None` when a live user already has the e-mail.
-    async fn insert_user(&self, new: &NewUser<'_>) -> AppResult<Option<UserRow>>;
-    async fn find_login(&self, email: &str) -> AppResult<Option<LoginRow>>;
+    /// Inserts the user and `welcome` in one transaction; `None` (and nothing written)
+    /// when a live user already has the e-mail.
+    async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>>;
+    async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>>;
     async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>>;
     async fn insert_session(&self, session: &NewSession) -> AppResult<()>;
     async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>>;
@@ -63,7 +44,7 @@ pub trait AuthStore: Send + Sync + 'static {
 /// A validated registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    pub email: String,
+    pub email: Email,
     pub password: String,
     pub first_name: Option<String>,
     pub last_name: Option<String>,
@@ -100,18 +81,20 @@ impl AuthService {
     /// (compared after normalisation) is a 409.
     #[tracing::instrument(skip_all)]
     pub async fn register(&self, reg: Registration, meta: &ClientMeta) -> AppResult<(UserRow, IssuedTokens)> {
-        let email = normalize_email(&reg.email);
         let password_hash = self.hasher.hash(&reg.password).await?;
         let new = NewUser {
-            email: &email,
+            id: Uuid::new_v4(),
+            email: &reg.email,
             password_hash: &password_hash,
             first_name: reg.first_name.as_deref(),
             last_name: reg.last_name.as_deref(),
             role: Role::User,
         };
+        // The account and its welcome e-mail commit together or not at all.
+        let welcome = Job::Welcome { user_id: new.id, email: reg.email.to_string() };
         let user = self
             .store
-            .insert_user(&new)
+            .insert_user(&new, &welcome)
             .await?
             .ok_or_else(|| AppError::Conflict("an account with this e-mail already exists".to_owned()))?;
         tracing::info!(user.id = %user.id, "user registered");
@@ -119,17 +102,21 @@ impl AuthService {
         Ok((user, tokens))
     }
 
-    /// Checks credentials. Unknown e-mail and wrong password fail identically, and an
-    /// unknown e-mail still pays for one argon2 verification.
+    /// Checks credentials. Unknown e-mail (or one that is not an address at all) and wrong
+    /// password fail identically, and an unknown e-mail still pays for one argon2
+    /// verification.
     #[tracing::instrument(skip_all)]
     pub async fn login(
         &self,
-        email: &str,
+        email: Option<&Email>,
         password: &str,
         meta: &ClientMeta,
     ) -> AppResult<(UserRow, IssuedTokens)> {
-        let email = normalize_email(email);
-        let Some(LoginRow { user, password_hash }) = self.store.find_login(&email).await? else {
+        let found = match email {
+            Some(email) => self.store.find_login(email).await?,
+            None => None,
+        };
+        let Some(LoginRow { user, password_hash }) = found else {
             self.hasher.verify_dummy(password).await?;
             return Err(AppError::Unauthorized(INVALID_CREDENTIALS));
         };
@@ -235,6 +222,7 @@ mod tests {
     struct FakeStore {
         users: Mutex<Vec<(UserRow, String, bool)>>, // (row, hash, deleted)
         sessions: Mutex<HashMap<Uuid, (Session, [u8; 32])>>,
+        jobs: Mutex<Vec<Job>>,
     }
 
     impl FakeStore {
@@ -253,14 +241,15 @@ mod tests {
 
     #[async_trait]
     impl AuthStore for FakeStore {
-        async fn insert_user(&self, new: &NewUser<'_>) -> AppResult<Option<UserRow>> {
+        async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>> {
             let mut users = self.users.lock().unwrap();
-            if users.iter().any(|(u, _, deleted)| u.email == new.email && !deleted) {
+            if users.iter().any(|(u, _, deleted)| u.email == new.email.as_str() && !deleted) {
                 return Ok(None);
             }
+            self.jobs.lock().unwrap().push(welcome.clone());
             let row = UserRow {
-                id: Uuid::new_v4(),
-                email: new.email.to_owned(),
+                id: new.id,
+                email: new.email.to_string(),
                 first_name: new.first_name.map(str::to_owned),
                 last_name: new.last_name.map(str::to_owned),
                 phone: None,
@@ -271,13 +260,13 @@ mod tests {
             users.push((row.clone(), new.password_hash.to_owned(), false));
             Ok(Some(row))
         }
-        async fn find_login(&self, email: &str) -> AppResult<Option<LoginRow>> {
+        async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>> {
             Ok(self
                 .users
                 .lock()
                 .unwrap()
                 .iter()
-                .find(|(u, _, d)| u.email == email && !d)
+                .find(|(u, _, d)| u.email == email.as_str() && !d)
                 .map(|(u, h, _)| LoginRow { user: u.clone(), password_hash: h.clone() }))
         }
         async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
@@ -354,11 +343,15 @@ mod tests {
 
     fn registration(email: &str) -> Registration {
         Registration {
-            email: email.to_owned(),
+            email: Email::parse(email).unwrap(),
             password: "password123".to_owned(),
             first_name: None,
             last_name: None,
         }
+    }
+
+    fn email(raw: &str) -> Option<Email> {
+        Email::parse(raw).ok()
     }
 
     fn meta() -> ClientMeta {
@@ -377,6 +370,8 @@ mod tests {
         assert_eq!(user.role, Role::User);
         assert_eq!(tokens.expires_in, 900);
         assert_eq!(store.live_sessions(), 1);
+        let jobs = store.jobs.lock().unwrap().clone();
+        assert_eq!(jobs, [Job::Welcome { user_id: user.id, email: "ann@example.com".into() }]);
         let stored_hash = store.users.lock().unwrap()[0].1.clone();
         assert!(stored_hash.starts_with("$argon2id$"), "password stored hashed");
     }
@@ -393,7 +388,7 @@ mod tests {
     async fn login_succeeds_with_the_right_password_in_any_email_case() {
         let (svc, store) = service();
         svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        let (user, _) = svc.login(" ANN@example.com", "password123", &meta()).await.unwrap();
+        let (user, _) = svc.login(email(" ANN@example.com").as_ref(), "password123", &meta()).await.unwrap();
         assert_eq!(user.email, "ann@example.com");
         assert_eq!(store.live_sessions(), 2);
     }
@@ -402,10 +397,13 @@ mod tests {
     async fn unknown_email_and_wrong_password_fail_identically() {
         let (svc, _) = service();
         svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        let wrong = svc.login("ann@example.com", "wrong-password", &meta()).await.unwrap_err();
-        let unknown = svc.login("bob@example.com", "password123", &meta()).await.unwrap_err();
-        assert!(is_unauthorized(&wrong) && is_unauthorized(&unknown));
+        let wrong =
+            svc.login(email("ann@example.com").as_ref(), "wrong-password", &meta()).await.unwrap_err();
+        let unknown = svc.login(email("bob@example.com").as_ref(), "password123", &meta()).await.unwrap_err();
+        let not_an_address = svc.login(None, "password123", &meta()).await.unwrap_err();
+        assert!(is_unauthorized(&wrong) && is_unauthorized(&unknown) && is_unauthorized(&not_an_address));
         assert_eq!(wrong.to_string(), unknown.to_string());
+        assert_eq!(wrong.to_string(), not_an_address.to_string());
     }
 
     #[tokio::test]
@@ -413,7 +411,9 @@ mod tests {
         let (svc, store) = service();
         let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         store.delete_user(user.id);
-        assert!(is_unauthorized(&svc.login("ann@example.com", "password123", &meta()).await.unwrap_err()));
+        assert!(is_unauthorized(
+            &svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap_err()
+        ));
     }
 
     #[tokio::test]
@@ -446,7 +446,7 @@ mod tests {
         svc.logout(&tokens.refresh_token).await.unwrap();
         assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
 
-        let (_, tokens) = svc.login("ann@example.com", "password123", &meta()).await.unwrap();
+        let (_, tokens) = svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap();
         store.expire_all();
         assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
     }
@@ -465,10 +465,10 @@ mod tests {
         struct Racy(FakeStore);
         #[async_trait]
         impl AuthStore for Racy {
-            async fn insert_user(&self, n: &NewUser<'_>) -> AppResult<Option<UserRow>> {
-                self.0.insert_user(n).await
+            async fn insert_user(&self, n: &NewUser<'_>, j: &Job) -> AppResult<Option<UserRow>> {
+                self.0.insert_user(n, j).await
             }
-            async fn find_login(&self, e: &str) -> AppResult<Option<LoginRow>> {
+            async fn find_login(&self, e: &Email) -> AppResult<Option<LoginRow>> {
                 self.0.find_login(e).await
             }
             async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
@@ -513,7 +513,7 @@ mod tests {
     async fn logout_all_revokes_every_session() {
         let (svc, store) = service();
         let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        svc.login("ann@example.com", "password123", &meta()).await.unwrap();
+        svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap();
         svc.logout_all(user.id).await.unwrap();
         assert_eq!(store.live_sessions(), 0);
         // Logging out an unknown token is harmless.

@@ -4,15 +4,18 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
-use super::{domain::normalize_email, service::IssuedTokens};
-use crate::features::users::types::UserResponse;
+use super::service::{IssuedTokens, Registration};
+use crate::{
+    features::users::types::UserResponse,
+    shared::{email::Email, error::AppError},
+};
 
 /// `POST /auth/register`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegisterRequest {
     /// Trimmed and lower-cased before use; unique case-insensitively.
-    #[validate(custom(function = "email_address"))]
+    #[validate(custom(function = "crate::shared::email::validate"))]
     #[schema(example = "ann@example.com")]
     pub email: String,
     /// 8..=128 characters.
@@ -25,11 +28,25 @@ pub struct RegisterRequest {
     pub last_name: Option<String>,
 }
 
+impl TryFrom<RegisterRequest> for Registration {
+    type Error = AppError;
+
+    fn try_from(body: RegisterRequest) -> Result<Self, AppError> {
+        Ok(Self {
+            email: Email::parse(&body.email).map_err(|e| AppError::field("email", e.to_string()))?,
+            password: body.password,
+            first_name: body.first_name,
+            last_name: body.last_name,
+        })
+    }
+}
+
 /// `POST /auth/login`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginRequest {
-    #[validate(length(min = 1, max = 254, message = "is required"))]
+    /// Any text: one that is no address fails like an unknown one (401).
+    #[validate(length(min = 1, max = 254, message = "is required"), custom(function = "storable"))]
     pub email: String,
     #[validate(length(min = 1, max = 128, message = "is required"))]
     pub password: String,
@@ -103,13 +120,12 @@ impl AuthResponse {
     }
 }
 
-fn email_address(email: &str) -> Result<(), ValidationError> {
-    use validator::ValidateEmail;
-    let email = normalize_email(email);
-    if email.len() <= 254 && email.validate_email() {
-        Ok(())
+/// Text Postgres could not store (NUL) is malformed input: a 400, like everywhere else.
+fn storable(text: &str) -> Result<(), ValidationError> {
+    if text.contains('\0') {
+        Err(ValidationError::new("text").with_message("must not contain NUL characters".into()))
     } else {
-        Err(ValidationError::new("email").with_message("must be a valid e-mail address".into()))
+        Ok(())
     }
 }
 

@@ -8,7 +8,7 @@ use axum::{
 };
 
 use super::types::{HealthResponse, ReadyChecks, ReadyResponse};
-use crate::{app::AppState, shared::error::Enveloped};
+use crate::{shared::error::Enveloped, state::AppState};
 
 /// How long a dependency may take to answer before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,7 +1,15 @@
+//! Routes of the operations endpoints (SPEC §9), answered in the ops conventions.
+//!
+//! | Method | Path | Handler | Who |
+//! | --- | --- | --- | --- |
+//! | GET | `/health` | `handlers::live` | anyone (ops) |
+//! | GET | `/health/ready` | `handlers::ready` | anyone (ops) |
+//! | GET | `/metrics` | `handlers::metrics` | anyone (ops; restrict at the proxy) |
+
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `GET /health`, `GET /health/ready`, `GET /metrics`.
 pub fn router() -> OpenApiRouter<AppState> {

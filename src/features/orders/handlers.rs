@@ -1,28 +1,27 @@
 //! HTTP handlers of `/orders` (SPEC §6).
 
 use axum::{
-    body::{Body, to_bytes},
     extract::State,
-    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde_json::Value;
 
 use super::{
-    idempotency::{Claim, IdempotencyKey},
-    service::OrderService,
+    idempotency::Answer,
+    service::{OrderService, Placed},
     types::{
-        CreateOrderRequest, OrderFilter, OrderIdPath, OrderResponse, UpdateOrderRequest, UpdateStatusRequest,
+        CreateOrderRequest, IdempotencyKeyHeader, OrderFilter, OrderIdPath, OrderResponse,
+        UpdateOrderRequest, UpdateStatusRequest,
     },
 };
 use crate::shared::{
     auth::{Require, perm},
-    error::{AppError, AppResult, Enveloped, ErrorEnvelope},
-    extract::{JsonBody, PathParam, QueryParams, parse_value},
+    error::{AppResult, Enveloped, ErrorEnvelope},
+    extract::{JsonBody, PathParam, QueryParams, ValidJson},
     response::{ApiList, ApiOk, PageParams, Pagination},
 };
 
-static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 fn location(order_id: &str) -> Option<HeaderValue> {
@@ -39,7 +38,7 @@ fn created(order: OrderResponse) -> Response {
 }
 
 /// The stored first answer, unchanged, marked as a replay.
-fn replay(status: u16, body: Value) -> Response {
+fn replay(Answer { status, body }: Answer) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let location = body["data"]["id"].as_str().and_then(location);
     let mut res = (status, axum::Json(body)).into_response();
@@ -70,44 +69,14 @@ fn replay(status: u16, body: Value) -> Response {
 pub async fn create_order(
     State(orders): State<OrderService>,
     Require(user, _): Require<perm::OrdersCreate>,
-    headers: HeaderMap,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    // Kept raw: the key's fingerprint is taken over the body as sent, valid or not.
     JsonBody(raw): JsonBody<Value>,
 ) -> AppResult<Response> {
-    let key = IdempotencyKey::from_header(headers.get(&IDEMPOTENCY_KEY), &raw)?;
-    let claim = match &key {
-        None => None,
-        Some(key) => match orders.claim_key(user.id, key).await? {
-            Claim::Acquired(claim) => Some(claim),
-            Claim::Replay { status, body } => return Ok(replay(status, body)),
-            Claim::Mismatch => return Err(AppError::IdempotencyKeyMismatch),
-            Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
-        },
-    };
-    let placed = match parse_value::<CreateOrderRequest>(raw) {
-        Ok(req) => orders.place(user.id, &req, claim.as_ref()).await,
-        Err(e) => Err(e),
-    };
-    let error = match placed {
-        Ok(order) => return Ok(created(order)),
-        Err(e) => e,
-    };
-    let Some(claim) = claim else {
-        return Err(error);
-    };
-    if error.status().is_server_error() {
-        // No final answer: free the key so the client's retry can run.
-        if let Err(e) = orders.release_key(user.id, &claim).await {
-            tracing::warn!(error = %e, "could not release an idempotency key");
-        }
-        return Err(error);
-    }
-    // A final 4xx is part of the contract too: store it as sent.
-    let (parts, body) = error.into_response().into_parts();
-    let bytes =
-        to_bytes(body, usize::MAX).await.map_err(|e| anyhow::anyhow!("reading an error body: {e}"))?;
-    let stored: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
-    orders.remember_failure(user.id, &claim, parts.status.as_u16(), &stored).await?;
-    Ok(Response::from_parts(parts, Body::from(bytes)))
+    Ok(match orders.place_idempotent(user.id, key, raw).await? {
+        Placed::Created(order) => created(order),
+        Placed::Replayed(answer) => replay(answer),
+    })
 }
 
 /// Lists orders: the caller's own; staff see all and may filter by `userId`.
@@ -161,10 +130,9 @@ pub async fn update_order(
     State(orders): State<OrderService>,
     Require(user, _): Require<perm::OrdersUpdate>,
     PathParam(path): PathParam<OrderIdPath>,
-    JsonBody(body): JsonBody<UpdateOrderRequest>,
+    ValidJson(body): ValidJson<UpdateOrderRequest>,
 ) -> AppResult<ApiOk<OrderResponse>> {
-    let address = body.into_address()?;
-    Ok(ApiOk::new(orders.update_address(&user, path.id, address.as_ref()).await?))
+    Ok(ApiOk::new(orders.update_address(&user, path.id, body.into_address().as_ref()).await?))
 }
 
 /// Cancels an order and restocks it: the owner while pending, staff while pending or paid.

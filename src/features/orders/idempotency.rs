@@ -1,17 +1,19 @@
-//! `Idempotency-Key` for `POST /orders` (SPEC §6). A key is scoped to the caller; the
-//! first request claims it with an insert that the primary key makes race-free, and its
-//! final response is stored (a 201 inside the order's own transaction) and replayed for 24 hours.
+//! `Idempotency-Key` for `POST /orders` (SPEC §6): the `idempotency_keys` table. A key is
+//! scoped to the caller; the first request claims it with an insert that the primary key
+//! makes race-free, and its final answer is stored (a 201 inside the order's own
+//! transaction) and replayed for 24 hours. The flow itself is `OrderService::place_idempotent`.
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::shared::error::AppError;
+use crate::shared::{error::AppError, response::ApiOk};
 
-/// A validated key and the fingerprint of the request body it was sent with.
+/// A key sent with a request and the fingerprint of the request body it came with.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey {
     pub key: String,
@@ -19,19 +21,33 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// `None` without the header; an empty, over-long or non-text key is a 400.
-    pub fn from_header(
-        value: Option<&axum::http::HeaderValue>,
-        body: &Value,
-    ) -> Result<Option<Self>, AppError> {
-        let Some(value) = value else { return Ok(None) };
-        let key = value.to_str().map_err(|_| AppError::field("Idempotency-Key", "must be visible ASCII"))?;
-        if key.is_empty() || key.len() > 255 {
-            return Err(AppError::field("Idempotency-Key", "must be 1 to 255 characters"));
-        }
+    /// `key` (already checked by the header extractor) bound to `body`.
+    pub fn new(key: String, body: &Value) -> Self {
         // serde_json's maps are ordered, so the same JSON in any key order hashes alike.
-        let canonical = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
-        Ok(Some(Self { key: key.to_owned(), request_hash: Sha256::digest(&canonical).to_vec() }))
+        let canonical = serde_json::to_vec(body).unwrap_or_default();
+        Self { key, request_hash: Sha256::digest(&canonical).to_vec() }
+    }
+}
+
+/// A final answer as stored for replay: the status and the body exactly as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The 201 of a created resource, in the success envelope.
+    pub fn created<T: Serialize>(data: &T) -> Self {
+        Self { status: 201, body: serde_json::to_value(ApiOk::new(data)).unwrap_or_default() }
+    }
+
+    /// A final error answer, in the error envelope (with the first request's id).
+    pub fn failed(error: &AppError) -> Self {
+        Self {
+            status: error.status().as_u16(),
+            body: serde_json::to_value(error.envelope()).unwrap_or_default(),
+        }
     }
 }
 
@@ -48,7 +64,7 @@ pub enum Claim {
     /// This request owns the key and must complete or release it.
     Acquired(ClaimedKey),
     /// A finished request with the same key and body: answer with its response.
-    Replay { status: u16, body: Value },
+    Replay(Answer),
     /// The key was used with a different body.
     Mismatch,
     /// The first request with this key is still running.
@@ -111,7 +127,7 @@ pub async fn claim(
             return Ok(Claim::Mismatch);
         }
         if let (Some(status), Some(body)) = (found.response_status, found.response_body) {
-            return Ok(Claim::Replay { status: u16::try_from(status).unwrap_or(500), body });
+            return Ok(Claim::Replay(Answer { status: u16::try_from(status).unwrap_or(500), body }));
         }
         if found.abandoned {
             let taken = sqlx::query!(
@@ -141,8 +157,7 @@ pub async fn complete(
     db: impl PgExecutor<'_>,
     user: Uuid,
     claim: &ClaimedKey,
-    status: u16,
-    body: &Value,
+    answer: &Answer,
 ) -> sqlx::Result<bool> {
     let done = sqlx::query!(
         "update idempotency_keys set response_status = $4, response_body = $5, completed_at = now()
@@ -150,8 +165,8 @@ pub async fn complete(
         user,
         claim.key,
         claim.token,
-        i16::try_from(status).unwrap_or(500),
-        body,
+        i16::try_from(answer.status).unwrap_or(500),
+        &answer.body,
     )
     .execute(db)
     .await?;

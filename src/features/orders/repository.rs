@@ -5,6 +5,7 @@ use sqlx::{PgExecutor, types::Json};
 use uuid::Uuid;
 
 use super::domain::{OrderStatus, ShippingAddress};
+use crate::features::products::domain::MAX_STOCK;
 
 #[derive(Debug, Clone)]
 pub struct OrderRow {
@@ -40,16 +41,15 @@ pub struct StockRow {
     pub archived: bool,
 }
 
-/// The lines of a new order, column by column (inserted with one `unnest`).
-#[derive(Debug, Default)]
-pub struct NewItems {
-    pub product_ids: Vec<Uuid>,
-    pub positions: Vec<i16>,
-    pub skus: Vec<String>,
-    pub names: Vec<String>,
-    pub unit_prices: Vec<i64>,
-    pub quantities: Vec<i32>,
-    pub line_totals: Vec<i64>,
+/// One line of a new order, snapshotted from its product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrderLine {
+    pub product_id: Uuid,
+    pub sku: String,
+    pub name: String,
+    pub unit_price_cents: i64,
+    pub quantity: i32,
+    pub line_total_cents: i64,
 }
 
 /// Locks the products of an order, in id order so that two orders over the same products
@@ -65,15 +65,17 @@ pub async fn lock_products(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resul
     .await
 }
 
-/// Takes `quantities[i]` from `ids[i]`, bumping each version. The `stock >= 0` check
-/// constraint is the last line of defence against overselling.
-pub async fn take_stock(db: impl PgExecutor<'_>, ids: &[Uuid], quantities: &[i32]) -> sqlx::Result<u64> {
+/// Takes each line's quantity from its product, bumping each version. The `stock >= 0`
+/// check constraint is the last line of defence against overselling.
+pub async fn take_stock(db: impl PgExecutor<'_>, lines: &[NewOrderLine]) -> sqlx::Result<u64> {
+    let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i32> = lines.iter().map(|l| l.quantity).collect();
     sqlx::query!(
         "update products p set stock = p.stock - x.quantity, version = p.version + 1
          from unnest($1::uuid[], $2::int[]) as x(id, quantity)
          where p.id = x.id",
-        ids,
-        quantities
+        &ids,
+        &quantities
     )
     .execute(db)
     .await
@@ -98,10 +100,11 @@ pub async fn lock_order_products(db: impl PgExecutor<'_>, order_id: Uuid) -> sql
 /// admin may have raised the product to in the meantime).
 pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u64> {
     sqlx::query!(
-        "update products p set stock = least(p.stock + i.quantity, 1000000), version = p.version + 1
+        "update products p set stock = least(p.stock + i.quantity, $2), version = p.version + 1
          from order_items i
          where i.order_id = $1 and p.id = i.product_id",
-        order_id
+        order_id,
+        MAX_STOCK
     )
     .execute(db)
     .await
@@ -130,22 +133,69 @@ pub async fn insert_order(
     .await
 }
 
-pub async fn insert_items(db: impl PgExecutor<'_>, order_id: Uuid, items: &NewItems) -> sqlx::Result<()> {
+/// Inserts the lines of `order_id` in their order, with one `unnest` over one array per
+/// column (one round trip, whatever the number of lines).
+pub async fn insert_items(
+    db: impl PgExecutor<'_>,
+    order_id: Uuid,
+    lines: &[NewOrderLine],
+) -> sqlx::Result<()> {
+    let mut columns = ItemColumns::with_capacity(lines.len());
+    for (position, line) in lines.iter().enumerate() {
+        columns.push(position, line);
+    }
+    let c = columns;
     sqlx::query!(
         "insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
          select $1, * from unnest($2::uuid[], $3::smallint[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bigint[])",
         order_id,
-        &items.product_ids,
-        &items.positions,
-        &items.skus,
-        &items.names,
-        &items.unit_prices,
-        &items.quantities,
-        &items.line_totals,
+        &c.product_ids,
+        &c.positions,
+        &c.skus as &[&str],
+        &c.names as &[&str],
+        &c.unit_prices,
+        &c.quantities,
+        &c.line_totals,
     )
     .execute(db)
     .await
     .map(|_| ())
+}
+
+/// [`NewOrderLine`]s turned column by column into the arrays `unnest` takes.
+struct ItemColumns<'a> {
+    product_ids: Vec<Uuid>,
+    positions: Vec<i16>,
+    skus: Vec<&'a str>,
+    names: Vec<&'a str>,
+    unit_prices: Vec<i64>,
+    quantities: Vec<i32>,
+    line_totals: Vec<i64>,
+}
+
+impl<'a> ItemColumns<'a> {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            product_ids: Vec::with_capacity(n),
+            positions: Vec::with_capacity(n),
+            skus: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            unit_prices: Vec::with_capacity(n),
+            quantities: Vec::with_capacity(n),
+            line_totals: Vec::with_capacity(n),
+        }
+    }
+
+    fn push(&mut self, position: usize, line: &'a NewOrderLine) {
+        self.product_ids.push(line.product_id);
+        // At most MAX_ITEMS lines: validated before any order is built.
+        self.positions.push(i16::try_from(position).unwrap_or(i16::MAX));
+        self.skus.push(&line.sku);
+        self.names.push(&line.name);
+        self.unit_prices.push(line.unit_price_cents);
+        self.quantities.push(line.quantity);
+        self.line_totals.push(line.line_total_cents);
+    }
 }
 
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderRow>> {

@@ -4,22 +4,32 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
-    idempotency::{self, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewItems, OrderItemRow, OrderRow},
+    idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
+    repository::{self, NewOrderLine, OrderItemRow, OrderRow, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
 use crate::shared::{
     auth::{AuthUser, Permission},
     error::{AppError, AppResult, FieldErrors},
-    outbox,
+    extract::parse_valid_value,
+    outbox::{self, Job},
     response::PageParams,
 };
+
+/// What [`OrderService::place_idempotent`] did.
+#[derive(Debug)]
+pub enum Placed {
+    /// A new order.
+    Created(OrderResponse),
+    /// A retry: the first request's stored answer, unchanged.
+    Replayed(Answer),
+}
 
 /// Order use cases; cheap to clone.
 #[derive(Clone)]
@@ -43,44 +53,60 @@ impl OrderService {
         Self { db, currency: Arc::from(currency), abandoned_after }
     }
 
-    /// Claims an `Idempotency-Key` for `user` (see [`idempotency::claim`]).
-    pub async fn claim_key(&self, user: Uuid, key: &IdempotencyKey) -> AppResult<Claim> {
-        Ok(idempotency::claim(&self.db, user, key, self.abandoned_after).await?)
+    /// Places an order from a raw JSON body, honouring an `Idempotency-Key`: the first
+    /// request with a key claims it; a retry with the same key and body gets the stored
+    /// answer back (201 or a final 4xx, never a second order); the same key with another
+    /// body is a 422; a key whose first request still runs is a 409. A server error
+    /// frees the key so that the client's retry can run.
+    pub async fn place_idempotent(&self, user: Uuid, key: Option<String>, body: Value) -> AppResult<Placed> {
+        let Some(key) = key else {
+            let req = parse_valid_value::<CreateOrderRequest>(body)?;
+            return self.place(user, &req, None).await.map(Placed::Created);
+        };
+        let key = IdempotencyKey::new(key, &body);
+        let claim = match idempotency::claim(&self.db, user, &key, self.abandoned_after).await? {
+            Claim::Acquired(claim) => claim,
+            Claim::Replay(answer) => return Ok(Placed::Replayed(answer)),
+            Claim::Mismatch => return Err(AppError::IdempotencyKeyMismatch),
+            Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
+        };
+        let placed = match parse_valid_value::<CreateOrderRequest>(body) {
+            Ok(req) => self.place(user, &req, Some(&claim)).await,
+            Err(e) => Err(e),
+        };
+        let error = match placed {
+            Ok(order) => return Ok(Placed::Created(order)),
+            Err(e) => e,
+        };
+        if error.status().is_server_error() {
+            // No final answer: free the key so the client's retry can run.
+            if let Err(e) = idempotency::release(&self.db, user, &claim).await {
+                tracing::warn!(error = %e, "could not release an idempotency key");
+            }
+        } else {
+            // A final 4xx is part of the contract too: store it as it is sent. If the
+            // claim was taken over meanwhile, the new owner's answer wins.
+            idempotency::complete(&self.db, user, &claim, &Answer::failed(&error)).await?;
+        }
+        Err(error)
     }
 
-    /// Stores a final error answer for a claimed key (nothing if the claim was lost).
-    pub async fn remember_failure(
-        &self,
-        user: Uuid,
-        claim: &ClaimedKey,
-        status: u16,
-        body: &serde_json::Value,
-    ) -> AppResult<()> {
-        idempotency::complete(&self.db, user, claim, status, body).await?;
-        Ok(())
-    }
-
-    /// Frees a claimed key after a server error.
-    pub async fn release_key(&self, user: Uuid, claim: &ClaimedKey) -> AppResult<()> {
-        Ok(idempotency::release(&self.db, user, claim).await?)
-    }
-
-    /// Places an order, all or nothing. With a claimed key, the 201 body is stored in the
-    /// same transaction, so an order and its replayable answer exist together or not at all.
+    /// Places an order, all or nothing. With a claimed key, the 201 answer is stored in
+    /// the same transaction, so an order and its replayable answer exist together or not
+    /// at all.
     #[tracing::instrument(skip_all, fields(user.id = %user))]
-    pub async fn place(
+    async fn place(
         &self,
         user: Uuid,
         req: &CreateOrderRequest,
         claim: Option<&ClaimedKey>,
     ) -> AppResult<OrderResponse> {
-        req.check()?;
         let mut ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
         ids.sort_unstable();
 
         let mut tx = self.db.begin().await?;
         let locked = repository::lock_products(&mut *tx, &ids).await?;
-        let products: HashMap<Uuid, _> = locked.iter().map(|p| (p.id, p)).collect();
+        let products: HashMap<Uuid, StockRow> = locked.into_iter().map(|p| (p.id, p)).collect();
 
         let mut unknown = FieldErrors::new();
         for (i, item) in req.items.iter().enumerate() {
@@ -96,7 +122,7 @@ impl OrderService {
             .items
             .iter()
             .filter_map(|item| {
-                let p = products[&item.product_id];
+                let p = &products[&item.product_id];
                 (p.stock < item.quantity).then(|| {
                     json!({"productId": item.product_id, "requested": item.quantity, "available": p.stock})
                 })
@@ -106,54 +132,41 @@ impl OrderService {
             return Err(AppError::InsufficientStock(json!({ "products": short })));
         }
 
-        let lines: Vec<(i64, i32)> =
+        let priced: Vec<(i64, i32)> =
             req.items.iter().map(|i| (products[&i.product_id].price_cents, i.quantity)).collect();
-        let (line_totals, total) = domain::price(&lines)
+        let (line_totals, total) = domain::price(&priced)
             .ok_or_else(|| AppError::Internal(anyhow::anyhow!("order total overflowed")))?;
+        let lines: Vec<NewOrderLine> = req
+            .items
+            .iter()
+            .zip(line_totals)
+            .map(|(item, line_total_cents)| {
+                let p = &products[&item.product_id];
+                NewOrderLine {
+                    product_id: p.id,
+                    sku: p.sku.clone(),
+                    name: p.name.clone(),
+                    unit_price_cents: p.price_cents,
+                    quantity: item.quantity,
+                    line_total_cents,
+                }
+            })
+            .collect();
 
-        let mut items = NewItems::default();
-        for (position, (item, line_total)) in req.items.iter().zip(&line_totals).enumerate() {
-            let p = products[&item.product_id];
-            items.product_ids.push(p.id);
-            items.positions.push(i16::try_from(position).map_err(anyhow::Error::from)?);
-            items.skus.push(p.sku.clone());
-            items.names.push(p.name.clone());
-            items.unit_prices.push(p.price_cents);
-            items.quantities.push(item.quantity);
-            items.line_totals.push(*line_total);
-        }
-        repository::take_stock(&mut *tx, &items.product_ids, &items.quantities).await?;
+        repository::take_stock(&mut *tx, &lines).await?;
         let order =
             repository::insert_order(&mut *tx, user, total, &self.currency, req.shipping_address.as_ref())
                 .await?;
-        repository::insert_items(&mut *tx, order.id, &items).await?;
-        outbox::push(
-            &mut *tx,
-            outbox::EMAILS,
-            "order-confirmation",
-            &json!({"orderId": order.id, "userId": user}),
-        )
-        .await?;
+        repository::insert_items(&mut *tx, order.id, &lines).await?;
+        outbox::push(&mut *tx, &Job::OrderConfirmation { order_id: order.id, user_id: user }).await?;
 
         // The snapshot just written is the answer: no need to read it back.
-        let rows = (0..items.product_ids.len())
-            .map(|i| OrderItemRow {
-                order_id: order.id,
-                product_id: items.product_ids[i],
-                sku: items.skus[i].clone(),
-                name: items.names[i].clone(),
-                unit_price_cents: items.unit_prices[i],
-                quantity: items.quantities[i],
-                line_total_cents: items.line_totals[i],
-            })
-            .collect();
-        let response = OrderResponse::new(order, rows);
-        if let Some(claim) = claim {
-            let body = json!({"success": true, "data": &response});
-            if !idempotency::complete(&mut *tx, user, claim, 201, &body).await? {
-                // Our claim was taken over while we ran: the new owner answers; roll back.
-                return Err(AppError::IdempotencyKeyInUse);
-            }
+        let response = OrderResponse::placed(order, lines);
+        if let Some(claim) = claim
+            && !idempotency::complete(&mut *tx, user, claim, &Answer::created(&response)).await?
+        {
+            // Our claim was taken over while we ran: the new owner answers; roll back.
+            return Err(AppError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
         tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");

@@ -7,13 +7,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use axum::{extract::FromRequestParts, http::request::Parts};
+use validator::{Validate, ValidationErrors};
+
 use super::{
     domain::{OrderStatus, ShippingAddress},
-    repository::{OrderItemRow, OrderRow},
+    repository::{NewOrderLine, OrderItemRow, OrderRow},
 };
 use crate::shared::{
     error::{AppError, FieldErrors},
-    extract::double_option,
+    extract::{double_option, into_validation_errors},
 };
 
 pub const MAX_ITEMS: usize = 100;
@@ -38,9 +41,10 @@ pub struct OrderItemRequest {
     pub quantity: i32,
 }
 
-impl CreateOrderRequest {
-    /// Every rule that needs no database, all violations at once.
-    pub fn check(&self) -> Result<(), AppError> {
+/// Every rule that needs no database, all violations at once (run by the extractors
+/// through `Validate`).
+impl Validate for CreateOrderRequest {
+    fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = FieldErrors::new();
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
             errors.insert("items".into(), vec![format!("must have 1 to {MAX_ITEMS} items")]);
@@ -61,7 +65,7 @@ impl CreateOrderRequest {
         if let Some(address) = &self.shipping_address {
             address.check("shippingAddress", &mut errors);
         }
-        if errors.is_empty() { Ok(()) } else { Err(AppError::invalid_fields(errors)) }
+        into_validation_errors(errors)
     }
 }
 
@@ -74,21 +78,48 @@ pub struct UpdateOrderRequest {
     pub shipping_address: Option<Option<ShippingAddress>>,
 }
 
-impl UpdateOrderRequest {
-    pub fn into_address(self) -> Result<Option<ShippingAddress>, AppError> {
-        let Some(address) = self.shipping_address else {
-            return Err(AppError::field("shippingAddress", "is required (null clears it)"));
-        };
-        if let Some(a) = &address {
-            let mut errors = FieldErrors::new();
-            a.check("shippingAddress", &mut errors);
-            if !errors.is_empty() {
-                return Err(AppError::invalid_fields(errors));
+impl Validate for UpdateOrderRequest {
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = FieldErrors::new();
+        match &self.shipping_address {
+            None => {
+                errors.insert("shippingAddress".into(), vec!["is required (null clears it)".into()]);
             }
+            Some(Some(address)) => address.check("shippingAddress", &mut errors),
+            Some(None) => {}
         }
-        Ok(address)
+        into_validation_errors(errors)
     }
 }
+
+impl UpdateOrderRequest {
+    /// The new address (`None` clears it); validation has ensured the field was sent.
+    pub fn into_address(self) -> Option<ShippingAddress> {
+        self.shipping_address.flatten()
+    }
+}
+
+/// The `Idempotency-Key` header of `POST /orders`: absent, or 1..=255 visible ASCII
+/// characters (anything else is a 400 naming the header).
+#[derive(Debug, Clone, Default)]
+pub struct IdempotencyKeyHeader(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKeyHeader {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(Self(None));
+        };
+        let key = value.to_str().map_err(|_| AppError::field("Idempotency-Key", "must be visible ASCII"))?;
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(AppError::field("Idempotency-Key", "must be 1 to 255 characters"));
+        }
+        Ok(Self(Some(key.to_owned())))
+    }
+}
+
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// `PATCH /orders/{id}/status` (admin).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -135,6 +166,23 @@ pub struct OrderResponse {
 }
 
 impl OrderResponse {
+    /// A just-placed order, from the lines it was written with.
+    pub fn placed(order: OrderRow, lines: Vec<NewOrderLine>) -> Self {
+        let items = lines
+            .into_iter()
+            .map(|l| OrderItemRow {
+                order_id: order.id,
+                product_id: l.product_id,
+                sku: l.sku,
+                name: l.name,
+                unit_price_cents: l.unit_price_cents,
+                quantity: l.quantity,
+                line_total_cents: l.line_total_cents,
+            })
+            .collect();
+        Self::new(order, items)
+    }
+
     pub fn new(order: OrderRow, items: Vec<OrderItemRow>) -> Self {
         Self {
             id: order.id,

@@ -1,7 +1,5 @@
 //! HTTP handlers of `/products` (SPEC §5).
 
-use std::sync::Arc;
-
 use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
@@ -9,14 +7,14 @@ use axum::{
 };
 
 use super::{
-    repository::{NewProduct, ProductChanges, ProductRow},
+    domain::{Precondition, none_match_hits},
+    repository::{NewProduct, ProductRow},
     service::ProductService,
     types::{CreateProductRequest, ProductFilter, ProductIdPath, ProductResponse, UpdateProductRequest},
 };
 use crate::shared::{
     auth::{Require, perm},
-    config::Settings,
-    error::{AppError, AppResult, ErrorEnvelope},
+    error::{AppResult, ErrorEnvelope},
     extract::{PathParam, QueryParams, ValidJson},
     response::{ApiList, ApiOk, PageParams, Pagination},
 };
@@ -26,24 +24,9 @@ fn etag(version: i32) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
 }
 
-/// The versions an `If-Match` / `If-None-Match` list names; `weak` says whether weak
-/// tags (`W/"3"`) count: they do for `If-None-Match`, never for `If-Match` (RFC 9110
-/// compares strongly there).
-fn versions_in(value: &str, weak: bool) -> impl Iterator<Item = i32> + '_ {
-    value.split(',').filter_map(move |tag| {
-        let tag = tag.trim();
-        let tag = match tag.strip_prefix("W/") {
-            Some(_) if !weak => return None,
-            Some(stripped) => stripped,
-            None => tag,
-        };
-        tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).and_then(|v| v.parse().ok())
-    })
-}
-
-fn with_etag(product: ProductRow, settings: &Settings, status: StatusCode) -> Response {
+fn with_etag(product: ProductRow, currency: &str, status: StatusCode) -> Response {
     let tag = etag(product.version);
-    let mut res = (status, ApiOk::new(ProductResponse::new(product, &settings.currency))).into_response();
+    let mut res = (status, ApiOk::new(ProductResponse::new(product, currency))).into_response();
     res.headers_mut().insert(header::ETAG, tag);
     res
 }
@@ -57,13 +40,11 @@ fn with_etag(product: ProductRow, settings: &Settings, status: StatusCode) -> Re
     ))]
 pub async fn list_products(
     State(products): State<ProductService>,
-    State(settings): State<Arc<Settings>>,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ProductFilter>,
 ) -> AppResult<ApiList<ProductResponse>> {
-    filter.check()?;
     let (rows, total) = products.list(page, &filter).await?;
-    let data = rows.into_iter().map(|p| ProductResponse::new(p, &settings.currency)).collect();
+    let data = rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
     Ok(ApiList::new(data, Pagination::new(page.page, page.limit, total)))
 }
 
@@ -78,20 +59,17 @@ pub async fn list_products(
     ))]
 pub async fn get_product(
     State(products): State<ProductService>,
-    State(settings): State<Arc<Settings>>,
     PathParam(path): PathParam<ProductIdPath>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let product = products.get(path.id).await?;
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if let Some(value) = if_none_match
-        && (value.trim() == "*" || versions_in(value, true).any(|v| v == product.version))
-    {
+    if if_none_match.is_some_and(|value| none_match_hits(value, product.version)) {
         let mut res = StatusCode::NOT_MODIFIED.into_response();
         res.headers_mut().insert(header::ETAG, etag(product.version));
         return Ok(res);
     }
-    Ok(with_etag(product, &settings, StatusCode::OK))
+    Ok(with_etag(product, products.currency(), StatusCode::OK))
 }
 
 /// Creates a product (admin) → 201 with `Location`; a taken SKU is a 409.
@@ -106,7 +84,6 @@ pub async fn get_product(
     ))]
 pub async fn create_product(
     State(products): State<ProductService>,
-    State(settings): State<Arc<Settings>>,
     _: Require<perm::ProductsWrite>,
     ValidJson(body): ValidJson<CreateProductRequest>,
 ) -> AppResult<Response> {
@@ -121,7 +98,7 @@ pub async fn create_product(
         .await?;
     let location =
         HeaderValue::from_str(&format!("/api/v1/products/{}", product.id)).map_err(anyhow::Error::from)?;
-    let mut res = with_etag(product, &settings, StatusCode::CREATED);
+    let mut res = with_etag(product, products.currency(), StatusCode::CREATED);
     res.headers_mut().insert(header::LOCATION, location);
     Ok(res)
 }
@@ -141,36 +118,15 @@ pub async fn create_product(
     ))]
 pub async fn update_product(
     State(products): State<ProductService>,
-    State(settings): State<Arc<Settings>>,
     _: Require<perm::ProductsWrite>,
     PathParam(path): PathParam<ProductIdPath>,
     headers: HeaderMap,
     ValidJson(body): ValidJson<UpdateProductRequest>,
 ) -> AppResult<Response> {
-    body.check()?;
-    let expected = match headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or_default()) {
-        None => None,
-        Some(value) if value.trim() == "*" => None,
-        // Any listed strong tag may match; none parseable means nothing can: 412, never
-        // a silent overwrite.
-        Some(value) => Some(versions_in(value, false).collect::<Vec<_>>()),
-    };
-    if body.is_empty() {
-        let product = products.get(path.id).await?;
-        if expected.as_ref().is_some_and(|v| !v.contains(&product.version)) {
-            return Err(AppError::PreconditionFailed("the product has changed; fetch it again".to_owned()));
-        }
-        return Ok(with_etag(product, &settings, StatusCode::OK));
-    }
-    let changes = ProductChanges {
-        sku: body.sku,
-        name: body.name,
-        description: body.description,
-        price_cents: body.price_cents,
-        stock: body.stock,
-    };
-    let product = products.update(path.id, expected.as_deref(), &changes).await?;
-    Ok(with_etag(product, &settings, StatusCode::OK))
+    // A header that is not even text can never match: 412, never a silent overwrite.
+    let if_match = headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or_default());
+    let product = products.update(path.id, &Precondition::if_match(if_match), &body.into()).await?;
+    Ok(with_etag(product, products.currency(), StatusCode::OK))
 }
 
 /// Archives a product (admin): gone from the catalogue, kept inside old orders.

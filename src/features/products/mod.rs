@@ -1,6 +1,7 @@
 //! The catalogue (SPEC §5): public list and detail with ETags, admin create, update with
 //! optimistic concurrency, archive.
 
+pub mod domain;
 mod handlers;
 pub mod repository;
 mod routes;

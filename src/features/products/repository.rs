@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use super::types::{ProductFilter, ProductSort};
+use super::domain::ProductSort;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProductRow {
@@ -40,6 +40,29 @@ pub struct ProductChanges {
     pub description: Option<Option<String>>,
     pub price_cents: Option<i64>,
     pub stock: Option<i32>,
+}
+
+impl ProductChanges {
+    /// Whether the PATCH changes nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.sku.is_none()
+            && self.name.is_none()
+            && self.description.is_none()
+            && self.price_cents.is_none()
+            && self.stock.is_none()
+    }
+}
+
+/// What a list asks for; the search `pattern` is already an ILIKE pattern.
+#[derive(Debug, Default)]
+pub struct ListQuery {
+    pub pattern: Option<String>,
+    pub min_price: Option<i64>,
+    pub max_price: Option<i64>,
+    pub in_stock: Option<bool>,
+    pub sort: ProductSort,
+    pub limit: i64,
+    pub offset: i64,
 }
 
 pub async fn find_live(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<ProductRow>> {
@@ -126,10 +149,10 @@ fn order_by(sort: ProductSort) -> &'static str {
 }
 
 /// `where` for the filters; every value is a bind parameter.
-fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ProductFilter, pattern: Option<String>) {
+fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ListQuery) {
     qb.push(" where archived_at is null");
-    if let Some(pattern) = pattern {
-        qb.push(" and (name || ' ' || coalesce(description, '')) ilike ").push_bind(pattern);
+    if let Some(pattern) = &f.pattern {
+        qb.push(" and (name || ' ' || coalesce(description, '')) ilike ").push_bind(pattern.clone());
     }
     if let Some(min) = f.min_price {
         qb.push(" and price_cents >= ").push_bind(min);
@@ -145,15 +168,8 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ProductFilter, pattern: Opt
 }
 
 /// One page of live products and the exact total of the filtered set.
-pub async fn list(
-    pool: &PgPool,
-    f: &ProductFilter,
-    limit: i64,
-    offset: i64,
-) -> sqlx::Result<(Vec<ProductRow>, i64)> {
-    let pattern =
-        f.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(crate::shared::db::contains_pattern);
-    let only_stock_filter = pattern.is_none() && f.min_price.is_none() && f.max_price.is_none();
+pub async fn list(pool: &PgPool, f: &ListQuery) -> sqlx::Result<(Vec<ProductRow>, i64)> {
+    let only_stock_filter = f.pattern.is_none() && f.min_price.is_none() && f.max_price.is_none();
 
     let total = match (only_stock_filter, f.in_stock) {
         (true, None) => sqlx::query_scalar!("select live from product_counts").fetch_one(pool).await?,
@@ -167,11 +183,11 @@ pub async fn list(
         }
         _ => {
             let mut qb = QueryBuilder::new("select count(*) from products");
-            push_filters(&mut qb, f, pattern.clone());
+            push_filters(&mut qb, f);
             qb.build_query_scalar::<i64>().fetch_one(pool).await?
         }
     };
-    if total == 0 || offset >= total {
+    if total == 0 || f.offset >= total {
         return Ok((Vec::new(), total));
     }
 
@@ -180,9 +196,9 @@ pub async fn list(
         "select p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version, p.created_at, p.updated_at
          from (select id from products",
     );
-    push_filters(&mut qb, f, pattern);
-    qb.push(format!(" order by {order} limit ")).push_bind(limit);
-    qb.push(" offset ").push_bind(offset);
+    push_filters(&mut qb, f);
+    qb.push(format!(" order by {order} limit ")).push_bind(f.limit);
+    qb.push(" offset ").push_bind(f.offset);
     qb.push(format!(") page join products p using (id) order by {}", prefixed(order)));
     let rows = qb.build_query_as::<ProductRow>().fetch_all(pool).await?;
     Ok((rows, total))

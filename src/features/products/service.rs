@@ -1,22 +1,30 @@
 //! Catalogue rules (SPEC §5): SKU uniqueness, optimistic concurrency through `version`,
 //! archive instead of delete.
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::repository::{self, NewProduct, ProductChanges, ProductRow};
-use super::types::ProductFilter;
+use super::{
+    domain::Precondition,
+    repository::{self, ListQuery, NewProduct, ProductChanges, ProductRow},
+    types::ProductFilter,
+};
 use crate::shared::{
+    db::contains_pattern,
     error::{AppError, AppResult},
     response::PageParams,
 };
 
 const SKU_TAKEN: &str = "a product with this sku already exists";
+const CHANGED: &str = "the product has changed; fetch it again";
 
 /// Catalogue use cases; cheap to clone.
 #[derive(Clone)]
 pub struct ProductService {
     db: PgPool,
+    currency: Arc<str>,
 }
 
 fn sku_conflict(e: sqlx::Error) -> AppError {
@@ -29,12 +37,26 @@ fn sku_conflict(e: sqlx::Error) -> AppError {
 }
 
 impl ProductService {
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
+    pub fn new(db: PgPool, currency: &str) -> Self {
+        Self { db, currency: Arc::from(currency) }
+    }
+
+    /// The deployment's currency, which every price is in.
+    pub fn currency(&self) -> &str {
+        &self.currency
     }
 
     pub async fn list(&self, page: PageParams, filter: &ProductFilter) -> AppResult<(Vec<ProductRow>, i64)> {
-        Ok(repository::list(&self.db, filter, i64::from(page.limit), page.offset()).await?)
+        let query = ListQuery {
+            pattern: filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(contains_pattern),
+            min_price: filter.min_price,
+            max_price: filter.max_price,
+            in_stock: filter.in_stock,
+            sort: filter.sort,
+            limit: i64::from(page.limit),
+            offset: page.offset(),
+        };
+        Ok(repository::list(&self.db, &query).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {
@@ -48,21 +70,30 @@ impl ProductService {
         Ok(product)
     }
 
-    /// Applies a partial update. With `expected_versions` (from `If-Match`), a product that
-    /// changed meanwhile is a 412 and nothing is written.
+    /// Applies a partial update if `precondition` holds; a product that changed
+    /// meanwhile is a 412 and nothing is written. An empty change set writes nothing
+    /// (no version bump) and answers the current product, the precondition still checked.
     #[tracing::instrument(skip_all, fields(product.id = %id))]
     pub async fn update(
         &self,
         id: Uuid,
-        expected_versions: Option<&[i32]>,
+        precondition: &Precondition,
         changes: &ProductChanges,
     ) -> AppResult<ProductRow> {
-        match repository::update(&self.db, id, expected_versions, changes).await.map_err(sku_conflict)? {
+        if changes.is_empty() {
+            let product = self.get(id).await?;
+            if !precondition.holds_for(product.version) {
+                return Err(AppError::PreconditionFailed(CHANGED.to_owned()));
+            }
+            return Ok(product);
+        }
+        match repository::update(&self.db, id, precondition.versions(), changes)
+            .await
+            .map_err(sku_conflict)?
+        {
             Some(product) => Ok(product),
             None => match repository::find_live(&self.db, id).await? {
-                Some(_) => {
-                    Err(AppError::PreconditionFailed("the product has changed; fetch it again".to_owned()))
-                }
+                Some(_) => Err(AppError::PreconditionFailed(CHANGED.to_owned())),
                 None => Err(AppError::not_found("product")),
             },
         }

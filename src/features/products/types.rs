@@ -6,14 +6,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 use validator::{Validate, ValidationError};
 
-use super::repository::ProductRow;
-use crate::shared::{
-    error::AppError,
-    extract::{double_option, reject_null},
+use super::{
+    domain::{MAX_PRICE_CENTS, MAX_STOCK, ProductSort},
+    repository::{ProductChanges, ProductRow},
 };
-
-pub const MAX_PRICE_CENTS: i64 = 100_000_000;
-pub const MAX_STOCK: i32 = 1_000_000;
+use crate::shared::extract::{double_option, reject_null, struct_error};
 
 /// A product as the catalogue shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -64,15 +61,16 @@ pub struct CreateProductRequest {
     pub name: String,
     #[validate(length(max = 5000, message = "must be at most 5000 characters"))]
     pub description: Option<String>,
-    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
+    #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
     pub price_cents: i64,
-    #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
+    #[validate(range(min = 0, max = MAX_STOCK, message = "must be between 0 and 1000000"))]
     pub stock: i32,
 }
 
 /// `PATCH /products/{id}`: absent = unchanged; `description: null` clears it.
 #[derive(Debug, Default, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[validate(schema(function = "description_fits"))]
 pub struct UpdateProductRequest {
     #[validate(custom(function = "valid_sku"))]
     #[serde(default, deserialize_with = "reject_null")]
@@ -83,65 +81,50 @@ pub struct UpdateProductRequest {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 5000)]
     pub description: Option<Option<String>>,
-    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
+    #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
     #[serde(default, deserialize_with = "reject_null")]
     pub price_cents: Option<i64>,
-    #[validate(range(min = 0, max = 1_000_000, message = "must be between 0 and 1000000"))]
+    #[validate(range(min = 0, max = MAX_STOCK, message = "must be between 0 and 1000000"))]
     #[serde(default, deserialize_with = "reject_null")]
     pub stock: Option<i32>,
 }
 
-impl UpdateProductRequest {
-    /// Checks what `validator` cannot express on a nullable field.
-    pub fn check(&self) -> Result<(), AppError> {
-        match &self.description {
-            Some(Some(d)) if d.chars().count() > 5000 => {
-                Err(AppError::field("description", "must be at most 5000 characters"))
-            }
-            _ => Ok(()),
+/// What `validator` cannot express on a nullable field.
+fn description_fits(body: &UpdateProductRequest) -> Result<(), ValidationError> {
+    match &body.description {
+        Some(Some(d)) if d.chars().count() > 5000 => {
+            Err(struct_error("description", "must be at most 5000 characters"))
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.sku.is_none()
-            && self.name.is_none()
-            && self.description.is_none()
-            && self.price_cents.is_none()
-            && self.stock.is_none()
+        _ => Ok(()),
     }
 }
 
-/// Sort orders of the list.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
-pub enum ProductSort {
-    #[serde(rename = "name")]
-    NameAsc,
-    #[serde(rename = "-name")]
-    NameDesc,
-    #[serde(rename = "price")]
-    PriceAsc,
-    #[serde(rename = "-price")]
-    PriceDesc,
-    #[serde(rename = "createdAt")]
-    CreatedAsc,
-    #[default]
-    #[serde(rename = "-createdAt")]
-    CreatedDesc,
+impl From<UpdateProductRequest> for ProductChanges {
+    fn from(body: UpdateProductRequest) -> Self {
+        Self {
+            sku: body.sku,
+            name: body.name,
+            description: body.description,
+            price_cents: body.price_cents,
+            stock: body.stock,
+        }
+    }
 }
 
 /// Filters of `GET /products`.
 #[derive(Debug, Default, Deserialize, Validate, IntoParams)]
 #[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
+#[validate(schema(function = "price_range_ordered"))]
 pub struct ProductFilter {
     /// Case-insensitive substring of name or description.
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     pub q: Option<String>,
     /// Inclusive, minor units.
-    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
+    #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
     pub min_price: Option<i64>,
     /// Inclusive, minor units.
-    #[validate(range(min = 0, max = 100_000_000, message = "must be between 0 and 100000000"))]
+    #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
     pub max_price: Option<i64>,
     /// `true`: only products with stock; `false`: only sold-out ones.
     pub in_stock: Option<bool>,
@@ -151,15 +134,10 @@ pub struct ProductFilter {
     pub sort: ProductSort,
 }
 
-impl ProductFilter {
-    /// Cross-field checks.
-    pub fn check(&self) -> Result<(), AppError> {
-        match (self.min_price, self.max_price) {
-            (Some(min), Some(max)) if min > max => {
-                Err(AppError::field("minPrice", "must not exceed maxPrice"))
-            }
-            _ => Ok(()),
-        }
+fn price_range_ordered(f: &ProductFilter) -> Result<(), ValidationError> {
+    match (f.min_price, f.max_price) {
+        (Some(min), Some(max)) if min > max => Err(struct_error("minPrice", "must not exceed maxPrice")),
+        _ => Ok(()),
     }
 }
 

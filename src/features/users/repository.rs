@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::shared::auth::Role;
+use crate::shared::{auth::Role, email::Email};
 
 /// A user as stored, without the password hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,21 +19,16 @@ pub struct UserRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// What the auth extractor needs to know about a token's subject right now.
-pub struct Identity {
-    pub email: String,
-    pub role: Role,
-}
-
 /// A user for a login attempt: the row plus its password hash.
 pub struct LoginRow {
     pub user: UserRow,
     pub password_hash: String,
 }
 
-/// Fields of a new user; `email` already normalised, `password_hash` a PHC string.
+/// Fields of a new user; `password_hash` a PHC string.
 pub struct NewUser<'a> {
-    pub email: &'a str,
+    pub id: Uuid,
+    pub email: &'a Email,
     pub password_hash: &'a str,
     pub first_name: Option<&'a str>,
     pub last_name: Option<&'a str>,
@@ -46,30 +41,6 @@ pub struct ProfileChanges {
     pub first_name: Option<Option<String>>,
     pub last_name: Option<Option<String>>,
     pub phone: Option<Option<String>>,
-}
-
-/// The live user behind an access token, provided the token's session family still has
-/// a live session: logout, logout-all, a password change or reuse detection thereby end
-/// the access tokens of the revoked sessions too, not only their refresh tokens.
-pub async fn find_active_identity(
-    pool: &PgPool,
-    id: Uuid,
-    session_id: Uuid,
-) -> sqlx::Result<Option<Identity>> {
-    sqlx::query_as!(
-        Identity,
-        r#"select u.email, u.role as "role: Role"
-           from users u
-           join sessions issued on issued.id = $2 and issued.user_id = u.id
-           where u.id = $1 and u.deleted_at is null
-             and exists (select 1 from sessions live
-                         where live.family_id = issued.family_id
-                           and live.revoked_at is null and live.expires_at > now())"#,
-        id,
-        session_id
-    )
-    .fetch_optional(pool)
-    .await
 }
 
 pub async fn find_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
@@ -95,12 +66,12 @@ pub async fn lock_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Opti
     .await
 }
 
-pub async fn find_login(db: impl PgExecutor<'_>, email: &str) -> sqlx::Result<Option<LoginRow>> {
+pub async fn find_login(db: impl PgExecutor<'_>, email: &Email) -> sqlx::Result<Option<LoginRow>> {
     let row = sqlx::query!(
         r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at,
                   password_hash
            from users where email = $1 and deleted_at is null"#,
-        email
+        email.as_str()
     )
     .fetch_optional(db)
     .await?;
@@ -129,10 +100,11 @@ pub async fn find_password_hash(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Resu
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser<'_>) -> sqlx::Result<UserRow> {
     sqlx::query_as!(
         UserRow,
-        r#"insert into users (email, password_hash, first_name, last_name, role)
-           values ($1, $2, $3, $4, $5)
+        r#"insert into users (id, email, password_hash, first_name, last_name, role)
+           values ($1, $2, $3, $4, $5, $6)
            returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
-        new.email,
+        new.id,
+        new.email.as_str(),
         new.password_hash,
         new.first_name,
         new.last_name,

@@ -1,7 +1,19 @@
+//! Routes of the users feature; handlers in `handlers.rs`, rules in `service.rs`.
+//!
+//! | Method | Path | Handler | Who |
+//! | --- | --- | --- | --- |
+//! | GET | `/api/v1/users/profile` | `handlers::get_profile` | profile:read |
+//! | PATCH | `/api/v1/users/profile` | `handlers::update_profile` | profile:update |
+//! | POST | `/api/v1/users/profile/password` | `handlers::change_password` | profile:update |
+//! | GET | `/api/v1/users` | `handlers::list_users` | users:read (admin) |
+//! | GET | `/api/v1/users/{id}` | `handlers::get_user` | users:read (admin) |
+//! | PATCH | `/api/v1/users/{id}` | `handlers::update_user` | users:write (admin) |
+//! | DELETE | `/api/v1/users/{id}` | `handlers::delete_user` | users:write (admin) |
+
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `/users/...`
 pub fn router() -> OpenApiRouter<AppState> {

@@ -4,14 +4,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::repository::{self, ProfileChanges, UserRow};
-use crate::{
-    features::auth::{domain::normalize_email, repository as sessions},
-    shared::{
-        auth::{AuthUser, Role},
-        error::{AppError, AppResult},
-        password::PasswordHasher,
-        response::PageParams,
-    },
+use crate::shared::{
+    auth::{AuthUser, Role},
+    email::Email,
+    error::{AppError, AppResult},
+    password::PasswordHasher,
+    response::PageParams,
+    sessions,
 };
 
 /// What `create_admin` did.
@@ -57,7 +56,7 @@ impl UserService {
         sessions::lock_user_for_revocation(&mut *tx, user.id).await?;
         repository::set_password_hash(&mut *tx, user.id, &hash).await?;
         let keep = sessions::family_of(&mut *tx, user.session_id).await?;
-        let revoked = sessions::revoke_user_sessions(&mut *tx, user.id, keep).await?;
+        let revoked = sessions::revoke_all(&mut tx, user.id, keep).await?;
         tx.commit().await?;
         tracing::info!(sessions.revoked = revoked, "password changed");
         Ok(())
@@ -115,7 +114,7 @@ impl UserService {
             return Err(AppError::Conflict("the last admin cannot be deleted".to_owned()));
         }
         repository::soft_delete(&mut *tx, id).await?;
-        let revoked = sessions::revoke_user_sessions(&mut *tx, id, None).await?;
+        let revoked = sessions::revoke_all(&mut tx, id, None).await?;
         tx.commit().await?;
         tracing::info!(sessions.revoked = revoked, "user deleted");
         Ok(())
@@ -125,11 +124,10 @@ impl UserService {
     /// password is then left as it is).
     pub async fn create_admin(
         &self,
-        email: &str,
+        email: &Email,
         password: impl FnOnce() -> anyhow::Result<String>,
     ) -> anyhow::Result<AdminProvisioned> {
-        let email = normalize_email(email);
-        if let Some(login) = repository::find_login(&self.db, &email).await? {
+        if let Some(login) = repository::find_login(&self.db, email).await? {
             if login.user.role == Role::Admin {
                 return Ok(AdminProvisioned::AlreadyAdmin(login.user.id));
             }
@@ -141,7 +139,8 @@ impl UserService {
         let user = repository::insert(
             &self.db,
             &repository::NewUser {
-                email: &email,
+                id: Uuid::new_v4(),
+                email,
                 password_hash: &hash,
                 first_name: None,
                 last_name: None,

@@ -102,10 +102,10 @@ fn on_response(res: &Response<Body>, latency: Duration, _span: &Span) {
 }
 
 fn cors(settings: &Settings) -> CorsLayer {
-    let origin = if settings.cors_origins.iter().any(|o| o == "*") {
+    let origin = if settings.cors_origin.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(settings.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        AllowOrigin::list(settings.cors_origin.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
     CorsLayer::new()
         .allow_origin(origin)

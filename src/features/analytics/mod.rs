@@ -1,0 +1,12 @@
+//! Analytics (SPEC §8): the hourly roll-up of orders (cancelled excluded), items,
+//! revenue and new users into `analytics_hourly`, run by the scheduler, and
+//! `GET /admin/analytics` serving it to admins.
+
+mod handlers;
+pub mod repository;
+mod routes;
+pub mod service;
+pub mod types;
+
+pub use routes::router;
+pub use service::rollup;

@@ -1,0 +1,200 @@
+//! Refresh sessions (SPEC §3): the one owner of the `sessions` table and of the user-row
+//! locks that order revocations against rotations. Auth (issue, rotate, revoke), users
+//! (password change, delete), password reset and the access-token extractor all call in
+//! here; nothing else writes session SQL.
+//!
+//! Locking rule: a rotation takes the user's row in share mode
+//! ([`lock_user_for_rotation`]), a revocation in exclusive mode
+//! ([`lock_user_for_revocation`]). Without it, a revocation's UPDATE would not see a
+//! successor session inserted by a rotation that commits while the UPDATE waits, and
+//! the successor would stay live.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::role::Role;
+
+/// A refresh session as stored.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub family_id: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub replaced_by: Option<Uuid>,
+}
+
+/// A session to insert.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub family_id: Uuid,
+    pub token_hash: [u8; 32],
+    pub expires_at: DateTime<Utc>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// What the auth extractor needs to know about a token's subject right now.
+pub struct Identity {
+    pub email: String,
+    pub role: Role,
+}
+
+/// The live user behind an access token, provided the token's session family still has
+/// a live session: logout, logout-all, a password change or reuse detection thereby end
+/// the access tokens of the revoked sessions too, not only their refresh tokens.
+pub async fn find_identity(pool: &PgPool, user_id: Uuid, session_id: Uuid) -> sqlx::Result<Option<Identity>> {
+    sqlx::query_as!(
+        Identity,
+        r#"select u.email, u.role as "role: Role"
+           from users u
+           join sessions issued on issued.id = $2 and issued.user_id = u.id
+           where u.id = $1 and u.deleted_at is null
+             and exists (select 1 from sessions live
+                         where live.family_id = issued.family_id
+                           and live.revoked_at is null and live.expires_at > now())"#,
+        user_id,
+        session_id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn insert(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into sessions (id, user_id, family_id, token_hash, expires_at, user_agent, ip)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+        s.id,
+        s.user_id,
+        s.family_id,
+        &s.token_hash[..],
+        s.expires_at,
+        s.user_agent,
+        s.ip,
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+pub async fn find_by_hash(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
+    sqlx::query_as!(
+        Session,
+        "select id, user_id, family_id, expires_at, revoked_at, replaced_by
+         from sessions where token_hash = $1",
+        token_hash
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// The family of `session_id` (the caller's own, kept by a password change).
+pub async fn family_of(db: impl PgExecutor<'_>, session_id: Uuid) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!("select family_id from sessions where id = $1", session_id).fetch_optional(db).await
+}
+
+/// Takes the user's row in share mode: rotations of that user's sessions run side by side
+/// but wait for (and are waited on by) a revocation holding [`lock_user_for_revocation`].
+pub async fn lock_user_for_rotation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("select 1 as one from users where id = $1 for share", user_id)
+        .fetch_optional(db)
+        .await
+        .map(|_| ())
+}
+
+/// The exclusive side of [`lock_user_for_rotation`], taken before revoking sessions (and
+/// by anything else that must serialise per user, such as issuing reset links).
+pub async fn lock_user_for_revocation(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("select 1 as one from users where id = $1 for no key update", user_id)
+        .fetch_optional(db)
+        .await
+        .map(|_| ())
+}
+
+/// Marks `old` as rotated into `new`, only if it is still live. Returns whether it was.
+async fn mark_rotated(db: impl PgExecutor<'_>, old: Uuid, new: Uuid) -> sqlx::Result<bool> {
+    let done = sqlx::query!(
+        "update sessions set revoked_at = now(), replaced_by = $2
+         where id = $1 and revoked_at is null and expires_at > now()",
+        old,
+        new
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Atomically inserts `new` and retires `old`; `false` (and nothing changed) when `old`
+/// was no longer live. The successor goes in first (the old row's `replaced_by`
+/// references it); if the conditional update finds `old` already gone, roll back.
+pub async fn rotate(pool: &PgPool, old: Uuid, new: &NewSession) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    lock_user_for_rotation(&mut *tx, new.user_id).await?;
+    insert(&mut *tx, new).await?;
+    if mark_rotated(&mut *tx, old, new.id).await? {
+        tx.commit().await?;
+        Ok(true)
+    } else {
+        tx.rollback().await?;
+        Ok(false)
+    }
+}
+
+/// Revokes every live session of `family_id` (reuse detection).
+pub async fn revoke_family(pool: &PgPool, family_id: Uuid) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let owner = sqlx::query_scalar!("select user_id from sessions where family_id = $1 limit 1", family_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(owner) = owner {
+        lock_user_for_revocation(&mut *tx, owner).await?;
+        sqlx::query!(
+            "update sessions set revoked_at = now() where family_id = $1 and revoked_at is null",
+            family_id
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Revokes the session of `token_hash` (logout); unknown tokens change nothing.
+pub async fn revoke_token(pool: &PgPool, token_hash: &[u8]) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let owner = sqlx::query_scalar!("select user_id from sessions where token_hash = $1", token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(owner) = owner {
+        lock_user_for_revocation(&mut *tx, owner).await?;
+        sqlx::query!(
+            "update sessions set revoked_at = now() where token_hash = $1 and revoked_at is null",
+            token_hash
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Inside the caller's transaction: locks the user for revocation and revokes every live
+/// session of `user_id`, except those of `keep_family` if given. Returns how many.
+pub async fn revoke_all(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    keep_family: Option<Uuid>,
+) -> sqlx::Result<u64> {
+    lock_user_for_revocation(&mut *conn, user_id).await?;
+    sqlx::query!(
+        "update sessions set revoked_at = now()
+         where user_id = $1 and revoked_at is null and ($2::uuid is null or family_id <> $2)",
+        user_id,
+        keep_family
+    )
+    .execute(&mut *conn)
+    .await
+    .map(|r| r.rows_affected())
+}

@@ -1,0 +1,72 @@
+//! [`AppState`]: what handlers and extractors can reach, built once per process.
+//!
+//! Features name `State<T>` of one part (`State<OrderService>`, `State<PgPool>`); the
+//! `FromRef` derive provides those projections. This module sits below the routers and
+//! above the services: `app → features → state → services/shared`, never back.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use sqlx::PgPool;
+
+use crate::{
+    // Services by their own modules, not the features' re-exports: a feature's `mod.rs`
+    // also reaches its routes, which depend on this state.
+    features::{
+        auth::{repository::PgAuthStore, reset::PasswordResetService, service::AuthService},
+        orders::service::OrderService,
+        products::service::ProductService,
+        users::service::UserService,
+    },
+    shared::{
+        auth::TokenKeys, config::Settings, metrics::Metrics, middleware::rate_limit::RateLimiter,
+        password::PasswordHasher, redis::Redis,
+    },
+};
+
+/// Everything a request handler may need; cheap to clone.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub config: Arc<Settings>,
+    pub db: PgPool,
+    pub redis: Redis,
+    pub tokens: Arc<TokenKeys>,
+    pub auth: AuthService,
+    pub users: UserService,
+    pub products: ProductService,
+    pub orders: OrderService,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+    pub resets: PasswordResetService,
+}
+
+impl AppState {
+    /// Builds the state and its services from already-created connections (tests pass
+    /// their own pool).
+    pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
+        let hasher = PasswordHasher::new();
+        let tokens = Arc::new(TokenKeys::from_settings(&config));
+        let store = Arc::new(PgAuthStore { pool: db.clone() });
+        let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
+        let users = UserService::new(db.clone(), hasher.clone());
+        let resets = PasswordResetService::new(db.clone(), hasher, &config.public_url);
+        let products = ProductService::new(db.clone(), &config.currency);
+        // A claim unanswered for twice the request timeout belongs to a request that died.
+        let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
+        let limiter = RateLimiter::new(redis.clone(), &config);
+        let metrics = Metrics::default();
+        Self {
+            config: Arc::new(config),
+            db,
+            redis,
+            tokens,
+            auth,
+            users,
+            products,
+            orders,
+            limiter,
+            metrics,
+            resets,
+        }
+    }
+}
