@@ -87,6 +87,10 @@ settings! {
     smtp_url: Option<SecretString> = "",
     mail_from: String = "Storefront <no-reply@storefront.local>",
     mail_dir: String = "var/mail",
+    /// Longest an SMTP (or file) send may take before it counts as failed.
+    smtp_timeout: Duration = "10s",
+    /// Pooled SMTP connections per process.
+    smtp_pool_size: u32 = 4,
     request_timeout: Duration = "30s",
     body_limit_bytes: usize = 1048576,
     shutdown_timeout: Duration = "30s",
@@ -356,8 +360,11 @@ impl Settings {
         if self.email_transport == EmailTransport::Smtp && self.smtp_url.is_none() {
             p.push("SMTP_URL: required when EMAIL_TRANSPORT=smtp".to_owned());
         }
-        if self.mail_from.trim().is_empty() {
-            p.push("MAIL_FROM: must not be empty".to_owned());
+        if self.mail_from.parse::<lettre::message::Mailbox>().is_err() {
+            p.push("MAIL_FROM: must be a mailbox such as `Shop <no-reply@example.com>`".to_owned());
+        }
+        if self.smtp_timeout.is_zero() || self.smtp_pool_size == 0 {
+            p.push("SMTP_TIMEOUT and SMTP_POOL_SIZE: must be greater than zero".to_owned());
         }
         if self.request_timeout.is_zero() {
             p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());
