@@ -12,7 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     features,
-    shared::{config::Settings, db, error::AppError, middleware, openapi::ApiDoc, redis::Redis},
+    shared::{config::Settings, db, error::AppError, jobs::relay, middleware, openapi::ApiDoc, redis::Redis},
 };
 
 use crate::state::AppState;
@@ -75,8 +75,8 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
 /// `storefront worker`: the background roles only (today the scheduler; the job workers
 /// join it), until SIGINT/SIGTERM. Run as many API instances and workers as needed.
 pub async fn work(state: AppState) -> anyhow::Result<()> {
-    if !state.config.scheduler_enabled {
-        tracing::warn!("SCHEDULER_ENABLED=false: this worker has nothing to do");
+    if !state.config.scheduler_enabled && !state.config.relay_enabled {
+        tracing::warn!("SCHEDULER_ENABLED=false and RELAY_ENABLED=false: this worker has nothing to do");
     }
     let scheduler = start_background(&state).await?;
     tracing::info!("worker running");
@@ -87,15 +87,40 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn start_background(state: &AppState) -> anyhow::Result<Option<tokio_cron_scheduler::JobScheduler>> {
-    Ok(match state.config.scheduler_enabled {
-        true => Some(features::maintenance::start(state.db.clone(), &state.config).await?),
-        false => None,
-    })
+/// The background roles this process runs, as config enables them.
+pub struct Background {
+    scheduler: Option<tokio_cron_scheduler::JobScheduler>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
-async fn stop_background(scheduler: Option<tokio_cron_scheduler::JobScheduler>) {
-    if let Some(mut scheduler) = scheduler
+/// Starts the scheduler and the outbox relay, each when enabled.
+pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
+    let scheduler = match state.config.scheduler_enabled {
+        true => Some(features::maintenance::start(state.db.clone(), &state.config).await?),
+        false => None,
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let relay = state.config.relay_enabled.then(|| {
+        tokio::spawn(relay::run(
+            state.db.clone(),
+            state.queues.clone(),
+            state.config.relay_poll_interval,
+            stopped,
+        ))
+    });
+    Ok(Background { scheduler, relay, stop })
+}
+
+/// Stops what [`start_background`] started; the relay finishes its current batch.
+pub async fn stop_background(background: Background) {
+    let _ = background.stop.send(true);
+    if let Some(relay) = background.relay
+        && let Err(e) = relay.await
+    {
+        tracing::warn!(error = %e, "outbox relay did not stop cleanly");
+    }
+    if let Some(mut scheduler) = background.scheduler
         && let Err(e) = scheduler.shutdown().await
     {
         tracing::warn!(error = %e, "scheduler did not stop cleanly");

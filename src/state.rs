@@ -19,8 +19,8 @@ use crate::{
         users::service::UserService,
     },
     shared::{
-        auth::TokenKeys, config::Settings, metrics::Metrics, middleware::rate_limit::RateLimiter,
-        password::PasswordHasher, redis::Redis,
+        auth::TokenKeys, config::Settings, jobs::Queues, metrics::Metrics,
+        middleware::rate_limit::RateLimiter, password::PasswordHasher, redis::Redis,
     },
 };
 
@@ -38,6 +38,8 @@ pub struct AppState {
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub resets: PasswordResetService,
+    /// The Redis job queues (the outbox relay pushes to them).
+    pub queues: Queues,
 }
 
 impl AppState {
@@ -55,6 +57,7 @@ impl AppState {
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
+        let queues = Queues::new(&redis);
         Self {
             config: Arc::new(config),
             db,
@@ -67,6 +70,7 @@ impl AppState {
             limiter,
             metrics,
             resets,
+            queues,
         }
     }
 }

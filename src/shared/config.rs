@@ -108,6 +108,10 @@ settings! {
     metrics_enabled: bool = true,
     /// Run the scheduled tasks in this process.
     scheduler_enabled: bool = true,
+    /// Run the outbox relay (outbox rows to the Redis queues) in this process.
+    relay_enabled: bool = true,
+    /// How often the relay looks at the outbox when no notification woke it.
+    relay_poll_interval: Duration = "1s",
     /// Cron expression (seconds first, UTC) of the nightly cleanup.
     schedule_cleanup: String = "0 0 2 * * *",
     /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.

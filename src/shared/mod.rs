@@ -6,6 +6,7 @@ pub mod db;
 pub mod email;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod mail;
 pub mod metrics;
 pub mod middleware;

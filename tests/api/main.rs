@@ -7,6 +7,7 @@ mod config;
 mod errors;
 mod health;
 mod helpers;
+mod jobs;
 mod mail;
 mod maintenance;
 mod orders;

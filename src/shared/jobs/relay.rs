@@ -1,0 +1,138 @@
+//! The outbox relay (SPEC §7): moves unsent `outbox` rows to their Redis queues.
+//!
+//! - Woken by `LISTEN outbox` (a trigger notifies when a writing transaction commits),
+//!   and polling every `RELAY_POLL_INTERVAL` as a fallback (a lost connection, a
+//!   notification missed while reconnecting, transaction-mode poolers).
+//! - A batch is claimed with `FOR UPDATE SKIP LOCKED`, so several relays (one per
+//!   instance) share the work without waiting on each other and never move a row twice
+//!   at the same time.
+//! - Rows are marked sent only after Redis accepted them, in the transaction holding
+//!   their locks. If the commit then fails, the rows are pushed again later; the outbox id
+//!   is the task's idempotency key, so Redis keeps one task. Delivery is at-least-once
+//!   either way, and the job handlers are idempotent.
+//! - While Redis is unreachable the relay backs off (doubling up to 30 s) and the rows
+//!   wait in Postgres: nothing is lost.
+
+use std::time::Duration;
+
+use apalis::prelude::{TaskBuilder, TaskSink};
+use futures::stream;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::{QueuedJob, Queues};
+
+/// Rows moved per transaction.
+pub const BATCH: i64 = 200;
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Moves one batch; returns how many rows it moved (0: nothing to do).
+pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
+        "select id, queue, kind, payload from outbox
+         where sent_at is null order by created_at, id limit $1
+         for update skip locked",
+        BATCH
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let mut sent: Vec<Uuid> = Vec::with_capacity(rows.len());
+    let mut by_queue: Vec<(String, Vec<QueuedJob>)> = Vec::new();
+    for row in rows {
+        if queues.get(&row.queue).is_none() {
+            // A row no queue serves stays unsent (and visible in the outbox lag).
+            tracing::error!(outbox.id = %row.id, queue = %row.queue, "outbox row for an unknown queue");
+            continue;
+        }
+        sent.push(row.id);
+        let job = QueuedJob { outbox_id: row.id, kind: row.kind, payload: row.payload };
+        match by_queue.iter_mut().find(|(q, _)| *q == row.queue) {
+            Some((_, jobs)) => jobs.push(job),
+            None => by_queue.push((row.queue, vec![job])),
+        }
+    }
+    for (queue, jobs) in by_queue {
+        let mut storage = queues.get(&queue).cloned().expect("checked above");
+        let tasks = jobs.into_iter().map(|job| {
+            let key = job.outbox_id.to_string();
+            TaskBuilder::new(job).idempotency_key(key).build()
+        });
+        storage
+            .push_all(&mut stream::iter(tasks))
+            .await
+            .map_err(|e| anyhow::anyhow!("pushing to queue {queue}: {e}"))?;
+    }
+    sqlx::query!("update outbox set sent_at = now() where id = any($1)", &sent).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(sent.len())
+}
+
+/// Runs until `stop` turns true: drains the outbox, then sleeps until a notification,
+/// the poll interval or the stop signal.
+pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::Receiver<bool>) {
+    let mut listener = None::<PgListener>;
+    let mut backoff = Duration::from_millis(250);
+    tracing::info!(poll_ms = poll.as_millis() as u64, "outbox relay started");
+    while !*stop.borrow() {
+        if listener.is_none() {
+            listener = match PgListener::connect_with(&pool).await {
+                Ok(mut l) => match l.listen("outbox").await {
+                    Ok(()) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay cannot LISTEN; polling only");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot LISTEN; polling only");
+                    None
+                }
+            };
+        }
+        // Drain: batch after batch while there is work.
+        let mut failed = false;
+        loop {
+            match move_batch(&pool, &queues).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    tracing::debug!(rows = n, "outbox rows moved to Redis");
+                    backoff = Duration::from_millis(250);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "outbox relay failed; retrying"
+                    );
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let wait = if failed { backoff } else { poll };
+        if failed {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+            notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            }, if !failed => {
+                if let Err(e) = notified {
+                    tracing::warn!(error = %e, "relay lost its LISTEN connection; reconnecting");
+                    listener = None;
+                }
+            }
+        }
+    }
+    tracing::info!("outbox relay stopped");
+}

@@ -1,0 +1,108 @@
+//! SPEC §7, the outbox relay: rows written by business transactions move to the Redis
+//! queues, once, woken by LISTEN/NOTIFY, and wait in Postgres while Redis is down.
+
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use reqwest::Method;
+use serde_json::json;
+use sqlx::PgPool;
+use storefront::shared::{
+    jobs::{QueuedJob, Queues, relay},
+    redis::Redis,
+};
+
+use crate::helpers::{TestApp, send, test_settings};
+
+async fn unsent(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from outbox where sent_at is null")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap()
+}
+
+/// The jobs stored in the `emails` queue's data hash.
+async fn queued_emails(app: &TestApp) -> Vec<QueuedJob> {
+    let key = app.state.queues.emails.get_config().job_data_hash();
+    let mut conn = app.state.redis.conn();
+    let raw: Vec<Vec<u8>> = conn.hvals(&key).await.unwrap();
+    raw.iter().map(|bytes| serde_json::from_slice(bytes).expect("a queued job")).collect()
+}
+
+/// A registration and an order: three outbox rows (two welcomes, one confirmation).
+async fn business(app: &TestApp) {
+    let ann = app.user().signed_in().await;
+    app.user().signed_in().await;
+    let mug = app.product().stock(5).create().await;
+    let order = json!({"items": [{"productId": mug.id, "quantity": 1}]});
+    let (status, _, _) = send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order)).await;
+    assert_eq!(status, 201);
+}
+
+#[sqlx::test]
+async fn outbox_rows_move_to_their_queue_once_keyed_by_outbox_id(pool: PgPool) {
+    // Arrange
+    let app = TestApp::spawn(pool).await;
+    business(&app).await;
+    assert_eq!(unsent(&app).await, 3);
+    // Act
+    let moved = relay::move_batch(&app.state.db, &app.state.queues).await.unwrap();
+    // Assert
+    assert_eq!(moved, 3);
+    assert_eq!(unsent(&app).await, 0);
+    let mut kinds: Vec<String> = queued_emails(&app).await.into_iter().map(|j| j.kind).collect();
+    kinds.sort();
+    assert_eq!(kinds, ["order-confirmation", "welcome", "welcome"]);
+    assert_eq!(relay::move_batch(&app.state.db, &app.state.queues).await.unwrap(), 0, "nothing left");
+
+    // A row pushed again (Redis accepted, the commit was lost) is still one job.
+    sqlx::query("update outbox set sent_at = null").execute(&app.state.db).await.unwrap();
+    assert_eq!(relay::move_batch(&app.state.db, &app.state.queues).await.unwrap(), 3);
+    let jobs = queued_emails(&app).await;
+    assert_eq!(jobs.len(), 3, "idempotency keys keep one task per outbox row");
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from outbox").fetch_all(&app.state.db).await.unwrap();
+    assert!(jobs.iter().all(|j| ids.contains(&j.outbox_id)));
+}
+
+#[sqlx::test]
+async fn a_commit_wakes_the_relay_without_waiting_for_the_poll(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // A poll interval far beyond the test: only the notification can wake it in time.
+    let relay = tokio::spawn(relay::run(
+        app.state.db.clone(),
+        app.state.queues.clone(),
+        Duration::from_secs(600),
+        stop,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await; // LISTEN is in place
+    app.user().signed_in().await;
+    let started = Instant::now();
+    while unsent(&app).await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(3), "the relay did not wake up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queued_emails(&app).await.len(), 1);
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relay).await.expect("relay stops").unwrap();
+}
+
+#[sqlx::test]
+async fn while_redis_is_down_rows_wait_in_the_outbox_and_move_once_it_is_back(pool: PgPool) {
+    // Arrange: the business transactions succeed without Redis.
+    let app = TestApp::spawn(pool).await;
+    business(&app).await;
+    let mut down = test_settings();
+    down.redis_url = "redis://127.0.0.1:1".to_owned().into(); // nothing listens there
+    down.redis_prefix = app.state.redis.prefix().to_owned();
+    let unreachable = Queues::new(&Redis::connect_lazy(&down).unwrap());
+    // Act: the relay fails and leaves every row unsent.
+    assert!(relay::move_batch(&app.state.db, &unreachable).await.is_err());
+    assert_eq!(unsent(&app).await, 3);
+    assert!(queued_emails(&app).await.is_empty());
+    // Redis back: everything moves, once.
+    assert_eq!(relay::move_batch(&app.state.db, &app.state.queues).await.unwrap(), 3);
+    assert_eq!(unsent(&app).await, 0);
+    assert_eq!(queued_emails(&app).await.len(), 3);
+}
