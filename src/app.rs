@@ -1,7 +1,7 @@
 //! Assembly: the router with its middleware stack and API docs, connecting the
 //! [`AppState`], and the HTTP server and background roles with graceful shutdown.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use axum::Router;
@@ -12,7 +12,16 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     features,
-    shared::{config::Settings, db, error::AppError, jobs::relay, middleware, openapi::ApiDoc, redis::Redis},
+    shared::{
+        config::Settings,
+        db,
+        error::AppError,
+        jobs::{self, relay, worker},
+        mail::{LettreMailer, templates::Templates},
+        middleware,
+        openapi::ApiDoc,
+        redis::Redis,
+    },
 };
 
 use crate::state::AppState;
@@ -72,11 +81,14 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `storefront worker`: the background roles only (today the scheduler; the job workers
-/// join it), until SIGINT/SIGTERM. Run as many API instances and workers as needed.
+/// `storefront worker`: the background roles only (job workers, outbox relay,
+/// scheduler), until SIGINT/SIGTERM. Run as many API instances and workers as needed.
 pub async fn work(state: AppState) -> anyhow::Result<()> {
-    if !state.config.scheduler_enabled && !state.config.relay_enabled {
-        tracing::warn!("SCHEDULER_ENABLED=false and RELAY_ENABLED=false: this worker has nothing to do");
+    let c = &state.config;
+    if !c.scheduler_enabled && !c.relay_enabled && !c.jobs_enabled {
+        tracing::warn!(
+            "SCHEDULER_ENABLED, RELAY_ENABLED and JOBS_ENABLED are all false: this worker has nothing to do"
+        );
     }
     let scheduler = start_background(&state).await?;
     tracing::info!("worker running");
@@ -91,13 +103,17 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
 pub struct Background {
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
     relay: Option<tokio::task::JoinHandle<()>>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
     stop: tokio::sync::watch::Sender<bool>,
+    shutdown_timeout: std::time::Duration,
 }
 
-/// Starts the scheduler and the outbox relay, each when enabled.
+/// Starts the job workers, the outbox relay and the scheduler, each when enabled.
 pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
     let scheduler = match state.config.scheduler_enabled {
-        true => Some(features::maintenance::start(state.db.clone(), &state.config).await?),
+        true => {
+            Some(features::maintenance::start(state.db.clone(), state.queues.clone(), &state.config).await?)
+        }
         false => None,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -109,12 +125,53 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
             stopped,
         ))
     });
-    Ok(Background { scheduler, relay, stop })
+    let workers = match state.config.jobs_enabled {
+        true => vec![worker::spawn(
+            jobs::EMAILS,
+            state.queues.emails.clone(),
+            Arc::new(email_jobs(state)?),
+            worker_options(&state.config),
+            state.metrics.clone(),
+            stop.subscribe(),
+        )],
+        false => Vec::new(),
+    };
+    Ok(Background { scheduler, relay, workers, stop, shutdown_timeout: state.config.shutdown_timeout })
 }
 
-/// Stops what [`start_background`] started; the relay finishes its current batch.
+/// The `emails` queue's handler over the configured transport and the templates.
+pub fn email_jobs(state: &AppState) -> anyhow::Result<features::emails::EmailJobs> {
+    let c = &state.config;
+    Ok(features::emails::EmailJobs::new(
+        state.db.clone(),
+        LettreMailer::from_settings(c)?,
+        Arc::new(Templates::new(&c.currency)?),
+        &c.public_url,
+        state.metrics.clone(),
+    ))
+}
+
+/// How this process's job workers run, from config.
+pub fn worker_options(c: &Settings) -> worker::WorkerOptions {
+    worker::WorkerOptions {
+        concurrency: c.jobs_concurrency,
+        poll_interval: c.jobs_poll_interval,
+        timeout: c.jobs_timeout,
+    }
+}
+
+/// Stops what [`start_background`] started: the relay finishes its current batch, the
+/// workers their running jobs (within `SHUTDOWN_TIMEOUT`; jobs still running then are
+/// abandoned, and another worker runs them again after the heartbeat timeout).
 pub async fn stop_background(background: Background) {
     let _ = background.stop.send(true);
+    let deadline = tokio::time::Instant::now() + background.shutdown_timeout;
+    for mut handle in background.workers {
+        if tokio::time::timeout_at(deadline, &mut handle).await.is_err() {
+            tracing::warn!("job worker still busy at SHUTDOWN_TIMEOUT; abandoning its running jobs");
+            handle.abort();
+        }
+    }
     if let Some(relay) = background.relay
         && let Err(e) = relay.await
     {

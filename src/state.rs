@@ -51,13 +51,13 @@ impl AppState {
         let store = Arc::new(PgAuthStore { pool: db.clone() });
         let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
         let users = UserService::new(db.clone(), hasher.clone());
-        let resets = PasswordResetService::new(db.clone(), hasher, &config.public_url);
+        let resets = PasswordResetService::new(db.clone(), hasher);
         let products = ProductService::new(db.clone(), &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
-        let queues = Queues::new(&redis);
+        let queues = Queues::new(&redis, &config);
         Self {
             config: Arc::new(config),
             db,

@@ -2,7 +2,9 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod emails;
 pub mod health;
+pub mod jobs;
 pub mod maintenance;
 pub mod orders;
 pub mod products;
@@ -20,6 +22,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(products::router())
         .merge(orders::router())
         .merge(analytics::router())
+        .merge(jobs::router())
 }
 
 /// Routes outside the versioned API (operations).

@@ -112,6 +112,23 @@ settings! {
     relay_enabled: bool = true,
     /// How often the relay looks at the outbox when no notification woke it.
     relay_poll_interval: Duration = "1s",
+    /// Run the job workers (e-mail and report queues) in this process.
+    jobs_enabled: bool = true,
+    /// Jobs one process runs at once, per queue.
+    jobs_concurrency: usize = 4,
+    /// How often an idle worker looks for due jobs (new pushes are not announced).
+    jobs_poll_interval: Duration = "1s",
+    /// How often a worker proves it is alive; a worker silent for
+    /// `JOBS_HEARTBEAT_INTERVAL × JOBS_MISSED_HEARTBEATS` is presumed dead and its jobs
+    /// are run again by another.
+    jobs_heartbeat_interval: Duration = "10s",
+    jobs_missed_heartbeats: usize = 3,
+    /// Longest one attempt of a job may run before it counts as failed.
+    jobs_timeout: Duration = "2m",
+    /// How long finished jobs stay in Redis (then the nightly cleanup trims them).
+    jobs_done_retention: Duration = "1d",
+    /// How long dead jobs stay listed and retryable.
+    jobs_dead_retention: Duration = "14d",
     /// Cron expression (seconds first, UTC) of the nightly cleanup.
     schedule_cleanup: String = "0 0 2 * * *",
     /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.
@@ -369,6 +386,23 @@ impl Settings {
         }
         if self.smtp_timeout.is_zero() || self.smtp_pool_size == 0 {
             p.push("SMTP_TIMEOUT and SMTP_POOL_SIZE: must be greater than zero".to_owned());
+        }
+        if self.jobs_concurrency == 0 || self.jobs_missed_heartbeats == 0 {
+            p.push("JOBS_CONCURRENCY and JOBS_MISSED_HEARTBEATS: must be at least 1".to_owned());
+        }
+        if self.jobs_poll_interval.is_zero() {
+            p.push("JOBS_POLL_INTERVAL: must be greater than zero".to_owned());
+        }
+        // apalis keeps heartbeats in whole seconds.
+        if self.jobs_heartbeat_interval < Duration::from_secs(1) || self.jobs_timeout < Duration::from_secs(1)
+        {
+            p.push("JOBS_HEARTBEAT_INTERVAL and JOBS_TIMEOUT: must be at least 1s".to_owned());
+        }
+        if self.jobs_enabled && self.jobs_concurrency >= self.db_pool_max as usize {
+            p.push(format!(
+                "JOBS_CONCURRENCY ({}) must be below DB_POOL_MAX ({}): every running e-mail job holds a connection",
+                self.jobs_concurrency, self.db_pool_max
+            ));
         }
         if self.request_timeout.is_zero() {
             p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());

@@ -3,9 +3,10 @@
 //! A relay (jobs issue) moves unsent rows to the Redis queues.
 //!
 //! Services decide which [`Job`] a change causes and write it inside their transaction;
-//! this module only knows how a job is stored.
+//! this module only knows how a job is stored. Payloads carry ids only: no address, no
+//! link, nothing a reader of the table or of Redis could use. The job reads what it
+//! needs when it runs (SPEC §7: the reset token is minted when the e-mail is sent).
 
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgExecutor;
 use uuid::Uuid;
@@ -17,11 +18,11 @@ pub const EMAILS: &str = "emails";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Job {
     /// A new account's welcome e-mail.
-    Welcome { user_id: Uuid, email: String },
+    Welcome { user_id: Uuid },
     /// The confirmation of a placed order.
     OrderConfirmation { order_id: Uuid, user_id: Uuid },
-    /// A password-reset link.
-    ResetPassword { user_id: Uuid, email: String, reset_url: String, expires_at: DateTime<Utc> },
+    /// A password-reset link (the job mints the token when it sends).
+    ResetPassword { user_id: Uuid },
 }
 
 impl Job {
@@ -42,11 +43,8 @@ impl Job {
     /// The job's arguments, as stored in `outbox.payload`.
     pub fn payload(&self) -> Value {
         match self {
-            Self::Welcome { user_id, email } => json!({"userId": user_id, "email": email}),
+            Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
             Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
-            Self::ResetPassword { user_id, email, reset_url, expires_at } => {
-                json!({"userId": user_id, "email": email, "resetUrl": reset_url, "expiresAt": expires_at})
-            }
         }
     }
 }

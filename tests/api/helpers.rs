@@ -10,12 +10,14 @@ use storefront::{
     app,
     features::products::repository::{NewProduct, ProductRow},
     shared::{
-        config::{AppEnv, Settings},
+        config::{AppEnv, EmailTransport, Settings},
         email::Email,
         redis::Redis,
     },
     state::AppState,
 };
+
+use crate::mail::SmtpServer;
 
 /// A running application bound to a random port.
 pub struct TestApp {
@@ -23,6 +25,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The state the app runs with (pool, Redis, settings, services) for direct checks.
     pub state: AppState,
+    /// The background roles, when started ([`TestApp::spawn_mailing`]).
+    pub background: Option<app::Background>,
 }
 
 static TRACING: Once = Once::new();
@@ -32,6 +36,21 @@ pub fn test_settings() -> Settings {
     let mut settings = Settings::load_for(AppEnv::Test).expect("test configuration loads");
     settings.redis_prefix = format!("test:{}", uuid::Uuid::new_v4());
     settings
+}
+
+/// Settings of a process that relays and sends e-mail through the SMTP server at `url`,
+/// with short poll and heartbeat intervals so tests see results quickly.
+pub fn mailing_settings(s: &mut Settings, url: &str) {
+    s.email_transport = EmailTransport::Smtp;
+    s.smtp_url = Some(url.to_owned().into());
+    s.smtp_timeout = std::time::Duration::from_secs(5);
+    s.relay_enabled = true;
+    s.relay_poll_interval = std::time::Duration::from_millis(500);
+    s.jobs_enabled = true;
+    s.jobs_poll_interval = std::time::Duration::from_millis(100);
+    s.jobs_heartbeat_interval = std::time::Duration::from_secs(1);
+    s.jobs_missed_heartbeats = 3;
+    s.shutdown_timeout = std::time::Duration::from_secs(5);
 }
 
 impl TestApp {
@@ -62,7 +81,24 @@ impl TestApp {
         tokio::spawn(app::run(listener, router, std::future::pending(), std::time::Duration::from_secs(1)));
         let client =
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        Self { address, client, state }
+        Self { address, client, state, background: None }
+    }
+
+    /// The application with its background roles running as in production (outbox
+    /// relay and job workers, tuned to react fast) and e-mail sent to `smtp`.
+    pub async fn spawn_mailing(pool: PgPool, smtp: &SmtpServer, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let url = smtp.url();
+        let mut app = Self::spawn_with(
+            pool,
+            move |s| {
+                mailing_settings(s, &url);
+                adjust(s);
+            },
+            Router::new(),
+        )
+        .await;
+        app.background = Some(app::start_background(&app.state).await.expect("background roles start"));
+        app
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -96,7 +96,7 @@ async fn while_redis_is_down_rows_wait_in_the_outbox_and_move_once_it_is_back(po
     let mut down = test_settings();
     down.redis_url = "redis://127.0.0.1:1".to_owned().into(); // nothing listens there
     down.redis_prefix = app.state.redis.prefix().to_owned();
-    let unreachable = Queues::new(&Redis::connect_lazy(&down).unwrap());
+    let unreachable = Queues::new(&Redis::connect_lazy(&down).unwrap(), &down);
     // A row for a queue this release does not serve neither moves nor blocks the others.
     sqlx::query("insert into outbox (queue, kind, payload) values ('future-queue', 'x', '{}')")
         .execute(&app.state.db)

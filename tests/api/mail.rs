@@ -17,7 +17,9 @@ use storefront::shared::{
 
 use crate::helpers::test_settings;
 
-/// A real SMTP server storing every message it accepts in a Maildir; killed on drop.
+/// A real SMTP server (aiosmtpd with `tests/support/smtp_handler.py`) storing every
+/// message it accepts in a Maildir; killed on drop. [`Self::fail`] and [`Self::slow`]
+/// make it refuse or stall, as a broken or overloaded server would.
 pub struct SmtpServer {
     pub port: u16,
     pub dir: PathBuf,
@@ -28,7 +30,8 @@ impl SmtpServer {
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dir = std::env::temp_dir().join(format!("storefront-smtp-{}", uuid::Uuid::new_v4().simple()));
-        // aiosmtpd creates the Maildir (tmp/, new/, cur/) itself, but only when it is absent.
+        std::fs::create_dir_all(&dir).unwrap();
+        let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
         let child = Command::new("/usr/bin/python3")
             .args([
                 "-m",
@@ -37,9 +40,10 @@ impl SmtpServer {
                 "-l",
                 &format!("127.0.0.1:{port}"),
                 "-c",
-                "aiosmtpd.handlers.Mailbox",
+                "smtp_handler.ControlledMailbox",
             ])
             .arg(&dir)
+            .env("PYTHONPATH", support)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,7 +62,49 @@ impl SmtpServer {
 
     /// Every message received so far, as raw RFC 5322 text.
     pub fn messages(&self) -> Vec<String> {
-        read_dir_texts(&self.dir.join("new"))
+        read_dir_texts(&self.dir.join("maildir/new"))
+    }
+
+    /// Waits until at least `n` messages arrived (panics after `within`); returns them all.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<String> {
+        let started = Instant::now();
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            assert!(
+                started.elapsed() < within,
+                "{} of {n} e-mails arrived within {within:?}",
+                messages.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Refuses every message with a temporary error (451) while `on`.
+    pub fn fail(&self, on: bool) {
+        self.flag("fail", on.then_some(""));
+    }
+
+    /// Makes each RCPT wait `seconds` first (`None`: answer at once).
+    pub fn slow(&self, seconds: Option<u32>) {
+        self.flag("slow", seconds.map(|s| s.to_string()).as_deref());
+    }
+
+    /// How many RCPT commands the server has seen (sends begun).
+    pub fn recipients_seen(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("rcpt.log")).map(|s| s.lines().count()).unwrap_or(0)
+    }
+
+    fn flag(&self, name: &str, content: Option<&str>) {
+        let path = self.dir.join(name);
+        match content {
+            Some(c) => std::fs::write(path, c).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 mod auth;
 mod backup;
 mod config;
+mod emails;
 mod errors;
 mod health;
 mod helpers;

@@ -31,22 +31,10 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
         .await;
     app.login("ann@example.com", "password123").await;
     exec(&app, "update sessions set expires_at = now() - interval '1 minute' where id = (select id from sessions where revoked_at is null and user_id = (select id from users where email = 'ann@example.com'))").await;
-    // Reset tokens, idempotency records and outbox rows, fresh and old.
-    send(
-        app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "bob@example.com"})),
-    )
-    .await;
-    send(
-        app.request(Method::POST, "/api/v1/auth/password/forgot").json(&json!({"email": "bob@example.com"})),
-    )
-    .await;
-    // The forgot work runs after the 202: wait for both links.
-    for _ in 0..50 {
-        if count(&app, "select count(*) from outbox where kind = 'reset-password'").await == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // Reset tokens, idempotency records, outbox and ledger rows, fresh and old.
+    exec(&app, "insert into password_reset_tokens (user_id, token_hash, expires_at, used_at) select id, sha256('used'), now() + interval '1 hour', now() from users where email = 'bob@example.com'").await;
+    exec(&app, "insert into password_reset_tokens (user_id, token_hash, expires_at) select id, sha256('live'), now() + interval '1 hour' from users where email = 'bob@example.com'").await;
+    exec(&app, "insert into sent_emails (outbox_id, template, sent_at) values (gen_random_uuid(), 'welcome', now() - interval '31 days'), (gen_random_uuid(), 'welcome', now() - interval '1 day')").await;
     exec(&app, "insert into idempotency_keys (user_id, key, request_hash, created_at) select id, 'old', '\\x00', now() - interval '25 hours' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into idempotency_keys (user_id, key, request_hash) select id, 'new', '\\x00' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into outbox (queue, kind, payload, sent_at) values ('emails', 'x', '{}', now() - interval '8 days'), ('emails', 'x', '{}', now() - interval '1 day')").await;
@@ -55,22 +43,32 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
     // A rotated session long expired, in a family that is still alive: kept.
     exec(&app, "update sessions set expires_at = now() - interval '30 days' where revoked_at is not null and user_id = (select id from users where email = 'bob@example.com')").await;
-    exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '2 days')").await;
+    // An unsent job is never deleted, however old.
+    exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '20 days')").await;
     let outbox_before = outbox_before + 1;
-    let report = tasks::cleanup(&app.state.db, slot).await.unwrap().expect("first run");
+    let report = tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
+        .await
+        .unwrap()
+        .expect("first run");
 
     assert_eq!(report.sessions, 2, "{report:?}");
     assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'bob@example.com')").await, 2, "rotated token of a live family kept for reuse detection");
     assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'ann@example.com')").await, 0);
-    assert_eq!(report.reset_tokens, 1, "the superseded token");
+    assert_eq!(report.reset_tokens, 1, "the used token");
     assert_eq!(count(&app, "select count(*) from password_reset_tokens").await, 1, "the live token stays");
     assert_eq!(report.idempotency_keys, 1);
     assert_eq!(count(&app, "select count(*) from idempotency_keys where key = 'new'").await, 1);
-    assert_eq!(report.outbox, 2, "one sent long ago, one stale reset link");
-    assert_eq!(count(&app, "select count(*) from outbox").await, outbox_before - 2);
+    assert_eq!(report.outbox, 1, "the row sent long ago");
+    assert_eq!(count(&app, "select count(*) from outbox").await, outbox_before - 1);
+    assert_eq!(report.sent_emails, 1, "the ledger row older than 30 days");
+    assert_eq!(count(&app, "select count(*) from sent_emails").await, 1);
+    assert_eq!((report.jobs_done, report.jobs_dead), (Some(0), Some(0)), "Redis answered; nothing to trim");
 
     // Another instance firing for the same slot does nothing.
-    assert_eq!(tasks::cleanup(&app.state.db, slot).await.unwrap(), None);
+    assert_eq!(
+        tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot).await.unwrap(),
+        None
+    );
 }
 
 #[sqlx::test]

@@ -18,6 +18,17 @@ use crate::{
     },
 };
 
+/// Takes the transaction-scoped lock serialising token mints for `user_id`.
+pub async fn lock_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select pg_advisory_xact_lock(hashtextextended('reset-token:' || $1::text, 0))",
+        user_id.to_string()
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 /// Marks every unused reset token of `user_id` used: a new request supersedes older links.
 pub async fn supersede_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<u64> {
     sqlx::query!(

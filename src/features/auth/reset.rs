@@ -1,11 +1,11 @@
-//! Password reset (SPEC §3): `forgot` stores a single-use token (random, hashed, 1 h) and
-//! queues a `reset-password` e-mail through the outbox; `reset` consumes the token, sets
-//! the password and revokes every session, in one transaction.
+//! Password reset (SPEC §3, §7): `forgot` queues a `reset-password` job through the
+//! outbox; the job mints the single-use token (random, hashed, 1 h) when it sends the
+//! e-mail ([`mint_token`]), so the raw token exists only inside that e-mail. `reset`
+//! consumes the token, sets the password and revokes every session, in one transaction.
 
-use std::sync::Arc;
-
-use chrono::{Duration, Utc};
-use sqlx::PgPool;
+use chrono::{DateTime, Duration, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use super::{
     domain::{hash_refresh_token as hash_token, new_refresh_token as new_token},
@@ -22,7 +22,8 @@ use crate::{
     },
 };
 
-const TOKEN_TTL_MINUTES: i64 = 60;
+/// How long a reset link works after its e-mail is sent.
+pub const TOKEN_TTL_MINUTES: i64 = 60;
 const INVALID_TOKEN: &str = "is unknown, already used or expired";
 
 /// Password reset use cases; cheap to clone.
@@ -30,36 +31,22 @@ const INVALID_TOKEN: &str = "is unknown, already used or expired";
 pub struct PasswordResetService {
     db: PgPool,
     hasher: PasswordHasher,
-    public_url: Arc<str>,
 }
 
 impl PasswordResetService {
-    pub fn new(db: PgPool, hasher: PasswordHasher, public_url: &str) -> Self {
-        Self { db, hasher, public_url: Arc::from(public_url.trim_end_matches('/')) }
+    pub fn new(db: PgPool, hasher: PasswordHasher) -> Self {
+        Self { db, hasher }
     }
 
-    /// Issues a token for a live account and queues the e-mail; for an unknown address
-    /// does nothing. Either way the caller learns nothing (the handler answers 202).
+    /// Queues the reset e-mail for a live account; for an unknown address does nothing.
+    /// Either way the caller learns nothing (the handler answers 202).
     #[tracing::instrument(skip_all)]
     pub async fn forgot(&self, email: &Email) -> AppResult<()> {
         let Some(user) = users::find_login(&self.db, email).await? else {
             return Ok(());
         };
-        let (token, token_hash) = new_token();
-        let expires_at = Utc::now() + Duration::minutes(TOKEN_TTL_MINUTES);
-        let link = format!("{}/reset-password?token={token}", self.public_url);
-        let mut tx = self.db.begin().await?;
-        // Serialise concurrent requests for one user, so exactly one link stays live.
-        sessions::lock_user_for_revocation(&mut *tx, user.user.id).await?;
-        // A new request supersedes older links.
-        repository::supersede_reset_tokens(&mut *tx, user.user.id).await?;
-        repository::insert_reset_token(&mut *tx, user.user.id, &token_hash, expires_at).await?;
-        // The mail job needs the link; the outbox row lives at most a week and the token
-        // an hour, and the stored token itself is only a hash.
-        let job =
-            Job::ResetPassword { user_id: user.user.id, email: user.user.email, reset_url: link, expires_at };
-        outbox::push(&mut *tx, &job).await?;
-        tx.commit().await?;
+        // Ids only: the job reads the address and mints the token when it sends.
+        outbox::push(&self.db, &Job::ResetPassword { user_id: user.user.id }).await?;
         tracing::info!(user.id = %user.user.id, "password reset requested");
         Ok(())
     }
@@ -87,4 +74,19 @@ impl PasswordResetService {
         tracing::info!(user.id = %user_id, sessions.revoked = revoked, "password reset");
         Ok(())
     }
+}
+
+/// Mints the single-use token of a reset e-mail about to be sent, inside the sending
+/// transaction: it supersedes the user's older links (a newer e-mail wins) and stores only
+/// the token's hash. Returns the raw token, for the e-mail alone, and when it expires.
+pub async fn mint_token(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<(String, DateTime<Utc>)> {
+    let (token, token_hash) = new_token();
+    let expires_at = Utc::now() + Duration::minutes(TOKEN_TTL_MINUTES);
+    // Serialise mints for this user, so exactly one link stays live. The lock is held
+    // while the e-mail is sent; it is not the user-row lock, so sign-ins and refreshes
+    // do not wait on an SMTP server.
+    repository::lock_reset_tokens(&mut *conn, user_id).await?;
+    repository::supersede_reset_tokens(&mut *conn, user_id).await?;
+    repository::insert_reset_token(&mut *conn, user_id, &token_hash, expires_at).await?;
+    Ok((token, expires_at))
 }

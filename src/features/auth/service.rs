@@ -91,7 +91,7 @@ impl AuthService {
             role: Role::User,
         };
         // The account and its welcome e-mail commit together or not at all.
-        let welcome = Job::Welcome { user_id: new.id, email: reg.email.to_string() };
+        let welcome = Job::Welcome { user_id: new.id };
         let user = self
             .store
             .insert_user(&new, &welcome)
@@ -371,7 +371,7 @@ mod tests {
         assert_eq!(tokens.expires_in, 900);
         assert_eq!(store.live_sessions(), 1);
         let jobs = store.jobs.lock().unwrap().clone();
-        assert_eq!(jobs, [Job::Welcome { user_id: user.id, email: "ann@example.com".into() }]);
+        assert_eq!(jobs, [Job::Welcome { user_id: user.id }]);
         let stored_hash = store.users.lock().unwrap()[0].1.clone();
         assert!(stored_hash.starts_with("$argon2id$"), "password stored hashed");
     }

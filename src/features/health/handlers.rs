@@ -53,7 +53,9 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
 }
 
 /// Prometheus text: request counts and latency histograms by method, route template and
-/// status; database pool gauges. Restrict access at the proxy; `METRICS_ENABLED=false`
+/// status; database pool gauges; jobs per queue and state, outbox lag, job durations,
+/// e-mails sent and failed. A gauge whose source (Redis, Postgres) does not answer within
+/// a second is left out rather than delaying the scrape. Restrict access at the proxy; `METRICS_ENABLED=false`
 /// turns it off (404).
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses(
@@ -65,6 +67,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         return crate::shared::error::AppError::NotFound("no route matches this path".to_owned())
             .into_response();
     }
-    let body = state.metrics.render(&state.db);
+    let gauges = crate::shared::jobs::gauges(&state.queues, &state.db).await;
+    let body = state.metrics.render(&state.db, &gauges);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

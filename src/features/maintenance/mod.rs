@@ -5,25 +5,28 @@
 
 pub mod tasks;
 
+use std::sync::Arc;
+
 use chrono::{TimeDelta, Utc};
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
     features::analytics,
-    shared::{config::Settings, schedule},
+    shared::{config::Settings, jobs::Queues, schedule},
 };
 
 /// Starts the scheduler; keep the handle and `shutdown` it on exit.
-pub async fn start(pool: PgPool, settings: &Settings) -> anyhow::Result<JobScheduler> {
+pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new().await?;
     let db = pool.clone();
+    let config = Arc::new(settings.clone());
     scheduler
         .add(Job::new_async(settings.schedule_cleanup.as_str(), move |_, _| {
-            let db = db.clone();
+            let (db, queues, config) = (db.clone(), queues.clone(), config.clone());
             Box::pin(async move {
                 let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
-                if let Err(e) = tasks::cleanup(&db, slot).await {
+                if let Err(e) = tasks::cleanup(&db, &queues, &config, slot).await {
                     tracing::error!(task = "cleanup", error = %e, "scheduled task failed");
                 }
             })

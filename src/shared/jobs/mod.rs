@@ -4,6 +4,8 @@
 //! these queues, with the outbox id as the task's idempotency key.
 
 pub mod relay;
+pub mod store;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -12,7 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::redis::Redis;
+use sqlx::PgPool;
+
+use super::{
+    config::Settings,
+    metrics::{Gauges, QueueGauge},
+    redis::Redis,
+};
 
 /// Queue of e-mail jobs.
 pub const EMAILS: &str = "emails";
@@ -42,11 +50,19 @@ pub struct Queues {
 
 impl Queues {
     /// Storages over the process's shared Redis connection (lazy: nothing connects yet).
-    pub fn new(redis: &Redis) -> Self {
+    ///
+    /// Every process of a deployment must agree on the heartbeat settings: a worker
+    /// silent for `JOBS_HEARTBEAT_INTERVAL × JOBS_MISSED_HEARTBEATS` is presumed dead, and
+    /// a live one runs its jobs again.
+    pub fn new(redis: &Redis, settings: &Settings) -> Self {
         let storage = |queue: &str| {
             let config = Config::default()
                 .queue(redis.key(&format!("queue:{queue}")))
-                .idempotency_ttl(Some(IDEMPOTENCY_TTL));
+                .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+                .heartbeat_interval(settings.jobs_heartbeat_interval)
+                .missed_heartbeats(settings.jobs_missed_heartbeats)
+                // Fetch what runs at once: a fetched job waits in this worker, not for any.
+                .batch_size(settings.jobs_concurrency.max(1));
             RedisStorage::new(redis.conn()).with_config(config)
         };
         Self { emails: storage(EMAILS), reports: storage(REPORTS) }
@@ -60,4 +76,33 @@ impl Queues {
             _ => None,
         }
     }
+}
+
+/// The job gauges of `/metrics`, each read with a one-second budget: a source that does
+/// not answer leaves its gauges out instead of stalling the scrape.
+pub async fn gauges(queues: &Queues, db: &PgPool) -> Gauges {
+    let budget = Duration::from_secs(1);
+    let counts = tokio::time::timeout(budget, store::counts(queues));
+    let lag = tokio::time::timeout(
+        budget,
+        sqlx::query_scalar!(
+            r#"select coalesce(extract(epoch from now() - min(created_at))::float8, 0) as "lag!"
+               from outbox where sent_at is null"#
+        )
+        .fetch_one(db),
+    );
+    let (counts, lag) = tokio::join!(counts, lag);
+    let queues = match counts {
+        Ok(Ok(counts)) => counts
+            .into_iter()
+            .map(|c| QueueGauge {
+                queue: c.queue,
+                pending: c.pending + c.retrying,
+                running: c.running,
+                dead: c.dead,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Gauges { queues, outbox_lag_seconds: lag.ok().and_then(Result::ok) }
 }

@@ -118,7 +118,12 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         tokio::select! {
-            _ = stop.changed() => {}
+            changed = stop.changed() => {
+                // A dropped sender means nobody can stop us any more: stop now.
+                if changed.is_err() {
+                    break;
+                }
+            }
             () = tokio::time::sleep(wait) => {}
             notified = async {
                 match listener.as_mut() {

@@ -1,0 +1,85 @@
+//! HTTP handlers of `/admin/jobs` (SPEC §7). They read and change Redis; when Redis does
+//! not answer they answer 503.
+
+use axum::{extract::State, http::StatusCode};
+
+use super::types::{DeadJobFilter, DeadJobResponse, QueueCountsResponse, RetriedJob};
+use crate::shared::{
+    auth::{Require, perm},
+    error::{AppError, AppResult, ErrorEnvelope},
+    extract::{PathParam, QueryParams},
+    jobs::{Queues, store},
+    response::{ApiList, ApiOk, PageParams, Pagination},
+};
+
+fn unavailable(e: redis::RedisError) -> AppError {
+    tracing::warn!(error = %e, "job store unavailable");
+    AppError::ServiceUnavailable("the job store is unavailable, try again".to_owned())
+}
+
+/// Jobs per queue and state (admin).
+#[utoipa::path(get, path = "/admin/jobs", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, body = ApiOk<Vec<QueueCountsResponse>>),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 503, description = "Redis is unavailable", body = ErrorEnvelope),
+    ))]
+pub async fn job_counts(
+    State(queues): State<Queues>,
+    _: Require<perm::JobsManage>,
+) -> AppResult<ApiOk<Vec<QueueCountsResponse>>> {
+    let counts = store::counts(&queues).await.map_err(unavailable)?;
+    Ok(ApiOk::new(counts.into_iter().map(Into::into).collect()))
+}
+
+/// Dead jobs, newest first, optionally of one queue (admin). Identifiers, attempts, the
+/// last error and times; never a payload.
+#[utoipa::path(get, path = "/admin/jobs/dead", tag = "admin", security(("bearer" = [])),
+    params(PageParams, DeadJobFilter),
+    responses(
+        (status = 200, body = ApiList<DeadJobResponse>),
+        (status = 400, description = "Bad page, limit or queue", body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 503, description = "Redis is unavailable", body = ErrorEnvelope),
+    ))]
+pub async fn dead_jobs(
+    State(queues): State<Queues>,
+    _: Require<perm::JobsManage>,
+    QueryParams(page): QueryParams<PageParams>,
+    QueryParams(filter): QueryParams<DeadJobFilter>,
+) -> AppResult<ApiList<DeadJobResponse>> {
+    let found =
+        store::dead_page(&queues, filter.queue.as_deref(), u64::from(page.page), u64::from(page.limit))
+            .await
+            .map_err(unavailable)?;
+    let total = i64::try_from(found.total).unwrap_or(i64::MAX);
+    Ok(ApiList::new(
+        found.jobs.into_iter().map(Into::into).collect(),
+        Pagination::new(page.page, page.limit, total),
+    ))
+}
+
+/// Runs a dead job again with fresh attempts (admin). E-mail jobs still send at most
+/// once per outbox id, so retrying one that did get through sends nothing.
+#[utoipa::path(post, path = "/admin/jobs/dead/{id}/retry", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The dead job's id")),
+    responses(
+        (status = 202, description = "Queued again", body = ApiOk<RetriedJob>),
+        (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope),
+        (status = 404, description = "No dead job has this id", body = ErrorEnvelope),
+        (status = 503, description = "Redis is unavailable", body = ErrorEnvelope),
+    ))]
+pub async fn retry_dead_job(
+    State(queues): State<Queues>,
+    Require(admin, _): Require<perm::JobsManage>,
+    PathParam(id): PathParam<String>,
+) -> AppResult<(StatusCode, ApiOk<RetriedJob>)> {
+    let Some(queue) = store::requeue_dead(&queues, &id).await.map_err(unavailable)? else {
+        return Err(AppError::NotFound("no dead job has this id".to_owned()));
+    };
+    tracing::info!(job.id = %id, queue, admin.id = %admin.id, "dead job queued again");
+    Ok((StatusCode::ACCEPTED, ApiOk::new(RetriedJob { id, queue: queue.to_owned(), status: "pending" })))
+}

@@ -1,0 +1,236 @@
+//! Job workers (SPEC §7): one apalis worker per queue per process, running a
+//! [`JobHandler`] for every job the relay queued.
+//!
+//! - **Attempts:** 3 per job, the 2nd and 3rd after an exponential backoff from 2 s with up
+//!   to 50 % jitter (done in process by the retry layer: the Redis backend's own retry is
+//!   linear and 25 times, so the last failure is answered with `AbortError`, which sends
+//!   the job to the dead set at once). A [`JobError::Permanent`] skips the remaining
+//!   attempts. An attempt longer than `JOBS_TIMEOUT` fails, and so does one that panics
+//!   (caught and logged).
+//! - **Names:** every worker's name is unique (queue, host, pid, a ULID): apalis refuses a
+//!   name still registered and cannot tell two live workers of one name apart.
+//! - **Crashes:** a worker that stops heart-beating for `JOBS_HEARTBEAT_INTERVAL ×
+//!   JOBS_MISSED_HEARTBEATS` is presumed dead; the next heartbeat of any live worker puts
+//!   its fetched jobs back in the queue. Handlers are idempotent, so a job that had in fact
+//!   finished has no second effect.
+//! - **Failures of Redis** end an apalis worker; [`spawn`] starts a new one (new name)
+//!   after a backoff, until the stop signal.
+//! - **Stopping:** on the stop signal a worker fetches no more, lets running jobs finish,
+//!   acknowledges them, and returns fetched jobs that did not start to the queue. The
+//!   caller bounds that with `SHUTDOWN_TIMEOUT`; jobs still running then are abandoned
+//!   and rescued like a crash's.
+
+use std::{
+    any::Any,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use apalis::{
+    layers::{
+        catch_panic::CatchPanicLayer,
+        retry::{
+            HasherRng,
+            backoff::{ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff},
+        },
+    },
+    prelude::*,
+};
+use apalis_redis::RedisStorage;
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::{QueuedJob, store::FIRST_ATTEMPT_FIELD};
+use crate::shared::metrics::Metrics;
+
+/// Runs of a job before it is dead.
+pub const MAX_ATTEMPTS: usize = 3;
+/// Delay before the second attempt; each later one doubles it (plus jitter).
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Random extra delay, as a fraction of the backoff, so failed jobs do not retry in step.
+const JITTER: f64 = 0.5;
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a job's attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt (a transport, database or Redis failure).
+    #[error("{0}")]
+    Transient(String),
+    /// Fails the same way every time (a malformed payload, an invalid recipient): the
+    /// job goes to the dead set without further attempts.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What a queue's worker runs for each job. Must be idempotent: a job can be delivered
+/// more than once (after a crash, or a relay commit that failed after Redis accepted).
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    async fn handle(&self, job: &QueuedJob) -> Result<(), JobError>;
+}
+
+/// How a queue's workers run.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerOptions {
+    /// Jobs run at once by this process's worker.
+    pub concurrency: usize,
+    /// How often an idle worker looks for due jobs.
+    pub poll_interval: Duration,
+    /// Longest one attempt may run.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Context {
+    queue: &'static str,
+    handler: Arc<dyn JobHandler>,
+    metrics: Metrics,
+    conn: ConnectionManager,
+    meta_prefix: Arc<str>,
+}
+
+/// The name of a new worker of `queue`: unique per process and per restart.
+fn worker_name(queue: &str) -> String {
+    let host = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "host".to_owned());
+    format!("{queue}-{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
+}
+
+fn retry_policy() -> BackoffRetryPolicy<ExponentialBackoff<HasherRng>> {
+    let backoff = ExponentialBackoffMaker::new(FIRST_BACKOFF, MAX_BACKOFF, JITTER, HasherRng::default())
+        .expect("constant backoff bounds are valid")
+        .make_backoff();
+    RetryPolicy::retries(MAX_ATTEMPTS - 1).with_backoff(backoff)
+}
+
+/// Starts the worker of `queue` on `storage`, restarting it (under a new name) when
+/// Redis fails it, until `stop` turns true. The task ends once the worker has stopped.
+pub fn spawn(
+    queue: &'static str,
+    storage: RedisStorage<QueuedJob>,
+    handler: Arc<dyn JobHandler>,
+    options: WorkerOptions,
+    metrics: Metrics,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let context = Context {
+        queue,
+        handler,
+        metrics,
+        conn: storage.clone().get_connection().clone(),
+        meta_prefix: Arc::from(storage.get_config().job_meta_hash()),
+    };
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(500);
+        tracing::info!(queue, concurrency = options.concurrency, "job worker starting");
+        while !*stop.borrow() {
+            let name = worker_name(queue);
+            let worker = WorkerBuilder::new(name.clone())
+                .backend(storage.clone().poll_with_interval(options.poll_interval))
+                .data(context.clone())
+                .concurrency(options.concurrency)
+                .parallelize(tokio::spawn)
+                .retry(retry_policy())
+                // Inside the retry layer: a panic is logged and counts as a failed attempt.
+                .layer(CatchPanicLayer::with_panic_handler(|panic: &Box<dyn Any + Send + 'static>| {
+                    on_panic(panic)
+                }))
+                .timeout(options.timeout)
+                .build(run);
+            let mut stopped = stop.clone();
+            let signal = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+                Ok::<(), WorkerError>(())
+            };
+            let started = Instant::now();
+            // Boxed as `Send` here, where the worker's type is concrete: proving the
+            // whole loop `Send` trips over the layers' higher-ranked types otherwise.
+            let running: std::pin::Pin<Box<dyn Future<Output = Result<(), WorkerError>> + Send>> =
+                Box::pin(worker.run_until(signal));
+            match running.await {
+                Ok(()) => break,
+                Err(e) if *stop.borrow() => {
+                    tracing::warn!(queue, worker = %name, error = %e, "job worker failed while stopping");
+                    break;
+                }
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_millis(500);
+                    }
+                    tracing::warn!(
+                        queue, worker = %name, error = %e, restart_in_ms = backoff.as_millis() as u64,
+                        "job worker failed; starting a new one"
+                    );
+                    let mut stopped = stop.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopped.wait_for(|s| *s) => break,
+                    }
+                    backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+                }
+            }
+        }
+        tracing::info!(queue, "job worker stopped");
+    })
+}
+
+/// One attempt of one job: the handler, its metrics, and the answer that tells apalis
+/// whether to try again.
+async fn run(
+    job: QueuedJob,
+    context: Data<Context>,
+    attempt: Attempt,
+    id: TaskId,
+) -> Result<(), BoxDynError> {
+    let n = attempt.current();
+    note_first_attempt(&context, &id).await;
+    let started = Instant::now();
+    let result = context.handler.handle(&job).await;
+    context.metrics.observe_job(context.queue, &job.kind, started.elapsed());
+    let (queue, kind, outbox_id) = (context.queue, job.kind.as_str(), job.outbox_id);
+    match result {
+        Ok(()) => Ok(()),
+        Err(JobError::Permanent(e)) => {
+            tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job cannot succeed; dead");
+            Err(AbortError::new(e).into())
+        }
+        Err(JobError::Transient(e)) if n >= MAX_ATTEMPTS => {
+            tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job failed its last attempt; dead");
+            Err(AbortError::new(e).into())
+        }
+        Err(JobError::Transient(e)) => {
+            tracing::info!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job attempt failed; will retry");
+            Err(e.into())
+        }
+    }
+}
+
+/// A panicking attempt fails like any other (a job dead after panicking keeps the status
+/// `Running`, which the dead-letter listing explains).
+fn on_panic(panic: &Box<dyn Any + Send>) -> AbortError {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(panic = %message, "job panicked");
+    AbortError::new(format!("the job panicked: {message}"))
+}
+
+/// Notes when the job first ran, for the dead-letter listing (best effort: a job runs
+/// whether or not Redis took the note).
+async fn note_first_attempt(context: &Context, id: &TaskId) {
+    let key = format!("{}:{id}", context.meta_prefix);
+    let mut conn = context.conn.clone();
+    let noted: redis::RedisResult<()> = redis::cmd("HSETNX")
+        .arg(key)
+        .arg(FIRST_ATTEMPT_FIELD)
+        .arg(chrono::Utc::now().timestamp())
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = noted {
+        tracing::debug!(error = %e, "could not note the job's first attempt");
+    }
+}
