@@ -117,7 +117,7 @@ settings! {
     /// Jobs one process runs at once, per queue.
     jobs_concurrency: usize = 4,
     /// How often an idle worker looks for due jobs (new pushes are not announced).
-    jobs_poll_interval: Duration = "1s",
+    jobs_poll_interval: Duration = "100ms",
     /// How often a worker proves it is alive; a worker silent for
     /// `JOBS_HEARTBEAT_INTERVAL × JOBS_MISSED_HEARTBEATS` is presumed dead and its jobs
     /// are run again by another.

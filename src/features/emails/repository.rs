@@ -1,4 +1,5 @@
-//! SQL of the e-mail jobs: the `sent_emails` ledger and what a message shows.
+//! SQL of the e-mail jobs: the `sent_emails` ledger and what a message shows. Each job
+//! claims its outbox id and reads everything its message needs in one statement.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, types::Json};
@@ -6,39 +7,30 @@ use uuid::Uuid;
 
 use crate::features::orders::domain::ShippingAddress;
 
-/// Claims `outbox_id` in the ledger, inside the sending transaction. `false` means its
-/// e-mail was already sent. While the transaction is open a duplicate claim waits, then
-/// sees the row (sent) or not (the first send failed and rolled back).
-pub async fn claim(db: impl PgExecutor<'_>, outbox_id: Uuid, template: &str) -> sqlx::Result<bool> {
-    let inserted = sqlx::query!(
-        "insert into sent_emails (outbox_id, template) values ($1, $2) on conflict (outbox_id) do nothing",
-        outbox_id,
-        template
-    )
-    .execute(db)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+/// Who an e-mail goes to.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// `false`: the ledger already holds this outbox id (the e-mail was sent).
+    pub claimed: bool,
+    pub user_id: Uuid,
+    pub email: String,
+    pub first_name: Option<String>,
 }
 
-/// Deletes ledger rows older than `before`; returns how many.
-pub async fn delete_sent_before(db: impl PgExecutor<'_>, before: DateTime<Utc>) -> sqlx::Result<u64> {
-    Ok(sqlx::query!("delete from sent_emails where sent_at < $1", before).execute(db).await?.rows_affected())
-}
-
-/// An order as its confirmation shows it.
+/// An order as its confirmation shows it, with its recipient.
 #[derive(Debug, Clone)]
 pub struct OrderMail {
+    pub recipient: Recipient,
     pub id: Uuid,
-    pub user_id: Uuid,
     pub total_cents: i64,
     pub currency: String,
     pub shipping_address: Option<ShippingAddress>,
     pub created_at: DateTime<Utc>,
+    pub lines: Vec<OrderMailLine>,
 }
 
 /// One line of an order confirmation.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OrderMailLine {
     pub sku: String,
     pub name: String,
@@ -47,34 +39,75 @@ pub struct OrderMailLine {
     pub line_total_cents: i64,
 }
 
-/// The order `id`.
-pub async fn order(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderMail>> {
+/// Claims `outbox_id` in the ledger (inside the sending transaction) and reads live user
+/// `user_id`. `None`: the user is gone. While the claiming transaction is open, a
+/// duplicate claim waits, then sees the row (sent) or not (the send failed, rolled back).
+pub async fn claim_for_user(
+    db: impl PgExecutor<'_>,
+    outbox_id: Uuid,
+    template: &str,
+    user_id: Uuid,
+) -> sqlx::Result<Option<Recipient>> {
     let row = sqlx::query!(
-        r#"select id, user_id, total_cents, currency,
-                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at
-           from orders where id = $1"#,
-        id
+        r#"with claim as (
+               insert into sent_emails (outbox_id, template) values ($1, $2)
+               on conflict (outbox_id) do nothing returning outbox_id)
+           select exists (select 1 from claim) as "claimed!", u.id, u.email, u.first_name
+           from users u where u.id = $3 and u.deleted_at is null"#,
+        outbox_id,
+        template,
+        user_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| Recipient { claimed: r.claimed, user_id: r.id, email: r.email, first_name: r.first_name }))
+}
+
+/// [`claim_for_user`] for an order confirmation: claims `outbox_id` and reads order
+/// `order_id` with its lines (in placing order) and its live owner.
+pub async fn claim_for_order(
+    db: impl PgExecutor<'_>,
+    outbox_id: Uuid,
+    template: &str,
+    order_id: Uuid,
+) -> sqlx::Result<Option<OrderMail>> {
+    let row = sqlx::query!(
+        r#"with claim as (
+               insert into sent_emails (outbox_id, template) values ($1, $2)
+               on conflict (outbox_id) do nothing returning outbox_id)
+           select exists (select 1 from claim) as "claimed!", u.id as user_id, u.email, u.first_name,
+                  o.id, o.total_cents, o.currency, o.created_at,
+                  o.shipping_address as "shipping_address: Json<ShippingAddress>",
+                  (select coalesce(json_agg(json_build_object(
+                              'sku', i.sku, 'name', i.name, 'quantity', i.quantity,
+                              'unit_price_cents', i.unit_price_cents, 'line_total_cents', i.line_total_cents)
+                              order by i.position), '[]')
+                   from order_items i where i.order_id = o.id) as "lines!: Json<Vec<OrderMailLine>>"
+           from orders o join users u on u.id = o.user_id and u.deleted_at is null
+           where o.id = $3"#,
+        outbox_id,
+        template,
+        order_id
     )
     .fetch_optional(db)
     .await?;
     Ok(row.map(|r| OrderMail {
+        recipient: Recipient {
+            claimed: r.claimed,
+            user_id: r.user_id,
+            email: r.email,
+            first_name: r.first_name,
+        },
         id: r.id,
-        user_id: r.user_id,
         total_cents: r.total_cents,
         currency: r.currency,
         shipping_address: r.shipping_address.map(|a| a.0),
         created_at: r.created_at,
+        lines: r.lines.0,
     }))
 }
 
-/// The lines of order `id`, in the order they were placed.
-pub async fn order_lines(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Vec<OrderMailLine>> {
-    sqlx::query_as!(
-        OrderMailLine,
-        "select sku, name, quantity, unit_price_cents, line_total_cents
-         from order_items where order_id = $1 order by position",
-        id
-    )
-    .fetch_all(db)
-    .await
+/// Deletes ledger rows older than `before`; returns how many.
+pub async fn delete_sent_before(db: impl PgExecutor<'_>, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    Ok(sqlx::query!("delete from sent_emails where sent_at < $1", before).execute(db).await?.rows_affected())
 }

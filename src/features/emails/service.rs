@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::repository;
+use super::repository::{self, Recipient};
 use crate::{
-    features::{auth::reset, users::repository as users},
+    features::auth::reset,
     shared::{
         jobs::{
             QueuedJob,
@@ -101,61 +101,46 @@ impl EmailJobs {
         Self { db, mailer, templates, public_url: Arc::from(public_url.trim_end_matches('/')), metrics }
     }
 
-    /// The message of `kind` for `payload`, or `None` when there is no one to send it to
-    /// (the account or order is gone).
-    async fn compose(
+    /// Claims the job's outbox id and reads its recipient and the message's details,
+    /// in one statement; `None` when there is no one to send it to (the account or order
+    /// is gone).
+    async fn load(
         &self,
         conn: &mut PgConnection,
         kind: Kind,
-        payload_value: &Value,
-    ) -> Result<Option<OutgoingMail>, JobError> {
-        let (user_id, context) = match kind {
-            Kind::Welcome => {
-                let p: UserPayload = payload(payload_value)?;
-                (p.user_id, json!({"public_url": &*self.public_url}))
-            }
-            Kind::ResetPassword => {
-                let p: UserPayload = payload(payload_value)?;
-                (p.user_id, json!({"valid_minutes": reset::TOKEN_TTL_MINUTES}))
+        job: &QueuedJob,
+    ) -> Result<Option<(Recipient, Value)>, JobError> {
+        let template = kind.template();
+        Ok(match kind {
+            Kind::Welcome | Kind::ResetPassword => {
+                let p: UserPayload = payload(&job.payload)?;
+                repository::claim_for_user(&mut *conn, job.outbox_id, template, p.user_id)
+                    .await
+                    .map_err(transient)?
+                    .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": reset::TOKEN_TTL_MINUTES})))
             }
             Kind::OrderConfirmation => {
-                let p: OrderPayload = payload(payload_value)?;
-                let Some(order) = repository::order(&mut *conn, p.order_id).await.map_err(transient)? else {
-                    return Ok(None);
-                };
-                let lines = repository::order_lines(&mut *conn, order.id).await.map_err(transient)?;
-                let number = order.id.simple().to_string()[..8].to_ascii_uppercase();
-                let context = json!({
-                    "order_number": number,
-                    "order_url": format!("{}/orders/{}", self.public_url, order.id),
-                    "total_cents": order.total_cents,
-                    "currency": order.currency,
-                    "placed_at": order.created_at,
-                    "lines": lines,
-                    "address": order.shipping_address.map(|a| json!({
-                        "line1": a.line1, "line2": a.line2, "city": a.city,
-                        "postal_code": a.postal_code, "country": a.country,
-                    })),
-                });
-                (order.user_id, context)
+                let p: OrderPayload = payload(&job.payload)?;
+                repository::claim_for_order(&mut *conn, job.outbox_id, template, p.order_id)
+                    .await
+                    .map_err(transient)?
+                    .map(|order| {
+                        let context = json!({
+                            "order_number": order.id.simple().to_string()[..8].to_ascii_uppercase(),
+                            "order_url": format!("{}/orders/{}", self.public_url, order.id),
+                            "total_cents": order.total_cents,
+                            "currency": order.currency,
+                            "placed_at": order.created_at,
+                            "lines": order.lines,
+                            "address": order.shipping_address.map(|a| json!({
+                                "line1": a.line1, "line2": a.line2, "city": a.city,
+                                "postal_code": a.postal_code, "country": a.country,
+                            })),
+                        });
+                        (order.recipient, context)
+                    })
             }
-        };
-        let Some(user) = users::find_active(&mut *conn, user_id).await.map_err(transient)? else {
-            return Ok(None);
-        };
-        let mut context = context;
-        context["email"] = json!(user.email);
-        context["name"] = json!(user.first_name);
-        if kind == Kind::ResetPassword {
-            // Minted inside this transaction: it exists only if the e-mail was accepted.
-            let (token, _expires_at) = reset::mint_token(&mut *conn, user.id).await.map_err(transient)?;
-            context["reset_url"] = json!(format!("{}/reset-password?token={token}", self.public_url));
-        }
-        let content = self
-            .templates
-            .render(kind.template(), &context)
-            .map_err(|e| JobError::Permanent(format!("template {}: {e:#}", kind.template())))?;
-        Ok(Some(OutgoingMail { to: user.email, content }))
+        })
     }
 }
 
@@ -166,14 +151,27 @@ impl JobHandler for EmailJobs {
             .ok_or_else(|| JobError::Permanent(format!("no e-mail for job kind `{}`", job.kind)))?;
         let template = kind.template();
         let mut tx = self.db.begin().await.map_err(transient)?;
-        if !repository::claim(&mut *tx, job.outbox_id, template).await.map_err(transient)? {
-            tracing::info!(template, outbox_id = %job.outbox_id, "e-mail already sent; skipped");
-            return Ok(());
-        }
-        let Some(mail) = self.compose(&mut tx, kind, &job.payload).await? else {
+        let Some((recipient, mut context)) = self.load(&mut tx, kind, job).await? else {
             tracing::info!(template, outbox_id = %job.outbox_id, "recipient is gone; e-mail skipped");
             return Ok(());
         };
+        if !recipient.claimed {
+            tracing::info!(template, outbox_id = %job.outbox_id, "e-mail already sent; skipped");
+            return Ok(());
+        }
+        context["email"] = json!(recipient.email);
+        context["name"] = json!(recipient.first_name);
+        if kind == Kind::ResetPassword {
+            // Minted inside this transaction: it exists only if the e-mail was accepted.
+            let (token, _expires_at) =
+                reset::mint_token(&mut tx, recipient.user_id).await.map_err(transient)?;
+            context["reset_url"] = json!(format!("{}/reset-password?token={token}", self.public_url));
+        }
+        let content = self
+            .templates
+            .render(template, &context)
+            .map_err(|e| JobError::Permanent(format!("template {template}: {e:#}")))?;
+        let mail = OutgoingMail { to: recipient.email, content };
         match self.mailer.send(&mail).await {
             Ok(()) => {
                 tx.commit().await.map_err(transient)?;

@@ -26,6 +26,8 @@ use super::{EMAILS, QueuedJob, Queues, REPORTS};
 /// Rows moved per transaction.
 pub const BATCH: i64 = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long the relay lets commits gather after a notification before it moves them.
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// Moves one batch; returns how many rows it moved (0: nothing to do).
 pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize> {
@@ -131,9 +133,20 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
                     None => std::future::pending().await,
                 }
             }, if !failed => {
-                if let Err(e) = notified {
-                    tracing::warn!(error = %e, "relay lost its LISTEN connection; reconnecting");
-                    listener = None;
+                match notified {
+                    Ok(()) => {
+                        // Under load commits arrive in bursts: let a few more land, then
+                        // take one batch for all of them instead of one per commit, and
+                        // forget the notifications that batch answers.
+                        tokio::time::sleep(COALESCE).await;
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay lost its LISTEN connection; reconnecting");
+                        listener = None;
+                    }
                 }
             }
         }

@@ -185,11 +185,16 @@ async fn run(
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     let n = attempt.current();
-    note_first_attempt(&context, &id).await;
     let started = Instant::now();
+    let started_at = chrono::Utc::now().timestamp();
     let result = context.handler.handle(&job).await;
     context.metrics.observe_job(context.queue, &job.kind, started.elapsed());
     let (queue, kind, outbox_id) = (context.queue, job.kind.as_str(), job.outbox_id);
+    if result.is_err() {
+        // Only failing jobs can end up in the dead-letter listing, which shows when they
+        // first ran: a success costs no extra Redis call.
+        note_first_attempt(&context, &id, started_at).await;
+    }
     match result {
         Ok(()) => Ok(()),
         Err(JobError::Permanent(e)) => {
@@ -219,17 +224,13 @@ fn on_panic(panic: &Box<dyn Any + Send>) -> AbortError {
     AbortError::new(format!("the job panicked: {message}"))
 }
 
-/// Notes when the job first ran, for the dead-letter listing (best effort: a job runs
-/// whether or not Redis took the note).
-async fn note_first_attempt(context: &Context, id: &TaskId) {
+/// Notes when the job first ran (the start of its first failed attempt), for the
+/// dead-letter listing; best effort: the job goes on whether or not Redis took the note.
+async fn note_first_attempt(context: &Context, id: &TaskId, started_at: i64) {
     let key = format!("{}:{id}", context.meta_prefix);
     let mut conn = context.conn.clone();
-    let noted: redis::RedisResult<()> = redis::cmd("HSETNX")
-        .arg(key)
-        .arg(FIRST_ATTEMPT_FIELD)
-        .arg(chrono::Utc::now().timestamp())
-        .query_async(&mut conn)
-        .await;
+    let noted: redis::RedisResult<()> =
+        redis::cmd("HSETNX").arg(key).arg(FIRST_ATTEMPT_FIELD).arg(started_at).query_async(&mut conn).await;
     if let Err(e) = noted {
         tracing::debug!(error = %e, "could not note the job's first attempt");
     }
