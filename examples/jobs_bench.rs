@@ -11,8 +11,9 @@
 //! - `latency`: orders placed over HTTP at 50 a second for 20 s with the relay and the
 //!   workers running and the `file` transport: commit (the 201) to `.eml` written
 //!   (the file's modification time), p50/p90/p99/max.
-//! - `placement`: `POST /orders` throughput from 16 concurrent clients for 10 s, without
-//!   and with the relay and workers in the process.
+//! - `placement`: `POST /orders` throughput (2 lines over 500 products) from 16 concurrent
+//!   clients, 10 s rounds alternating without and with the relay and workers in the
+//!   process.
 //! - `rss`: the process's resident memory while its worker sends 10 000 e-mails.
 //!
 //! It works in a scratch database `storefront_jobs_bench` (dropped and re-created) and a
@@ -63,6 +64,15 @@ async fn main() -> anyhow::Result<()> {
 
 /// Settings for a bench process on a fresh scratch database, e-mail written to `mail_dir`.
 async fn fresh(server: &str, mail_dir: &Path, background: bool) -> anyhow::Result<AppState> {
+    fresh_with(server, mail_dir, background, EmailTransport::File).await
+}
+
+async fn fresh_with(
+    server: &str,
+    mail_dir: &Path,
+    background: bool,
+    transport: EmailTransport,
+) -> anyhow::Result<AppState> {
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {DB} with (force)")))
         .execute(&mut admin)
@@ -76,7 +86,7 @@ async fn fresh(server: &str, mail_dir: &Path, background: bool) -> anyhow::Resul
     s.db_pool_min = 4;
     s.db_pool_max = 20;
     s.rate_limit_enabled = false;
-    s.email_transport = EmailTransport::File;
+    s.email_transport = transport;
     s.mail_dir = mail_dir.to_string_lossy().into_owned();
     s.relay_enabled = background;
     s.jobs_enabled = background;
@@ -192,8 +202,12 @@ async fn serve(state: &AppState) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// A signed-in user and a product with plenty of stock.
-async fn customer(client: &reqwest::Client, url: &str, state: &AppState) -> anyhow::Result<(String, Value)> {
+/// A signed-in user, and 500 products with plenty of stock.
+async fn customer(
+    client: &reqwest::Client,
+    url: &str,
+    state: &AppState,
+) -> anyhow::Result<(String, Vec<uuid::Uuid>)> {
     let email = format!("bench-{}@example.com", uuid::Uuid::new_v4().simple());
     let res: Value = client
         .post(format!("{url}/api/v1/auth/register"))
@@ -203,12 +217,21 @@ async fn customer(client: &reqwest::Client, url: &str, state: &AppState) -> anyh
         .json()
         .await?;
     let token = res["data"]["token"].as_str().context("a token")?.to_owned();
-    let product: uuid::Uuid = sqlx::query_scalar(
-        "insert into products (sku, name, price_cents, stock) values ('BENCH', 'Bench mug', 1250, 1000000) returning id",
+    let products: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "insert into products (sku, name, price_cents, stock)
+         select 'BENCH-' || i, 'Bench mug ' || i, 1250, 1000000 from generate_series(1, 500) i returning id",
     )
-    .fetch_one(&state.db)
+    .fetch_all(&state.db)
     .await?;
-    Ok((token, json!({"items": [{"productId": product, "quantity": 1}]})))
+    Ok((token, products))
+}
+
+/// Order `n`: two lines over the 500 products, spread so concurrent orders rarely wait
+/// on the same product row (as the README's `POST /orders` figures).
+fn order_body(products: &[uuid::Uuid], n: usize) -> Value {
+    let a = (n * 7) % products.len();
+    let b = (a + 1 + n % 13) % products.len();
+    json!({"items": [{"productId": products[a], "quantity": 1}, {"productId": products[b], "quantity": 2}]})
 }
 
 fn order_number(id: &str) -> String {
@@ -227,17 +250,17 @@ async fn latency_bench(server: &str) -> anyhow::Result<()> {
     let background = app::start_background(&state).await?;
     let url = serve(&state).await?;
     let client = reqwest::Client::new();
-    let (token, body) = customer(&client, &url, &state).await?;
+    let (token, products) = customer(&client, &url, &state).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Place orders at RATE a second; note when each commit was acknowledged.
     let committed: Arc<std::sync::Mutex<HashMap<String, SystemTime>>> = Arc::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
     let mut pending = Vec::new();
-    for _ in 0..RATE * SECONDS {
+    for n in 0..(RATE * SECONDS) as usize {
         tick.tick().await;
-        let (client, url, token, body, committed) =
-            (client.clone(), url.clone(), token.clone(), body.clone(), committed.clone());
+        let body = order_body(&products, n);
+        let (client, url, token, committed) = (client.clone(), url.clone(), token.clone(), committed.clone());
         pending.push(tokio::spawn(async move {
             let res =
                 client.post(format!("{url}/api/v1/orders")).bearer_auth(&token).json(&body).send().await?;
@@ -290,15 +313,17 @@ async fn latency_bench(server: &str) -> anyhow::Result<()> {
 async fn orders_per_second(state: &AppState) -> anyhow::Result<f64> {
     let url = serve(state).await?;
     let client = reqwest::Client::new();
-    let (token, body) = customer(&client, &url, state).await?;
+    let (token, products) = customer(&client, &url, state).await?;
+    let products = Arc::new(products);
     let deadline = Instant::now() + Duration::from_secs(10);
     let started = Instant::now();
     let mut clients = Vec::new();
-    for _ in 0..16 {
-        let (client, url, token, body) = (client.clone(), url.clone(), token.clone(), body.clone());
+    for c in 0..16 {
+        let (client, url, token, products) = (client.clone(), url.clone(), token.clone(), products.clone());
         clients.push(tokio::spawn(async move {
             let mut n = 0u64;
             while Instant::now() < deadline {
+                let body = order_body(&products, c * 100_003 + n as usize);
                 let res = client
                     .post(format!("{url}/api/v1/orders"))
                     .bearer_auth(&token)
@@ -318,25 +343,66 @@ async fn orders_per_second(state: &AppState) -> anyhow::Result<f64> {
     Ok(placed as f64 / started.elapsed().as_secs_f64())
 }
 
+/// What runs next to the API in a placement round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Roles {
+    None,
+    RelayOnly,
+    RelayAndWorkers,
+}
+
+/// Orders/s of a fresh process running `roles` (e-mail to the `log` transport: the cost
+/// of an SMTP server lives elsewhere), and the e-mails handled meanwhile.
+async fn placement_round(server: &str, dir: &Path, roles: Roles) -> anyhow::Result<(f64, i64)> {
+    let mut state = fresh_with(server, dir, roles != Roles::None, EmailTransport::Log).await?;
+    if roles == Roles::RelayOnly {
+        let mut config = (*state.config).clone();
+        config.jobs_enabled = false;
+        state.config = Arc::new(config);
+    }
+    let background = match roles {
+        Roles::None => None,
+        _ => Some(app::start_background(&state).await?),
+    };
+    let rate = orders_per_second(&state).await?;
+    let sent: i64 = sqlx::query_scalar("select count(*) from sent_emails").fetch_one(&state.db).await?;
+    if let Some(background) = background {
+        app::stop_background(background).await;
+    }
+    forget_redis(&state).await?;
+    state.db.close().await;
+    Ok((rate, sent))
+}
+
 async fn placement_bench(server: &str) -> anyhow::Result<()> {
     let dir = scratch_dir("placement");
-    let without = {
-        let state = fresh(server, &dir, false).await?;
-        let rate = orders_per_second(&state).await?;
-        state.db.close().await;
-        rate
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
+    // Alternating rounds, so drift on a shared machine hits every side alike.
+    let mut results: Vec<(Roles, Vec<(f64, i64)>)> = [Roles::None, Roles::RelayOnly, Roles::RelayAndWorkers]
+        .into_iter()
+        .map(|r| (r, Vec::new()))
+        .collect();
+    for _ in 0..rounds {
+        for (roles, runs) in &mut results {
+            runs.push(placement_round(server, &dir, *roles).await?);
+        }
+    }
+    let median = |runs: &[(f64, i64)]| {
+        let mut v: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        v.sort_by(f64::total_cmp);
+        (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
     };
-    let state = fresh(server, &dir, true).await?;
-    let background = app::start_background(&state).await?;
-    let with = orders_per_second(&state).await?;
-    let sent: i64 = sqlx::query_scalar("select count(*) from sent_emails").fetch_one(&state.db).await?;
-    println!(
-        "placement, 16 clients, 10 s: {without:.0} orders/s without relay and workers, {with:.0} with them \
-         ({:+.1} %; {sent} e-mails sent meanwhile)",
-        (with / without - 1.0) * 100.0
-    );
-    app::stop_background(background).await;
-    forget_redis(&state).await?;
+    let base = median(&results[0].1);
+    for (roles, runs) in &results {
+        let m = median(runs);
+        println!(
+            "placement, 16 clients, {rounds} rounds of 10 s, {roles:?}: median {m:.0} orders/s ({:+.1} % of None); \
+             rounds {:?}; e-mails handled {:?}",
+            (m / base - 1.0) * 100.0,
+            runs.iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+            runs.iter().map(|r| r.1).collect::<Vec<_>>(),
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

@@ -125,15 +125,24 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
             stopped,
         ))
     });
-    let workers = match state.config.jobs_enabled {
-        true => vec![worker::spawn(
-            jobs::EMAILS,
-            state.queues.emails.clone(),
-            Arc::new(email_jobs(state)?),
-            worker_options(&state.config),
-            state.metrics.clone(),
-            stop.subscribe(),
-        )],
+    let c = &state.config;
+    let workers = match c.jobs_enabled {
+        true => vec![
+            worker::spawn(
+                jobs::EMAILS,
+                state.queues.emails.clone(),
+                Arc::new(email_jobs(state)?),
+                worker_options(c),
+                state.metrics.clone(),
+                stop.subscribe(),
+            ),
+            tokio::spawn(jobs::trim_periodically(
+                state.queues.clone(),
+                c.jobs_done_retention,
+                c.jobs_dead_retention,
+                stop.subscribe(),
+            )),
+        ],
         false => Vec::new(),
     };
     Ok(Background { scheduler, relay, workers, stop, shutdown_timeout: state.config.shutdown_timeout })
@@ -157,6 +166,7 @@ pub fn worker_options(c: &Settings) -> worker::WorkerOptions {
         concurrency: c.jobs_concurrency,
         poll_interval: c.jobs_poll_interval,
         timeout: c.jobs_timeout,
+        yield_max: c.jobs_yield_max,
     }
 }
 

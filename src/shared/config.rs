@@ -125,8 +125,12 @@ settings! {
     jobs_missed_heartbeats: usize = 3,
     /// Longest one attempt of a job may run before it counts as failed.
     jobs_timeout: Duration = "2m",
-    /// How long finished jobs stay in Redis (then the nightly cleanup trims them).
-    jobs_done_retention: Duration = "1d",
+    /// While this process serves more HTTP requests at once than twice its CPUs, a job
+    /// waits up to this long before it starts, so background work does not slow the API
+    /// down at its peak (`0s`: never wait).
+    jobs_yield_max: Duration = "1s",
+    /// How long finished jobs stay in Redis (worker processes trim every 5 minutes).
+    jobs_done_retention: Duration = "1h",
     /// How long dead jobs stay listed and retryable.
     jobs_dead_retention: Duration = "14d",
     /// Cron expression (seconds first, UTC) of the nightly cleanup.

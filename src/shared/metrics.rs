@@ -119,6 +119,17 @@ pub struct Metrics {
     jobs: Arc<Family<(String, String), Series>>,
     /// E-mails by (template, "sent" | "failed").
     emails: Arc<Family<(String, &'static str), AtomicU64>>,
+    /// HTTP requests being served right now.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// Decrements the in-flight count when the request ends, however it ends.
+struct InFlight(Arc<AtomicU64>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Metrics {
@@ -127,6 +138,17 @@ impl Metrics {
         let labels = Labels { method: method.to_owned(), route: route.to_owned(), status };
         let Some(series) = self.series.get(&labels) else { return };
         series.observe(latency);
+    }
+
+    /// HTTP requests being served right now (background work yields to them).
+    pub fn http_in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is dropped (what [`track`] does).
+    pub(crate) fn begin_request(&self) -> impl Drop + Send + 'static {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.in_flight.clone())
     }
 
     /// Records one run (attempt) of a job, whatever its outcome.
@@ -167,6 +189,9 @@ impl Metrics {
         out.push_str("# HELP db_pool_max_connections Configured pool maximum.\n");
         out.push_str("# TYPE db_pool_max_connections gauge\n");
         let _ = writeln!(out, "db_pool_max_connections {}", pool.options().get_max_connections());
+        out.push_str("# HELP http_requests_in_flight HTTP requests being served.\n");
+        out.push_str("# TYPE http_requests_in_flight gauge\n");
+        let _ = writeln!(out, "http_requests_in_flight {}", self.http_in_flight());
         self.render_jobs(&mut out, gauges);
         out
     }
@@ -229,6 +254,7 @@ pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> 
     }
     .to_owned();
     let route = req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str).to_owned();
+    let _in_flight = metrics.begin_request();
     let res = next.run(req).await;
     metrics.observe(&method, &route, res.status().as_u16(), started.elapsed());
     res

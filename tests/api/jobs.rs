@@ -1,5 +1,6 @@
 //! SPEC §7, the outbox relay: rows written by business transactions move to the Redis
-//! queues, once, woken by LISTEN/NOTIFY, and wait in Postgres while Redis is down.
+//! queues, once, woken by LISTEN/NOTIFY, and wait in Postgres while Redis is down. And
+//! the retention of finished jobs in Redis.
 
 use std::time::{Duration, Instant};
 
@@ -8,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
 use storefront::shared::{
-    jobs::{QueuedJob, Queues, relay},
+    jobs::{QueuedJob, Queues, relay, store},
     redis::Redis,
 };
 
@@ -110,4 +111,41 @@ async fn while_redis_is_down_rows_wait_in_the_outbox_and_move_once_it_is_back(po
     assert_eq!(relay::move_batch(&app.state.db, &app.state.queues).await.unwrap(), 3);
     assert_eq!(unsent(&app).await, 1, "only the unknown queue's row waits");
     assert_eq!(queued_emails(&app).await.len(), 3);
+}
+
+#[sqlx::test]
+async fn trimming_removes_finished_and_dead_jobs_past_their_retention_only(pool: PgPool) {
+    // Arrange: in each of the done and dead sets, one job finished long ago and one just now.
+    let app = TestApp::spawn(pool).await;
+    let config = app.state.queues.emails.get_config().clone();
+    let mut conn = app.state.redis.conn();
+    let now = chrono::Utc::now().timestamp();
+    let mut ids = Vec::new();
+    for (set, finished_at) in [
+        (config.done_jobs_set(), now - 3 * 86_400),
+        (config.done_jobs_set(), now),
+        (config.dead_jobs_set(), now - 20 * 86_400),
+        (config.dead_jobs_set(), now - 86_400),
+    ] {
+        let id = ulid::Ulid::generate().to_string();
+        let _: () = conn.sadd(&set, &id).await.unwrap();
+        let _: () = conn.hset(config.job_data_hash(), &id, "{}").await.unwrap();
+        let _: () =
+            conn.hset(format!("{}:{id}", config.job_meta_hash()), "done_at", finished_at).await.unwrap();
+        ids.push(id);
+    }
+    // Act: done jobs kept a day, dead ones 14 days.
+    let day = chrono::Duration::days(1);
+    let trimmed = store::trim(&app.state.queues, chrono::Utc::now() - day, chrono::Utc::now() - day * 14)
+        .await
+        .unwrap();
+    // Assert
+    assert_eq!((trimmed.done, trimmed.dead), (1, 1));
+    let done: Vec<String> = conn.smembers(config.done_jobs_set()).await.unwrap();
+    let dead: Vec<String> = conn.smembers(config.dead_jobs_set()).await.unwrap();
+    assert_eq!((done, dead), (vec![ids[1].clone()], vec![ids[3].clone()]));
+    let data: Vec<String> = conn.hkeys(config.job_data_hash()).await.unwrap();
+    assert_eq!(data.len(), 2, "payloads of trimmed jobs are gone");
+    let meta_left: bool = conn.exists(format!("{}:{}", config.job_meta_hash(), ids[0])).await.unwrap();
+    assert!(!meta_left);
 }

@@ -28,8 +28,10 @@ pub const EMAILS: &str = "emails";
 pub const REPORTS: &str = "reports";
 
 /// How long Redis remembers an outbox id it accepted, so a row the relay pushed twice
-/// (Redis accepted, then the commit marking it sent failed) becomes one task.
-const IDEMPOTENCY_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// (Redis accepted, then the commit marking it sent failed, and the next batch pushed it
+/// again) becomes one task. An optimisation, not the guarantee: a job run twice still
+/// sends its e-mail once (the ledger). One key per job, so it is kept short.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// A queued job: the outbox row it came from. Handlers are keyed by `outbox_id`, so a
 /// job delivered twice has its effect once.
@@ -62,7 +64,13 @@ impl Queues {
                 .heartbeat_interval(settings.jobs_heartbeat_interval)
                 .missed_heartbeats(settings.jobs_missed_heartbeats)
                 // Fetch what runs at once: a fetched job waits in this worker, not for any.
-                .batch_size(settings.jobs_concurrency.max(1));
+                .batch_size(settings.jobs_concurrency.max(1))
+                // No leases: a fetched job is already in this worker's inflight set, which
+                // is what crash recovery uses. A lease is one more script call per fetch,
+                // and it scans the whole due list (LREM), which grows after an outage.
+                .lock_tasks(false)
+                // Nothing subscribes to apalis's per-job PUBLISH events.
+                .emit_events(false);
             RedisStorage::new(redis.conn()).with_config(config)
         };
         Self { emails: storage(EMAILS), reports: storage(REPORTS) }
@@ -105,4 +113,33 @@ pub async fn gauges(queues: &Queues, db: &PgPool) -> Gauges {
         _ => Vec::new(),
     };
     Gauges { queues, outbox_lag_seconds: lag.ok().and_then(Result::ok) }
+}
+
+/// How often a process with job workers trims finished jobs (between the nightly runs).
+pub const TRIM_EVERY: Duration = Duration::from_secs(300);
+
+/// Trims finished and dead jobs past their retention every [`TRIM_EVERY`] until `stop`
+/// (every worker process does; trimming twice is harmless), so `JOBS_DONE_RETENTION`
+/// holds between nightly cleanups.
+pub async fn trim_periodically(
+    queues: Queues,
+    done_retention: Duration,
+    dead_retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let age =
+        |d: Duration| chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match store::trim(&queues, age(done_retention), age(dead_retention)).await {
+            Ok(t) if t.done + t.dead > 0 => {
+                tracing::debug!(done = t.done, dead = t.dead, "finished jobs trimmed from Redis");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "trimming finished jobs failed; next try in 5 minutes"),
+        }
+    }
 }

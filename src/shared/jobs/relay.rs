@@ -19,7 +19,6 @@ use apalis::prelude::{TaskBuilder, TaskSink};
 use futures::stream;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use super::{EMAILS, QueuedJob, Queues, REPORTS};
 
@@ -27,18 +26,24 @@ use super::{EMAILS, QueuedJob, Queues, REPORTS};
 pub const BATCH: i64 = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the relay lets commits gather after a notification before it moves them.
-const COALESCE: Duration = Duration::from_millis(5);
+const COALESCE: Duration = Duration::from_millis(20);
 
 /// Moves one batch; returns how many rows it moved (0: nothing to do).
+///
+/// One statement claims the batch (`FOR UPDATE SKIP LOCKED`) and marks it sent; the
+/// transaction commits only after Redis accepted every job, and rolls back (the rows
+/// stay unsent) if it did not.
 pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await?;
     // Only queues this process serves: a row for another queue (a newer release's) is
     // left to a relay that knows it, instead of blocking every batch at its head.
     let served = [EMAILS, REPORTS].map(str::to_owned);
     let rows = sqlx::query!(
-        "select id, queue, kind, payload from outbox
-         where sent_at is null and queue = any($2) order by created_at, id limit $1
-         for update skip locked",
+        "update outbox set sent_at = now()
+         where id in (select id from outbox
+                      where sent_at is null and queue = any($2) order by created_at, id limit $1
+                      for update skip locked)
+         returning id, queue, kind, payload",
         BATCH,
         &served[..]
     )
@@ -47,10 +52,9 @@ pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize>
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut sent: Vec<Uuid> = Vec::with_capacity(rows.len());
+    let moved = rows.len();
     let mut by_queue: Vec<(String, Vec<QueuedJob>)> = Vec::new();
     for row in rows {
-        sent.push(row.id);
         let job = QueuedJob { outbox_id: row.id, kind: row.kind, payload: row.payload };
         match by_queue.iter_mut().find(|(q, _)| *q == row.queue) {
             Some((_, jobs)) => jobs.push(job),
@@ -68,9 +72,8 @@ pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize>
             .await
             .map_err(|e| anyhow::anyhow!("pushing to queue {queue}: {e}"))?;
     }
-    sqlx::query!("update outbox set sent_at = now() where id = any($1)", &sent).execute(&mut *tx).await?;
     tx.commit().await?;
-    Ok(sent.len())
+    Ok(moved)
 }
 
 /// Runs until `stop` turns true: drains the outbox, then sleeps until a notification,

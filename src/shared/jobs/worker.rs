@@ -81,11 +81,15 @@ pub struct WorkerOptions {
     pub poll_interval: Duration,
     /// Longest one attempt may run.
     pub timeout: Duration,
+    /// Longest a job waits for the HTTP load to drop before it starts (zero: never).
+    pub yield_max: Duration,
 }
 
 #[derive(Clone)]
 struct Context {
     queue: &'static str,
+    yield_max: Duration,
+    busy_above: u64,
     handler: Arc<dyn JobHandler>,
     metrics: Metrics,
     conn: ConnectionManager,
@@ -115,8 +119,11 @@ pub fn spawn(
     metrics: Metrics,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let context = Context {
         queue,
+        yield_max: options.yield_max,
+        busy_above: 2 * cpus,
         handler,
         metrics,
         conn: storage.clone().get_connection().clone(),
@@ -185,6 +192,7 @@ async fn run(
     id: TaskId,
 ) -> Result<(), BoxDynError> {
     let n = attempt.current();
+    yield_to_http(&context.metrics, context.busy_above, context.yield_max).await;
     let started = Instant::now();
     let started_at = chrono::Utc::now().timestamp();
     let result = context.handler.handle(&job).await;
@@ -212,6 +220,17 @@ async fn run(
     }
 }
 
+/// Waits, at most `yield_max`, while the process serves more HTTP requests at once than
+/// twice its CPUs: at the API's peak, jobs (e-mails) start a little later instead of
+/// taking CPU from requests. Under a sustained peak each job still starts within
+/// `yield_max`, so jobs keep moving.
+async fn yield_to_http(metrics: &Metrics, busy_above: u64, yield_max: Duration) {
+    let waited = Instant::now();
+    while metrics.http_in_flight() > busy_above && waited.elapsed() < yield_max {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A panicking attempt fails like any other (a job dead after panicking keeps the status
 /// `Running`, which the dead-letter listing explains).
 fn on_panic(panic: &Box<dyn Any + Send>) -> AbortError {
@@ -233,5 +252,34 @@ async fn note_first_attempt(context: &Context, id: &TaskId, started_at: i64) {
         redis::cmd("HSETNX").arg(key).arg(FIRST_ATTEMPT_FIELD).arg(started_at).query_async(&mut conn).await;
     if let Err(e) = noted {
         tracing::debug!(error = %e, "could not note the job's first attempt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_wait_for_a_busy_api_but_never_longer_than_the_cap() {
+        let metrics = Metrics::default();
+        // Quiet: no wait.
+        let started = Instant::now();
+        yield_to_http(&metrics, 0, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_millis(50));
+        // Busy for good: the cap bounds the wait.
+        let busy = metrics.begin_request();
+        let started = Instant::now();
+        yield_to_http(&metrics, 0, Duration::from_millis(200)).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2), "{waited:?}");
+        // Busy until the request ends: the job starts then.
+        let ends = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(busy);
+        });
+        let started = Instant::now();
+        yield_to_http(&metrics, 0, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        ends.await.unwrap();
     }
 }
