@@ -149,3 +149,45 @@ async fn trimming_removes_finished_and_dead_jobs_past_their_retention_only(pool:
     let meta_left: bool = conn.exists(format!("{}:{}", config.job_meta_hash(), ids[0])).await.unwrap();
     assert!(!meta_left);
 }
+
+#[sqlx::test]
+async fn under_load_the_relay_polls_and_back_at_rest_it_listens_without_stalling(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    // A poll interval far beyond the test: only notifications or the busy-mode poll move rows.
+    let relay = tokio::spawn(relay::run(
+        app.state.db.clone(),
+        app.state.queues.clone(),
+        Duration::from_secs(600),
+        stop,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let insert = |n: i64| {
+        sqlx::query(
+            "insert into outbox (queue, kind, payload)
+             select 'emails', 'welcome', jsonb_build_object('userId', gen_random_uuid()) from generate_series(1, $1)",
+        )
+        .bind(n)
+        .execute(&app.state.db)
+    };
+    let drained = async |what: &str| {
+        let started = Instant::now();
+        while unsent(&app).await > 0 {
+            assert!(started.elapsed() < Duration::from_secs(3), "{what}: the relay stalled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // A burst: a big drain switches the relay to polling.
+    insert(300).await.unwrap();
+    drained("burst").await;
+    // While polling, a single row still moves; that small drain makes it listen again.
+    insert(1).await.unwrap();
+    drained("polling").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Listening again: a commit wakes it.
+    insert(1).await.unwrap();
+    drained("listening again").await;
+    assert_eq!(queued_emails(&app).await.len(), 302);
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), relay).await.expect("relay stops").unwrap();
+}

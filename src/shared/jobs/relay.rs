@@ -10,6 +10,9 @@
 //!   their locks. If the commit then fails, the rows are pushed again later; the outbox id
 //!   is the task's idempotency key, so Redis keeps one task. Delivery is at-least-once
 //!   either way, and the job handlers are idempotent.
+//! - Under sustained load (drains of 16 rows or more) the relay stops listening and polls
+//!   every 20 ms, sparing each commit the notification's signal; it listens again once
+//!   drains are small.
 //! - While Redis is unreachable the relay backs off (doubling up to 30 s) and the rows
 //!   wait in Postgres: nothing is lost.
 
@@ -27,6 +30,8 @@ pub const BATCH: i64 = 200;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long the relay lets commits gather after a notification before it moves them.
 const COALESCE: Duration = Duration::from_millis(20);
+/// A drain this big means commits keep coming: poll instead of listening.
+const BUSY_BATCH: usize = 16;
 
 /// Moves one batch; returns how many rows it moved (0: nothing to do).
 ///
@@ -80,10 +85,13 @@ pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize>
 /// the poll interval or the stop signal.
 pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::Receiver<bool>) {
     let mut listener = None::<PgListener>;
+    // Polling every COALESCE instead of listening (sustained load).
+    let mut polling = false;
     let mut backoff = Duration::from_millis(250);
     tracing::info!(poll_ms = poll.as_millis() as u64, "outbox relay started");
     while !*stop.borrow() {
         if listener.is_none() {
+            polling = false;
             listener = match PgListener::connect_with(&pool).await {
                 Ok(mut l) => match l.listen("outbox").await {
                     Ok(()) => Some(l),
@@ -98,14 +106,18 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
                 }
             };
         }
-        // Drain: batch after batch while there is work.
+        // Drain: full batch after full batch; a partial one means the outbox is empty
+        // (rows committed since then wake us again).
         let mut failed = false;
+        let mut moved = 0;
         loop {
             match move_batch(&pool, &queues).await {
-                Ok(0) => break,
                 Ok(n) => {
-                    tracing::debug!(rows = n, "outbox rows moved to Redis");
+                    moved += n;
                     backoff = Duration::from_millis(250);
+                    if n < BATCH as usize {
+                        break;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(
@@ -118,7 +130,45 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
                 }
             }
         }
-        let wait = if failed { backoff } else { poll };
+        if moved > 0 {
+            tracing::debug!(rows = moved, "outbox rows moved to Redis");
+        }
+        // Under sustained load a notification per commit costs every committing
+        // transaction a signal and this connection a message, to say what a short poll
+        // says anyway: poll every COALESCE while batches stay big, listen again once they
+        // are small.
+        if let Some(l) = listener.as_mut().filter(|_| !failed) {
+            let switch = if !polling && moved >= BUSY_BATCH {
+                l.unlisten("outbox").await.map(|()| true)
+            } else if polling && moved < BUSY_BATCH / 4 {
+                l.listen("outbox").await.map(|()| true)
+            } else {
+                Ok(false)
+            };
+            match switch {
+                Ok(true) => {
+                    polling = !polling;
+                    while l.next_buffered().is_some() {}
+                    if !polling {
+                        // Rows committed before LISTEN took effect notified no one.
+                        continue;
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay lost its LISTEN connection; reconnecting");
+                    listener = None;
+                    polling = false;
+                }
+            }
+        }
+        let wait = if failed {
+            backoff
+        } else if polling {
+            COALESCE
+        } else {
+            poll
+        };
         if failed {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -135,7 +185,7 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
                     Some(l) => l.recv().await.map(|_| ()),
                     None => std::future::pending().await,
                 }
-            }, if !failed => {
+            }, if !failed && !polling => {
                 match notified {
                     Ok(()) => {
                         // Under load commits arrive in bursts: let a few more land, then
