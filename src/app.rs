@@ -136,6 +136,15 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 state.metrics.clone(),
                 stop.subscribe(),
             ),
+            worker::spawn(
+                jobs::REPORTS,
+                state.queues.reports.clone(),
+                Arc::new(features::reports::ReportJobs::new(state.db.clone(), &c.currency)),
+                // One report at a time per process: each is a long scan.
+                worker::WorkerOptions { concurrency: 1, ..worker_options(c) },
+                state.metrics.clone(),
+                stop.subscribe(),
+            ),
             tokio::spawn(jobs::trim_periodically(
                 state.queues.clone(),
                 c.jobs_done_retention,

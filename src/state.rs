@@ -16,6 +16,7 @@ use crate::{
         auth::{repository::PgAuthStore, reset::PasswordResetService, service::AuthService},
         orders::service::OrderService,
         products::service::ProductService,
+        reports::service::ReportService,
         users::service::UserService,
     },
     shared::{
@@ -40,6 +41,7 @@ pub struct AppState {
     pub resets: PasswordResetService,
     /// The Redis job queues (the outbox relay pushes to them).
     pub queues: Queues,
+    pub reports: ReportService,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
         let queues = Queues::new(&redis, &config);
+        let reports = ReportService::new(db.clone());
         Self {
             config: Arc::new(config),
             db,
@@ -71,6 +74,7 @@ impl AppState {
             metrics,
             resets,
             queues,
+            reports,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod maintenance;
 pub mod orders;
 pub mod products;
+pub mod reports;
 pub mod users;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -23,6 +24,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(orders::router())
         .merge(analytics::router())
         .merge(jobs::router())
+        .merge(reports::router())
 }
 
 /// Routes outside the versioned API (operations).

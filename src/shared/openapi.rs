@@ -24,6 +24,7 @@ use super::response::Pagination;
         (name = "users", description = "Profiles and user administration"),
         (name = "products", description = "The catalogue"),
         (name = "orders", description = "Orders and their status machine"),
+        (name = "reports", description = "Sales and inventory CSV reports (admin)"),
         (name = "admin", description = "Operations for administrators"),
         (name = "health", description = "Liveness and readiness probes"),
     )

@@ -13,6 +13,8 @@ use uuid::Uuid;
 
 /// Queue of e-mail jobs.
 pub const EMAILS: &str = "emails";
+/// Queue of report jobs.
+pub const REPORTS: &str = "reports";
 
 /// Every job a business change can cause.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,12 +25,19 @@ pub enum Job {
     OrderConfirmation { order_id: Uuid, user_id: Uuid },
     /// A password-reset link (the job mints the token when it sends).
     ResetPassword { user_id: Uuid },
+    /// Generating a requested report.
+    Report { report_id: Uuid },
+    /// Telling the requester their report is ready.
+    ReportReady { report_id: Uuid },
 }
 
 impl Job {
     /// The queue the relay moves the job to.
     pub fn queue(&self) -> &'static str {
-        EMAILS
+        match self {
+            Self::Report { .. } => REPORTS,
+            _ => EMAILS,
+        }
     }
 
     /// The job's kind, as stored in `outbox.kind`.
@@ -37,6 +46,8 @@ impl Job {
             Self::Welcome { .. } => "welcome",
             Self::OrderConfirmation { .. } => "order-confirmation",
             Self::ResetPassword { .. } => "reset-password",
+            Self::Report { .. } => "report",
+            Self::ReportReady { .. } => "report-ready",
         }
     }
 
@@ -45,6 +56,7 @@ impl Job {
         match self {
             Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
             Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
+            Self::Report { report_id } | Self::ReportReady { report_id } => json!({"reportId": report_id}),
         }
     }
 }

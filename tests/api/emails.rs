@@ -216,24 +216,24 @@ async fn a_failing_transport_kills_the_job_after_three_attempts_and_a_retry_deli
 }
 
 /// A Redis server of the test's own, to stop and start again on the same port.
-struct OwnRedis {
+pub struct OwnRedis {
     port: u16,
     child: Option<Child>,
 }
 
 impl OwnRedis {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut redis = Self { port, child: None };
         redis.resume();
         redis
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn resume(&mut self) {
+    pub fn resume(&mut self) {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -257,7 +257,7 @@ impl OwnRedis {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

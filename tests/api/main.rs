@@ -14,4 +14,5 @@ mod maintenance;
 mod orders;
 mod products;
 mod rate_limit;
+mod reports;
 mod users;

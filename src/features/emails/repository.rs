@@ -107,6 +107,54 @@ pub async fn claim_for_order(
     }))
 }
 
+/// A completed report as its `report-ready` e-mail shows it, with its requester.
+#[derive(Debug, Clone)]
+pub struct ReportMail {
+    pub recipient: Recipient,
+    pub id: Uuid,
+    pub kind: String,
+    pub range_from: DateTime<Utc>,
+    pub range_to: DateTime<Utc>,
+    pub row_count: Option<i32>,
+}
+
+/// [`claim_for_user`] for a `report-ready` e-mail: claims `outbox_id` and reads report
+/// `report_id` and its live requester.
+pub async fn claim_for_report(
+    db: impl PgExecutor<'_>,
+    outbox_id: Uuid,
+    template: &str,
+    report_id: Uuid,
+) -> sqlx::Result<Option<ReportMail>> {
+    let row = sqlx::query!(
+        r#"with claim as (
+               insert into sent_emails (outbox_id, template) values ($1, $2)
+               on conflict (outbox_id) do nothing returning outbox_id)
+           select exists (select 1 from claim) as "claimed!", u.id as user_id, u.email, u.first_name,
+                  r.id, r.type::text as "kind!", r.range_from, r.range_to, r.row_count
+           from reports r join users u on u.id = r.requested_by and u.deleted_at is null
+           where r.id = $3"#,
+        outbox_id,
+        template,
+        report_id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| ReportMail {
+        recipient: Recipient {
+            claimed: r.claimed,
+            user_id: r.user_id,
+            email: r.email,
+            first_name: r.first_name,
+        },
+        id: r.id,
+        kind: r.kind,
+        range_from: r.range_from,
+        range_to: r.range_to,
+        row_count: r.row_count,
+    }))
+}
+
 /// Deletes ledger rows older than `before`; returns how many.
 pub async fn delete_sent_before(db: impl PgExecutor<'_>, before: DateTime<Utc>) -> sqlx::Result<u64> {
     Ok(sqlx::query!("delete from sent_emails where sent_at < $1", before).execute(db).await?.rows_affected())

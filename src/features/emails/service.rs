@@ -39,6 +39,7 @@ enum Kind {
     Welcome,
     OrderConfirmation,
     ResetPassword,
+    ReportReady,
 }
 
 impl Kind {
@@ -47,6 +48,7 @@ impl Kind {
             "welcome" => Some(Self::Welcome),
             "order-confirmation" => Some(Self::OrderConfirmation),
             "reset-password" => Some(Self::ResetPassword),
+            "report-ready" => Some(Self::ReportReady),
             _ => None,
         }
     }
@@ -56,6 +58,7 @@ impl Kind {
             Self::Welcome => "welcome",
             Self::OrderConfirmation => "order-confirmation",
             Self::ResetPassword => "reset-password",
+            Self::ReportReady => "report-ready",
         }
     }
 }
@@ -70,6 +73,12 @@ struct UserPayload {
 #[serde(rename_all = "camelCase")]
 struct OrderPayload {
     order_id: Uuid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReportPayload {
+    report_id: Uuid,
 }
 
 /// Sends the e-mail of each job; cheap to clone.
@@ -140,6 +149,23 @@ impl EmailJobs {
                         (order.recipient, context)
                     })
             }
+            Kind::ReportReady => {
+                let p: ReportPayload = payload(&job.payload)?;
+                repository::claim_for_report(&mut *conn, job.outbox_id, template, p.report_id)
+                    .await
+                    .map_err(transient)?
+                    .map(|report| {
+                        let last_day = (report.range_to - chrono::Duration::microseconds(1)).date_naive();
+                        let context = json!({
+                            "report_type": report.kind,
+                            "from": report.range_from.date_naive().to_string(),
+                            "to": last_day.to_string(),
+                            "row_count": report.row_count.unwrap_or(0),
+                            "download_url": format!("{}/api/v1/reports/{}/download", self.public_url, report.id),
+                        });
+                        (report.recipient, context)
+                    })
+            }
         })
     }
 }
@@ -196,12 +222,12 @@ mod tests {
 
     #[test]
     fn every_email_kind_has_its_template() {
-        for kind in ["welcome", "order-confirmation", "reset-password"] {
+        for kind in ["welcome", "order-confirmation", "reset-password", "report-ready"] {
             let parsed = Kind::parse(kind).unwrap();
             assert_eq!(parsed.template(), kind);
             assert!(crate::shared::mail::templates::NAMES.contains(&kind));
         }
-        assert_eq!(Kind::parse("report-ready"), None, "report mails belong to the reports queue");
+        assert_eq!(Kind::parse("report"), None, "report generation belongs to the reports queue");
     }
 
     #[test]

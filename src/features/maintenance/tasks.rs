@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
-    features::emails::repository as sent_emails,
+    features::{emails::repository as sent_emails, reports::repository as reports},
     shared::{
         config::Settings,
         jobs::{Queues, store},
@@ -20,6 +20,8 @@ use crate::{
 /// Redis (dead jobs are retryable for `JOBS_DEAD_RETENTION`, 14 days by default), so a
 /// retried job still finds its e-mail was sent.
 const SENT_EMAIL_RETENTION_DAYS: i64 = 30;
+/// SPEC §8: reports (and their files) are kept 30 days.
+const REPORT_RETENTION_DAYS: i64 = 30;
 
 /// Rows removed by one cleanup run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,7 @@ pub struct CleanupReport {
     pub idempotency_keys: u64,
     pub outbox: u64,
     pub sent_emails: u64,
+    pub reports: u64,
     /// Finished jobs trimmed from Redis (`None`: Redis did not answer; the next run trims).
     pub jobs_done: Option<u64>,
     pub jobs_dead: Option<u64>,
@@ -37,8 +40,8 @@ pub struct CleanupReport {
 /// Daily: deletes sessions whose whole family is dead (revoked or expired throughout; a
 /// rotated session of a live family is kept, however old, so presenting a stolen rotated
 /// token is still recognised as reuse), used or expired reset tokens, idempotency records
-/// older than 24 h, outbox rows sent more than 7 days ago and e-mail ledger rows older than
-/// 30 days, in one transaction. Then, in Redis, finished jobs older than
+/// older than 24 h, outbox rows sent more than 7 days ago, e-mail ledger rows and reports
+/// (with their files) older than 30 days, in one transaction. Then, in Redis, finished jobs older than
 /// `JOBS_DONE_RETENTION` and dead ones older than `JOBS_DEAD_RETENTION` (a Redis failure
 /// is logged and left to the next run).
 pub async fn cleanup(
@@ -74,6 +77,9 @@ pub async fn cleanup(
         .execute(&mut *tx)
         .await?
         .rows_affected();
+    let reports =
+        reports::delete_created_before(&mut *tx, Utc::now() - chrono::Duration::days(REPORT_RETENTION_DAYS))
+            .await?;
     let sent_emails = sent_emails::delete_sent_before(
         &mut *tx,
         Utc::now() - chrono::Duration::days(SENT_EMAIL_RETENTION_DAYS),
@@ -91,8 +97,16 @@ pub async fn cleanup(
                 (None, None)
             }
         };
-    let report =
-        CleanupReport { sessions, reset_tokens, idempotency_keys, outbox, sent_emails, jobs_done, jobs_dead };
+    let report = CleanupReport {
+        sessions,
+        reset_tokens,
+        idempotency_keys,
+        outbox,
+        sent_emails,
+        reports,
+        jobs_done,
+        jobs_dead,
+    };
     tracing::info!(
         task = "cleanup",
         deleted.sessions = sessions,
@@ -100,6 +114,7 @@ pub async fn cleanup(
         deleted.idempotency_keys = idempotency_keys,
         deleted.outbox = outbox,
         deleted.sent_emails = sent_emails,
+        deleted.reports = reports,
         deleted.jobs_done = jobs_done,
         deleted.jobs_dead = jobs_dead,
         duration_ms = started.elapsed().as_millis() as u64,

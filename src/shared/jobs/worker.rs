@@ -38,6 +38,7 @@ use apalis::{
 };
 use apalis_redis::RedisStorage;
 use async_trait::async_trait;
+use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -70,6 +71,10 @@ pub enum JobError {
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
     async fn handle(&self, job: &QueuedJob) -> Result<(), JobError>;
+
+    /// Called once when `job` goes to the dead set (its last attempt failed, or it can
+    /// never succeed), with the last error; e.g. to mark what the job stood for failed.
+    async fn dead(&self, _job: &QueuedJob, _error: &str) {}
 }
 
 /// How a queue's workers run.
@@ -88,6 +93,7 @@ pub struct WorkerOptions {
 #[derive(Clone)]
 struct Context {
     queue: &'static str,
+    timeout: Duration,
     yield_max: Duration,
     busy_above: u64,
     handler: Arc<dyn JobHandler>,
@@ -122,6 +128,7 @@ pub fn spawn(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     let context = Context {
         queue,
+        timeout: options.timeout,
         yield_max: options.yield_max,
         busy_above: 2 * cpus,
         handler,
@@ -140,11 +147,11 @@ pub fn spawn(
                 .concurrency(options.concurrency)
                 .parallelize(tokio::spawn)
                 .retry(retry_policy())
-                // Inside the retry layer: a panic is logged and counts as a failed attempt.
+                // Last resort (`run` catches its handler's panics itself): a panic is logged
+                // and counts as a failed attempt.
                 .layer(CatchPanicLayer::with_panic_handler(|panic: &Box<dyn Any + Send + 'static>| {
                     on_panic(panic)
                 }))
-                .timeout(options.timeout)
                 .build(run);
             let mut stopped = stop.clone();
             let signal = async move {
@@ -195,7 +202,14 @@ async fn run(
     yield_to_http(&context.metrics, context.busy_above, context.yield_max).await;
     let started = Instant::now();
     let started_at = chrono::Utc::now().timestamp();
-    let result = context.handler.handle(&job).await;
+    // The time limit and panics are handled here, not by apalis layers, so that a job
+    // that times out or panics on its last attempt reaches `JobHandler::dead` too.
+    let attempt_run = std::panic::AssertUnwindSafe(context.handler.handle(&job)).catch_unwind();
+    let result = match tokio::time::timeout(context.timeout, attempt_run).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => Err(JobError::Transient(on_panic(&panic).to_string())),
+        Err(_) => Err(JobError::Transient(format!("the attempt took longer than {:?}", context.timeout))),
+    };
     context.metrics.observe_job(context.queue, &job.kind, started.elapsed());
     let (queue, kind, outbox_id) = (context.queue, job.kind.as_str(), job.outbox_id);
     if result.is_err() {
@@ -207,10 +221,12 @@ async fn run(
         Ok(()) => Ok(()),
         Err(JobError::Permanent(e)) => {
             tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job cannot succeed; dead");
+            context.handler.dead(&job, &e).await;
             Err(AbortError::new(e).into())
         }
         Err(JobError::Transient(e)) if n >= MAX_ATTEMPTS => {
             tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job failed its last attempt; dead");
+            context.handler.dead(&job, &e).await;
             Err(AbortError::new(e).into())
         }
         Err(JobError::Transient(e)) => {
