@@ -507,10 +507,7 @@ impl Drop for RssWatch {
 }
 
 async fn reports_bench(server: &str) -> anyhow::Result<()> {
-    use storefront::{
-        features::reports::ReportJobs,
-        shared::jobs::worker::JobHandler,
-    };
+    use storefront::{features::reports::ReportJobs, shared::jobs::worker::JobHandler};
     let dir = scratch_dir("reports");
     let state = fresh(server, &dir, false).await?;
     let started = Instant::now();
@@ -536,14 +533,20 @@ async fn reports_bench(server: &str) -> anyhow::Result<()> {
     sqlx::query("analyze").execute(&state.db).await?;
     println!("reports: seeded 100 000 products and 10 000 orders in {:.1?}", started.elapsed());
     let jobs = ReportJobs::new(state.db.clone(), "USD");
-    for (kind, from) in [("inventory", "now() - interval '30 days'"), ("sales", "now() - interval '365 days'")] {
+    for (kind, from) in
+        [("inventory", "now() - interval '30 days'"), ("sales", "now() - interval '365 days'")]
+    {
         let id: uuid::Uuid = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "insert into reports (type, range_from, range_to, requested_by) values ('{kind}', {from}, now(), $1) returning id"
         )))
         .bind(admin)
         .fetch_one(&state.db)
         .await?;
-        let job = QueuedJob { outbox_id: uuid::Uuid::new_v4(), kind: "report".into(), payload: json!({"reportId": id}) };
+        let job = QueuedJob {
+            outbox_id: uuid::Uuid::new_v4(),
+            kind: "report".into(),
+            payload: json!({"reportId": id}),
+        };
         let before = rss_kib();
         let watch = RssWatch::start();
         let started = Instant::now();
@@ -578,7 +581,10 @@ async fn reports_bench(server: &str) -> anyhow::Result<()> {
                     .json()
                     .await?;
                 let id: uuid::Uuid = res["data"]["user"]["id"].as_str().context("user id")?.parse()?;
-                sqlx::query("update users set role = 'admin' where id = $1").bind(id).execute(&state.db).await?;
+                sqlx::query("update users set role = 'admin' where id = $1")
+                    .bind(id)
+                    .execute(&state.db)
+                    .await?;
                 let res: Value = client
                     .post(format!("{url}/api/v1/auth/login"))
                     .json(&json!({"email": email, "password": "password123"}))
@@ -616,8 +622,11 @@ async fn reports_bench(server: &str) -> anyhow::Result<()> {
                 let before = rss_kib();
                 let watch = RssWatch::start();
                 let started = Instant::now();
-                let mut res =
-                    client.get(format!("{url}/api/v1/reports/{report_id}/download")).bearer_auth(&token).send().await?;
+                let mut res = client
+                    .get(format!("{url}/api/v1/reports/{report_id}/download"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?;
                 anyhow::ensure!(res.status() == 200, "download answered {}", res.status());
                 let mut received = 0usize;
                 while let Some(chunk) = res.chunk().await? {
