@@ -1,11 +1,17 @@
-//! The command line: `serve` (default) and `migrate`.
+//! The command line: `serve` (default), `worker`, `migrate`, `create-admin`, `seed`.
 
 use clap::{Parser, Subcommand};
 
 use crate::{
     app,
     features::users::service::AdminProvisioned,
-    shared::{config::Settings, db, email::Email, password::PasswordHasher, telemetry},
+    shared::{
+        config::{AppEnv, Settings},
+        db,
+        email::Email,
+        password::PasswordHasher,
+        telemetry,
+    },
 };
 
 /// Storefront API server.
@@ -25,12 +31,16 @@ pub enum Command {
     Worker,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Create an admin, or promote an existing user to admin. The password (for a new
-    /// account) comes from ADMIN_PASSWORD or the first line of standard input, never argv.
+    /// Create an admin. The password comes from ADMIN_PASSWORD or the first line of
+    /// standard input, never argv.
     CreateAdmin {
         /// E-mail of the admin.
         #[arg(long)]
         email: String,
+        /// Make an existing account admin: it gets the supplied password and every one of
+        /// its sessions is revoked. Without it, an existing account is an error.
+        #[arg(long)]
+        promote: bool,
     },
     /// Fill the database with demo data (development and benchmarks).
     Seed {
@@ -40,6 +50,9 @@ pub enum Command {
         /// How many users to add (password "password123").
         #[arg(long, default_value_t = 100)]
         users: u32,
+        /// Run even with APP_ENV=production (the accounts have a published password).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -68,8 +81,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Serve => serve(settings).await,
         Command::Worker => worker(settings).await,
         Command::Migrate => migrate(settings).await,
-        Command::CreateAdmin { email } => create_admin(settings, &email).await,
-        Command::Seed { products, users } => seed(settings, products, users).await,
+        Command::CreateAdmin { email, promote } => create_admin(settings, &email, promote).await,
+        Command::Seed { products, users, force } => seed(settings, products, users, force).await,
     };
     match result {
         Ok(()) => 0,
@@ -99,15 +112,17 @@ async fn migrate(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn create_admin(settings: Settings, email: &str) -> anyhow::Result<()> {
+async fn create_admin(settings: Settings, email: &str, promote: bool) -> anyhow::Result<()> {
     let email = Email::parse(email).map_err(|_| anyhow::anyhow!("--email is not a valid e-mail address"))?;
     let pool = db::connect_lazy(&settings)?;
     db::migrate(&pool).await?;
     let users = crate::features::users::UserService::new(pool.clone(), PasswordHasher::new());
-    let outcome = users.create_admin(&email, read_admin_password).await?;
+    let outcome = users.create_admin(&email, promote, read_admin_password).await?;
     match outcome {
         AdminProvisioned::Created(id) => println!("created admin {email} ({id})"),
-        AdminProvisioned::Promoted(id) => println!("promoted {email} ({id}) to admin"),
+        AdminProvisioned::Promoted(id) => {
+            println!("promoted {email} ({id}) to admin; password replaced, sessions revoked")
+        }
         AdminProvisioned::AlreadyAdmin(id) => println!("{email} ({id}) is already an admin"),
     }
     pool.close().await;
@@ -136,7 +151,12 @@ fn read_admin_password() -> anyhow::Result<String> {
     Ok(password)
 }
 
-async fn seed(settings: Settings, products: u32, users: u32) -> anyhow::Result<()> {
+async fn seed(settings: Settings, products: u32, users: u32, force: bool) -> anyhow::Result<()> {
+    if settings.app_env == AppEnv::Production && !force {
+        anyhow::bail!(
+            "refusing to seed with APP_ENV=production: the demo accounts share a published password (pass --force to do it anyway)"
+        );
+    }
     let pool = db::connect_lazy(&settings)?;
     db::migrate(&pool).await?;
     crate::seed::run(&pool, products, users).await?;

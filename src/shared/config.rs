@@ -19,6 +19,10 @@ use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 /// Production refuses to start with it.
 pub const DEVELOPMENT_JWT_SECRET: &str = "development-only-secret-change-me-0123456789";
 
+/// The placeholder `.env.example` documents; refused in production like the default, so
+/// a copied example file cannot go live (a unit test keeps the two in step).
+pub const EXAMPLE_JWT_SECRET: &str = "change-me-to-a-long-random-string-of-32+-chars";
+
 /// Declares every setting once: the [`Settings`] field (named after its environment
 /// variable, lower-cased), its type, its built-in default (a TOML value) and its doc.
 /// From this one list come the struct, [`KEYS`] (the only variables read from the
@@ -100,7 +104,7 @@ settings! {
     rate_limit_default_per_minute: u32 = 600,
     /// Requests per minute per client IP on login, register and password routes.
     rate_limit_auth_per_minute: u32 = 20,
-    /// Login (and password-forgot) attempts per e-mail address per 15 minutes.
+    /// Failed logins (and, apart, forgot requests) per e-mail address per 15 minutes.
     rate_limit_login_per_email: u32 = 10,
     /// Take the client IP from the right-most `X-Forwarded-For` entry.
     trust_proxy: bool = false,
@@ -356,8 +360,10 @@ impl Settings {
         if secret.chars().count() < 32 {
             p.push("JWT_SECRET: must be at least 32 characters".to_owned());
         }
-        if self.app_env == AppEnv::Production && secret == DEVELOPMENT_JWT_SECRET {
-            p.push("JWT_SECRET: the development default is refused in production".to_owned());
+        if self.app_env == AppEnv::Production
+            && [DEVELOPMENT_JWT_SECRET, EXAMPLE_JWT_SECRET].contains(&secret)
+        {
+            p.push("JWT_SECRET: the development default and the .env.example placeholder are refused in production".to_owned());
         }
         if self.jwt_expires_in < Duration::from_secs(1) {
             p.push("JWT_EXPIRES_IN: must be at least 1s".to_owned());
@@ -528,6 +534,17 @@ mod tests {
         assert!(err.0.iter().any(|p| p.contains("refused in production")));
         let ok = with(&[("app_env", "production"), ("jwt_secret", &"x".repeat(40))]);
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn production_refuses_the_placeholder_of_env_example() {
+        let example = include_str!("../../.env.example");
+        let placeholder =
+            example.lines().find_map(|l| l.strip_prefix("JWT_SECRET=")).expect("JWT_SECRET in .env.example");
+        assert_eq!(placeholder, EXAMPLE_JWT_SECRET, "keep the constant in step with .env.example");
+        let err = with(&[("app_env", "production"), ("jwt_secret", placeholder)]).unwrap_err();
+        assert!(err.0.iter().any(|p| p.contains("refused in production")), "{:?}", err.0);
+        assert!(with(&[("app_env", "development"), ("jwt_secret", placeholder)]).is_ok());
     }
 
     #[test]

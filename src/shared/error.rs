@@ -178,6 +178,31 @@ impl From<sqlx::Error> for AppError {
                 tracing::warn!(error = %d, "transaction aborted by a lock conflict");
                 Self::ServiceUnavailable("the request collided with another one; retry it".to_owned())
             }
+            // The database is slow or unreachable, not the request wrong: 57014
+            // query_canceled (statement_timeout), 57P01..03 admin shutdown / cannot connect
+            // now, 53300 too many connections; lost connections and a closed pool.
+            sqlx::Error::Database(d)
+                if matches!(d.code().as_deref(), Some("57014" | "57P01" | "57P02" | "57P03" | "53300")) =>
+            {
+                tracing::warn!(error = %d, "database unavailable or too slow");
+                Self::ServiceUnavailable("the database is unavailable or too slow, try again".to_owned())
+            }
+            e @ (sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed) => {
+                tracing::warn!(error = %e, "database connection failed");
+                Self::ServiceUnavailable("the database is unavailable, try again".to_owned())
+            }
+            // A CHECK constraint reached by client input (the validators missed a rule):
+            // the request is wrong, not the server.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("23514") => {
+                tracing::warn!(
+                    constraint = d.constraint().unwrap_or_default(),
+                    "check constraint refused input"
+                );
+                Self::bad_request("the request breaks a rule of the data (a value out of range)")
+            }
             other => Self::Internal(anyhow::Error::new(other).context("database error")),
         }
     }
@@ -280,6 +305,52 @@ impl IntoResponse for AppError {
 
 #[cfg(test)]
 mod tests {
+    /// A database error with a SQLSTATE, as Postgres would send it.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "simulated"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn database_trouble_is_503_and_a_refused_check_is_400() {
+        let status = |e: sqlx::Error| AppError::from(e).status().as_u16();
+        for code in ["57014", "57P01", "57P03", "53300", "40P01"] {
+            assert_eq!(status(sqlx::Error::Database(Box::new(Sqlstate(code)))), 503, "{code}");
+        }
+        assert_eq!(status(sqlx::Error::PoolClosed), 503);
+        assert_eq!(status(sqlx::Error::PoolTimedOut), 503);
+        assert_eq!(status(sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))), 503);
+        assert_eq!(status(sqlx::Error::Database(Box::new(Sqlstate("23514")))), 400);
+        assert_eq!(status(sqlx::Error::Database(Box::new(Sqlstate("XX000")))), 500);
+    }
+
     use super::*;
 
     async fn body_of(e: AppError) -> (StatusCode, axum::http::HeaderMap, Value) {

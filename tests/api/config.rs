@@ -115,3 +115,18 @@ fn the_worker_runs_until_sigterm_and_stops_cleanly() {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert_clean_exit(&mut child);
 }
+
+#[test]
+fn seed_refuses_production_unless_forced() {
+    let out = storefront()
+        .env("APP_ENV", "production")
+        .env("JWT_SECRET", "a-production-secret-of-more-than-32-characters")
+        .env("RUN_MIGRATIONS", "false")
+        .args(["seed", "--products", "1", "--users", "1"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refusing to seed") && stderr.contains("--force"), "{stderr}");
+}

@@ -265,7 +265,7 @@ impl UserBuilder<'_> {
         }
         let address = Email::parse(&email).expect("a valid test address");
         let password = self.password.clone();
-        self.app.state.users.create_admin(&address, || Ok(password)).await.expect("admin created");
+        self.app.state.users.create_admin(&address, false, || Ok(password)).await.expect("admin created");
         self.app.login(&email, &self.password).await
     }
 }

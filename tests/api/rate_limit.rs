@@ -128,6 +128,22 @@ async fn limits_can_be_switched_off(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn successful_logins_do_not_use_up_the_per_email_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
+    app.user().email("ann@example.com").signed_in().await;
+    for _ in 0..5 {
+        app.login("ann@example.com", "password123").await;
+    }
+    // Failures still count: two, then even the right password waits.
+    for _ in 0..2 {
+        let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "guess-guess"})).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = app.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "password123"})).await;
+    crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
+}
+
+#[sqlx::test]
 async fn forgot_requests_are_limited_per_address_without_locking_out_login(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
     app.user().email("ann@example.com").signed_in().await;

@@ -281,7 +281,7 @@ fn create_admin(pool: &PgPool, email: &str) -> Command {
 }
 
 #[sqlx::test]
-async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: PgPool) {
+async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes_only_when_asked(pool: PgPool) {
     let app = TestApp::spawn(pool.clone()).await;
 
     // From ADMIN_PASSWORD.
@@ -304,11 +304,36 @@ async fn create_admin_takes_the_password_from_env_or_stdin_and_promotes(pool: Pg
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     app.login("ops@example.com", "ops-password").await;
 
-    // Promotion of an existing user keeps their password.
+    // An existing account is not promoted without --promote: nothing changes.
     let ann = app.user().email("ann@example.com").signed_in().await;
-    let out = create_admin(&pool, "ann@example.com").stdin(Stdio::null()).output().unwrap();
+    let out = create_admin(&pool, "ann@example.com").env("ADMIN_PASSWORD", "operator-pass").output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--promote"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 403, "still a user");
+    app.login("ann@example.com", "password123").await;
+
+    // With --promote the account gets the operator's password and loses its sessions.
+    let out = create_admin(&pool, "ann@example.com")
+        .arg("--promote")
+        .env("ADMIN_PASSWORD", "operator-pass")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0, 200);
+    assert_eq!(
+        send(app.authed(Method::GET, "/api/v1/users", &ann.token)).await.0,
+        401,
+        "old sessions revoked"
+    );
+    let res = app
+        .post_json("/api/v1/auth/login", &json!({"email": "ann@example.com", "password": "password123"}))
+        .await;
+    assert_error(res, 401, "UNAUTHORIZED").await;
+    let admin = app.login("ann@example.com", "operator-pass").await;
+    assert_eq!(send(app.authed(Method::GET, "/api/v1/users", &admin.token)).await.0, 200);
 
     // Too short a password is refused, and nothing is created.
     let out = create_admin(&pool, "weak@example.com").env("ADMIN_PASSWORD", "short").output().unwrap();

@@ -14,7 +14,7 @@ use super::{
 use crate::shared::{
     auth::{AuthUser, ClientMeta},
     email::Email,
-    error::{AppResult, ErrorEnvelope},
+    error::{AppError, AppResult, ErrorEnvelope},
     extract::ValidJson,
     middleware::rate_limit::RateLimiter,
     response::ApiOk,
@@ -53,12 +53,20 @@ pub async fn login(
 ) -> AppResult<ApiOk<AuthResponse>> {
     // Per address, whatever IPs the attempts come from. A string that is no address
     // matches no account, so it fails like an unknown one (and has no quota to spend).
+    // Only failures count (brute-force protection): signing in often is no attack.
     let email = Email::parse(&body.email).ok();
     if let Some(email) = &email {
-        limiter.check(limiter.login_email, email.as_str()).await?;
+        limiter.check_failures(limiter.login_email, email.as_str()).await?;
     }
-    let (user, tokens) = auth.login(email.as_ref(), &body.password, &meta).await?;
-    Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
+    match auth.login(email.as_ref(), &body.password, &meta).await {
+        Ok((user, tokens)) => Ok(ApiOk::new(AuthResponse::new(tokens, user.into()))),
+        Err(e) => {
+            if let (Some(email), AppError::Unauthorized(_)) = (&email, &e) {
+                limiter.hit(limiter.login_email, email.as_str()).await;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Rotates a refresh token. Presenting an already-rotated token revokes its family.

@@ -120,18 +120,36 @@ impl UserService {
         Ok(())
     }
 
-    /// `storefront create-admin`: creates an admin, or promotes an existing user (whose
-    /// password is then left as it is).
+    /// `storefront create-admin`: creates an admin. An account that already exists is
+    /// promoted only when `promote` says so, and then it gets the supplied password and
+    /// loses every session: whoever registered the address first (perhaps not the
+    /// operator) must not keep a way in. Without `promote` an existing non-admin account
+    /// is an error and nothing changes.
     pub async fn create_admin(
         &self,
         email: &Email,
+        promote: bool,
         password: impl FnOnce() -> anyhow::Result<String>,
     ) -> anyhow::Result<AdminProvisioned> {
         if let Some(login) = repository::find_login(&self.db, email).await? {
-            if login.user.role == Role::Admin {
-                return Ok(AdminProvisioned::AlreadyAdmin(login.user.id));
+            if !promote {
+                if login.user.role == Role::Admin {
+                    return Ok(AdminProvisioned::AlreadyAdmin(login.user.id));
+                }
+                anyhow::bail!(
+                    "an account with this e-mail already exists; pass --promote to make it an admin \
+                     (its password is replaced and its sessions are revoked)"
+                );
             }
-            repository::set_role(&self.db, login.user.id, Role::Admin).await?;
+            let password = password()?;
+            let hash = self.hasher.hash(&password).await?;
+            let mut tx = self.db.begin().await?;
+            sessions::lock_user_for_revocation(&mut *tx, login.user.id).await?;
+            repository::set_role(&mut *tx, login.user.id, Role::Admin).await?;
+            repository::set_password_hash(&mut *tx, login.user.id, &hash).await?;
+            let revoked = sessions::revoke_all(&mut tx, login.user.id, None).await?;
+            tx.commit().await?;
+            tracing::info!(user.id = %login.user.id, sessions.revoked = revoked, "account promoted to admin");
             return Ok(AdminProvisioned::Promoted(login.user.id));
         }
         let password = password()?;

@@ -145,6 +145,44 @@ impl RateLimiter {
         }
     }
 
+    /// Whether `key` has used up `quota`, without counting this request (failure-only
+    /// quotas: [`Self::hit`] is called only for a failed attempt). `None` when disabled
+    /// or Redis failed.
+    pub async fn peek(&self, quota: Quota, key: &str) -> Option<Decision> {
+        if !self.enabled {
+            return None;
+        }
+        let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
+        let mut conn = self.redis.conn();
+        let seen: redis::RedisResult<(Option<u64>, i64)> =
+            redis::pipe().get(&redis_key).pttl(&redis_key).query_async(&mut conn).await;
+        match seen {
+            Ok((count, ttl_ms)) => {
+                let count = count.unwrap_or(0);
+                let max = u64::from(quota.max);
+                let reset_secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
+                Some(Decision {
+                    allowed: count < max,
+                    limit: quota.max,
+                    remaining: u32::try_from(max.saturating_sub(count)).unwrap_or(0),
+                    reset_secs,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, scope = quota.scope, "rate limiter unavailable; letting the request through");
+                None
+            }
+        }
+    }
+
+    /// Refuses with 429 when `key` has used up a failure-only `quota` (see [`Self::peek`]).
+    pub async fn check_failures(&self, quota: Quota, key: &str) -> Result<(), AppError> {
+        match self.peek(quota, key).await {
+            Some(d) if !d.allowed => Err(d.error()),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses with 429 when `key` has used up `quota`.
     pub async fn check(&self, quota: Quota, key: &str) -> Result<(), AppError> {
         match self.hit(quota, key).await {
