@@ -1,7 +1,8 @@
-//! Runs of scheduled tasks, claimed once across every instance (SPEC §8). A task runs
-//! inside the transaction that claims its `scheduled_runs` slot, so with several
-//! instances a slot runs exactly once, and a task that fails leaves nothing half done
-//! (and the slot free for a retry).
+//! Runs of scheduled tasks, claimed once across every instance (SPEC §8). A short task
+//! runs inside the transaction that claims its `scheduled_runs` slot ([`claim`]): a slot
+//! runs exactly once, and a failure leaves nothing half done (and the slot free for a
+//! retry). A long one claims its slot in a transaction of its own ([`claim_slot`]) and
+//! then works in small transactions.
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -40,4 +41,16 @@ pub async fn claim(
     .await?
     .rows_affected();
     Ok((claimed == 1).then_some(tx))
+}
+
+/// Claims `(task, slot)` and commits the claim at once; `false` when another instance
+/// runs or ran it. For tasks that work in many small transactions afterwards.
+pub async fn claim_slot(pool: &PgPool, task: &str, slot: DateTime<Utc>) -> sqlx::Result<bool> {
+    match claim(pool, task, slot).await? {
+        Some(tx) => {
+            tx.commit().await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
 }

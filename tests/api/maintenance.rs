@@ -1,5 +1,8 @@
 //! SPEC §8: the scheduled tasks and the analytics endpoint.
 
+use std::time::Duration;
+
+use axum::Router;
 use chrono::{DurationRound, TimeDelta, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -147,4 +150,34 @@ async fn analytics_roll_up_hourly_and_are_served_to_admins(pool: PgPool) {
     let far = "/api/v1/admin/analytics?to=-262143-01-01T00:00:00Z";
     expect_error(app.authed(Method::GET, far, &admin.token), 400, "VALIDATION_ERROR").await;
     expect_error(app.authed(Method::GET, "/api/v1/admin/analytics", &ann.token), 403, "FORBIDDEN").await;
+}
+
+#[sqlx::test]
+async fn cleanup_of_many_rotated_sessions_finishes_within_the_statement_timeout(pool: PgPool) {
+    // 40 000 dead sessions in rotation chains of 10 (each replaced by the next). Deleting
+    // one clears `replaced_by` of its predecessor: without an index on it, and in one
+    // statement, that is a scan of the table per row, far past a 3 s statement timeout.
+    let app =
+        TestApp::spawn_with(pool, |s| s.db_statement_timeout = Duration::from_secs(3), Router::new()).await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    sqlx::query(
+        "insert into sessions (id, user_id, family_id, token_hash, expires_at, revoked_at, replaced_by)
+         select md5(f || '-' || k)::uuid, $1, md5('family-' || f)::uuid, sha256((f || '-' || k)::bytea),
+                now() - interval '1 day', now() - interval '2 days',
+                case when k < 10 then md5(f || '-' || (k + 1))::uuid end
+         from generate_series(1, 4000) f, generate_series(1, 10) k",
+    )
+    .bind(ann.id)
+    .execute(&app.state.db)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
+    let report = tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
+        .await
+        .unwrap()
+        .expect("first run");
+    assert_eq!(report.sessions, 40_000, "{report:?}");
+    assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'ann@example.com')").await, 1, "the live login stays");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }

@@ -1,11 +1,15 @@
-//! The nightly cleanup (SPEC §8). It runs inside the transaction that claims its
-//! `scheduled_runs` slot ([`schedule::claim`]), so with several instances a slot runs
-//! exactly once and a failure leaves nothing half done (and the slot free for a retry).
+//! The nightly cleanup (SPEC §8). The run claims its `scheduled_runs` slot in a short
+//! transaction of its own ([`schedule::claim_slot`]), so with several instances a slot
+//! runs once. Then each table is cleaned on its own in bounded batches (each batch one
+//! statement under the normal statement timeout), so a large backlog neither holds one
+//! transaction open for minutes nor lets one slow table undo the others; a table that
+//! fails is logged and left to the next night.
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::{
     features::{emails::repository as sent_emails, reports::repository as reports},
@@ -22,6 +26,8 @@ use crate::{
 const SENT_EMAIL_RETENTION_DAYS: i64 = 30;
 /// SPEC §8: reports (and their files) are kept 30 days.
 const REPORT_RETENTION_DAYS: i64 = 30;
+/// Rows deleted per statement.
+pub const BATCH: i64 = 5_000;
 
 /// Rows removed by one cleanup run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -41,9 +47,9 @@ pub struct CleanupReport {
 /// rotated session of a live family is kept, however old, so presenting a stolen rotated
 /// token is still recognised as reuse), used or expired reset tokens, idempotency records
 /// older than 24 h, outbox rows sent more than 7 days ago, e-mail ledger rows and reports
-/// (with their files) older than 30 days, in one transaction. Then, in Redis, finished jobs older than
-/// `JOBS_DONE_RETENTION` and dead ones older than `JOBS_DEAD_RETENTION` (a Redis failure
-/// is logged and left to the next run).
+/// (with their files) older than 30 days. Then, in Redis, finished jobs older than
+/// `JOBS_DONE_RETENTION` and dead ones older than `JOBS_DEAD_RETENTION`. `None` when
+/// another instance has the slot. A table that fails counts 0 and is logged.
 pub async fn cleanup(
     pool: &PgPool,
     queues: &Queues,
@@ -51,41 +57,56 @@ pub async fn cleanup(
     slot: DateTime<Utc>,
 ) -> sqlx::Result<Option<CleanupReport>> {
     let started = Instant::now();
-    let Some(mut tx) = schedule::claim(pool, "cleanup", slot).await? else {
+    if !schedule::claim_slot(pool, "cleanup", slot).await? {
         return Ok(None);
+    }
+    let days = chrono::Duration::days;
+    let report = CleanupReport {
+        sessions: step("sessions", dead_sessions(pool)).await,
+        reset_tokens: step(
+            "reset_tokens",
+            batched(pool, |n| {
+                sqlx::query!(
+                    "delete from password_reset_tokens where id = any(array(
+                         select id from password_reset_tokens
+                         where used_at is not null or expires_at < now() limit $1))",
+                    n
+                )
+            }),
+        )
+        .await,
+        idempotency_keys: step(
+            "idempotency_keys",
+            batched(pool, |n| {
+                sqlx::query!(
+                    "delete from idempotency_keys where ctid = any(array(
+                         select ctid from idempotency_keys where created_at < now() - interval '24 hours' limit $1))",
+                    n
+                )
+            }),
+        )
+        .await,
+        outbox: step(
+            "outbox",
+            batched(pool, |n| {
+                sqlx::query!(
+                    "delete from outbox where id = any(array(
+                         select id from outbox where sent_at < now() - interval '7 days' limit $1))",
+                    n
+                )
+            }),
+        )
+        .await,
+        sent_emails: step(
+            "sent_emails",
+            sent_emails::delete_sent_before(pool, Utc::now() - days(SENT_EMAIL_RETENTION_DAYS), BATCH),
+        )
+        .await,
+        reports: step("reports", reports::delete_created_before(pool, Utc::now() - days(REPORT_RETENTION_DAYS), BATCH))
+            .await,
+        jobs_done: None,
+        jobs_dead: None,
     };
-    let sessions = sqlx::query!(
-        "delete from sessions s
-         where not exists (select 1 from sessions live
-                           where live.family_id = s.family_id and live.revoked_at is null
-                             and live.expires_at > now())"
-    )
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let reset_tokens =
-        sqlx::query!("delete from password_reset_tokens where used_at is not null or expires_at < now()")
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let idempotency_keys =
-        sqlx::query!("delete from idempotency_keys where created_at < now() - interval '24 hours'")
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let outbox = sqlx::query!("delete from outbox where sent_at < now() - interval '7 days'")
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let reports =
-        reports::delete_created_before(&mut *tx, Utc::now() - chrono::Duration::days(REPORT_RETENTION_DAYS))
-            .await?;
-    let sent_emails = sent_emails::delete_sent_before(
-        &mut *tx,
-        Utc::now() - chrono::Duration::days(SENT_EMAIL_RETENTION_DAYS),
-    )
-    .await?;
-    tx.commit().await?;
     let age =
         |d: std::time::Duration| Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
     let (jobs_done, jobs_dead) =
@@ -97,28 +118,76 @@ pub async fn cleanup(
                 (None, None)
             }
         };
-    let report = CleanupReport {
-        sessions,
-        reset_tokens,
-        idempotency_keys,
-        outbox,
-        sent_emails,
-        reports,
-        jobs_done,
-        jobs_dead,
-    };
+    let report = CleanupReport { jobs_done, jobs_dead, ..report };
     tracing::info!(
         task = "cleanup",
-        deleted.sessions = sessions,
-        deleted.reset_tokens = reset_tokens,
-        deleted.idempotency_keys = idempotency_keys,
-        deleted.outbox = outbox,
-        deleted.sent_emails = sent_emails,
-        deleted.reports = reports,
-        deleted.jobs_done = jobs_done,
-        deleted.jobs_dead = jobs_dead,
+        deleted.sessions = report.sessions,
+        deleted.reset_tokens = report.reset_tokens,
+        deleted.idempotency_keys = report.idempotency_keys,
+        deleted.outbox = report.outbox,
+        deleted.sent_emails = report.sent_emails,
+        deleted.reports = report.reports,
+        deleted.jobs_done = report.jobs_done,
+        deleted.jobs_dead = report.jobs_dead,
         duration_ms = started.elapsed().as_millis() as u64,
         "cleanup finished"
     );
     Ok(Some(report))
+}
+
+/// One table's cleanup: its count, or 0 (logged) when it failed.
+async fn step(table: &'static str, work: impl Future<Output = sqlx::Result<u64>>) -> u64 {
+    match work.await {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(task = "cleanup", table, error = %e, "cleanup of this table failed; the others go on");
+            0
+        }
+    }
+}
+
+/// Runs a `limit $1` delete until it deletes fewer than [`BATCH`] rows; the total. The
+/// deletes name their rows as `= any(array(select … limit n))`, which the planner serves
+/// with the primary key (an `in (select …)` becomes a hash join over the whole table).
+async fn batched<'q, F>(pool: &PgPool, query: F) -> sqlx::Result<u64>
+where
+    F: Fn(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+{
+    let mut total = 0;
+    loop {
+        let n = query(BATCH).execute(pool).await?.rows_affected();
+        total += n;
+        if n < BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Sessions whose whole family is dead, in batches walked in id order (each row is
+/// looked at once, however many batches). Deleting a session clears `replaced_by` of
+/// its predecessor (`on delete set null`), which `sessions_replaced_by_idx` serves.
+async fn dead_sessions(pool: &PgPool) -> sqlx::Result<u64> {
+    let mut total = 0;
+    let mut after = Uuid::nil();
+    loop {
+        let deleted: Vec<Uuid> = sqlx::query_scalar!(
+            "delete from sessions where id = any(array(
+                 select s.id from sessions s
+                 where s.id > $1
+                   and not exists (select 1 from sessions live
+                                   where live.family_id = s.family_id and live.revoked_at is null
+                                     and live.expires_at > now())
+                 order by s.id limit $2))
+             returning id",
+            after,
+            BATCH
+        )
+        .fetch_all(pool)
+        .await?;
+        total += deleted.len() as u64;
+        match deleted.iter().max() {
+            Some(last) if deleted.len() as i64 == BATCH => after = *last,
+            _ => return Ok(total),
+        }
+    }
 }
