@@ -64,8 +64,15 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let _permit = self.permits.acquire().await.context("password hasher closed")?;
-        tokio::task::spawn_blocking(work).await.context("password hashing task failed")?
+        // The permit moves into the blocking task: a caller that gives up (a dropped
+        // request) does not free it while the hash still runs, so the CPU bound holds.
+        let permit = self.permits.clone().acquire_owned().await.context("password hasher closed")?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            work()
+        })
+        .await
+        .context("password hashing task failed")?
     }
 }
 
@@ -82,6 +89,29 @@ mod tests {
         assert!(!hasher.verify("Correct horse battery staple", &hash).await.unwrap());
         assert!(!hasher.verify("anything", "not a phc string").await.unwrap());
         hasher.verify_dummy("whatever").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_hash_keeps_its_permit_until_the_work_is_done() {
+        let hasher = PasswordHasher::new();
+        let cpus = hasher.permits.available_permits();
+        // Start a hash and drop its caller at once (a client that went away).
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let h = hasher.clone();
+        let abandoned = tokio::spawn(async move {
+            h.run(move || {
+                started_tx.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                Ok(())
+            })
+            .await
+        });
+        tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+        abandoned.abort();
+        let _ = abandoned.await;
+        assert_eq!(hasher.permits.available_permits(), cpus - 1, "the running hash still holds its permit");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(hasher.permits.available_permits(), cpus, "released when the work ended");
     }
 
     #[tokio::test]

@@ -144,21 +144,20 @@ pub async fn rotate(pool: &PgPool, old: Uuid, new: &NewSession) -> sqlx::Result<
     }
 }
 
-/// Revokes every live session of `family_id` (reuse detection).
-pub async fn revoke_family(pool: &PgPool, family_id: Uuid) -> sqlx::Result<()> {
+/// Revokes every live session of `family_id`, a family of `user_id` (reuse detection).
+/// The caller read the owner from the presented session, so nothing scans the family
+/// for it (the family index holds live sessions only).
+pub async fn revoke_family(pool: &PgPool, user_id: Uuid, family_id: Uuid) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    let owner = sqlx::query_scalar!("select user_id from sessions where family_id = $1 limit 1", family_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if let Some(owner) = owner {
-        lock_user_for_revocation(&mut *tx, owner).await?;
-        sqlx::query!(
-            "update sessions set revoked_at = now() where family_id = $1 and revoked_at is null",
-            family_id
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    lock_user_for_revocation(&mut *tx, user_id).await?;
+    sqlx::query!(
+        "update sessions set revoked_at = now()
+         where family_id = $1 and user_id = $2 and revoked_at is null",
+        family_id,
+        user_id
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
 }
 

@@ -75,3 +75,17 @@ async fn a_backup_restores_into_a_fresh_database_with_its_data(pool: PgPool) {
         .unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn passwords_in_database_urls_are_percent_decoded_and_nothing_else() {
+    // A literal backslash sequence must survive; %XX sequences (an encoded backslash,
+    // @, % and a trailing newline) decode to their bytes.
+    let out = Command::new("bash")
+        .args(["-c", "source scripts/pg-url.sh; pg_url_split \"$1\"; printf '%s|%s' \"$PGPASSWORD\" \"$PG_URL_NO_PASSWORD\"", "_"])
+        .arg(r"postgres://ops:a\nb%5Cc%40d%25e\t%0A@db.example:5432/shop")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a\\nb\\c@d%e\\t\n|postgres://ops@db.example:5432/shop");
+}

@@ -124,8 +124,8 @@ impl AuthStore for PgAuthStore {
         Ok(sessions::rotate(&self.pool, old, new).await?)
     }
 
-    async fn revoke_family(&self, family_id: Uuid) -> AppResult<()> {
-        Ok(sessions::revoke_family(&self.pool, family_id).await?)
+    async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
+        Ok(sessions::revoke_family(&self.pool, user_id, family_id).await?)
     }
 
     async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()> {

@@ -36,7 +36,8 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Atomically inserts `new` and retires `old`; `false` (and nothing changed) when
     /// `old` was no longer live.
     async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool>;
-    async fn revoke_family(&self, family_id: Uuid) -> AppResult<()>;
+    /// Revokes the live sessions of `family_id`, a family of `user_id`.
+    async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()>;
     async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()>;
     async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()>;
 }
@@ -137,7 +138,7 @@ impl AuthService {
         let session = self.store.find_session(&hash).await?.ok_or_else(unauthorized)?;
         if session.replaced_by.is_some() {
             tracing::warn!(session.family = %session.family_id, "rotated refresh token presented again: revoking its family");
-            self.store.revoke_family(session.family_id).await?;
+            self.store.revoke_family(session.user_id, session.family_id).await?;
             return Err(unauthorized());
         }
         if session.revoked_at.is_some() || session.expires_at <= Utc::now() {
@@ -149,7 +150,7 @@ impl AuthService {
         if !self.store.rotate_session(session.id, &next).await? {
             // Someone rotated it between our read and our write: the same reuse signal.
             tracing::warn!(session.family = %session.family_id, "concurrent refresh token reuse: revoking its family");
-            self.store.revoke_family(session.family_id).await?;
+            self.store.revoke_family(session.user_id, session.family_id).await?;
             return Err(unauthorized());
         }
         self.access_token(&user, next.id, token)
@@ -307,9 +308,9 @@ mod tests {
             }
             self.insert_session(new).await.map(|()| true)
         }
-        async fn revoke_family(&self, family_id: Uuid) -> AppResult<()> {
+        async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
             for (s, _) in self.sessions.lock().unwrap().values_mut() {
-                if s.family_id == family_id && s.revoked_at.is_none() {
+                if s.family_id == family_id && s.user_id == user_id && s.revoked_at.is_none() {
                     s.revoked_at = Some(Utc::now());
                 }
             }
@@ -483,8 +484,8 @@ mod tests {
             async fn rotate_session(&self, _: Uuid, _: &NewSession) -> AppResult<bool> {
                 Ok(false)
             }
-            async fn revoke_family(&self, f: Uuid) -> AppResult<()> {
-                self.0.revoke_family(f).await
+            async fn revoke_family(&self, u: Uuid, f: Uuid) -> AppResult<()> {
+                self.0.revoke_family(u, f).await
             }
             async fn revoke_session(&self, h: &[u8; 32]) -> AppResult<()> {
                 self.0.revoke_session(h).await
