@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use super::role::Role;
-use super::{config::Settings, error::AppError, sessions};
+use super::{config::Settings, error::AppError, middleware::rate_limit::RateLimiter, sessions};
 
 /// The message of every authentication failure: it never says which check failed.
 pub const INVALID_TOKEN: &str = "missing, invalid or expired access token";
@@ -254,12 +254,17 @@ pub struct ClientMeta {
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientMeta {
+impl<S: Send + Sync> FromRequestParts<S> for ClientMeta
+where
+    RateLimiter: FromRef<S>,
+{
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let ip =
-            parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string());
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // The same client address the rate limits count (with TRUST_PROXY, the address
+        // the trusted proxy forwarded), not the proxy's.
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
+        let ip = RateLimiter::from_ref(state).client_ip(&parts.headers, peer).map(|ip| ip.to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

@@ -537,3 +537,21 @@ async fn registering_queues_a_welcome_email_in_the_same_transaction(pool: PgPool
         .unwrap();
     assert_eq!(all, 1);
 }
+
+#[sqlx::test]
+async fn forgot_writes_its_job_before_answering(pool: PgPool) {
+    // No background roles here: what the 202 promises is already in the outbox.
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    for email in ["ann@example.com", "nobody@example.com"] {
+        let (status, _, _) = send(app.request(Method::POST, FORGOT).json(&json!({"email": email}))).await;
+        assert_eq!(status, 202);
+    }
+    let payloads: Vec<Value> =
+        sqlx::query_scalar("select payload from outbox where kind = 'reset-password' and queue = 'emails'")
+            .fetch_all(&app.state.db)
+            .await
+            .unwrap();
+    let job = storefront::shared::outbox::Job::ResetPassword { user_id: ann.id };
+    assert_eq!(payloads, [job.payload()], "one job, for the account, written before the 202");
+}

@@ -90,6 +90,36 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_counted(pool: PgPool) {
     expect_error(from("203.0.113.1"), 429, "RATE_LIMITED").await;
 }
 
+#[sqlx::test]
+async fn sessions_record_the_client_address_the_limits_count(pool: PgPool) {
+    let behind_proxy = TestApp::spawn_with(pool.clone(), |s| s.trust_proxy = true, Router::new()).await;
+    behind_proxy.user().email("ann@example.com").signed_in().await;
+    let res = behind_proxy
+        .request(Method::POST, LOGIN)
+        .header("x-forwarded-for", "10.1.1.1, 203.0.113.7")
+        .json(&json!({"email": "ann@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ips: Vec<Option<String>> =
+        sqlx::query_scalar("select ip from sessions order by created_at").fetch_all(&pool).await.unwrap();
+    assert_eq!(ips.last().unwrap().as_deref(), Some("203.0.113.7"), "{ips:?}");
+    // Without a trusted proxy the header is the client's word: the socket peer counts.
+    let direct = TestApp::spawn(pool.clone()).await;
+    let res = direct
+        .request(Method::POST, LOGIN)
+        .header("x-forwarded-for", "203.0.113.8")
+        .json(&json!({"email": "ann@example.com", "password": "password123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let ips: Vec<Option<String>> =
+        sqlx::query_scalar("select ip from sessions order by created_at").fetch_all(&pool).await.unwrap();
+    assert_eq!(ips.last().unwrap().as_deref(), Some("127.0.0.1"), "{ips:?}");
+}
+
 /// Three requests against a limit of one all pass, without rate-limit headers.
 async fn assert_never_limited(app: &TestApp) {
     for _ in 0..3 {

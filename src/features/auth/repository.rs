@@ -18,6 +18,25 @@ use crate::{
     },
 };
 
+/// Writes the `reset-password` outbox job (`Job::ResetPassword { user_id }`: payload
+/// `{"userId"}`) for the live account of `email`, if there is one; returns its id. One
+/// statement, committed without waiting for the WAL flush, so it costs the same whether
+/// or not the account exists (a request lost to a crash in that instant is simply asked
+/// again). The outbox trigger notifies the relay either way.
+pub async fn queue_reset_email(db: impl PgExecutor<'_>, email: &Email) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!(
+        r#"with quick as (select set_config('synchronous_commit', 'off', true))
+           insert into outbox (queue, kind, payload)
+           select 'emails', 'reset-password', jsonb_build_object('userId', u.id)
+           from users u cross join quick
+           where u.email = $1 and u.deleted_at is null
+           returning (payload->>'userId')::uuid as "user_id!""#,
+        email.as_str()
+    )
+    .fetch_optional(db)
+    .await
+}
+
 /// Takes the transaction-scoped lock serialising token mints for `user_id`.
 pub async fn lock_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
     sqlx::query!(
