@@ -19,6 +19,9 @@ use super::middleware::request_id;
 /// Field path (`email`, `items[2].quantity`) → messages.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// Field errors one response lists at most; `details.omittedFieldErrors` counts the rest.
+pub const MAX_FIELD_ERRORS: usize = 20;
+
 /// Result alias used by handlers and services.
 pub type AppResult<T> = Result<T, AppError>;
 
@@ -252,6 +255,14 @@ impl AppError {
     /// The body a client sees for this error, with the current request's id.
     pub fn envelope(&self) -> ErrorEnvelope {
         let (fields, details) = match self {
+            Self::Validation { fields, .. } if fields.len() > MAX_FIELD_ERRORS => {
+                // The first ones (in field order) and how many more: a body of bounded size
+                // whatever the input (it may be stored for an idempotent replay, too).
+                let shown =
+                    fields.iter().take(MAX_FIELD_ERRORS).map(|(k, v)| (k.clone(), v.clone())).collect();
+                let omitted = fields.len() - MAX_FIELD_ERRORS;
+                (Some(shown), Some(serde_json::json!({"omittedFieldErrors": omitted})))
+            }
             Self::Validation { fields, .. } if !fields.is_empty() => (Some(fields.clone()), None),
             Self::InsufficientStock(details) => (None, Some(details.clone())),
             _ => (None, None),
@@ -336,6 +347,20 @@ mod tests {
         fn kind(&self) -> sqlx::error::ErrorKind {
             sqlx::error::ErrorKind::Other
         }
+    }
+
+    #[test]
+    fn an_answer_lists_at_most_twenty_field_errors_and_counts_the_rest() {
+        let fields: FieldErrors = (0..50).map(|i| (format!("f{i:02}"), vec!["bad".to_owned()])).collect();
+        let envelope = AppError::invalid_fields(fields).envelope();
+        let shown = envelope.error.fields.unwrap();
+        assert_eq!(shown.len(), MAX_FIELD_ERRORS);
+        assert!(shown.contains_key("f00") && !shown.contains_key("f20"));
+        assert_eq!(envelope.error.details.unwrap()["omittedFieldErrors"], 30);
+        let few: FieldErrors = (0..3).map(|i| (format!("f{i}"), vec!["bad".to_owned()])).collect();
+        let envelope = AppError::invalid_fields(few).envelope();
+        assert_eq!(envelope.error.fields.unwrap().len(), 3);
+        assert!(envelope.error.details.is_none());
     }
 
     #[test]

@@ -553,3 +553,37 @@ async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(p
     idempotency::release(db, ann.id, &first).await.unwrap();
     assert!(idempotency::complete(db, ann.id, &second, &answer(json!({"ok": true}))).await.unwrap());
 }
+
+#[sqlx::test]
+async fn an_over_long_order_gets_one_error_and_a_small_stored_answer(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    // 5 000 lines, each wrong twice over (quantity 0, the same product again).
+    let product = Uuid::new_v4();
+    let lines: Vec<Value> = (0..5000).map(|_| json!({"productId": product, "quantity": 0})).collect();
+    let req = app
+        .authed(Method::POST, "/api/v1/orders", &ann.token)
+        .header("idempotency-key", "too-long")
+        .json(&json!({"items": lines}));
+    let err = expect_error(req, 400, "VALIDATION_ERROR").await;
+    let fields = err["error"]["fields"].as_object().unwrap();
+    assert_eq!(fields.keys().collect::<Vec<_>>(), ["items"], "{err}");
+    let stored: i32 = sqlx::query_scalar(
+        "select pg_column_size(response_body) from idempotency_keys where key = 'too-long'",
+    )
+    .fetch_optional(&app.state.db)
+    .await
+    .unwrap()
+    .unwrap_or(0);
+    assert!(stored < 4096, "stored answer of {stored} bytes");
+    // Within the limit, many bad lines still answer with at most 20 fields and a count.
+    let lines: Vec<Value> = (0..60).map(|_| json!({"productId": Uuid::new_v4(), "quantity": 0})).collect();
+    let err = expect_error(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&json!({"items": lines})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert_eq!(err["error"]["fields"].as_object().unwrap().len(), 20, "{err}");
+    assert_eq!(err["error"]["details"]["omittedFieldErrors"], 40);
+}

@@ -48,6 +48,8 @@ impl Validate for CreateOrderRequest {
         let mut errors = FieldErrors::new();
         if self.items.is_empty() || self.items.len() > MAX_ITEMS {
             errors.insert("items".into(), vec![format!("must have 1 to {MAX_ITEMS} items")]);
+            // One message, not one per line of an over-long list.
+            return into_validation_errors(errors);
         }
         let mut first_seen: HashMap<Uuid, usize> = HashMap::new();
         for (i, item) in self.items.iter().enumerate() {
