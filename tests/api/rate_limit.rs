@@ -130,17 +130,79 @@ async fn assert_never_limited(app: &TestApp) {
 }
 
 #[sqlx::test]
-async fn without_redis_requests_are_let_through(pool: PgPool) {
+async fn without_redis_the_limits_hold_in_process(pool: PgPool) {
     let app = TestApp::spawn_with(
         pool,
         |s| {
             s.rate_limit_default_per_minute = 1;
-            s.redis_url = "redis://127.0.0.1:1".to_owned().into();
+            s.redis_url = "redis://127.0.0.1:1".to_owned().into(); // refused
         },
         Router::new(),
     )
     .await;
-    assert_never_limited(&app).await;
+    assert_eq!(send(app.request(Method::GET, PRODUCTS)).await.0, 200);
+    expect_error(app.request(Method::GET, PRODUCTS), 429, "RATE_LIMITED").await;
+}
+
+/// A TCP server that accepts connections and never says a word (a hung Redis).
+async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (port, held)
+}
+
+#[sqlx::test]
+async fn a_hung_redis_neither_slows_the_api_nor_lifts_the_login_limit(pool: PgPool) {
+    // Arrange: a baseline with a working Redis, then the same with a hung one.
+    let (port, held) = silent_server().await;
+    let normal = TestApp::spawn(pool.clone()).await;
+    normal.user().email("ann@example.com").signed_in().await;
+    let hung = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.redis_url = format!("redis://127.0.0.1:{port}").into();
+            s.rate_limit_login_per_email = 2;
+        },
+        Router::new(),
+    )
+    .await;
+    let timed = async |app: &TestApp| {
+        let started = std::time::Instant::now();
+        assert_eq!(send(app.request(Method::GET, PRODUCTS)).await.0, 200);
+        started.elapsed()
+    };
+    let mut baseline = std::time::Duration::MAX;
+    for _ in 0..5 {
+        baseline = baseline.min(timed(&normal).await);
+    }
+    // Act + assert: every request stays fast (the breaker opens after 3 slow calls, each
+    // bounded at 50 ms), and the slowest is far from the old 6.5 s.
+    let mut slowest = std::time::Duration::ZERO;
+    let mut after_trip = std::time::Duration::MAX;
+    for i in 0..20 {
+        let took = timed(&hung).await;
+        slowest = slowest.max(took);
+        if i >= 5 {
+            after_trip = after_trip.min(took);
+        }
+    }
+    assert!(slowest < std::time::Duration::from_millis(500), "slowest {slowest:?} (baseline {baseline:?})");
+    assert!(after_trip < baseline + std::time::Duration::from_millis(20), "{after_trip:?} vs {baseline:?}");
+    // The per-e-mail login limit holds, counted in process.
+    for _ in 0..2 {
+        let res =
+            hung.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "guess-guess"})).await;
+        assert_eq!(res.status(), 401);
+    }
+    let res = hung.post_json(LOGIN, &json!({"email": "ann@example.com", "password": "password123"})).await;
+    crate::helpers::assert_error(res, 429, "RATE_LIMITED").await;
+    held.abort();
 }
 
 #[sqlx::test]

@@ -4,13 +4,21 @@
 //! answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, and a
 //! refusal is a 429 `RATE_LIMITED` with `Retry-After`.
 //!
-//! When Redis cannot be reached the request is let through (and a warning logged):
-//! losing the limiter for a while is better than losing the API.
+//! Redis is never allowed to slow the API down: every call has a budget of
+//! [`REDIS_BUDGET`]; a call over budget or failing counts against a circuit breaker, and
+//! after [`TRIP_AFTER`] failures in a row Redis is skipped for [`COOL_DOWN`] (then one
+//! request probes it again). Meanwhile the limits are counted in process, per instance
+//! ([`LocalCounts`]): weaker than shared counts across instances, but never no limit, so
+//! a Redis outage does not open login to brute force.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -36,6 +44,104 @@ local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
 return {count, ttl}
 ";
+
+/// Longest a request waits for Redis on the limiter's behalf.
+pub const REDIS_BUDGET: Duration = Duration::from_millis(50);
+/// Failures in a row that open the breaker.
+pub const TRIP_AFTER: u32 = 3;
+/// How long an open breaker keeps requests away from Redis.
+pub const COOL_DOWN: Duration = Duration::from_secs(5);
+/// Keys the in-process counts hold at most (expired ones are dropped first).
+const LOCAL_MAX_KEYS: usize = 100_000;
+
+/// Per (scope, key): the hits counted and when the window began.
+type Windows = HashMap<(&'static str, String), (u64, Instant)>;
+
+/// Fixed-window counts in this process: the fallback while Redis is out.
+#[derive(Default)]
+struct LocalCounts {
+    windows: Mutex<Windows>,
+}
+
+impl LocalCounts {
+    /// Counts one hit (when `count`) or only reads; returns the count and the time left.
+    fn touch(&self, quota: Quota, key: &str, count: bool) -> (u64, Duration) {
+        let now = Instant::now();
+        let Ok(mut windows) = self.windows.lock() else { return (0, quota.window) };
+        if windows.len() >= LOCAL_MAX_KEYS {
+            // No quota's window is longer than 15 minutes.
+            windows.retain(|_, (_, start)| now.duration_since(*start) < Duration::from_secs(15 * 60));
+            if windows.len() >= LOCAL_MAX_KEYS {
+                // Bounded memory over precision: start over rather than grow.
+                windows.clear();
+            }
+        }
+        let entry = windows.entry((quota.scope, key.to_owned())).or_insert((0, now));
+        if now.duration_since(entry.1) >= quota.window {
+            *entry = (0, now);
+        }
+        if count {
+            entry.0 += 1;
+        }
+        (entry.0, quota.window.saturating_sub(now.duration_since(entry.1)))
+    }
+}
+
+/// Keeps requests away from a Redis that keeps failing.
+struct Breaker {
+    failures: AtomicU32,
+    /// Milliseconds since `epoch` until which Redis is skipped (0: closed).
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self { failures: AtomicU32::new(0), open_until_ms: AtomicU64::new(0), epoch: Instant::now() }
+    }
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether this request may ask Redis. When the cool-down is over, the first one
+    /// to ask probes it (and pushes the next probe one cool-down further).
+    fn allows(&self) -> bool {
+        let until = self.open_until_ms.load(Relaxed);
+        if until == 0 {
+            return true;
+        }
+        let now = self.now_ms();
+        now >= until
+            && self
+                .open_until_ms
+                .compare_exchange(until, now + COOL_DOWN.as_millis() as u64, Relaxed, Relaxed)
+                .is_ok()
+    }
+
+    fn success(&self) {
+        self.failures.store(0, Relaxed);
+        if self.open_until_ms.swap(0, Relaxed) != 0 {
+            tracing::info!("rate limiter: Redis answers again; shared limits are back");
+        }
+    }
+
+    fn failure(&self, error: &str) {
+        let failures = self.failures.fetch_add(1, Relaxed) + 1;
+        if failures >= TRIP_AFTER {
+            let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
+            if self.open_until_ms.swap(until, Relaxed) == 0 {
+                tracing::warn!(
+                    error,
+                    cool_down_s = COOL_DOWN.as_secs(),
+                    "rate limiter: Redis keeps failing; counting limits in this process meanwhile"
+                );
+            }
+        }
+    }
+}
 
 /// One limit: `max` hits per `window` for each key of a `scope`.
 #[derive(Debug, Clone, Copy)]
@@ -72,11 +178,13 @@ impl Decision {
     }
 }
 
-/// Counts hits in Redis; cheap to clone.
+/// Counts hits in Redis (in process while Redis is out); cheap to clone.
 #[derive(Clone)]
 pub struct RateLimiter {
     redis: Redis,
     script: Arc<Script>,
+    local: Arc<LocalCounts>,
+    breaker: Arc<Breaker>,
     pub enabled: bool,
     pub trust_proxy: bool,
     pub default: Quota,
@@ -92,6 +200,8 @@ impl RateLimiter {
         Self {
             redis,
             script: Arc::new(Script::new(HIT)),
+            local: Arc::default(),
+            breaker: Arc::default(),
             enabled: settings.rate_limit_enabled,
             trust_proxy: settings.trust_proxy,
             default: Quota {
@@ -117,62 +227,61 @@ impl RateLimiter {
         }
     }
 
-    /// Counts one hit of `key` against `quota`; `None` when disabled or Redis failed.
-    pub async fn hit(&self, quota: Quota, key: &str) -> Option<Decision> {
-        if !self.enabled {
-            return None;
-        }
-        let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
-        let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
-        let mut conn = self.redis.conn();
-        let counted: redis::RedisResult<(u64, i64)> =
-            self.script.key(redis_key).arg(window_ms).invoke_async(&mut conn).await;
-        match counted {
-            Ok((count, ttl_ms)) => {
-                let reset_secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
-                let max = u64::from(quota.max);
-                Some(Decision {
-                    allowed: count <= max,
-                    limit: quota.max,
-                    remaining: u32::try_from(max.saturating_sub(count)).unwrap_or(0),
-                    reset_secs,
-                })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, scope = quota.scope, "rate limiter unavailable; letting the request through");
-                None
-            }
+    /// The decision for `count` hits so far with `ttl` left in the window.
+    fn decide(quota: Quota, count: u64, ttl: Duration, counting: bool) -> Decision {
+        let max = u64::from(quota.max);
+        Decision {
+            // Counting: this hit is included; peeking: one more would be.
+            allowed: if counting { count <= max } else { count < max },
+            limit: quota.max,
+            remaining: u32::try_from(max.saturating_sub(count)).unwrap_or(0),
+            reset_secs: ttl.as_millis().div_ceil(1000).max(1) as u64,
         }
     }
 
+    /// Counts one hit of `key` against `quota`; `None` when limits are disabled.
+    pub async fn hit(&self, quota: Quota, key: &str) -> Option<Decision> {
+        self.touch(quota, key, true).await
+    }
+
     /// Whether `key` has used up `quota`, without counting this request (failure-only
-    /// quotas: [`Self::hit`] is called only for a failed attempt). `None` when disabled
-    /// or Redis failed.
+    /// quotas: [`Self::hit`] is called only for a failed attempt); `None` when disabled.
     pub async fn peek(&self, quota: Quota, key: &str) -> Option<Decision> {
+        self.touch(quota, key, false).await
+    }
+
+    async fn touch(&self, quota: Quota, key: &str, counting: bool) -> Option<Decision> {
         if !self.enabled {
             return None;
         }
-        let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
-        let mut conn = self.redis.conn();
-        let seen: redis::RedisResult<(Option<u64>, i64)> =
-            redis::pipe().get(&redis_key).pttl(&redis_key).query_async(&mut conn).await;
-        match seen {
-            Ok((count, ttl_ms)) => {
-                let count = count.unwrap_or(0);
-                let max = u64::from(quota.max);
-                let reset_secs = u64::try_from(ttl_ms).unwrap_or(0).div_ceil(1000).max(1);
-                Some(Decision {
-                    allowed: count < max,
-                    limit: quota.max,
-                    remaining: u32::try_from(max.saturating_sub(count)).unwrap_or(0),
-                    reset_secs,
-                })
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, scope = quota.scope, "rate limiter unavailable; letting the request through");
-                None
+        if self.breaker.allows() {
+            let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
+            let mut conn = self.redis.conn();
+            let call = async {
+                if counting {
+                    let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
+                    self.script.key(&redis_key).arg(window_ms).invoke_async::<(u64, i64)>(&mut conn).await
+                } else {
+                    redis::pipe()
+                        .get(&redis_key)
+                        .pttl(&redis_key)
+                        .query_async::<(Option<u64>, i64)>(&mut conn)
+                        .await
+                        .map(|(count, ttl)| (count.unwrap_or(0), ttl))
+                }
+            };
+            match tokio::time::timeout(REDIS_BUDGET, call).await {
+                Ok(Ok((count, ttl_ms))) => {
+                    self.breaker.success();
+                    let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+                    return Some(Self::decide(quota, count, ttl, counting));
+                }
+                Ok(Err(e)) => self.breaker.failure(&e.to_string()),
+                Err(_) => self.breaker.failure("no answer within the budget"),
             }
         }
+        let (count, ttl) = self.local.touch(quota, key, counting);
+        Some(Self::decide(quota, count, ttl, counting))
     }
 
     /// Refuses with 429 when `key` has used up a failure-only `quota` (see [`Self::peek`]).
