@@ -39,7 +39,8 @@ pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .merge(SwaggerUi::new("/api-docs").url("/api-docs/openapi.json", openapi))
         .fallback(|| async { AppError::NotFound("no route matches this path".to_owned()) });
-    middleware::apply(router, &state.config, &state.limiter, &state.metrics).with_state(state)
+    middleware::apply(router, &state.config, &state.limiter, &state.metrics, &state.db_health)
+        .with_state(state)
 }
 
 /// Every documented route, with the OpenAPI document it generates.

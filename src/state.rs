@@ -20,7 +20,7 @@ use crate::{
         users::service::UserService,
     },
     shared::{
-        auth::TokenKeys, config::Settings, jobs::Queues, metrics::Metrics,
+        auth::TokenKeys, config::Settings, db::DbHealth, jobs::Queues, metrics::Metrics,
         middleware::rate_limit::RateLimiter, password::PasswordHasher, redis::Redis,
     },
 };
@@ -42,6 +42,8 @@ pub struct AppState {
     /// The Redis job queues (the outbox relay pushes to them).
     pub queues: Queues,
     pub reports: ReportService,
+    /// Whether the database is known to be unreachable (requests then answer 503 at once).
+    pub db_health: DbHealth,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
         let metrics = Metrics::default();
         let queues = Queues::new(&redis, &config);
         let reports = ReportService::new(db.clone());
+        let db_health = DbHealth::new(&db);
         Self {
             config: Arc::new(config),
             db,
@@ -75,6 +78,7 @@ impl AppState {
             resets,
             queues,
             reports,
+            db_health,
         }
     }
 }

@@ -1,14 +1,21 @@
 //! PostgreSQL pool and migrations (SPEC §9): pool size, acquire and idle timeouts, a
 //! server-side statement timeout and slow-statement logging all come from config.
 
-use std::str::FromStr;
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::{
-    ConnectOptions,
+    ConnectOptions, Connection,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions},
 };
 use tracing::log::LevelFilter;
 
@@ -49,6 +56,70 @@ pub fn connect_lazy(settings: &Settings) -> anyhow::Result<PgPool> {
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR.run(pool).await.context("running database migrations")?;
     Ok(())
+}
+
+/// Whether the database is known to be unreachable, so requests can answer 503 at once
+/// instead of each waiting the whole `DB_ACQUIRE_TIMEOUT`. A request that failed on the
+/// database's side calls [`DbHealth::suspect`]; a probe then connects directly (not
+/// through the pool, which may just be busy) every half second until it succeeds, and
+/// the flag is down only while that fails. Cheap to clone.
+#[derive(Clone)]
+pub struct DbHealth(Arc<HealthInner>);
+
+struct HealthInner {
+    down: AtomicBool,
+    probing: AtomicBool,
+    options: PgConnectOptions,
+}
+
+/// Longest the probe waits for one connection attempt.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+
+impl DbHealth {
+    /// Probes the database `pool` connects to.
+    pub fn new(pool: &PgPool) -> Self {
+        Self(Arc::new(HealthInner {
+            down: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            options: (*pool.connect_options()).clone(),
+        }))
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.0.down.load(Relaxed)
+    }
+
+    /// A request failed because of the database: probe it (once at a time) and keep the
+    /// flag down while it cannot be reached.
+    pub fn suspect(&self) {
+        if self.0.probing.swap(true, Relaxed) {
+            return;
+        }
+        let inner = self.0.clone();
+        tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(PROBE_TIMEOUT, PgConnection::connect_with(&inner.options)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = conn.close().await;
+                        if inner.down.swap(false, Relaxed) {
+                            tracing::info!("the database answers again");
+                        }
+                        break;
+                    }
+                    _ => {
+                        if !inner.down.swap(true, Relaxed) {
+                            tracing::warn!(
+                                "the database is unreachable: answering 503 at once until it is back"
+                            );
+                        }
+                        tokio::time::sleep(PROBE_EVERY).await;
+                    }
+                }
+            }
+            inner.probing.store(false, Relaxed);
+        });
+    }
 }
 
 /// A cheap round trip used by the readiness probe.

@@ -19,6 +19,15 @@ use super::middleware::request_id;
 /// Field path (`email`, `items[2].quantity`) → messages.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;
 
+/// The message of a 503 for a pool that found no connection in time.
+pub const DB_BUSY: &str = "the database is busy, try again";
+/// The message of a 503 for a database that cannot be reached.
+pub const DB_UNAVAILABLE: &str = "the database is unavailable, try again";
+
+/// On a response that failed for want of the database: the health gate probes it.
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseTrouble;
+
 /// Field errors one response lists at most; `details.omittedFieldErrors` counts the rest.
 pub const MAX_FIELD_ERRORS: usize = 20;
 
@@ -167,9 +176,7 @@ impl AppError {
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut => {
-                Self::ServiceUnavailable("the database is busy, try again".to_owned())
-            }
+            sqlx::Error::PoolTimedOut => Self::ServiceUnavailable(DB_BUSY.to_owned()),
             // Text Postgres cannot store (a NUL character, say) is the client's input, not
             // our failure: 22021 character_not_in_repertoire, 22P05 untranslatable_character.
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("22021" | "22P05")) => {
@@ -195,7 +202,7 @@ impl From<sqlx::Error> for AppError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::WorkerCrashed) => {
                 tracing::warn!(error = %e, "database connection failed");
-                Self::ServiceUnavailable("the database is unavailable, try again".to_owned())
+                Self::ServiceUnavailable(DB_UNAVAILABLE.to_owned())
             }
             // A CHECK constraint reached by client input (the validators missed a rule):
             // the request is wrong, not the server.
@@ -308,6 +315,11 @@ impl IntoResponse for AppError {
                     .insert(HeaderName::from_static("ratelimit-reset"), HeaderValue::from(*retry_after_secs));
             }
             _ => {}
+        }
+        if let Self::ServiceUnavailable(m) = &self
+            && (m == DB_BUSY || m == DB_UNAVAILABLE)
+        {
+            res.extensions_mut().insert(DatabaseTrouble);
         }
         res.extensions_mut().insert(Enveloped);
         res

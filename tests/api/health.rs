@@ -176,3 +176,59 @@ async fn with_postgres_down_api_calls_answer_503_in_the_envelope(pool: PgPool) {
         .await;
     crate::helpers::assert_error(res, 503, "SERVICE_UNAVAILABLE").await;
 }
+
+#[sqlx::test]
+async fn while_postgres_is_unreachable_requests_answer_503_at_once_and_recover_by_themselves(pool: PgPool) {
+    // Arrange: the app reaches this test's database through a port where nothing listens
+    // yet (a database that is down); a forwarder opens it later (the database is back).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let real = crate::helpers::url_of(&pool);
+    let (before, after) = real.split_once("@").unwrap();
+    let (host_port, database) = after.split_once('/').unwrap();
+    let proxied = format!("{before}@127.0.0.1:{port}/{database}");
+    let down_pool = PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy(&proxied)
+        .expect("lazy pool");
+    let app = TestApp::spawn(down_pool).await;
+    let products = || async {
+        let started = std::time::Instant::now();
+        let status = app.get("/api/v1/products").await.status().as_u16();
+        (status, started.elapsed())
+    };
+    // Act: the first request waits its acquire timeout and starts the probe.
+    assert_eq!(products().await.0, 503);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Assert: now each answers 503 at once.
+    for _ in 0..5 {
+        let (status, took) = products().await;
+        assert_eq!(status, 503);
+        assert!(took < std::time::Duration::from_millis(200), "took {took:?}");
+    }
+    assert_eq!(app.get("/health").await.status(), 200, "liveness is not gated");
+    // The database comes back: requests succeed again without a restart.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let target = host_port.to_owned();
+    let forwarder = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    loop {
+        if products().await.0 == 200 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "not recovered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let recovered = started.elapsed();
+    assert!(recovered < std::time::Duration::from_secs(3), "recovered after {recovered:?}");
+    app.state.db.close().await;
+    forwarder.abort();
+}

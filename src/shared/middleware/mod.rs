@@ -33,7 +33,7 @@ use tower_http::{
 use tracing::{Span, field::Empty};
 
 use self::request_id::{RequestId, X_REQUEST_ID};
-use super::{config::Settings, error::AppError, metrics::Metrics};
+use super::{config::Settings, db::DbHealth, error::AppError, metrics::Metrics};
 
 /// Wraps `router` (routes and fallback already added) in the full stack.
 pub fn apply<S: Clone + Send + Sync + 'static>(
@@ -41,6 +41,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
     settings: &Settings,
     limiter: &rate_limit::RateLimiter,
     metrics: &Metrics,
+    db_health: &DbHealth,
 ) -> Router<S> {
     let hsts = settings.hsts_enabled.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
     // `Router::layer` wraps what is already there, so the last call is the outermost.
@@ -52,6 +53,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
             tracing::error!("handler panicked");
             AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
+        .layer(axum::middleware::from_fn_with_state(db_health.clone(), db_gate))
         .layer(axum::middleware::from_fn_with_state(limiter.clone(), rate_limit::per_ip))
         .layer(cors(settings))
         .layer(
@@ -126,4 +128,24 @@ fn cors(settings: &Settings) -> CorsLayer {
             HeaderName::from_static("idempotent-replayed"),
         ])
         .max_age(Duration::from_secs(600))
+}
+
+/// While the database is known to be unreachable, API requests answer 503 at once (the
+/// probes, metrics and docs still answer); a response that failed for want of the
+/// database starts the probe.
+async fn db_gate(
+    axum::extract::State(health): axum::extract::State<DbHealth>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let exempt = path.starts_with("/health") || path == "/metrics" || path.starts_with("/api-docs");
+    if health.is_down() && !exempt {
+        return AppError::ServiceUnavailable(crate::shared::error::DB_UNAVAILABLE.to_owned()).into_response();
+    }
+    let res = next.run(req).await;
+    if res.extensions().get::<crate::shared::error::DatabaseTrouble>().is_some() {
+        health.suspect();
+    }
+    res
 }
