@@ -81,6 +81,29 @@ pub async fn insert(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Result<()>
     .map(|_| ())
 }
 
+/// Inserts a login's session only if `password_hash` (the one the login checked) is
+/// still the user's, under the user-row lock that revocations (reset, logout-all,
+/// password change) take: a racing revocation either commits first (and the check fails)
+/// or waits for this insert (and revokes it). `false`: not inserted.
+pub async fn insert_for_login(pool: &PgPool, s: &NewSession, password_hash: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    lock_user_for_revocation(&mut *tx, s.user_id).await?;
+    let unchanged = sqlx::query_scalar!(
+        r#"select password_hash = $2 as "unchanged!" from users where id = $1 and deleted_at is null"#,
+        s.user_id,
+        password_hash
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .unwrap_or(false);
+    if !unchanged {
+        return Ok(false);
+    }
+    insert(&mut *tx, s).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 pub async fn find_by_hash(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
     sqlx::query_as!(
         Session,

@@ -555,3 +555,41 @@ async fn forgot_writes_its_job_before_answering(pool: PgPool) {
     let job = storefront::shared::outbox::Job::ResetPassword { user_id: ann.id };
     assert_eq!(payloads, [job.payload()], "one job, for the account, written before the 202");
 }
+
+#[sqlx::test]
+async fn a_login_session_is_only_stored_while_the_checked_password_holds(pool: PgPool) {
+    use storefront::shared::sessions::{NewSession, insert_for_login};
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    let checked: String = sqlx::query_scalar("select password_hash from users where id = $1")
+        .bind(ann.id)
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    let session = |n: u8| NewSession {
+        id: uuid::Uuid::new_v4(),
+        user_id: ann.id,
+        family_id: uuid::Uuid::new_v4(),
+        token_hash: [n; 32],
+        expires_at: chrono::Utc::now() + chrono::Duration::days(1),
+        user_agent: None,
+        ip: None,
+    };
+    assert!(insert_for_login(&app.state.db, &session(1), &checked).await.unwrap());
+    // A password reset lands between the login's check and its insert.
+    sqlx::query("update users set password_hash = 'changed' where id = $1")
+        .bind(ann.id)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    assert!(
+        !insert_for_login(&app.state.db, &session(2), &checked).await.unwrap(),
+        "stale check: no session"
+    );
+    let stored: i64 = sqlx::query_scalar("select count(*) from sessions where token_hash = $1")
+        .bind(&[2u8; 32][..])
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}

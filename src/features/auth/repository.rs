@@ -131,8 +131,11 @@ impl AuthStore for PgAuthStore {
         Ok(users::find_active(&self.pool, id).await?)
     }
 
-    async fn insert_session(&self, session: &NewSession) -> AppResult<()> {
-        Ok(sessions::insert(&self.pool, session).await?)
+    async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
+        match password_hash {
+            None => Ok(sessions::insert(&self.pool, session).await.map(|()| true)?),
+            Some(hash) => Ok(sessions::insert_for_login(&self.pool, session, hash).await?),
+        }
     }
 
     async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {

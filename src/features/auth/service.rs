@@ -31,7 +31,11 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>>;
     async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>>;
     async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>>;
-    async fn insert_session(&self, session: &NewSession) -> AppResult<()>;
+    /// Inserts `session`. With `password_hash` (a login), only if the user's password is
+    /// still that one, checked under the lock revocations take: a login whose check
+    /// raced a password reset or logout-all either is revoked by it or sees it and
+    /// fails. `false`: not inserted.
+    async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool>;
     async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>>;
     /// Atomically inserts `new` and retires `old`; `false` (and nothing changed) when
     /// `old` was no longer live.
@@ -99,7 +103,10 @@ impl AuthService {
             .await?
             .ok_or_else(|| AppError::Conflict("an account with this e-mail already exists".to_owned()))?;
         tracing::info!(user.id = %user.id, "user registered");
-        let tokens = self.start_session(&user, Uuid::new_v4(), meta).await?;
+        let tokens = self
+            .start_session(&user, Uuid::new_v4(), meta, None)
+            .await?
+            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("new session refused")))?;
         Ok((user, tokens))
     }
 
@@ -124,7 +131,10 @@ impl AuthService {
         if !self.hasher.verify(password, &password_hash).await? {
             return Err(AppError::Unauthorized(INVALID_CREDENTIALS));
         }
-        let tokens = self.start_session(&user, Uuid::new_v4(), meta).await?;
+        let tokens = self
+            .start_session(&user, Uuid::new_v4(), meta, Some(&password_hash))
+            .await?
+            .ok_or(AppError::Unauthorized(INVALID_CREDENTIALS))?;
         tracing::info!(user.id = %user.id, "user logged in");
         Ok((user, tokens))
     }
@@ -185,16 +195,21 @@ impl AuthService {
         }
     }
 
+    /// A new session family for `user`; `None` when `password_hash` (a login's) is no
+    /// longer the user's.
     async fn start_session(
         &self,
         user: &UserRow,
         family_id: Uuid,
         meta: &ClientMeta,
-    ) -> AppResult<IssuedTokens> {
+        password_hash: Option<&str>,
+    ) -> AppResult<Option<IssuedTokens>> {
         let (token, token_hash) = new_refresh_token();
         let session = self.new_session(user, family_id, token_hash, meta);
-        self.store.insert_session(&session).await?;
-        self.access_token(user, session.id, token)
+        if !self.store.insert_session(&session, password_hash).await? {
+            return Ok(None);
+        }
+        self.access_token(user, session.id, token).map(Some)
     }
 
     fn access_token(
@@ -279,7 +294,19 @@ mod tests {
                 .find(|(u, _, d)| u.id == id && !d)
                 .map(|(u, _, _)| u.clone()))
         }
-        async fn insert_session(&self, s: &NewSession) -> AppResult<()> {
+        async fn insert_session(&self, s: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
+            if let Some(expected) = password_hash {
+                let current = self
+                    .users
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|(u, _, _)| u.id == s.user_id)
+                    .map(|(_, h, _)| h.clone());
+                if current.as_deref() != Some(expected) {
+                    return Ok(false);
+                }
+            }
             let session = Session {
                 id: s.id,
                 user_id: s.user_id,
@@ -289,7 +316,7 @@ mod tests {
                 replaced_by: None,
             };
             self.sessions.lock().unwrap().insert(s.id, (session, s.token_hash));
-            Ok(())
+            Ok(true)
         }
         async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {
             Ok(self.sessions.lock().unwrap().values().find(|(_, h)| h == token_hash).map(|(s, _)| s.clone()))
@@ -306,7 +333,7 @@ mod tests {
                 s.revoked_at = Some(Utc::now());
                 s.replaced_by = Some(new.id);
             }
-            self.insert_session(new).await.map(|()| true)
+            self.insert_session(new, None).await
         }
         async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
             for (s, _) in self.sessions.lock().unwrap().values_mut() {
@@ -475,8 +502,8 @@ mod tests {
             async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
                 self.0.find_active_user(id).await
             }
-            async fn insert_session(&self, s: &NewSession) -> AppResult<()> {
-                self.0.insert_session(s).await
+            async fn insert_session(&self, s: &NewSession, h: Option<&str>) -> AppResult<bool> {
+                self.0.insert_session(s, h).await
             }
             async fn find_session(&self, h: &[u8; 32]) -> AppResult<Option<Session>> {
                 self.0.find_session(h).await
@@ -508,6 +535,30 @@ mod tests {
         // Assert
         assert!(is_unauthorized(&err));
         assert_eq!(store.0.live_sessions(), 0, "family revoked");
+    }
+
+    #[tokio::test]
+    async fn a_login_checked_against_a_password_changed_meanwhile_gets_no_session() {
+        // Arrange: the password changes between the login's check and its session.
+        let (svc, store) = service();
+        let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        let old_hash = store.users.lock().unwrap()[0].1.clone();
+        let before = store.live_sessions();
+        store.users.lock().unwrap()[0].1 = "$argon2id$a-new-password-hash".to_owned();
+        let session = NewSession {
+            id: Uuid::new_v4(),
+            user_id: user.id,
+            family_id: Uuid::new_v4(),
+            token_hash: [7; 32],
+            expires_at: Utc::now() + chrono::Duration::days(1),
+            user_agent: None,
+            ip: None,
+        };
+        // Act: what login does after verifying against the old hash.
+        let inserted = store.insert_session(&session, Some(&old_hash)).await.unwrap();
+        // Assert
+        assert!(!inserted);
+        assert_eq!(store.live_sessions(), before, "no session outlives the password change");
     }
 
     #[tokio::test]
