@@ -53,7 +53,8 @@ impl AppState {
         let hasher = PasswordHasher::new();
         let tokens = Arc::new(TokenKeys::from_settings(&config));
         let store = Arc::new(PgAuthStore { pool: db.clone() });
-        let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl);
+        let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl)
+            .with_family_max_age(config.refresh_family_max_age);
         let users = UserService::new(db.clone(), hasher.clone());
         let resets = PasswordResetService::new(db.clone(), hasher);
         let products = ProductService::new(db.clone(), &config.currency);

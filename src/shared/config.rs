@@ -80,6 +80,8 @@ settings! {
     jwt_issuer: String = "storefront",
     jwt_audience: String = "storefront-api",
     refresh_token_ttl: Duration = "7d",
+    /// Longest a login's session family lives, however often it is refreshed.
+    refresh_family_max_age: Duration = "30d",
     /// Allowed origins (`CORS_ORIGIN`, comma-separated; `*` for any).
     cors_origin: Vec<String> = "http://localhost:3000",
     log_level: String = "info",
@@ -367,6 +369,9 @@ impl Settings {
         }
         if self.jwt_expires_in < Duration::from_secs(1) {
             p.push("JWT_EXPIRES_IN: must be at least 1s".to_owned());
+        }
+        if self.refresh_family_max_age < self.refresh_token_ttl {
+            p.push("REFRESH_FAMILY_MAX_AGE: must be at least REFRESH_TOKEN_TTL".to_owned());
         }
         if self.refresh_token_ttl <= self.jwt_expires_in {
             p.push("REFRESH_TOKEN_TTL: must be longer than JWT_EXPIRES_IN".to_owned());

@@ -24,6 +24,8 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub replaced_by: Option<Uuid>,
+    /// When the family began (its login); rotations carry it along.
+    pub family_started_at: DateTime<Utc>,
 }
 
 /// A session to insert.
@@ -32,6 +34,7 @@ pub struct NewSession {
     pub id: Uuid,
     pub user_id: Uuid,
     pub family_id: Uuid,
+    pub family_started_at: DateTime<Utc>,
     pub token_hash: [u8; 32],
     pub expires_at: DateTime<Utc>,
     pub user_agent: Option<String>,
@@ -66,8 +69,8 @@ pub async fn find_identity(pool: &PgPool, user_id: Uuid, session_id: Uuid) -> sq
 
 pub async fn insert(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into sessions (id, user_id, family_id, token_hash, expires_at, user_agent, ip)
-         values ($1, $2, $3, $4, $5, $6, $7)",
+        "insert into sessions (id, user_id, family_id, token_hash, expires_at, user_agent, ip, family_started_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
         s.id,
         s.user_id,
         s.family_id,
@@ -75,6 +78,7 @@ pub async fn insert(db: impl PgExecutor<'_>, s: &NewSession) -> sqlx::Result<()>
         s.expires_at,
         s.user_agent,
         s.ip,
+        s.family_started_at,
     )
     .execute(db)
     .await
@@ -107,7 +111,7 @@ pub async fn insert_for_login(pool: &PgPool, s: &NewSession, password_hash: &str
 pub async fn find_by_hash(db: impl PgExecutor<'_>, token_hash: &[u8]) -> sqlx::Result<Option<Session>> {
     sqlx::query_as!(
         Session,
-        "select id, user_id, family_id, expires_at, revoked_at, replaced_by
+        "select id, user_id, family_id, expires_at, revoked_at, replaced_by, family_started_at
          from sessions where token_hash = $1",
         token_hash
     )

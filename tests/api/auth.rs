@@ -570,6 +570,7 @@ async fn a_login_session_is_only_stored_while_the_checked_password_holds(pool: P
         id: uuid::Uuid::new_v4(),
         user_id: ann.id,
         family_id: uuid::Uuid::new_v4(),
+        family_started_at: chrono::Utc::now(),
         token_hash: [n; 32],
         expires_at: chrono::Utc::now() + chrono::Duration::days(1),
         user_agent: None,
@@ -592,4 +593,36 @@ async fn a_login_session_is_only_stored_while_the_checked_password_holds(pool: P
         .await
         .unwrap();
     assert_eq!(stored, 0);
+}
+
+#[sqlx::test]
+async fn a_session_family_ends_at_its_absolute_lifetime_however_often_it_is_refreshed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    let bob = app.user().email("bob@example.com").signed_in().await;
+    let age = |user: uuid::Uuid, days: i32| {
+        sqlx::query(
+            "update sessions set family_started_at = now() - make_interval(days => $2) where user_id = $1",
+        )
+        .bind(user)
+        .bind(days)
+        .execute(&app.state.db)
+    };
+    // 29 days into a 30-day family: the refresh works, and the new token ends with the family.
+    age(ann.id, 29).await.unwrap();
+    let (status, _, body) = refresh(&app, &ann.refresh_token).await;
+    assert_eq!(status, 200, "{body}");
+    let expires_in_hours: f64 = sqlx::query_scalar(
+        "select extract(epoch from expires_at - now())::float8 / 3600 from sessions
+         where user_id = $1 and revoked_at is null",
+    )
+    .bind(ann.id)
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert!(expires_in_hours < 25.0, "capped at the family's end, not 7 days: {expires_in_hours} h");
+    // Past 30 days: no more refreshes.
+    age(bob.id, 31).await.unwrap();
+    assert_eq!(refresh(&app, &bob.refresh_token).await.0, 401);
+    app.login("bob@example.com", "password123").await;
 }

@@ -44,8 +44,10 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     let outbox_before = count(&app, "select count(*) from outbox").await;
 
     let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
-    // A rotated session long expired, in a family that is still alive: kept.
-    exec(&app, "update sessions set expires_at = now() - interval '30 days' where revoked_at is not null and user_id = (select id from users where email = 'bob@example.com')").await;
+    // Bob: a rotated session of a live family whose own token has not expired yet (kept
+    // for reuse detection), and a copy of it expired long ago (dropped: it can sign no
+    // one in any more).
+    exec(&app, "insert into sessions (id, user_id, family_id, family_started_at, token_hash, expires_at, revoked_at, replaced_by) select gen_random_uuid(), user_id, family_id, family_started_at, sha256(token_hash), now() - interval '30 days', revoked_at, replaced_by from sessions where revoked_at is not null and user_id = (select id from users where email = 'bob@example.com')").await;
     // Reports: one older than 30 days (its file goes with it), one fresh.
     exec(&app, "insert into reports (type, range_from, range_to, requested_by, created_at) select 'sales', now() - interval '40 days', now() - interval '35 days', id, now() - interval '31 days' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into report_chunks (report_id, seq, data) select id, 0, '\\x00' from reports").await;
@@ -58,7 +60,7 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
         .unwrap()
         .expect("first run");
 
-    assert_eq!(report.sessions, 2, "{report:?}");
+    assert_eq!(report.sessions, 3, "ann's two and bob's expired rotated one: {report:?}");
     assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'bob@example.com')").await, 2, "rotated token of a live family kept for reuse detection");
     assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'ann@example.com')").await, 0);
     assert_eq!(report.reset_tokens, 1, "the used token");

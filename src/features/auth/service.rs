@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::domain::{hash_refresh_token, new_refresh_token};
@@ -70,6 +70,7 @@ pub struct AuthService {
     hasher: PasswordHasher,
     tokens: Arc<TokenKeys>,
     refresh_ttl: Duration,
+    family_max_age: Duration,
 }
 
 impl AuthService {
@@ -79,7 +80,14 @@ impl AuthService {
         tokens: Arc<TokenKeys>,
         refresh_ttl: Duration,
     ) -> Self {
-        Self { store, hasher, tokens, refresh_ttl }
+        Self { store, hasher, tokens, refresh_ttl, family_max_age: Duration::from_secs(30 * 86_400) }
+    }
+
+    /// How long a session family (a login and its rotations) may live at most
+    /// (`REFRESH_FAMILY_MAX_AGE`); then its owner signs in again.
+    pub fn with_family_max_age(mut self, max_age: Duration) -> Self {
+        self.family_max_age = max_age;
+        self
     }
 
     /// Creates a `user` account and signs it in. A live account with the same e-mail
@@ -151,12 +159,17 @@ impl AuthService {
             self.store.revoke_family(session.user_id, session.family_id).await?;
             return Err(unauthorized());
         }
-        if session.revoked_at.is_some() || session.expires_at <= Utc::now() {
+        let now = Utc::now();
+        if session.revoked_at.is_some() || session.expires_at <= now {
+            return Err(unauthorized());
+        }
+        // The family's absolute lifetime is over: sign in again.
+        if session.family_started_at + self.family_max_age_chrono() <= now {
             return Err(unauthorized());
         }
         let user = self.store.find_active_user(session.user_id).await?.ok_or_else(unauthorized)?;
         let (token, token_hash) = new_refresh_token();
-        let next = self.new_session(&user, session.family_id, token_hash, meta);
+        let next = self.new_session(&user, session.family_id, session.family_started_at, token_hash, meta);
         if !self.store.rotate_session(session.id, &next).await? {
             // Someone rotated it between our read and our write: the same reuse signal.
             tracing::warn!(session.family = %session.family_id, "concurrent refresh token reuse: revoking its family");
@@ -176,20 +189,28 @@ impl AuthService {
         self.store.revoke_all_sessions(user_id).await
     }
 
+    fn family_max_age_chrono(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.family_max_age).unwrap_or(chrono::Duration::days(30))
+    }
+
     fn new_session(
         &self,
         user: &UserRow,
         family_id: Uuid,
+        family_started_at: DateTime<Utc>,
         token_hash: [u8; 32],
         meta: &ClientMeta,
     ) -> NewSession {
         let ttl = chrono::Duration::from_std(self.refresh_ttl).unwrap_or(chrono::Duration::days(7));
+        let family_ends = family_started_at + self.family_max_age_chrono();
         NewSession {
             id: Uuid::new_v4(),
             user_id: user.id,
             family_id,
+            family_started_at,
             token_hash,
-            expires_at: Utc::now() + ttl,
+            // No session outlives its family's absolute lifetime.
+            expires_at: (Utc::now() + ttl).min(family_ends),
             user_agent: meta.user_agent.clone(),
             ip: meta.ip.clone(),
         }
@@ -205,7 +226,7 @@ impl AuthService {
         password_hash: Option<&str>,
     ) -> AppResult<Option<IssuedTokens>> {
         let (token, token_hash) = new_refresh_token();
-        let session = self.new_session(user, family_id, token_hash, meta);
+        let session = self.new_session(user, family_id, Utc::now(), token_hash, meta);
         if !self.store.insert_session(&session, password_hash).await? {
             return Ok(None);
         }
@@ -314,6 +335,7 @@ mod tests {
                 expires_at: s.expires_at,
                 revoked_at: None,
                 replaced_by: None,
+                family_started_at: s.family_started_at,
             };
             self.sessions.lock().unwrap().insert(s.id, (session, s.token_hash));
             Ok(true)
@@ -549,6 +571,7 @@ mod tests {
             id: Uuid::new_v4(),
             user_id: user.id,
             family_id: Uuid::new_v4(),
+            family_started_at: Utc::now(),
             token_hash: [7; 32],
             expires_at: Utc::now() + chrono::Duration::days(1),
             user_agent: None,
