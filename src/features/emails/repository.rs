@@ -155,22 +155,16 @@ pub async fn claim_for_report(
     }))
 }
 
-/// Deletes ledger rows older than `before`, `batch` rows per statement; returns how many.
-pub async fn delete_sent_before(db: &sqlx::PgPool, before: DateTime<Utc>, batch: i64) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query!(
-            "delete from sent_emails where outbox_id = any(array(
-                 select outbox_id from sent_emails where sent_at < $1 limit $2))",
-            before,
-            batch
-        )
-        .execute(db)
-        .await?
-        .rows_affected();
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
-    }
+/// The statement deleting up to `$2` ledger rows sent before `$1` (the nightly cleanup
+/// runs it batch after batch).
+pub fn delete_sent_before(
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query!(
+        "delete from sent_emails where outbox_id = any(array(
+             select outbox_id from sent_emails where sent_at < $1 limit $2))",
+        before,
+        limit
+    )
 }

@@ -112,10 +112,10 @@ pub async fn cleanup(
         .await,
         sent_emails: step(
             "sent_emails",
-            sent_emails::delete_sent_before(pool, Utc::now() - days(SENT_EMAIL_RETENTION_DAYS), BATCH),
+            batched(pool, |n| sent_emails::delete_sent_before(Utc::now() - days(SENT_EMAIL_RETENTION_DAYS), n)),
         )
         .await,
-        reports: step("reports", reports::delete_created_before(pool, Utc::now() - days(REPORT_RETENTION_DAYS), BATCH))
+        reports: step("reports", batched(pool, |n| reports::delete_created_before(Utc::now() - days(REPORT_RETENTION_DAYS), n)))
             .await,
         jobs_done: None,
         jobs_dead: None,

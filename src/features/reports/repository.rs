@@ -142,22 +142,15 @@ pub async fn chunk(db: impl PgExecutor<'_>, id: Uuid, seq: i32) -> sqlx::Result<
         .await
 }
 
-/// Deletes reports created before `before` (their chunks go with them), `batch` reports
-/// per statement; returns how many.
-pub async fn delete_created_before(db: &PgPool, before: DateTime<Utc>, batch: i64) -> sqlx::Result<u64> {
-    let mut total = 0;
-    loop {
-        let n = sqlx::query!(
-            "delete from reports where id = any(array(select id from reports where created_at < $1 limit $2))",
-            before,
-            batch
-        )
-        .execute(db)
-        .await?
-        .rows_affected();
-        total += n;
-        if n < batch as u64 {
-            return Ok(total);
-        }
-    }
+/// The statement deleting up to `$2` reports created before `$1`, their chunks with them
+/// (the nightly cleanup runs it batch after batch).
+pub fn delete_created_before(
+    before: DateTime<Utc>,
+    limit: i64,
+) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query!(
+        "delete from reports where id = any(array(select id from reports where created_at < $1 limit $2))",
+        before,
+        limit
+    )
 }
