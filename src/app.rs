@@ -19,7 +19,7 @@ use crate::{
         jobs::{self, relay, worker},
         mail::{LettreMailer, templates::Templates},
         middleware,
-        openapi::ApiDoc,
+        openapi::{self, ApiDoc},
         redis::Redis,
     },
 };
@@ -34,7 +34,8 @@ pub fn build_router(state: AppState) -> Router {
 /// [`build_router`] with `extra` routes merged in under the same middleware stack
 /// (integration tests use it to add routes that panic or stall).
 pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
-    let (routes, openapi) = openapi_router().split_for_parts();
+    let (routes, mut openapi) = openapi_router().split_for_parts();
+    openapi::complete(&mut openapi);
     let router = routes
         .merge(extra)
         .merge(SwaggerUi::new("/api-docs").url("/api-docs/openapi.json", openapi))
@@ -52,7 +53,9 @@ pub fn openapi_router() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document as served at `/api-docs/openapi.json`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    openapi_router().into_openapi()
+    let mut doc = openapi_router().into_openapi();
+    openapi::complete(&mut doc);
+    doc
 }
 
 /// Connects Postgres (running migrations when enabled) and Redis.

@@ -36,13 +36,23 @@ pub struct Pagination {
     pub limit: u32,
     pub total: i64,
     pub pages: i64,
+    /// Present (and `true`) only when `total` is a cap, not a count: more items match
+    /// than a search counts (1000 for `GET /products?q=`), and pages end at the cap.
+    #[serde(rename = "totalCapped", skip_serializing_if = "std::ops::Not::not")]
+    #[schema(value_type = Option<bool>)]
+    pub total_capped: bool,
 }
 
 impl Pagination {
     /// `pages` is `ceil(total / limit)`, so an empty result has `pages: 0`.
     pub fn new(page: u32, limit: u32, total: i64) -> Self {
         let limit_i = i64::from(limit.max(1));
-        Self { page, limit, total, pages: (total + limit_i - 1) / limit_i }
+        Self { page, limit, total, pages: (total + limit_i - 1) / limit_i, total_capped: false }
+    }
+
+    /// The same pagination, `total` being a cap rather than a count.
+    pub fn capped(self) -> Self {
+        Self { total_capped: true, ..self }
     }
 }
 

@@ -235,9 +235,59 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
         "minPrice=900&maxPrice=100",
         "inStock=maybe",
         "limit=500",
+        "q=",
+        "q=mu",
     ] {
         expect_error(app.request(Method::GET, &format!("{PRODUCTS}?{bad}")), 400, "VALIDATION_ERROR").await;
     }
+}
+
+/// Audit item 6: a search shorter than a trigram cannot use the search index, so it is a
+/// 400; a search counts at most 1000 matches and says so; it stays case-insensitive
+/// beyond ASCII and treats `%` and `_` literally.
+#[sqlx::test]
+async fn searches_need_three_characters_and_count_up_to_a_cap(pool: PgPool) {
+    sqlx::query(
+        "insert into products (sku, name, price_cents, stock)
+         select 'BULK-' || g, 'Bulk teapot ' || g, 100 + g, g % 3 from generate_series(1, 1005) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(pool).await;
+    app.product().sku("ECL").name("ÉCLAIR tray").create().await;
+    app.product().sku("PCT").name("100% cotton_bag").create().await;
+    app.product().sku("PCX").name("1000 cotton bags").create().await;
+
+    let err =
+        expect_error(app.request(Method::GET, &format!("{PRODUCTS}?q=ab")), 400, "VALIDATION_ERROR").await;
+    assert_eq!(err["error"]["fields"]["q"][0], "must be 3 to 100 characters", "{err}");
+
+    let (skus, page) = list(&app, "q=TEAPOT&sort=price&limit=100").await;
+    assert_eq!(page, json!({"page": 1, "limit": 100, "total": 1000, "pages": 10, "totalCapped": true}));
+    assert_eq!(skus.first().map(String::as_str), Some("BULK-1"), "sorted over every match");
+    let (skus, _) = list(&app, "q=TEAPOT&sort=price&limit=100&page=10").await;
+    assert_eq!(
+        (skus.len(), skus.last().map(String::as_str)),
+        (100, Some("BULK-1000")),
+        "pages end at the cap"
+    );
+    let (skus, page) = list(&app, "q=TEAPOT&page=11&limit=100").await;
+    assert!(skus.is_empty());
+    assert_eq!(page["totalCapped"], true);
+
+    let (skus, page) = list(&app, "q=teapot%2099&sort=name").await;
+    assert_eq!(
+        skus,
+        [
+            "BULK-99", "BULK-990", "BULK-991", "BULK-992", "BULK-993", "BULK-994", "BULK-995", "BULK-996",
+            "BULK-997", "BULK-998", "BULK-999"
+        ]
+    );
+    assert_eq!(page, json!({"page": 1, "limit": 20, "total": 11, "pages": 1}), "an exact count has no flag");
+    assert_eq!(list(&app, "q=%C3%A9clair").await.0, ["ECL"], "lowercase é finds É");
+    assert_eq!(list(&app, "q=0%25%20c").await.0, ["PCT"], "% is literal");
+    assert_eq!(list(&app, "q=n_b").await.0, ["PCT"], "_ is literal");
 }
 
 #[sqlx::test]

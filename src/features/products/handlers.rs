@@ -43,9 +43,10 @@ pub async fn list_products(
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ProductFilter>,
 ) -> AppResult<ApiList<ProductResponse>> {
-    let (rows, total) = products.list(page, &filter).await?;
-    let data = rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
-    Ok(ApiList::new(data, Pagination::new(page.page, page.limit, total)))
+    let list = products.list(page, &filter).await?;
+    let data = list.rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
+    let pagination = Pagination::new(page.page, page.limit, list.total);
+    Ok(ApiList::new(data, if list.capped { pagination.capped() } else { pagination }))
 }
 
 /// One live product (public), with `ETag`; `If-None-Match` with the current tag → 304.

@@ -2,8 +2,11 @@
 //!
 //! The list is built for a large catalogue: the page is chosen by a sub-select over ids
 //! that a partial index answers on its own (an index-only scan even at deep offsets), and
-//! only the 1..=100 chosen rows are then fetched (a deferred join). The unfiltered totals
-//! come from `product_counts`, kept exact by a trigger, instead of `count(*)` per request.
+//! only the 1..=100 chosen rows are then fetched (a deferred join). The sort indexes
+//! include `price_cents` and `stock`, so the price and stock filters are checked inside
+//! them. The totals of the unfiltered and the `inStock` lists come from `product_counts`,
+//! kept exact by a trigger; a price range is counted by an index-only scan; a search
+//! counts its matches up to a cap.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
@@ -53,7 +56,11 @@ impl ProductChanges {
     }
 }
 
-/// What a list asks for; the search `pattern` is already an ILIKE pattern.
+/// Matches of a search counted at most; a search's pages end there.
+pub const SEARCH_TOTAL_CAP: i64 = 1000;
+
+/// What a list asks for; the search `pattern` is already a LIKE pattern over the
+/// lowercased `search_text`.
 #[derive(Debug, Default)]
 pub struct ListQuery {
     pub pattern: Option<String>,
@@ -63,6 +70,15 @@ pub struct ListQuery {
     pub sort: ProductSort,
     pub limit: i64,
     pub offset: i64,
+}
+
+/// One page of a list and its total; `capped`: the total is [`SEARCH_TOTAL_CAP`] and
+/// more products match.
+#[derive(Debug)]
+pub struct ListPage {
+    pub rows: Vec<ProductRow>,
+    pub total: i64,
+    pub capped: bool,
 }
 
 pub async fn find_live(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<ProductRow>> {
@@ -148,11 +164,23 @@ fn order_by(sort: ProductSort) -> &'static str {
     }
 }
 
+/// `order by` of the outer join, on the page's alias.
+fn order_by_joined(sort: ProductSort) -> &'static str {
+    match sort {
+        ProductSort::NameAsc => "p.name asc, p.id asc",
+        ProductSort::NameDesc => "p.name desc, p.id desc",
+        ProductSort::PriceAsc => "p.price_cents asc, p.id asc",
+        ProductSort::PriceDesc => "p.price_cents desc, p.id desc",
+        ProductSort::CreatedAsc => "p.created_at asc, p.id asc",
+        ProductSort::CreatedDesc => "p.created_at desc, p.id desc",
+    }
+}
+
 /// `where` for the filters; every value is a bind parameter.
 fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ListQuery) {
     qb.push(" where archived_at is null");
     if let Some(pattern) = &f.pattern {
-        qb.push(" and (name || ' ' || coalesce(description, '')) ilike ").push_bind(pattern.clone());
+        qb.push(" and search_text like ").push_bind(pattern.clone());
     }
     if let Some(min) = f.min_price {
         qb.push(" and price_cents >= ").push_bind(min);
@@ -167,44 +195,86 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ListQuery) {
     };
 }
 
-/// One page of live products and the exact total of the filtered set.
-pub async fn list(pool: &PgPool, f: &ListQuery) -> sqlx::Result<(Vec<ProductRow>, i64)> {
-    let only_stock_filter = f.pattern.is_none() && f.min_price.is_none() && f.max_price.is_none();
+/// How the total of a list is found.
+pub enum Total {
+    /// From `product_counts`: no filter but `inStock`.
+    Counter,
+    /// `count(*)` over the filter, which an index serves (a price range).
+    Exact(QueryBuilder<Postgres>),
+    /// A search: matches are counted up to `SEARCH_TOTAL_CAP + 1`, then the count stops.
+    Capped(QueryBuilder<Postgres>),
+}
 
-    let total = match (only_stock_filter, f.in_stock) {
-        (true, None) => sqlx::query_scalar!("select live from product_counts").fetch_one(pool).await?,
-        (true, Some(true)) => {
-            sqlx::query_scalar!("select in_stock from product_counts").fetch_one(pool).await?
+/// The statement that finds the total of `f`, `prefix` (e.g. `explain analyze `) before it.
+pub fn total_query(f: &ListQuery, prefix: &str) -> Total {
+    if f.pattern.is_some() {
+        let mut qb = QueryBuilder::new(format!("{prefix}select count(*) from (select 1 from products"));
+        push_filters(&mut qb, f);
+        qb.push(" limit ").push_bind(SEARCH_TOTAL_CAP + 1).push(") matches");
+        Total::Capped(qb)
+    } else if f.min_price.is_some() || f.max_price.is_some() {
+        let mut qb = QueryBuilder::new(format!("{prefix}select count(*) from products"));
+        push_filters(&mut qb, f);
+        Total::Exact(qb)
+    } else {
+        Total::Counter
+    }
+}
+
+/// The statement that reads one page of `f`, `prefix` before it: the page's ids, then only
+/// those rows. The ids come from walking the sort order's index, except for a search with
+/// `few_matches` (its count did not reach the cap): those matches are collected from the
+/// search index first and then sorted, because walking the sort order would skip over
+/// every row that does not match (all the catalogue when the matches sort last).
+pub fn page_query(f: &ListQuery, few_matches: bool, prefix: &str) -> QueryBuilder<Postgres> {
+    let mut qb = QueryBuilder::new(prefix.to_owned());
+    let source = if few_matches && f.pattern.is_some() {
+        qb.push("with matches as materialized (select id, name, price_cents, created_at from products");
+        push_filters(&mut qb, f);
+        qb.push(") ");
+        "matches"
+    } else {
+        "products"
+    };
+    qb.push(
+        "select p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version, \
+         p.created_at, p.updated_at from (select id from ",
+    );
+    qb.push(source);
+    if source == "products" {
+        push_filters(&mut qb, f);
+    }
+    qb.push(" order by ").push(order_by(f.sort)).push(" limit ").push_bind(f.limit);
+    qb.push(" offset ").push_bind(f.offset);
+    qb.push(") page join products p using (id) order by ").push(order_by_joined(f.sort));
+    qb
+}
+
+/// One page of live products and the total of the filtered set: exact, except that a
+/// search stops counting past [`SEARCH_TOTAL_CAP`] (`capped` is then `true`, `total` the
+/// cap, and pages past it are empty).
+pub async fn list(pool: &PgPool, mut f: ListQuery) -> sqlx::Result<ListPage> {
+    let (total, capped) = match total_query(&f, "") {
+        Total::Counter => {
+            let counts = sqlx::query!("select live, in_stock from product_counts").fetch_one(pool).await?;
+            let total = match f.in_stock {
+                None => counts.live,
+                Some(true) => counts.in_stock,
+                Some(false) => counts.live - counts.in_stock,
+            };
+            (total, false)
         }
-        (true, Some(false)) => {
-            sqlx::query_scalar!("select live - in_stock as \"n!\" from product_counts")
-                .fetch_one(pool)
-                .await?
-        }
-        _ => {
-            let mut qb = QueryBuilder::new("select count(*) from products");
-            push_filters(&mut qb, f);
-            qb.build_query_scalar::<i64>().fetch_one(pool).await?
+        Total::Exact(mut qb) => (qb.build_query_scalar::<i64>().fetch_one(pool).await?, false),
+        Total::Capped(mut qb) => {
+            let n = qb.build_query_scalar::<i64>().fetch_one(pool).await?;
+            (n.min(SEARCH_TOTAL_CAP), n > SEARCH_TOTAL_CAP)
         }
     };
     if total == 0 || f.offset >= total {
-        return Ok((Vec::new(), total));
+        return Ok(ListPage { rows: Vec::new(), total, capped });
     }
-
-    let order = order_by(f.sort);
-    let mut qb = QueryBuilder::new(
-        "select p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version, p.created_at, p.updated_at
-         from (select id from products",
-    );
-    push_filters(&mut qb, f);
-    qb.push(format!(" order by {order} limit ")).push_bind(f.limit);
-    qb.push(" offset ").push_bind(f.offset);
-    qb.push(format!(") page join products p using (id) order by {}", prefixed(order)));
-    let rows = qb.build_query_as::<ProductRow>().fetch_all(pool).await?;
-    Ok((rows, total))
-}
-
-/// `name asc, id asc` → `p.name asc, p.id asc`.
-fn prefixed(order: &str) -> String {
-    order.split(", ").map(|part| format!("p.{part}")).collect::<Vec<_>>().join(", ")
+    // A capped search's last page ends at the cap.
+    f.limit = f.limit.min(total - f.offset);
+    let rows = page_query(&f, !capped, "").build_query_as::<ProductRow>().fetch_all(pool).await?;
+    Ok(ListPage { rows, total, capped })
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     domain::Precondition,
-    repository::{self, ListQuery, NewProduct, ProductChanges, ProductRow},
+    repository::{self, ListPage, ListQuery, NewProduct, ProductChanges, ProductRow},
     types::ProductFilter,
 };
 use crate::shared::{
@@ -46,9 +46,9 @@ impl ProductService {
         &self.currency
     }
 
-    pub async fn list(&self, page: PageParams, filter: &ProductFilter) -> AppResult<(Vec<ProductRow>, i64)> {
+    pub async fn list(&self, page: PageParams, filter: &ProductFilter) -> AppResult<ListPage> {
         let query = ListQuery {
-            pattern: filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()).map(contains_pattern),
+            pattern: filter.q.as_deref().map(|q| contains_pattern(&q.to_lowercase())),
             min_price: filter.min_price,
             max_price: filter.max_price,
             in_stock: filter.in_stock,
@@ -56,7 +56,7 @@ impl ProductService {
             limit: i64::from(page.limit),
             offset: page.offset(),
         };
-        Ok(repository::list(&self.db, &query).await?)
+        Ok(repository::list(&self.db, query).await?)
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {

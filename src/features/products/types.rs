@@ -117,8 +117,11 @@ impl From<UpdateProductRequest> for ProductChanges {
 #[into_params(parameter_in = Query)]
 #[validate(schema(function = "price_range_ordered"))]
 pub struct ProductFilter {
-    /// Case-insensitive substring of name or description.
-    #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    /// Case-insensitive substring of name or description, 3 to 100 characters (a shorter
+    /// one could not use the search index). The total counts at most 1000 matches
+    /// (`pagination.totalCapped`).
+    #[validate(length(min = 3, max = 100, message = "must be 3 to 100 characters"))]
+    #[param(min_length = 3, max_length = 100)]
     pub q: Option<String>,
     /// Inclusive, minor units.
     #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
