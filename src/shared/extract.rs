@@ -125,8 +125,21 @@ fn body_rejection(rejection: BytesRejection) -> AppError {
     }
 }
 
+const NOT_AN_OBJECT: &str = "the body must be a JSON object";
+
 /// Parses JSON, naming the failing field path (`items[2].quantity`) when there is one.
+/// A number is a number however it is written: `5.0` and `5e0` are the integer 5 (JSON
+/// and JSON Schema draw no line between them), `5.5` is not an integer.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    // serde would also read a struct from an array of its fields in order; every body of
+    // this API is an object, as the document says.
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(_) if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() => {
+            return Err(AppError::bad_request(NOT_AN_OBJECT));
+        }
+        Some(_) => {}
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let inner = e.inner();
@@ -137,14 +150,46 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
             ));
         }
         shape_error(&e.path().to_string(), &inner.to_string())
-    })?;
+    });
+    let value = match value {
+        Ok(value) => value,
+        // Rare: retried through a `Value` with integral floats made integers.
+        Err(e) if e.to_string().contains("invalid type: floating point") => {
+            let mut value: serde_json::Value =
+                serde_json::from_slice(bytes).map_err(|_| AppError::bad_request("malformed JSON"))?;
+            integral_floats_to_integers(&mut value);
+            return parse_value(value);
+        }
+        Err(e) => return Err(e),
+    };
     de.end().map_err(|_| AppError::bad_request("malformed JSON: trailing characters after the value"))?;
     Ok(value)
+}
+
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // i64 covers every integer field of the API; beyond it the float stays and fails.
+            if f.fract() == 0.0 && f.abs() < 9.2e18 {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 /// Converts an already-parsed JSON value (e.g. one kept for an idempotency fingerprint),
 /// with the same field-naming errors as [`parse_json`].
 pub fn parse_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, AppError> {
+    let mut value = value;
+    if !value.is_object() {
+        return Err(AppError::bad_request(NOT_AN_OBJECT));
+    }
+    integral_floats_to_integers(&mut value);
     serde_path_to_error::deserialize(value)
         .map_err(|e| shape_error(&e.path().to_string(), &e.inner().to_string()))
 }
@@ -368,6 +413,19 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_fields_are_named() {
+        let order = parse_json::<Order>(br#"{"items":[{"quantity":2.0},{"quantity":3e0}]}"#).unwrap();
+        assert_eq!(
+            order.items.iter().map(|i| i.quantity).collect::<Vec<_>>(),
+            [2, 3],
+            "5.0 is the integer 5"
+        );
+        let e = parse_json::<Order>(br#"{"items":[{"quantity":2.5}]}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("items[0].quantity") || format!("{e:?}").contains("items[0].quantity"),
+            "{e:?}"
+        );
+        let e = parse_json::<Order>(br#"[[]]"#).unwrap_err();
+        assert_eq!(e.to_string(), "the body must be a JSON object", "a struct is not read from an array");
         let e = parse_json::<Order>(br#"{"items":[],"role":"admin"}"#).unwrap_err();
         assert_eq!(fields_of(e)["role"], vec!["unknown field"]);
         let e = parse_json::<Order>(br#"{"items":[{"quantity":1,"price":0}]}"#).unwrap_err();

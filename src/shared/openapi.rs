@@ -112,13 +112,11 @@ fn complete_operation(op: &mut Operation, api: bool) {
             response.description = default_description(status).to_owned();
         }
         let error = status.starts_with('4') || status.starts_with('5');
-        if error && status != "503" || (status == "503" && api) {
-            if response.content.is_empty() {
-                response.content.insert(
-                    "application/json".to_owned(),
-                    RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorEnvelope")))),
-                );
-            }
+        if error && response.content.is_empty() {
+            response.content.insert(
+                "application/json".to_owned(),
+                RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorEnvelope")))),
+            );
         }
         if status == "429" && !response.headers.contains_key("Retry-After") {
             response.headers.insert(
@@ -141,9 +139,7 @@ fn default_description(status: &str) -> &'static str {
         "202" => "Accepted: the work continues in the background",
         "204" => "Done; no body",
         "304" => "Not modified: the `If-None-Match` tag is current",
-        "400" => {
-            "Invalid input: `VALIDATION_ERROR` (with `fields`) or `BAD_REQUEST` (malformed JSON, path or query)"
-        }
+        "400" => "Invalid input (`VALIDATION_ERROR`; `fields` names each bad field)",
         "401" => "Missing, invalid or expired credentials (`UNAUTHORIZED`)",
         "403" => "The caller's role may not do this (`FORBIDDEN`)",
         "404" => "No such resource (`NOT_FOUND`)",
@@ -151,7 +147,7 @@ fn default_description(status: &str) -> &'static str {
         "412" => "`If-Match` does not match the current version (`PRECONDITION_FAILED`)",
         "413" => "Body larger than `BODY_LIMIT` (`PAYLOAD_TOO_LARGE`)",
         "415" => "Body is not `application/json` (`UNSUPPORTED_MEDIA_TYPE`)",
-        "422" => "Well-formed but cannot be done (`UNPROCESSABLE`)",
+        "422" => "Well-formed but not possible with the current data (see `code`)",
         "429" => "Rate limited (`RATE_LIMITED`); retry after `Retry-After` seconds",
         "503" => {
             "A dependency (Postgres, Redis) is unavailable or the request timed out (`SERVICE_UNAVAILABLE`)"
@@ -160,8 +156,10 @@ fn default_description(status: &str) -> &'static str {
     }
 }
 
-/// `(operation, status, the created id's location, operations taking it as `{id}`)`.
-const LINKS: [(&str, &str, &str, &[&str]); 4] = [
+/// `(operation, status, where the id is in its answer, operations taking it as `{id}`)`:
+/// from a created resource to the operations on it, and from a list's first item to its
+/// detail.
+const LINKS: [(&str, &str, &str, &[&str]); 8] = [
     (
         "create_product",
         "201",
@@ -176,6 +174,10 @@ const LINKS: [(&str, &str, &str, &[&str]); 4] = [
     ),
     ("create_report", "202", "$response.body#/data/id", &["get_report", "download_report"]),
     ("register", "201", "$response.body#/data/user/id", &["get_user", "update_user", "delete_user"]),
+    ("list_products", "200", "$response.body#/data/0/id", &["get_product"]),
+    ("list_orders", "200", "$response.body#/data/0/id", &["get_order"]),
+    ("list_reports", "200", "$response.body#/data/0/id", &["get_report"]),
+    ("dead_jobs", "200", "$response.body#/data/0/id", &["retry_dead_job"]),
 ];
 
 fn add_links(doc: &mut utoipa::openapi::OpenApi) {
@@ -196,7 +198,7 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
                         LinkBuilder::new()
                             .operation_id(*target)
                             .parameter("id", *location)
-                            .description(format!("`{target}` on the created resource"))
+                            .description(format!("`{target}` with this `id`"))
                             .build(),
                     ),
                 );

@@ -83,8 +83,8 @@ impl<T: Serialize> IntoResponse for ApiList<T> {
 pub struct PageParams {
     /// Page number, from 1.
     #[serde(default = "default_page")]
-    #[validate(range(min = 1, message = "must be at least 1"))]
-    #[param(minimum = 1, default = 1)]
+    #[validate(range(min = 1, max = 2_147_483_647, message = "must be between 1 and 2147483647"))]
+    #[param(minimum = 1, maximum = 2_147_483_647, default = 1)]
     pub page: u32,
     /// Items per page, 1..=100.
     #[serde(default = "default_limit")]

@@ -114,6 +114,12 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
                 continue; // the ops endpoints answer in the ops conventions (SPEC §9)
             }
             let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                assert!(
+                    response["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{method} {path} {status} has no description (required by OpenAPI)"
+                );
+            }
             let errors: Vec<_> = responses.iter().filter(|(status, _)| status.starts_with('4')).collect();
             assert!(!errors.is_empty(), "{method} {path} documents no error response");
             for (status, response) in errors {
@@ -123,6 +129,18 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
                     "{method} {path} {status} is not documented as the error envelope"
                 );
             }
+            // What the middleware answers, documented on the operation.
+            for status in ["429", "503"] {
+                assert!(responses.contains_key(status), "{method} {path} documents no {status}");
+            }
+            if op["requestBody"].is_object() {
+                for status in ["400", "413", "415"] {
+                    assert!(
+                        responses.contains_key(status),
+                        "{method} {path} takes a body but documents no {status}"
+                    );
+                }
+            }
             let secured = !public.contains(&(method.as_str(), path.as_str()));
             assert_eq!(op["security"].is_array(), secured, "{method} {path} security");
             if secured {
@@ -130,6 +148,18 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
             }
         }
     }
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().expect("every operation has an operationId"))
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "operationIds are unique: {ids:?}");
+    let created = &doc["paths"]["/api/v1/products"]["post"]["responses"]["201"]["links"];
+    assert_eq!(created["get_product"]["operationId"], "get_product");
+    assert_eq!(created["get_product"]["parameters"]["id"], "$response.body#/data/id");
     // The walk covers everything (26 API and 3 ops operations when this was written).
     assert!(operations >= 29, "only {operations} operations documented");
 }

@@ -16,15 +16,27 @@ use crate::{
 pub struct RegisterRequest {
     /// Trimmed and lower-cased before use; unique case-insensitively.
     #[validate(custom(function = "crate::shared::email::validate"))]
-    #[schema(example = "ann@example.com")]
+    #[schema(example = "ann@example.com", format = Email, max_length = 254)]
     pub email: String,
     /// 8..=128 characters.
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
     #[schema(min_length = 8, max_length = 128)]
     pub password: String,
+    /// 1..=100 characters, not blank.
     #[validate(custom(function = "person_name"))]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub first_name: Option<String>,
+    /// 1..=100 characters, not blank.
     #[validate(custom(function = "person_name"))]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    )]
     pub last_name: Option<String>,
 }
 
@@ -47,8 +59,10 @@ impl TryFrom<RegisterRequest> for Registration {
 pub struct LoginRequest {
     /// Any text: one that is no address fails like an unknown one (401).
     #[validate(length(min = 1, max = 254, message = "is required"), custom(function = "storable"))]
+    #[schema(min_length = 1, max_length = 254)]
     pub email: String,
     #[validate(length(min = 1, max = 128, message = "is required"))]
+    #[schema(min_length = 1, max_length = 128)]
     pub password: String,
 }
 
@@ -57,6 +71,7 @@ pub struct LoginRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RefreshRequest {
     #[validate(length(min = 1, max = 512, message = "is required"))]
+    #[schema(min_length = 1, max_length = 512)]
     pub refresh_token: String,
 }
 
@@ -65,6 +80,7 @@ pub struct RefreshRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForgotPasswordRequest {
     #[validate(length(min = 1, max = 254, message = "is required"))]
+    #[schema(min_length = 1, max_length = 254)]
     pub email: String,
 }
 
@@ -74,6 +90,7 @@ pub struct ForgotPasswordRequest {
 pub struct ResetPasswordRequest {
     /// The token from the e-mailed link.
     #[validate(length(min = 1, max = 512, message = "is required"))]
+    #[schema(min_length = 1, max_length = 512)]
     pub token: String,
     /// 8..=128 characters.
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]

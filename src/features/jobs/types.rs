@@ -44,8 +44,17 @@ impl From<QueueCounts> for QueueCountsResponse {
 pub struct DeadJobFilter {
     /// Only this queue's dead jobs.
     #[validate(custom(function = "known_queue"))]
-    #[param(value_type = Option<String>, example = "emails")]
+    #[param(value_type = Option<QueueName>, inline)]
     pub queue: Option<String>,
+}
+
+/// The queues, as the document names them (the filter keeps the name a string).
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used
+enum QueueName {
+    Emails,
+    Reports,
 }
 
 fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {

@@ -27,6 +27,7 @@ pub const MAX_QUANTITY: i32 = 1000;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// 1..=100 lines, each product at most once.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderItemRequest>,
     pub shipping_address: Option<ShippingAddress>,
 }
@@ -76,7 +77,7 @@ impl Validate for CreateOrderRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateOrderRequest {
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<ShippingAddress>, nullable)]
+    #[schema(value_type = Option<ShippingAddress>, required, nullable)]
     pub shipping_address: Option<Option<ShippingAddress>>,
 }
 

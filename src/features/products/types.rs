@@ -58,12 +58,16 @@ pub struct CreateProductRequest {
     #[schema(example = "MUG-001", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[validate(length(max = 5000, message = "must be at most 5000 characters"))]
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
+    #[schema(minimum = 0, maximum = 100_000_000)]
     pub price_cents: i64,
     #[validate(range(min = 0, max = MAX_STOCK, message = "must be between 0 and 1000000"))]
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: i32,
 }
 
@@ -74,18 +78,22 @@ pub struct CreateProductRequest {
 pub struct UpdateProductRequest {
     #[validate(custom(function = "valid_sku"))]
     #[serde(default, deserialize_with = "reject_null")]
+    #[schema(nullable = false, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Option<String>,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
     #[serde(default, deserialize_with = "reject_null")]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>, nullable, max_length = 5000)]
     pub description: Option<Option<String>>,
     #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
     #[serde(default, deserialize_with = "reject_null")]
+    #[schema(nullable = false, minimum = 0, maximum = 100_000_000)]
     pub price_cents: Option<i64>,
     #[validate(range(min = 0, max = MAX_STOCK, message = "must be between 0 and 1000000"))]
     #[serde(default, deserialize_with = "reject_null")]
+    #[schema(nullable = false, minimum = 0, maximum = 1_000_000)]
     pub stock: Option<i32>,
 }
 
@@ -123,17 +131,19 @@ pub struct ProductFilter {
     #[validate(length(min = 3, max = 100, message = "must be 3 to 100 characters"))]
     #[param(min_length = 3, max_length = 100)]
     pub q: Option<String>,
-    /// Inclusive, minor units.
+    /// Inclusive, minor units; not above `maxPrice`.
     #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
+    #[param(minimum = 0, maximum = 100_000_000)]
     pub min_price: Option<i64>,
     /// Inclusive, minor units.
     #[validate(range(min = 0, max = MAX_PRICE_CENTS, message = "must be between 0 and 100000000"))]
+    #[param(minimum = 0, maximum = 100_000_000)]
     pub max_price: Option<i64>,
     /// `true`: only products with stock; `false`: only sold-out ones.
     pub in_stock: Option<bool>,
     /// `name`, `-name`, `price`, `-price`, `createdAt`, `-createdAt` (default).
     #[serde(default)]
-    #[param(value_type = Option<String>)]
+    #[param(inline, value_type = Option<ProductSort>)]
     pub sort: ProductSort,
 }
 

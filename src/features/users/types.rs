@@ -46,17 +46,17 @@ impl From<UserRow> for UserResponse {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateProfileRequest {
-    /// 1..=100 characters, or null to clear.
+    /// 1..=100 characters, not blank, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100, pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]")]
     pub first_name: Option<Option<String>>,
-    /// 1..=100 characters, or null to clear.
+    /// 1..=100 characters, not blank, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100, pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]")]
     pub last_name: Option<Option<String>>,
     /// E.164, e.g. `+14155550123`, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable, pattern = r"^\+?[1-9]\d{1,14}$")]
+    #[schema(value_type = Option<String>, nullable, max_length = 16, pattern = r"^\+?[1-9][0-9]{1,14}$")]
     pub phone: Option<Option<String>>,
 }
 
@@ -102,6 +102,7 @@ pub fn is_e164(phone: &str) -> bool {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     #[validate(length(min = 1, max = 128, message = "is required"))]
+    #[schema(min_length = 1, max_length = 128)]
     pub current_password: String,
     /// 8..=128 characters.
     #[validate(length(min = 8, max = 128, message = "must be 8 to 128 characters"))]
@@ -114,14 +115,17 @@ pub struct ChangePasswordRequest {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AdminUpdateUserRequest {
     pub role: Option<Role>,
+    /// 1..=100 characters, not blank, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100, pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]")]
     pub first_name: Option<Option<String>>,
+    /// 1..=100 characters, not blank, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, min_length = 1, max_length = 100, pattern = r"[^\t\n\x0B\f\r \x85\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]")]
     pub last_name: Option<Option<String>>,
+    /// E.164, e.g. `+14155550123`, or null to clear.
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>, nullable)]
+    #[schema(value_type = Option<String>, nullable, max_length = 16, pattern = r"^\+?[1-9][0-9]{1,14}$")]
     pub phone: Option<Option<String>>,
 }
 
@@ -131,6 +135,7 @@ pub struct AdminUpdateUserRequest {
 pub struct UserFilter {
     /// Case-insensitive match on e-mail, first and last name.
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
+    #[param(min_length = 1, max_length = 100)]
     pub q: Option<String>,
     /// Only users with this role.
     pub role: Option<Role>,
