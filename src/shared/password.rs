@@ -1,18 +1,35 @@
 //! Password hashing with argon2id (SPEC §3): OWASP parameters (m = 19456 KiB, t = 2,
-//! p = 1), PHC strings. Hashing is CPU-bound for ~tens of milliseconds, so it runs on the
-//! blocking pool behind a semaphore sized to the CPU count: a login storm queues here
-//! instead of starving the async executor and every other request.
+//! p = 1), PHC strings.
+//!
+//! A hash is CPU-bound for tens of milliseconds and needs 19 MiB of working memory. It runs
+//! on a fixed set of hashing threads, one per CPU, each owning its argon2 memory blocks
+//! for its whole life: a login storm queues here instead of starving the async executor,
+//! at most one hash per CPU runs at once, and the memory is bounded by CPUs × 19 MiB (the
+//! blocking pool allocated it afresh on whichever of its many threads ran the hash, and
+//! glibc's per-thread arenas kept it: 411 MB after a login flood).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::Context;
-use argon2::{Algorithm, Argon2, Params, PasswordHasher as _, PasswordVerifier as _, Version};
-use tokio::sync::{OnceCell, Semaphore};
+use argon2::{
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
+};
+use tokio::sync::{OnceCell, oneshot};
 
-/// Cheap to clone; clones share the semaphore and the dummy hash.
+/// The cost every new hash gets.
+const M_COST_KIB: u32 = 19_456;
+const T_COST: u32 = 2;
+const OUTPUT_LEN: usize = 32;
+
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Cheap to clone; clones share the hashing threads and the dummy hash. The threads end
+/// when the last clone is dropped.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
+    threads: usize,
     dummy_hash: Arc<OnceCell<String>>,
 }
 
@@ -22,34 +39,55 @@ impl Default for PasswordHasher {
     }
 }
 
-fn argon2() -> Argon2<'static> {
-    let params = Params::new(19_456, 2, 1, None).expect("valid argon2 parameters");
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+fn params() -> Params {
+    Params::new(M_COST_KIB, T_COST, 1, Some(OUTPUT_LEN)).expect("valid argon2 parameters")
 }
 
 impl PasswordHasher {
-    /// One permit per CPU: more concurrent hashes would only thrash.
+    /// One hashing thread per CPU: more concurrent hashes would only thrash.
     pub fn new() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self { permits: Arc::new(Semaphore::new(cpus)), dummy_hash: Arc::new(OnceCell::new()) }
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for i in 0..threads {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    // Allocated by the first hash, then reused by every hash this thread
+                    // runs (an idle process never pays for it).
+                    let mut blocks = Vec::new();
+                    loop {
+                        let job = match queue.lock() {
+                            Ok(queue) => queue.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(&mut blocks),
+                            Err(_) => return, // every hasher clone is gone
+                        }
+                    }
+                })
+                .expect("spawning a password hashing thread");
+        }
+        Self { jobs, threads, dummy_hash: Arc::new(OnceCell::new()) }
+    }
+
+    /// How many hashes can run at once.
+    pub fn threads(&self) -> usize {
+        self.threads
     }
 
     /// Hashes `password` into a PHC string.
     pub async fn hash(&self, password: &str) -> anyhow::Result<String> {
         let password = password.to_owned();
-        self.run(move || {
-            argon2()
-                .hash_password(password.as_bytes())
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))
-        })
-        .await
+        self.run(move |blocks| hash_with(blocks, password.as_bytes())).await
     }
 
     /// Whether `password` matches the PHC string `hash`.
     pub async fn verify(&self, password: &str, hash: &str) -> anyhow::Result<bool> {
         let (password, hash) = (password.to_owned(), hash.to_owned());
-        self.run(move || Ok(argon2().verify_password(password.as_bytes(), hash.as_str()).is_ok())).await
+        self.run(move |blocks| Ok(verify_with(blocks, password.as_bytes(), &hash))).await
     }
 
     /// Spends the same work as a real verification, for an account that does not exist,
@@ -60,20 +98,68 @@ impl PasswordHasher {
         self.verify(password, &dummy).await.map(|_| ())
     }
 
+    /// Queues `work` for a hashing thread. A caller that gives up (a dropped request)
+    /// before its turn costs nothing: the thread skips work nobody waits for. Work that
+    /// has started finishes, and the CPU bound holds either way.
     async fn run<T: Send + 'static>(
         &self,
-        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+        work: impl FnOnce(&mut Vec<Block>) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
-        // The permit moves into the blocking task: a caller that gives up (a dropped
-        // request) does not free it while the hash still runs, so the CPU bound holds.
-        let permit = self.permits.clone().acquire_owned().await.context("password hasher closed")?;
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            work()
-        })
-        .await
-        .context("password hashing task failed")?
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move |blocks| {
+            if !done.is_closed() {
+                let _ = done.send(work(blocks));
+            }
+        });
+        self.jobs.send(job).ok().context("password hashing threads stopped")?;
+        result.await.context("password hashing thread failed")?
     }
+}
+
+fn grow(blocks: &mut Vec<Block>, count: usize) {
+    if blocks.len() < count {
+        blocks.resize(count, Block::new());
+    }
+}
+
+/// A new argon2id PHC string, computed in `blocks`.
+fn hash_with(blocks: &mut Vec<Block>, password: &[u8]) -> anyhow::Result<String> {
+    let params = params();
+    grow(blocks, params.block_count());
+    let salt = argon2::password_hash::generate_salt();
+    let mut out = [0u8; OUTPUT_LEN];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(password, &salt, &mut out, &mut blocks[..])
+        .map_err(|e| anyhow::anyhow!("argon2 hashing failed: {e}"))?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(|e| anyhow::anyhow!("argon2 parameters: {e}"))?,
+        salt: Some(Salt::new(&salt).map_err(|e| anyhow::anyhow!("argon2 salt: {e}"))?),
+        hash: Some(Output::new(&out).map_err(|e| anyhow::anyhow!("argon2 output: {e}"))?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches the PHC string `phc` (any argon2 variant and cost it
+/// names), computed in `blocks` (grown if the stored hash asks for more memory than ours).
+/// The outputs are compared in constant time.
+fn verify_with(blocks: &mut Vec<Block>, password: &[u8], phc: &str) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else { return false };
+    let Ok(version) = hash.version.map_or(Ok(Version::V0x13), Version::try_from) else { return false };
+    let Ok(params) = Params::try_from(&hash) else { return false };
+    grow(blocks, params.block_count());
+    let mut out = [0u8; Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else { return false };
+    let hashed = Argon2::new(algorithm, version, params).hash_password_into_with_memory(
+        password,
+        salt,
+        &mut *out,
+        &mut blocks[..],
+    );
+    hashed.is_ok() && Output::new(out).is_ok_and(|computed| computed == *expected)
 }
 
 #[cfg(test)]
@@ -92,26 +178,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_abandoned_hash_keeps_its_permit_until_the_work_is_done() {
+    async fn at_most_one_hash_per_thread_runs_and_abandoned_work_is_skipped() {
         let hasher = PasswordHasher::new();
-        let cpus = hasher.permits.available_permits();
-        // Start a hash and drop its caller at once (a client that went away).
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let h = hasher.clone();
-        let abandoned = tokio::spawn(async move {
-            h.run(move || {
-                started_tx.send(()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(300));
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let work = |running: Arc<std::sync::atomic::AtomicUsize>,
+                    peak: Arc<std::sync::atomic::AtomicUsize>,
+                    ran: Arc<std::sync::atomic::AtomicUsize>| {
+            move |_: &mut Vec<Block>| {
+                use std::sync::atomic::Ordering::SeqCst;
+                let now = running.fetch_add(1, SeqCst) + 1;
+                peak.fetch_max(now, SeqCst);
+                ran.fetch_add(1, SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                running.fetch_sub(1, SeqCst);
                 Ok(())
+            }
+        };
+        // Twice as much work as threads: it queues.
+        let tasks: Vec<_> = (0..hasher.threads() * 2)
+            .map(|_| {
+                let (h, w) = (hasher.clone(), work(running.clone(), peak.clone(), ran.clone()));
+                tokio::spawn(async move { h.run(w).await })
             })
-            .await
-        });
-        tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+            .collect();
+        // One more, abandoned while it waits behind the others.
+        let (h, w) = (hasher.clone(), work(running.clone(), peak.clone(), ran.clone()));
+        let abandoned = tokio::spawn(async move { h.run(w).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         abandoned.abort();
-        let _ = abandoned.await;
-        assert_eq!(hasher.permits.available_permits(), cpus - 1, "the running hash still holds its permit");
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        assert_eq!(hasher.permits.available_permits(), cpus, "released when the work ended");
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        use std::sync::atomic::Ordering::SeqCst;
+        assert_eq!(peak.load(SeqCst), hasher.threads(), "never more hashes at once than threads");
+        assert_eq!(ran.load(SeqCst), hasher.threads() * 2, "the abandoned job never ran");
+    }
+
+    #[tokio::test]
+    async fn hashes_from_the_argon2_crate_and_other_costs_still_verify() {
+        use argon2::PasswordHasher as _;
+        let hasher = PasswordHasher::new();
+        // What the previous implementation stored, and a costlier hash than ours.
+        let old = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(19_456, 2, 1, None).unwrap())
+            .hash_password(b"old password")
+            .unwrap()
+            .to_string();
+        assert!(hasher.verify("old password", &old).await.unwrap());
+        assert!(!hasher.verify("old passwore", &old).await.unwrap());
+        let bigger =
+            Argon2::new(Algorithm::Argon2i, Version::V0x13, Params::new(32_768, 1, 1, None).unwrap())
+                .hash_password(b"big")
+                .unwrap()
+                .to_string();
+        assert!(hasher.verify("big", &bigger).await.unwrap());
+        // And ours verify with the crate's own verifier.
+        use argon2::PasswordVerifier as _;
+        let ours = hasher.hash("ours").await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        assert!(Argon2::default().verify_password(b"ours", &parsed).is_ok());
     }
 
     #[tokio::test]
