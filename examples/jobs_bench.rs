@@ -365,7 +365,7 @@ async fn placement_round(server: &str, dir: &Path, roles: Roles) -> anyhow::Resu
     if roles == Roles::RelayOnly {
         let mut config = (*state.config).clone();
         config.jobs_enabled = false;
-        state.config = Arc::new(config);
+        state = state.with_config(config);
     }
     let background = match roles {
         Roles::None => None,

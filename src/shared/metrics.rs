@@ -17,8 +17,7 @@ use std::{
 };
 
 use axum::{
-    extract::{MatchedPath, Request, State},
-    middleware::Next,
+    extract::{MatchedPath, Request},
     response::Response,
 };
 use sqlx::PgPool;
@@ -28,9 +27,51 @@ const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Labels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Box<str>,
     status: u16,
+}
+
+/// The request series, found without allocating: the key `"{method} {status} {route}"` is
+/// written into a reused per-thread buffer and looked up under a read lock; only a new
+/// label set takes the write lock and allocates.
+#[derive(Default)]
+struct HttpSeries(RwLock<SeriesByKey>);
+
+type SeriesByKey = HashMap<Box<str>, Arc<(Labels, Series)>>;
+
+impl HttpSeries {
+    fn observe(&self, method: &'static str, route: &str, status: u16, took: Duration) {
+        thread_local! {
+            static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(128));
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            let _ = write!(key, "{method} {status} {route}");
+            if let Ok(map) = self.0.read()
+                && let Some(series) = map.get(key.as_str())
+            {
+                series.1.observe(took);
+                return;
+            }
+            if let Ok(mut map) = self.0.write() {
+                let labels = Labels { method, route: route.into(), status };
+                map.entry(key.as_str().into())
+                    .or_insert_with(|| Arc::new((labels, Series::default())))
+                    .1
+                    .observe(took);
+            }
+        });
+    }
+
+    fn sorted(&self) -> Vec<Arc<(Labels, Series)>> {
+        let mut rows: Vec<_> = match self.0.read() {
+            Ok(map) => map.values().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
 }
 
 #[derive(Default)]
@@ -111,10 +152,22 @@ pub struct QueueGauge {
     pub dead: u64,
 }
 
-/// The process's metrics; cheap to clone.
+/// The process's metrics. One `Arc` inside: the tracking layer clones it per request.
 #[derive(Clone, Default)]
-pub struct Metrics {
-    series: Arc<Family<Labels, Series>>,
+pub struct Metrics(Arc<Registry>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Registry;
+
+    fn deref(&self) -> &Registry {
+        &self.0
+    }
+}
+
+/// What [`Metrics`] holds.
+#[derive(Default)]
+pub struct Registry {
+    series: HttpSeries,
     /// Job run durations by (queue, kind).
     jobs: Arc<Family<(String, String), Series>>,
     /// E-mails by (template, "sent" | "failed").
@@ -123,10 +176,11 @@ pub struct Metrics {
     in_flight: Arc<AtomicU64>,
 }
 
-/// Decrements the in-flight count when the request ends, however it ends.
-struct InFlight(Arc<AtomicU64>);
+/// Decrements the in-flight count when the request ends, however it ends (borrowing the
+/// counter rather than cloning its `Arc`).
+struct InFlightRef<'a>(&'a AtomicU64);
 
-impl Drop for InFlight {
+impl Drop for InFlightRef<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
     }
@@ -134,10 +188,8 @@ impl Drop for InFlight {
 
 impl Metrics {
     /// Records one finished request.
-    pub fn observe(&self, method: &str, route: &str, status: u16, latency: Duration) {
-        let labels = Labels { method: method.to_owned(), route: route.to_owned(), status };
-        let Some(series) = self.series.get(&labels) else { return };
-        series.observe(latency);
+    pub fn observe(&self, method: &'static str, route: &str, status: u16, latency: Duration) {
+        self.series.observe(method, route, status, latency);
     }
 
     /// HTTP requests being served right now (background work yields to them).
@@ -146,7 +198,14 @@ impl Metrics {
     }
 
     /// Counts a request in flight until the guard is dropped (what [`track`] does).
+    #[cfg(test)]
     pub(crate) fn begin_request(&self) -> impl Drop + Send + 'static {
+        struct InFlight(Arc<AtomicU64>);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
         self.in_flight.fetch_add(1, Relaxed);
         InFlight(self.in_flight.clone())
     }
@@ -172,12 +231,14 @@ impl Metrics {
         let rows = self.series.sorted();
         out.push_str("# HELP http_requests_total HTTP requests by method, route template and status.\n");
         out.push_str("# TYPE http_requests_total counter\n");
-        for (l, s) in &rows {
+        for row in &rows {
+            let (l, s) = &**row;
             let _ = writeln!(out, "http_requests_total{{{}}} {}", label_set(l), s.count.load(Relaxed));
         }
         out.push_str("# HELP http_request_duration_seconds HTTP request latency.\n");
         out.push_str("# TYPE http_request_duration_seconds histogram\n");
-        for (l, s) in &rows {
+        for row in &rows {
+            let (l, s) = &**row;
             s.write(&mut out, "http_request_duration_seconds", &label_set(l));
         }
         let size = pool.size();
@@ -236,27 +297,39 @@ impl Metrics {
 }
 
 fn label_set(l: &Labels) -> String {
-    format!("method=\"{}\",route=\"{}\",status=\"{}\"", escape(&l.method), escape(&l.route), l.status)
+    format!("method=\"{}\",route=\"{}\",status=\"{}\"", escape(l.method), escape(&l.route), l.status)
 }
 
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Middleware: times every request and records it under its route template (unmatched
-/// paths share one label, so scanners cannot blow up the series count).
-pub async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+/// Times a request and records it under its route template (unmatched paths share one
+/// label, so scanners cannot blow up the series count), counting it in flight meanwhile.
+pub async fn track<F: Future<Output = Response>>(
+    metrics: &Metrics,
+    req: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let started = Instant::now();
     // Clients may invent methods; only the standard ones become label values.
-    let method = match req.method().as_str() {
-        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+    let method = match *req.method() {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::OPTIONS => "OPTIONS",
         _ => "OTHER",
-    }
-    .to_owned();
-    let route = req.extensions().get::<MatchedPath>().map_or("<unmatched>", MatchedPath::as_str).to_owned();
-    let _in_flight = metrics.begin_request();
-    let res = next.run(req).await;
-    metrics.observe(&method, &route, res.status().as_u16(), started.elapsed());
+    };
+    // The template's `Arc<str>`, not a copy of it.
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    metrics.in_flight.fetch_add(1, Relaxed);
+    let _in_flight = InFlightRef(&metrics.in_flight);
+    let res = next(req).await;
+    let route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str);
+    metrics.observe(method, route, res.status().as_u16(), started.elapsed());
     res
 }
 

@@ -2,13 +2,12 @@
 //! own 405, a tower timeout, a layer's bare status) is rewritten into the SPEC envelope,
 //! keeping headers such as `Allow`. Responses marked [`Enveloped`] pass.
 
-use axum::{extract::Request, middleware::Next, response::IntoResponse, response::Response};
+use axum::response::{IntoResponse, Response};
 
 use crate::shared::error::{AppError, Enveloped};
 
-/// Rewrites bare 4xx/5xx responses into the envelope.
-pub async fn ensure(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+/// Rewrites a bare 4xx/5xx response into the envelope.
+pub fn ensure(res: Response) -> Response {
     let status = res.status();
     if !(status.is_client_error() || status.is_server_error())
         || res.extensions().get::<Enveloped>().is_some()

@@ -1,14 +1,15 @@
 //! The HTTP middleware stack, built in one place so the order is deliberate:
 //!
-//! 1. request id (outermost: everything below, error bodies included, can see it)
-//! 2. security headers (on every response, errors included)
-//! 3. envelope (rewrites any bare error status from the layers below)
-//! 4. trace (one log line per request with route template, status, latency) and metrics
-//! 5. CORS (answers preflights before any work)
-//! 6. rate limit per client IP (Redis; health probes exempt)
-//! 7. panic catcher (a panic becomes a 500 in the envelope, without the panic text)
-//! 8. timeout (a request running too long becomes a 503)
-//! 9. body limit (extractors answer 413 beyond it)
+//! 1. `edge_request`, outermost: request id (everything below, error bodies included, can
+//!    see it), metrics, envelope (rewrites any bare error status from the layers below),
+//!    security headers (on every response, errors included)
+//! 2. trace (one log line per request with route template, status, latency)
+//! 3. CORS (answers preflights before any work)
+//! 4. `guard_request`: rate limit per client IP (Redis; health probes exempt), then the
+//!    database gate (503 at once while Postgres is known to be down)
+//! 5. panic catcher (a panic becomes a 500 in the envelope, without the panic text)
+//! 6. timeout (a request running too long becomes a 503)
+//! 7. body limit (extractors answer 413 beyond it)
 
 pub mod envelope;
 pub mod rate_limit;
@@ -19,14 +20,14 @@ use std::time::Duration;
 use axum::{
     Router,
     body::Body,
-    extract::{DefaultBodyLimit, MatchedPath},
+    extract::{DefaultBodyLimit, MatchedPath, State},
     http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header},
+    middleware::Next,
     response::IntoResponse,
 };
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
-    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -44,17 +45,20 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
     db_health: &DbHealth,
 ) -> Router<S> {
     let hsts = settings.hsts_enabled.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
-    // `Router::layer` wraps what is already there, so the last call is the outermost.
+    // Each `from_fn` layer boxes a future and clones the inner service per request, so the
+    // request's own steps are two functions, not eight layers: `edge` (request id, metrics,
+    // envelope, security headers) and `guard` (per-IP limit, database gate).
+    let edge = Edge(std::sync::Arc::new(EdgeParts { metrics: metrics.clone(), hsts }));
+    let guard =
+        Guard(std::sync::Arc::new(GuardParts { limiter: limiter.clone(), db_health: db_health.clone() }));
     router
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
-            // The panic text may hold internals: it goes nowhere near the client.
             tracing::error!("handler panicked");
             AppError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
-        .layer(axum::middleware::from_fn_with_state(db_health.clone(), db_gate))
-        .layer(axum::middleware::from_fn_with_state(limiter.clone(), rate_limit::per_ip))
+        .layer(axum::middleware::from_fn_with_state(guard, guard_request))
         .layer(cors(settings))
         .layer(
             TraceLayer::new_for_http()
@@ -63,24 +67,63 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                 .on_response(on_response)
                 .on_failure(()),
         )
-        // Inside the envelope: the recorded status is the one the client gets, except for
-        // a bare status the envelope rewrites (same class of error either way).
-        .layer(axum::middleware::from_fn_with_state(metrics.clone(), crate::shared::metrics::track))
-        .layer(axum::middleware::from_fn(envelope::ensure))
-        .layer(SetResponseHeaderLayer::if_not_present(header::STRICT_TRANSPORT_SECURITY, hsts))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn_with_state(edge, edge_request))
+}
+
+/// What [`edge_request`] needs; one `Arc`, cloned per request.
+#[derive(Clone)]
+struct Edge(std::sync::Arc<EdgeParts>);
+
+struct EdgeParts {
+    metrics: Metrics,
+    hsts: Option<HeaderValue>,
+}
+
+/// The outermost step of every request, in this order: assign the request id (scoped for
+/// the error envelope and logs); count the request in flight; run it; rewrite a bare
+/// error into the envelope; record its metrics; add the id and the security headers
+/// a handler did not set.
+async fn edge_request(State(edge): State<Edge>, req: Request<Body>, next: Next) -> Response<Body> {
+    let (id, req) = request_id::assign_id(req);
+    let metrics = &edge.0.metrics;
+    let mut res = request_id::scope(
+        id.clone(),
+        crate::shared::metrics::track(metrics, req, |req| async { envelope::ensure(next.run(req).await) }),
+    )
+    .await;
+    let headers = res.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&id.0) {
+        headers.insert(X_REQUEST_ID.clone(), value);
+    }
+    let security = [
+        (header::X_CONTENT_TYPE_OPTIONS, Some(HeaderValue::from_static("nosniff"))),
+        (header::X_FRAME_OPTIONS, Some(HeaderValue::from_static("DENY"))),
+        (header::REFERRER_POLICY, Some(HeaderValue::from_static("no-referrer"))),
+        (header::STRICT_TRANSPORT_SECURITY, edge.0.hsts.clone()),
+    ];
+    for (name, value) in security {
+        if let Some(value) = value
+            && !headers.contains_key(&name)
+        {
+            headers.insert(name, value);
+        }
+    }
+    res
+}
+
+/// What [`guard_request`] needs; one `Arc`, cloned per request.
+#[derive(Clone)]
+struct Guard(std::sync::Arc<GuardParts>);
+
+struct GuardParts {
+    limiter: rate_limit::RateLimiter,
+    db_health: DbHealth,
+}
+
+/// The per-IP limit, then the database gate.
+async fn guard_request(State(guard): State<Guard>, req: Request<Body>, next: Next) -> Response<Body> {
+    let g = &guard.0;
+    rate_limit::per_ip(&g.limiter, req, |req| db_gate(&g.db_health, req, next)).await
 }
 
 fn make_span(req: &Request<Body>) -> Span {
@@ -133,11 +176,9 @@ fn cors(settings: &Settings) -> CorsLayer {
 /// While the database is known to be unreachable, API requests answer 503 at once (the
 /// probes, metrics and docs still answer); a response that failed for want of the
 /// database starts the probe.
-async fn db_gate(
-    axum::extract::State(health): axum::extract::State<DbHealth>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+/// While the database is known to be down, API requests answer 503 at once (health,
+/// metrics and docs are exempt); a response that failed for want of it starts the probe.
+async fn db_gate(health: &DbHealth, req: Request<Body>, next: Next) -> Response<Body> {
     let path = req.uri().path();
     let exempt = path.starts_with("/health") || path == "/metrics" || path.starts_with("/api-docs");
     if health.is_down() && !exempt {

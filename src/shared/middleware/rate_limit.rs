@@ -22,7 +22,7 @@ use std::{
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderMap, HeaderName, HeaderValue},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -178,9 +178,21 @@ impl Decision {
     }
 }
 
-/// Counts hits in Redis (in process while Redis is out); cheap to clone.
+/// Counts hits in Redis (in process while Redis is out). One `Arc` inside: the per-IP
+/// layer clones it for every request.
 #[derive(Clone)]
-pub struct RateLimiter {
+pub struct RateLimiter(Arc<Limits>);
+
+impl std::ops::Deref for RateLimiter {
+    type Target = Limits;
+
+    fn deref(&self) -> &Limits {
+        &self.0
+    }
+}
+
+/// What a [`RateLimiter`] holds.
+pub struct Limits {
     redis: Redis,
     script: Arc<Script>,
     local: Arc<LocalCounts>,
@@ -197,7 +209,7 @@ pub struct RateLimiter {
 
 impl RateLimiter {
     pub fn new(redis: Redis, settings: &Settings) -> Self {
-        Self {
+        Self(Arc::new(Limits {
             redis,
             script: Arc::new(Script::new(HIT)),
             local: Arc::default(),
@@ -224,7 +236,7 @@ impl RateLimiter {
                 max: settings.rate_limit_login_per_email,
                 window: Duration::from_secs(15 * 60),
             },
-        }
+        }))
     }
 
     /// The decision for `count` hits so far with `ttl` left in the window.
@@ -314,19 +326,24 @@ impl RateLimiter {
         peer.map(|p| p.ip())
     }
 
-    async fn limit(&self, quota: Quota, req: Request, next: Next) -> Response {
+    async fn limit<F: Future<Output = Response>>(
+        &self,
+        quota: Quota,
+        req: Request,
+        next: impl FnOnce(Request) -> F,
+    ) -> Response {
         let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let Some(ip) = self.client_ip(req.headers(), peer) else {
-            return next.run(req).await;
+            return next(req).await;
         };
         match self.hit(quota, &ip_key(ip)).await {
             Some(d) if !d.allowed => d.error().into_response(),
             Some(d) => {
-                let mut res = next.run(req).await;
+                let mut res = next(req).await;
                 d.headers(res.headers_mut());
                 res
             }
-            None => next.run(req).await,
+            None => next(req).await,
         }
     }
 }
@@ -358,12 +375,16 @@ fn ip_key(ip: IpAddr) -> String {
 /// Middleware: the default per-IP limit. Health probes and metrics are exempt (load
 /// balancers and scrapers poll them from one address). The limiter rides along in the request extensions for
 /// the stricter route layers below.
-pub async fn per_ip(State(limiter): State<RateLimiter>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(limiter.clone());
+pub async fn per_ip<F: Future<Output = Response>>(
+    limiter: &RateLimiter,
+    mut req: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response {
     let path = req.uri().path();
     if path.starts_with("/health") || path == "/metrics" {
-        return next.run(req).await;
+        return next(req).await;
     }
+    req.extensions_mut().insert(limiter.clone());
     let quota = limiter.default;
     limiter.limit(quota, req, next).await
 }
@@ -374,7 +395,7 @@ pub async fn auth_per_ip(req: Request, next: Next) -> Response {
         return next.run(req).await;
     };
     let quota = limiter.auth;
-    limiter.limit(quota, req, next).await
+    limiter.limit(quota, req, |req| next.run(req)).await
 }
 
 #[cfg(test)]

@@ -4,12 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::{
-    extract::Request,
-    http::{HeaderName, HeaderValue},
-    middleware::Next,
-    response::Response,
-};
+use axum::{extract::Request, http::HeaderName};
 
 /// The header name.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -33,18 +28,24 @@ pub fn is_sane(value: &[u8]) -> bool {
 }
 
 /// Outermost middleware: assigns the id and runs the rest of the stack inside its scope.
-pub async fn assign(mut req: Request, next: Next) -> Response {
+/// The request's id: a sane `X-Request-Id` from the client, else a new v4 UUID (from the
+/// thread's RNG: `Uuid::new_v4` asks the kernel each time). Stored in the extensions.
+pub fn assign_id(mut req: Request) -> (RequestId, Request) {
     let id: Arc<str> = match req.headers().get(&X_REQUEST_ID) {
         Some(v) if is_sane(v.as_bytes()) => Arc::from(v.to_str().unwrap_or_default()),
-        _ => Arc::from(uuid::Uuid::new_v4().to_string()),
+        _ => {
+            let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+            Arc::from(&*uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+        }
     };
-    let request_id = RequestId(id.clone());
+    let request_id = RequestId(id);
     req.extensions_mut().insert(request_id.clone());
-    let mut res = CURRENT.scope(request_id, next.run(req)).await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
-    res
+    (request_id, req)
+}
+
+/// Runs `work` with `id` as the current request id (error envelopes read it).
+pub async fn scope<F: Future>(id: RequestId, work: F) -> F::Output {
+    CURRENT.scope(id, work).await
 }
 
 #[cfg(test)]
