@@ -259,3 +259,35 @@ async fn invented_methods_do_not_become_metric_labels(pool: PgPool) {
     assert!(!text.contains("QWE"), "{text}");
     assert!(text.contains(r#"method="OTHER",route="/api/v1/products",status="405"} 2"#), "{text}");
 }
+
+/// Issue 11: the default per-IP limit is taken from Redis in leases (5 hits at a time for
+/// a limit of 100). Two instances sharing one Redis together never admit more than the
+/// limit, and refuse early by at most one unspent lease.
+#[sqlx::test]
+async fn leased_default_limits_hold_across_instances(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::new_v4());
+    let shared = |s: &mut storefront::shared::config::Settings| {
+        s.rate_limit_default_per_minute = 100;
+        s.redis_prefix = prefix.clone();
+    };
+    let a = TestApp::spawn_with(pool.clone(), shared, Router::new()).await;
+    let b = TestApp::spawn_with(pool, shared, Router::new()).await;
+    let mut admitted = 0;
+    let mut refused = 0;
+    for i in 0..150 {
+        let app = if i % 3 == 0 { &b } else { &a };
+        let (status, headers, _) = send(app.request(Method::GET, PRODUCTS)).await;
+        match status.as_u16() {
+            200 => {
+                admitted += 1;
+                let remaining: u32 = headers["ratelimit-remaining"].to_str().unwrap().parse().unwrap();
+                assert!(remaining < 100, "{remaining}");
+            }
+            429 => refused += 1,
+            other => panic!("{other}"),
+        }
+    }
+    assert!(admitted <= 100, "never more than the limit across instances: {admitted}");
+    assert!(admitted >= 96, "at most one unspent lease (4 hits) refused early: {admitted}");
+    assert_eq!(admitted + refused, 150);
+}

@@ -45,6 +45,16 @@ if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1])
 return {count, ttl}
 ";
 
+/// `INCRBY` the window's counter by a lease of hits, setting its expiry on first use;
+/// returns the count and the milliseconds until the window ends.
+const LEASE: &str = r"
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+return {count, ttl}
+";
+
 /// Longest a request waits for Redis on the limiter's behalf.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(50);
 /// Failures in a row that open the breaker.
@@ -84,6 +94,117 @@ impl LocalCounts {
             entry.0 += 1;
         }
         (entry.0, quota.window.saturating_sub(now.duration_since(entry.1)))
+    }
+}
+
+/// The hits of the default per-IP quota this process may admit without asking Redis: a
+/// lease of [`Quota::lease`] hits taken from the shared window counter at a time, the next
+/// one fetched in the background when half is spent. Redis counts every leased hit, so
+/// the instances together never admit more than the limit; a lease another instance has
+/// not spent yet makes the others refuse early, by at most (instances − 1) × (lease − 1)
+/// hits per window and address.
+#[derive(Default)]
+struct Leases {
+    shards: [Mutex<HashMap<String, Lease>>; 16],
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// Hits left in this process's lease.
+    left: u32,
+    /// Hits the shared window had left beyond all leases at the last fetch.
+    beyond: u32,
+    window_end: Instant,
+    refilling: bool,
+}
+
+/// What a look at the local lease decided.
+enum Local {
+    Decided(Decision, bool),
+    AskRedis,
+}
+
+impl Leases {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Lease>> {
+        let hash = key.bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        &self.shards[hash as usize % self.shards.len()]
+    }
+
+    /// Spends one hit of the lease when there is one; the `bool` asks for a refill.
+    fn spend(&self, quota: Quota, key: &str) -> Local {
+        let now = Instant::now();
+        let Ok(mut shard) = self.shard(key).lock() else { return Local::AskRedis };
+        let Some(lease) = shard.get_mut(key).filter(|l| now < l.window_end) else { return Local::AskRedis };
+        let reset_secs = lease.window_end.duration_since(now).as_millis().div_ceil(1000).max(1) as u64;
+        let decision = |allowed, remaining| Decision { allowed, limit: quota.max, remaining, reset_secs };
+        if lease.left > 0 {
+            lease.left -= 1;
+            let refill = !lease.refilling && lease.beyond > 0 && lease.left <= quota.lease() / 2;
+            lease.refilling |= refill;
+            return Local::Decided(decision(true, lease.beyond + lease.left), refill);
+        }
+        if lease.beyond == 0 {
+            // The shared window was used up at the last fetch: it stays so until it ends.
+            return Local::Decided(decision(false, 0), false);
+        }
+        Local::AskRedis
+    }
+
+    /// Adds a lease fetched from Redis (`count` after the `INCRBY` of `asked`, `ttl` left)
+    /// and, when `spend`, takes this request's hit from it.
+    fn add(&self, quota: Quota, key: &str, asked: u32, count: u64, ttl: Duration, spend: bool) -> Decision {
+        let now = Instant::now();
+        let max = u64::from(quota.max);
+        let before = count.saturating_sub(u64::from(asked));
+        let granted = u32::try_from(max.saturating_sub(before).min(u64::from(asked))).unwrap_or(0);
+        let beyond = u32::try_from(max.saturating_sub(count)).unwrap_or(0);
+        let window_end = now + ttl;
+        let mut allowed = false;
+        let mut left = 0;
+        if let Ok(mut shard) = self.shard(key).lock() {
+            if shard.len() >= LOCAL_MAX_KEYS {
+                shard.retain(|_, l| now < l.window_end);
+                if shard.len() >= LOCAL_MAX_KEYS {
+                    shard.clear();
+                }
+            }
+            let lease = shard.entry(key.to_owned()).or_insert(Lease {
+                left: 0,
+                beyond,
+                window_end,
+                refilling: false,
+            });
+            if now >= lease.window_end || window_end > lease.window_end + Duration::from_secs(1) {
+                // A new window: what is left of the old lease is gone with it.
+                *lease = Lease { left: 0, beyond, window_end, refilling: false };
+            }
+            lease.left += granted;
+            lease.beyond = beyond;
+            lease.refilling = false;
+            if spend && lease.left > 0 {
+                lease.left -= 1;
+                allowed = true;
+            }
+            left = lease.left;
+        }
+        if !spend {
+            allowed = true;
+        }
+        Decision {
+            allowed,
+            limit: quota.max,
+            remaining: beyond + left,
+            reset_secs: ttl.as_millis().div_ceil(1000).max(1) as u64,
+        }
+    }
+
+    /// Marks a failed background refill, so the next spend may ask again.
+    fn refill_failed(&self, key: &str) {
+        if let Ok(mut shard) = self.shard(key).lock()
+            && let Some(lease) = shard.get_mut(key)
+        {
+            lease.refilling = false;
+        }
     }
 }
 
@@ -151,6 +272,14 @@ pub struct Quota {
     pub window: Duration,
 }
 
+impl Quota {
+    /// Hits taken from Redis at a time when leased: a twentieth of the limit, 1 to 50
+    /// (600 a minute: 30; a limit of 20 or less is counted hit by hit, exactly).
+    pub fn lease(&self) -> u32 {
+        (self.max / 20).clamp(1, 50)
+    }
+}
+
 /// The outcome of counting one hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -195,6 +324,8 @@ impl std::ops::Deref for RateLimiter {
 pub struct Limits {
     redis: Redis,
     script: Arc<Script>,
+    lease_script: Script,
+    leases: Leases,
     local: Arc<LocalCounts>,
     breaker: Arc<Breaker>,
     pub enabled: bool,
@@ -212,6 +343,8 @@ impl RateLimiter {
         Self(Arc::new(Limits {
             redis,
             script: Arc::new(Script::new(HIT)),
+            lease_script: Script::new(LEASE),
+            leases: Leases::default(),
             local: Arc::default(),
             breaker: Arc::default(),
             enabled: settings.rate_limit_enabled,
@@ -296,6 +429,65 @@ impl RateLimiter {
         Some(Self::decide(quota, count, ttl, counting))
     }
 
+    /// Counts one hit of `key` against `quota` from this process's lease (see [`Leases`]):
+    /// Redis is asked only when the lease is spent or in the background to refill it.
+    pub async fn hit_leased(&self, quota: Quota, key: &str) -> Option<Decision> {
+        if !self.enabled {
+            return None;
+        }
+        match self.leases.spend(quota, key) {
+            Local::Decided(decision, refill) => {
+                if refill {
+                    let (limiter, key) = (self.clone(), key.to_owned());
+                    tokio::spawn(async move {
+                        match limiter.fetch_lease(quota, &key).await {
+                            Some((count, ttl)) => {
+                                limiter.leases.add(quota, &key, quota.lease(), count, ttl, false);
+                            }
+                            None => limiter.leases.refill_failed(&key),
+                        }
+                    });
+                }
+                Some(decision)
+            }
+            Local::AskRedis => match self.fetch_lease(quota, key).await {
+                Some((count, ttl)) => Some(self.leases.add(quota, key, quota.lease(), count, ttl, true)),
+                None => {
+                    let (count, ttl) = self.local.touch(quota, key, true);
+                    Some(Self::decide(quota, count, ttl, true))
+                }
+            },
+        }
+    }
+
+    /// Takes a lease of `quota.lease()` hits from the shared counter: the count after it
+    /// and the time left in the window, or `None` when Redis is out (breaker, budget).
+    async fn fetch_lease(&self, quota: Quota, key: &str) -> Option<(u64, Duration)> {
+        if !self.breaker.allows() {
+            return None;
+        }
+        let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
+        let mut conn = self.redis.conn();
+        let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.lease_script.key(&redis_key);
+        invocation.arg(window_ms).arg(quota.lease());
+        let call = invocation.invoke_async::<(u64, i64)>(&mut conn);
+        match tokio::time::timeout(REDIS_BUDGET, call).await {
+            Ok(Ok((count, ttl_ms))) => {
+                self.breaker.success();
+                Some((count, Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0))))
+            }
+            Ok(Err(e)) => {
+                self.breaker.failure(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.breaker.failure("no answer within the budget");
+                None
+            }
+        }
+    }
+
     /// Refuses with 429 when `key` has used up a failure-only `quota` (see [`Self::peek`]).
     pub async fn check_failures(&self, quota: Quota, key: &str) -> Result<(), AppError> {
         match self.peek(quota, key).await {
@@ -336,7 +528,13 @@ impl RateLimiter {
         let Some(ip) = self.client_ip(req.headers(), peer) else {
             return next(req).await;
         };
-        match self.hit(quota, &ip_key(ip)).await {
+        // The default quota is leased; the strict ones are counted hit by hit.
+        let decision = if quota.scope == self.default.scope {
+            self.hit_leased(quota, &ip_key(ip)).await
+        } else {
+            self.hit(quota, &ip_key(ip)).await
+        };
+        match decision {
             Some(d) if !d.allowed => d.error().into_response(),
             Some(d) => {
                 let mut res = next(req).await;
