@@ -290,4 +290,11 @@ async fn leased_default_limits_hold_across_instances(pool: PgPool) {
     assert!(admitted <= 100, "never more than the limit across instances: {admitted}");
     assert!(admitted >= 96, "at most one unspent lease (4 hits) refused early: {admitted}");
     assert_eq!(admitted + refused, 150);
+    // Redis was asked per lease, not per request: its counter moved in steps of 5 and
+    // stopped once the window was used up (counted hit by hit it would be 150).
+    let mut conn = a.state.redis.conn();
+    let key = a.state.redis.key("rl:ip:127.0.0.1");
+    let counted: u64 = redis::AsyncCommands::get(&mut conn, &key).await.unwrap();
+    assert_eq!(counted % 5, 0, "{counted}");
+    assert!((100..=110).contains(&counted), "{counted}");
 }

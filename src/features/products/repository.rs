@@ -228,20 +228,20 @@ pub fn total_query(f: &ListQuery, prefix: &str) -> Total {
 /// every row that does not match (all the catalogue when the matches sort last).
 pub fn page_query(f: &ListQuery, few_matches: bool, prefix: &str) -> QueryBuilder<Postgres> {
     let mut qb = QueryBuilder::new(prefix.to_owned());
-    let source = if few_matches && f.pattern.is_some() {
+    let from_matches = few_matches && f.pattern.is_some();
+    if from_matches {
         qb.push("with matches as materialized (select id, name, price_cents, created_at from products");
         push_filters(&mut qb, f);
         qb.push(") ");
-        "matches"
-    } else {
-        "products"
-    };
+    }
     qb.push(
         "select p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version, \
          p.created_at, p.updated_at from (select id from ",
     );
-    qb.push(source);
-    if source == "products" {
+    if from_matches {
+        qb.push("matches");
+    } else {
+        qb.push("products");
         push_filters(&mut qb, f);
     }
     qb.push(" order by ").push(order_by(f.sort)).push(" limit ").push_bind(f.limit);

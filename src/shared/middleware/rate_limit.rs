@@ -64,6 +64,17 @@ pub const COOL_DOWN: Duration = Duration::from_secs(5);
 /// Keys the in-process counts hold at most (expired ones are dropped first).
 const LOCAL_MAX_KEYS: usize = 100_000;
 
+/// Keeps an in-process map under [`LOCAL_MAX_KEYS`]: drops the entries `live` says are
+/// over, and if that is not enough starts over (bounded memory over precision).
+fn bound<K, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
+    if map.len() >= LOCAL_MAX_KEYS {
+        map.retain(|_, v| live(v));
+        if map.len() >= LOCAL_MAX_KEYS {
+            map.clear();
+        }
+    }
+}
+
 /// Per (scope, key): the hits counted and when the window began.
 type Windows = HashMap<(&'static str, String), (u64, Instant)>;
 
@@ -78,14 +89,8 @@ impl LocalCounts {
     fn touch(&self, quota: Quota, key: &str, count: bool) -> (u64, Duration) {
         let now = Instant::now();
         let Ok(mut windows) = self.windows.lock() else { return (0, quota.window) };
-        if windows.len() >= LOCAL_MAX_KEYS {
-            // No quota's window is longer than 15 minutes.
-            windows.retain(|_, (_, start)| now.duration_since(*start) < Duration::from_secs(15 * 60));
-            if windows.len() >= LOCAL_MAX_KEYS {
-                // Bounded memory over precision: start over rather than grow.
-                windows.clear();
-            }
-        }
+        // No quota's window is longer than 15 minutes.
+        bound(&mut windows, |(_, start)| now.duration_since(*start) < Duration::from_secs(15 * 60));
         let entry = windows.entry((quota.scope, key.to_owned())).or_insert((0, now));
         if now.duration_since(entry.1) >= quota.window {
             *entry = (0, now);
@@ -162,12 +167,7 @@ impl Leases {
         let mut allowed = false;
         let mut left = 0;
         if let Ok(mut shard) = self.shard(key).lock() {
-            if shard.len() >= LOCAL_MAX_KEYS {
-                shard.retain(|_, l| now < l.window_end);
-                if shard.len() >= LOCAL_MAX_KEYS {
-                    shard.clear();
-                }
-            }
+            bound(&mut shard, |l| now < l.window_end);
             let lease = shard.entry(key.to_owned()).or_insert(Lease {
                 left: 0,
                 beyond,
