@@ -20,10 +20,20 @@ use crate::{
         users::service::UserService,
     },
     shared::{
-        auth::TokenKeys, config::Settings, db::DbHealth, jobs::Queues, metrics::Metrics,
-        middleware::rate_limit::RateLimiter, password::PasswordHasher, redis::Redis,
+        auth::TokenKeys,
+        config::Settings,
+        db::DbHealth,
+        jobs::Queues,
+        metrics::Metrics,
+        middleware::rate_limit::RateLimiter,
+        password::PasswordHasher,
+        read_pool::{ReadPool, ReadPoolOptions},
+        redis::Redis,
     },
 };
+
+/// A read-pool connection is replaced after this long (sqlx's pool default too).
+const READ_POOL_MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 
 /// Everything a request handler may need. One `Arc` inside: axum clones the state for
 /// every request (and every `State<T>` extractor clones its part), so a clone must be one
@@ -66,6 +76,7 @@ parts!(
     queues: Queues,
     reports: ReportService,
     db_health: DbHealth,
+    reads: ReadPool,
 );
 
 /// The parts of [`AppState`].
@@ -87,6 +98,8 @@ pub struct AppParts {
     pub reports: ReportService,
     /// Whether the database is known to be unreachable (requests then answer 503 at once).
     pub db_health: DbHealth,
+    /// Connections for the hottest reads, returned without sqlx's release ping.
+    pub reads: ReadPool,
 }
 
 impl AppState {
@@ -100,7 +113,17 @@ impl AppState {
             .with_family_max_age(config.refresh_family_max_age);
         let users = UserService::new(db.clone(), hasher.clone());
         let resets = PasswordResetService::new(db.clone(), hasher);
-        let products = ProductService::new(db.clone(), &config.currency);
+        // The read pool reaches the database the given pool does (tests pass their own).
+        let reads = ReadPool::new(
+            &db,
+            ReadPoolOptions {
+                max_connections: config.db_read_pool_max,
+                acquire_timeout: config.db_acquire_timeout,
+                idle_timeout: config.db_idle_timeout,
+                max_lifetime: READ_POOL_MAX_LIFETIME,
+            },
+        );
+        let products = ProductService::new(db.clone(), reads.clone(), &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
@@ -123,6 +146,7 @@ impl AppState {
             queues,
             reports,
             db_health,
+            reads,
         }))
     }
 

@@ -67,6 +67,8 @@ settings! {
     database_url: SecretString = "postgres://storefront:storefront@127.0.0.1:5432/storefront",
     db_pool_min: u32 = 1,
     db_pool_max: u32 = 10,
+    /// Connections of the read pool (product reads, which skip sqlx's release ping).
+    db_read_pool_max: u32 = 8,
     db_acquire_timeout: Duration = "5s",
     db_idle_timeout: Duration = "10m",
     db_statement_timeout: Duration = "10s",
@@ -339,6 +341,9 @@ impl Settings {
         }
         if let Err(e) = check_database_url(self.database_url.expose_secret()) {
             p.push(format!("DATABASE_URL: {e}"));
+        }
+        if self.db_read_pool_max == 0 {
+            p.push("DB_READ_POOL_MAX: must be at least 1".to_owned());
         }
         if self.db_pool_max == 0 {
             p.push("DB_POOL_MAX: must be at least 1".to_owned());

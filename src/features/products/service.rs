@@ -1,19 +1,26 @@
 //! Catalogue rules (SPEC §5): SKU uniqueness, optimistic concurrency through `version`,
 //! archive instead of delete.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    domain::Precondition,
-    repository::{self, ListPage, ListQuery, NewProduct, ProductChanges, ProductRow},
+    domain::{Precondition, ProductSort},
+    repository::{
+        self, ANCHOR_EVERY, AnchorSet, ListPage, ListQuery, NewProduct, ProductChanges, ProductRow,
+    },
     types::ProductFilter,
 };
 use crate::shared::{
     db::contains_pattern,
     error::{AppError, AppResult},
+    read_pool::ReadPool,
     response::PageParams,
 };
 
@@ -24,7 +31,55 @@ const CHANGED: &str = "the product has changed; fetch it again";
 #[derive(Clone)]
 pub struct ProductService {
     db: PgPool,
+    /// For the public reads (a product, a page): no release ping.
+    reads: ReadPool,
     currency: Arc<str>,
+    anchors: Arc<PageAnchors>,
+}
+
+/// This process's page anchors, per sort (see [`AnchorSet`]): read in the background when
+/// a deep page finds none of the current order version, at most once per
+/// [`ANCHOR_REBUILD_EVERY`] per sort, so a catalogue edited all the time costs a pass over
+/// an index now and then, never one per request.
+#[derive(Default)]
+struct PageAnchors(Mutex<HashMap<ProductSort, AnchorSlot>>);
+
+#[derive(Default)]
+struct AnchorSlot {
+    set: Option<Arc<AnchorSet>>,
+    building: bool,
+    last_build: Option<Instant>,
+}
+
+const ANCHOR_REBUILD_EVERY: Duration = Duration::from_secs(1);
+
+impl PageAnchors {
+    fn current(&self, sort: ProductSort) -> Option<Arc<AnchorSet>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(&sort).and_then(|s| s.set.clone())
+    }
+
+    /// Whether the caller should read the anchors of `sort` now (and then [`Self::store`]).
+    fn claim_build(&self, sort: ProductSort, seen_version: i64) -> bool {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry(sort).or_default();
+        let fresh = slot.set.as_ref().is_some_and(|s| s.version == seen_version);
+        let recent = slot.last_build.is_some_and(|t| t.elapsed() < ANCHOR_REBUILD_EVERY);
+        if fresh || recent || slot.building {
+            return false;
+        }
+        slot.building = true;
+        slot.last_build = Some(Instant::now());
+        true
+    }
+
+    fn store(&self, sort: ProductSort, set: Option<AnchorSet>) {
+        let mut slots = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry(sort).or_default();
+        slot.building = false;
+        if let Some(set) = set {
+            slot.set = Some(Arc::new(set));
+        }
+    }
 }
 
 fn sku_conflict(e: sqlx::Error) -> AppError {
@@ -37,8 +92,8 @@ fn sku_conflict(e: sqlx::Error) -> AppError {
 }
 
 impl ProductService {
-    pub fn new(db: PgPool, currency: &str) -> Self {
-        Self { db, currency: Arc::from(currency) }
+    pub fn new(db: PgPool, reads: ReadPool, currency: &str) -> Self {
+        Self { db, reads, currency: Arc::from(currency), anchors: Arc::default() }
     }
 
     /// The deployment's currency, which every price is in.
@@ -56,11 +111,40 @@ impl ProductService {
             limit: i64::from(page.limit),
             offset: page.offset(),
         };
-        Ok(repository::list(&self.db, query).await?)
+        let sort = query.sort;
+        let deep = repository::unfiltered(&query) && query.offset >= ANCHOR_EVERY;
+        let anchors = if deep { self.anchors.current(sort) } else { None };
+        // The future may outlive this frame's borrow (it is boxed for any connection
+        // lifetime), so it gets its own copy: no allocation unless there is a search.
+        let page = self
+            .reads
+            .read(&move |conn| {
+                let (query, anchors) = (query.clone(), anchors.clone());
+                Box::pin(async move { repository::list(conn, &query, anchors.as_deref()).await })
+            })
+            .await?;
+        if deep
+            && !page.anchored
+            && let Some(version) = page.order_version
+            && self.anchors.claim_build(sort, version)
+        {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let read = this.reads.read(&move |conn| Box::pin(repository::anchors(conn, sort))).await;
+                if let Err(e) = &read {
+                    tracing::warn!(error = %e, ?sort, "could not read the page anchors");
+                }
+                this.anchors.store(sort, read.ok());
+            });
+        }
+        Ok(page)
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {
-        repository::find_live(&self.db, id).await?.ok_or_else(|| AppError::not_found("product"))
+        self.reads
+            .read(&|conn| Box::pin(repository::find_live(conn, id)))
+            .await?
+            .ok_or_else(|| AppError::not_found("product"))
     }
 
     #[tracing::instrument(skip_all)]
