@@ -1,10 +1,10 @@
-//! The command line: `serve` (default), `worker`, `migrate`, `create-admin`, `seed`.
+//! The command line: `serve` (default), `worker`, `migrate`, `create-admin`, `seed`, `check`.
 
 use clap::{Parser, Subcommand};
 
 use crate::{
     app,
-    features::users::service::AdminProvisioned,
+    features::{maintenance::invariants, users::service::AdminProvisioned},
     shared::{
         config::{AppEnv, Settings},
         db,
@@ -54,6 +54,10 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Check the data invariants (stock conserved, order totals, no order without items,
+    /// the outbox drained, each scheduled slot run once, one order per Idempotency-Key).
+    /// Read-only; exits 1 when any is broken.
+    Check,
 }
 
 /// Loads `.env` and the configuration, then runs the chosen command.
@@ -83,6 +87,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Migrate => migrate(settings).await,
         Command::CreateAdmin { email, promote } => create_admin(settings, &email, promote).await,
         Command::Seed { products, users, force } => seed(settings, products, users, force).await,
+        Command::Check => check(settings).await,
     };
     match result {
         Ok(()) => 0,
@@ -102,6 +107,29 @@ async fn worker(settings: Settings) -> anyhow::Result<()> {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = app::connect(settings).await?;
     app::serve(state).await
+}
+
+async fn check(settings: Settings) -> anyhow::Result<()> {
+    let pool = db::connect_lazy(&settings)?;
+    let findings = invariants::check(&pool).await?;
+    let broken = findings.iter().filter(|f| f.count > 0).count();
+    for f in &findings {
+        let i = f.invariant;
+        match f.count {
+            0 => println!("ok    {}: {}", i.name, i.promise),
+            n => {
+                println!("FAIL  {}: {}: {n} violation(s)", i.name, i.promise);
+                f.sample.iter().for_each(|v| println!("        {v}"));
+            }
+        }
+    }
+    match broken {
+        0 => {
+            println!("all {} invariants hold", findings.len());
+            Ok(())
+        }
+        n => anyhow::bail!("{n} of {} invariants broken", findings.len()),
+    }
 }
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {

@@ -353,3 +353,91 @@ async fn patch_refuses_null_for_required_fields_and_compares_if_match_strongly(p
     let (status, _, _) = send(patch(json!({"stock": 4})).header("if-match", "*")).await;
     assert_eq!(status, 200);
 }
+
+/// SKUs of the live products in `order`, `limit` from `offset`, as Postgres orders them.
+async fn skus_in_order(pool: &PgPool, order: &str, offset: i64) -> Vec<String> {
+    let sql = format!(
+        "select sku from products where archived_at is null order by {order} limit 20 offset {offset}"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap()
+}
+
+#[sqlx::test]
+async fn deep_pages_start_from_anchors_and_match_the_walk_from_the_first_row(pool: PgPool) {
+    use storefront::features::products::{
+        domain::ProductSort,
+        repository::{self, ListQuery},
+    };
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.user().admin().signed_in().await;
+    // 2 600 products with many ties in every sort key (the id breaks them), a few archived.
+    sqlx::query(
+        "insert into products (sku, name, price_cents, stock, created_at, archived_at)
+         select 'A-' || i, 'Item ' || (i % 700), (i * 37) % 500, i % 3,
+                timestamptz '2026-01-01' + make_interval(secs => i % 900),
+                case when i % 97 = 0 then now() end
+         from generate_series(1, 2600) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sorts = [
+        ("name", ProductSort::NameAsc, "name asc, id asc"),
+        ("-name", ProductSort::NameDesc, "name desc, id desc"),
+        ("price", ProductSort::PriceAsc, "price_cents asc, id asc"),
+        ("-price", ProductSort::PriceDesc, "price_cents desc, id desc"),
+        ("createdAt", ProductSort::CreatedAsc, "created_at asc, id asc"),
+        ("-createdAt", ProductSort::CreatedDesc, "created_at desc, id desc"),
+    ];
+    let mut conn = pool.acquire().await.unwrap();
+    for (param, sort, order) in sorts {
+        let set = repository::anchors(&mut conn, sort).await.unwrap();
+        assert_eq!(set.ids.len(), 2, "{param}: 2 574 live products, an anchor every 1 000");
+        for offset in [999, 1000, 1500, 2000, 2560] {
+            let want = skus_in_order(&pool, order, offset).await;
+            let query = ListQuery { sort, limit: 20, offset, ..ListQuery::default() };
+            let page = repository::list(&mut conn, &query, Some(&set)).await.unwrap();
+            assert_eq!(page.anchored, offset >= 1000, "{param} at {offset}");
+            let got: Vec<&str> = page.rows.iter().map(|r| r.sku.as_str()).collect();
+            assert_eq!(got, want, "{param} at {offset}");
+            // Over HTTP (the server builds its own anchors after the first deep page).
+            let (skus, _) = list(&app, &format!("sort={param}&limit=20&page={}", offset / 20 + 1)).await;
+            assert_eq!(
+                skus,
+                skus_in_order(&pool, order, offset / 20 * 20).await,
+                "{param} page {}",
+                offset / 20 + 1
+            );
+        }
+    }
+
+    // A stock change (what every order does) keeps the order, and the anchors, valid.
+    let set = repository::anchors(&mut conn, ProductSort::NameAsc).await.unwrap();
+    sqlx::query("update products set stock = stock + 5 where sku in ('A-1', 'A-2')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let query = ListQuery { sort: ProductSort::NameAsc, limit: 20, offset: 1200, ..ListQuery::default() };
+    assert!(repository::list(&mut conn, &query, Some(&set)).await.unwrap().anchored);
+
+    // A rename moves a product: the anchors are stale, and the page walks instead.
+    let id: uuid::Uuid =
+        sqlx::query_scalar("select id from products where sku = 'A-5'").fetch_one(&pool).await.unwrap();
+    let patch = app
+        .authed(Method::PATCH, &format!("{PRODUCTS}/{id}"), &admin.token)
+        .json(&json!({"name": "Aardvark"}));
+    assert_eq!(send(patch).await.0, 200);
+    let page = repository::list(&mut conn, &query, Some(&set)).await.unwrap();
+    assert!(!page.anchored);
+    let got: Vec<&str> = page.rows.iter().map(|r| r.sku.as_str()).collect();
+    assert_eq!(got, skus_in_order(&pool, "name asc, id asc", 1200).await);
+    // Fresh anchors serve again, and so does the server once it has read its own.
+    let fresh = repository::anchors(&mut conn, ProductSort::NameAsc).await.unwrap();
+    assert!(fresh.version > set.version);
+    assert!(repository::list(&mut conn, &query, Some(&fresh)).await.unwrap().anchored);
+    for _ in 0..3 {
+        let (skus, _) = list(&app, "sort=name&limit=20&page=61").await;
+        assert_eq!(skus, skus_in_order(&pool, "name asc, id asc", 1200).await);
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    }
+}

@@ -3,6 +3,7 @@
 //! the scheduler only triggers it. Runs are claimed in Postgres so that with several
 //! instances each happens once; a failing task logs and the process carries on.
 
+pub mod invariants;
 pub mod tasks;
 
 use std::sync::Arc;

@@ -97,12 +97,22 @@ pub async fn lock_order_products(db: impl PgExecutor<'_>, order_id: Uuid) -> sql
 }
 
 /// Gives back the stock of every line of `order_id` (capped at the stock bound, which an
-/// admin may have raised the product to in the meantime).
+/// admin may have raised the product to in the meantime; the units the cap drops are
+/// recorded as a `cap` adjustment, so stock stays accounted for). The products must be
+/// locked already ([`lock_order_products`]).
 pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u64> {
     sqlx::query!(
-        "update products p set stock = least(p.stock + i.quantity, $2), version = p.version + 1
-         from order_items i
-         where i.order_id = $1 and p.id = i.product_id",
+        "with lines as (
+             select p.id, p.stock, i.quantity from products p
+             join order_items i on i.product_id = p.id
+             where i.order_id = $1
+         ), dropped as (
+             insert into stock_adjustments (product_id, delta, reason)
+             select id, $2 - (stock + quantity), 'cap' from lines where stock + quantity > $2
+         )
+         update products p set stock = least(p.stock + l.quantity, $2), version = p.version + 1
+         from lines l
+         where p.id = l.id",
         order_id,
         MAX_STOCK
     )
@@ -111,23 +121,27 @@ pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u6
     .map(|r| r.rows_affected())
 }
 
+/// Inserts an order; `idempotency_key` is the key it is placed with (kept for `storefront
+/// check`, which proves no key placed two orders within the replay window).
 pub async fn insert_order(
     db: impl PgExecutor<'_>,
     user_id: Uuid,
     total_cents: i64,
     currency: &str,
     address: Option<&ShippingAddress>,
+    idempotency_key: Option<&str>,
 ) -> sqlx::Result<OrderRow> {
     sqlx::query_as!(
         OrderRow,
-        r#"insert into orders (user_id, total_cents, currency, shipping_address)
-           values ($1, $2, $3, $4)
+        r#"insert into orders (user_id, total_cents, currency, shipping_address, idempotency_key)
+           values ($1, $2, $3, $4, $5)
            returning id, user_id, status as "status: OrderStatus", total_cents, currency,
                      shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
         user_id,
         total_cents,
         currency,
         address.map(Json) as Option<Json<&ShippingAddress>>,
+        idempotency_key,
     )
     .fetch_one(db)
     .await

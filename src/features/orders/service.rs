@@ -154,9 +154,9 @@ impl OrderService {
             .collect();
 
         repository::take_stock(&mut *tx, &lines).await?;
-        let order =
-            repository::insert_order(&mut *tx, user, total, &self.currency, req.shipping_address.as_ref())
-                .await?;
+        let key = claim.map(|c| c.key.as_str());
+        let address = req.shipping_address.as_ref();
+        let order = repository::insert_order(&mut *tx, user, total, &self.currency, address, key).await?;
         repository::insert_items(&mut *tx, order.id, &lines).await?;
         outbox::push(&mut *tx, &Job::OrderConfirmation { order_id: order.id, user_id: user }).await?;
 

@@ -10,7 +10,7 @@ pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 pub const MAX_STOCK: i32 = 1_000_000;
 
 /// Sort orders of the list.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, ToSchema)]
 pub enum ProductSort {
     #[serde(rename = "name")]
     NameAsc,

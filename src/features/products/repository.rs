@@ -9,7 +9,7 @@
 //! counts its matches up to a cap.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use super::domain::ProductSort;
@@ -61,7 +61,7 @@ pub const SEARCH_TOTAL_CAP: i64 = 1000;
 
 /// What a list asks for; the search `pattern` is already a LIKE pattern over the
 /// lowercased `search_text`.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub pattern: Option<String>,
     pub min_price: Option<i64>,
@@ -79,6 +79,73 @@ pub struct ListPage {
     pub rows: Vec<ProductRow>,
     pub total: i64,
     pub capped: bool,
+    /// The catalogue's order version the total was read at (lists whose total comes from
+    /// `product_counts`).
+    pub order_version: Option<i64>,
+    /// The page was read from an anchor, not by walking from the first row.
+    pub anchored: bool,
+}
+
+/// Every how many rows of an unfiltered sort an anchor is kept (see [`AnchorSet`]).
+pub const ANCHOR_EVERY: i64 = 1000;
+
+/// Where deep pages of one unfiltered sort start: the ids at ranks `ANCHOR_EVERY`,
+/// `2 × ANCHOR_EVERY`, … of the live products in that order, read at `version` of
+/// `product_counts.order_version`. A page at offset N walks from the anchor at or before
+/// N, at most `ANCHOR_EVERY - 1` rows, instead of N rows from the first. Only valid while
+/// the version is unchanged, which the page's own statement checks.
+#[derive(Debug, Clone)]
+pub struct AnchorSet {
+    pub sort: ProductSort,
+    pub version: i64,
+    pub ids: Vec<Uuid>,
+}
+
+/// Reads the anchors of `sort` and the order version they belong to, in one statement
+/// (one snapshot). Costs one pass over the sort's index.
+pub async fn anchors(conn: &mut PgConnection, sort: ProductSort) -> sqlx::Result<AnchorSet> {
+    let mut qb = QueryBuilder::new(
+        "select c.order_version, array(select id from (select id, row_number() over (order by ",
+    );
+    qb.push(order_by(sort))
+        .push(") as rn from products where archived_at is null) ranked where rn % ")
+        .push_bind(ANCHOR_EVERY)
+        .push(" = 0 order by rn) from product_counts c");
+    let (version, ids): (i64, Vec<Uuid>) = qb.build_query_as().fetch_one(&mut *conn).await?;
+    Ok(AnchorSet { sort, version, ids })
+}
+
+/// No search, price or stock filter: the lists anchors serve.
+pub fn unfiltered(f: &ListQuery) -> bool {
+    f.pattern.is_none() && f.min_price.is_none() && f.max_price.is_none() && f.in_stock.is_none()
+}
+
+/// The rows after `anchor` in `sort`, as a row comparison the sort's index answers.
+fn after_anchor(sort: ProductSort) -> &'static str {
+    match sort {
+        ProductSort::NameAsc => "(name, id) > (select name, id from products where id = ",
+        ProductSort::NameDesc => "(name, id) < (select name, id from products where id = ",
+        ProductSort::PriceAsc => "(price_cents, id) > (select price_cents, id from products where id = ",
+        ProductSort::PriceDesc => "(price_cents, id) < (select price_cents, id from products where id = ",
+        ProductSort::CreatedAsc => "(created_at, id) > (select created_at, id from products where id = ",
+        ProductSort::CreatedDesc => "(created_at, id) < (select created_at, id from products where id = ",
+    }
+}
+
+/// The page of unfiltered `f` read from the anchor at rank `rank` (`f.offset >= rank`):
+/// empty unless the catalogue's order version is still `version` in this statement's
+/// snapshot.
+pub fn anchored_page_query(f: &ListQuery, anchor: Uuid, rank: i64, version: i64) -> QueryBuilder<Postgres> {
+    let mut qb = QueryBuilder::new(
+        "select p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version, \
+         p.created_at, p.updated_at from (select id from products where archived_at is null \
+         and (select order_version from product_counts) = ",
+    );
+    qb.push_bind(version).push(" and ").push(after_anchor(f.sort)).push_bind(anchor).push(")");
+    qb.push(" order by ").push(order_by(f.sort)).push(" limit ").push_bind(f.limit);
+    qb.push(" offset ").push_bind(f.offset - rank);
+    qb.push(") page join products p using (id) order by ").push(order_by_joined(f.sort));
+    qb
 }
 
 pub async fn find_live(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<ProductRow>> {
@@ -117,17 +184,33 @@ pub async fn update(
     expected_versions: Option<&[i32]>,
     c: &ProductChanges,
 ) -> sqlx::Result<Option<ProductRow>> {
+    // A change of stock is recorded in `stock_adjustments` by the same statement; the
+    // row lock of `before` makes its previous stock the one this update replaces.
     sqlx::query_as!(
         ProductRow,
-        "update products set
-             sku         = coalesce($3, sku),
-             name        = coalesce($4, name),
-             description = case when $5 then $6 else description end,
-             price_cents = coalesce($7, price_cents),
-             stock       = coalesce($8, stock),
-             version     = version + 1
-         where id = $1 and archived_at is null and ($2::int[] is null or version = any($2))
-         returning id, sku, name, description, price_cents, stock, version, created_at, updated_at",
+        r#"with before as (
+               select id, stock from products
+               where id = $1 and archived_at is null and ($2::int[] is null or version = any($2))
+               for update
+           ), updated as (
+               update products p set
+                   sku         = coalesce($3, p.sku),
+                   name        = coalesce($4, p.name),
+                   description = case when $5 then $6 else p.description end,
+                   price_cents = coalesce($7, p.price_cents),
+                   stock       = coalesce($8, p.stock),
+                   version     = p.version + 1
+               from before where p.id = before.id
+               returning p.id, p.sku, p.name, p.description, p.price_cents, p.stock, p.version,
+                         p.created_at, p.updated_at, before.stock as previous_stock
+           ), adjusted as (
+               insert into stock_adjustments (product_id, delta, reason)
+               select id, stock - previous_stock, 'adjust' from updated where stock <> previous_stock
+           )
+           select id as "id!", sku as "sku!", name as "name!", description, price_cents as "price_cents!",
+                  stock as "stock!", version as "version!", created_at as "created_at!",
+                  updated_at as "updated_at!"
+           from updated"#,
         id,
         expected_versions,
         c.sku,
@@ -252,29 +335,61 @@ pub fn page_query(f: &ListQuery, few_matches: bool, prefix: &str) -> QueryBuilde
 
 /// One page of live products and the total of the filtered set: exact, except that a
 /// search stops counting past [`SEARCH_TOTAL_CAP`] (`capped` is then `true`, `total` the
-/// cap, and pages past it are empty).
-pub async fn list(pool: &PgPool, mut f: ListQuery) -> sqlx::Result<ListPage> {
-    let (total, capped) = match total_query(&f, "") {
+/// cap, and pages past it are empty). An unfiltered page starts from `anchors` when they
+/// are of its sort and of the current order version (else it walks from the first row).
+pub async fn list(
+    conn: &mut PgConnection,
+    f: &ListQuery,
+    anchors: Option<&AnchorSet>,
+) -> sqlx::Result<ListPage> {
+    let (total, capped, order_version) = match total_query(f, "") {
         Total::Counter => {
-            let counts = sqlx::query!("select live, in_stock from product_counts").fetch_one(pool).await?;
+            let counts = sqlx::query!("select live, in_stock, order_version from product_counts")
+                .fetch_one(&mut *conn)
+                .await?;
             let total = match f.in_stock {
                 None => counts.live,
                 Some(true) => counts.in_stock,
                 Some(false) => counts.live - counts.in_stock,
             };
-            (total, false)
+            (total, false, Some(counts.order_version))
         }
-        Total::Exact(mut qb) => (qb.build_query_scalar::<i64>().fetch_one(pool).await?, false),
+        Total::Exact(mut qb) => (qb.build_query_scalar::<i64>().fetch_one(&mut *conn).await?, false, None),
         Total::Capped(mut qb) => {
-            let n = qb.build_query_scalar::<i64>().fetch_one(pool).await?;
-            (n.min(SEARCH_TOTAL_CAP), n > SEARCH_TOTAL_CAP)
+            let n = qb.build_query_scalar::<i64>().fetch_one(&mut *conn).await?;
+            (n.min(SEARCH_TOTAL_CAP), n > SEARCH_TOTAL_CAP, None)
         }
     };
+    let page = |rows, anchored| ListPage { rows, total, capped, order_version, anchored };
     if total == 0 || f.offset >= total {
-        return Ok(ListPage { rows: Vec::new(), total, capped });
+        return Ok(page(Vec::new(), false));
+    }
+    if let Some(set) = anchors
+        && unfiltered(f)
+        && set.sort == f.sort
+        && Some(set.version) == order_version
+    {
+        let k = (f.offset / ANCHOR_EVERY).min(set.ids.len() as i64);
+        if k >= 1 {
+            let rank = k * ANCHOR_EVERY;
+            let rows = anchored_page_query(f, set.ids[k as usize - 1], rank, set.version)
+                .build_query_as::<ProductRow>()
+                .fetch_all(&mut *conn)
+                .await?;
+            // Empty: the order changed since the total was read; walk instead.
+            if !rows.is_empty() {
+                return Ok(page(rows, true));
+            }
+        }
     }
     // A capped search's last page ends at the cap.
-    f.limit = f.limit.min(total - f.offset);
-    let rows = page_query(&f, !capped, "").build_query_as::<ProductRow>().fetch_all(pool).await?;
-    Ok(ListPage { rows, total, capped })
+    let shortened;
+    let f = if total - f.offset < f.limit {
+        shortened = ListQuery { limit: total - f.offset, ..f.clone() };
+        &shortened
+    } else {
+        f
+    };
+    let rows = page_query(f, !capped, "").build_query_as::<ProductRow>().fetch_all(&mut *conn).await?;
+    Ok(page(rows, false))
 }

@@ -1,0 +1,113 @@
+//! `storefront check`: the data invariants that must hold whatever crashed, restarted
+//! or ran twice (SPEC §1, §6, §7; issue 12). Each is one read-only query that returns the
+//! rows breaking it; none may return any.
+
+use sqlx::PgPool;
+
+/// One invariant and what breaks it.
+pub struct Invariant {
+    pub name: &'static str,
+    /// The promise, in one line.
+    pub promise: &'static str,
+    /// Selects one text description per violation (at most [`SAMPLE`] of them are read).
+    sql: &'static str,
+}
+
+/// How many violations of one invariant are listed.
+pub const SAMPLE: i64 = 5;
+
+/// What one invariant's query found.
+pub struct Finding {
+    pub invariant: &'static Invariant,
+    /// Violations, counted in full.
+    pub count: i64,
+    /// Up to [`SAMPLE`] of them, described.
+    pub sample: Vec<String>,
+}
+
+pub static INVARIANTS: &[Invariant] = &[
+    Invariant {
+        name: "stock-conserved",
+        promise: "every product holds its initial stock plus staff adjustments minus the units of orders not cancelled",
+        sql: "with adjusted as (
+                  select product_id, sum(delta) as units from stock_adjustments group by product_id
+              ), sold as (
+                  select i.product_id, sum(i.quantity) as units
+                  from order_items i join orders o on o.id = i.order_id
+                  where o.status <> 'cancelled'
+                  group by i.product_id
+              )
+              select format('product %s: stock %s, expected %s (adjustments %s, sold %s)',
+                            p.id, p.stock, coalesce(a.units, 0) - coalesce(s.units, 0),
+                            coalesce(a.units, 0), coalesce(s.units, 0))
+              from products p
+              left join adjusted a on a.product_id = p.id
+              left join sold s on s.product_id = p.id
+              where p.stock <> coalesce(a.units, 0) - coalesce(s.units, 0)",
+    },
+    Invariant {
+        name: "stock-not-negative",
+        promise: "no product has negative stock",
+        sql: "select format('product %s: stock %s', id, stock) from products where stock < 0",
+    },
+    Invariant {
+        name: "order-totals",
+        promise: "every order's total is the sum of its lines, and every line is its unit price times its quantity",
+        sql: "select format('order %s: total %s, lines sum to %s', o.id, o.total_cents, sum(i.line_total_cents))
+              from orders o join order_items i on i.order_id = o.id
+              group by o.id
+              having o.total_cents <> sum(i.line_total_cents)
+                  or bool_or(i.line_total_cents <> i.unit_price_cents * i.quantity)",
+    },
+    Invariant {
+        name: "orders-have-items",
+        promise: "no order without items",
+        sql: "select format('order %s has no items', o.id) from orders o
+              where not exists (select 1 from order_items i where i.order_id = o.id)",
+    },
+    Invariant {
+        name: "outbox-drained",
+        promise: "every outbox row older than a minute was handed to its queue",
+        sql: "select format('outbox %s (%s/%s) unsent since %s, %s attempts, last error: %s',
+                            id, queue, kind, created_at, attempts, coalesce(last_error, 'none'))
+              from outbox where sent_at is null and created_at < now() - interval '1 minute'",
+    },
+    Invariant {
+        name: "scheduled-slots-once",
+        promise: "no scheduled task ran twice for one slot",
+        sql: "select format('%s at %s ran %s times', task, slot, count(*))
+              from scheduled_runs group by task, slot having count(*) > 1",
+    },
+    Invariant {
+        name: "idempotency-keys-single-order",
+        promise: "no Idempotency-Key placed two orders within its 24 h replay window, and every stored 201 answer names the order placed with its key",
+        sql: "select format('user %s, key %s: orders %s and %s', a.user_id, a.idempotency_key, a.id, b.id)
+              from orders a
+              join orders b on b.user_id = a.user_id and b.idempotency_key = a.idempotency_key and b.id > a.id
+              where b.created_at between a.created_at - interval '24 hours' and a.created_at + interval '24 hours'
+              union all
+              select format('user %s, key %s: the stored answer names order %s, placed with %s',
+                            k.user_id, k.key, k.response_body #>> '{data,id}',
+                            coalesce(o.idempotency_key, 'no key or no such order'))
+              from idempotency_keys k
+              left join orders o on o.id::text = k.response_body #>> '{data,id}'
+              where k.response_status = 201
+                and (o.id is null or o.user_id <> k.user_id or o.idempotency_key is distinct from k.key)",
+    },
+];
+
+/// Runs every invariant's query (read-only, one at a time).
+pub async fn check(db: &PgPool) -> sqlx::Result<Vec<Finding>> {
+    let mut findings = Vec::with_capacity(INVARIANTS.len());
+    for invariant in INVARIANTS {
+        let counted =
+            format!("select count(*) over (), v from ({}) as violations(v) limit {SAMPLE}", invariant.sql);
+        let rows: Vec<(i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(counted)).fetch_all(db).await?;
+        findings.push(Finding {
+            invariant,
+            count: rows.first().map_or(0, |r| r.0),
+            sample: rows.into_iter().map(|r| r.1).collect(),
+        });
+    }
+    Ok(findings)
+}
