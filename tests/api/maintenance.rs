@@ -183,3 +183,32 @@ async fn cleanup_of_many_rotated_sessions_finishes_within_the_statement_timeout(
     assert_eq!(count(&app, "select count(*) from sessions where user_id = (select id from users where email = 'ann@example.com')").await, 1, "the live login stays");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
 }
+
+#[sqlx::test]
+async fn two_schedulers_every_second_run_each_tick_once(pool: PgPool) {
+    use storefront::features::maintenance;
+    let app = TestApp::spawn(pool).await;
+    let mut settings = (*app.state.config).clone();
+    settings.schedule_cleanup = "* * * * * *".to_owned();
+    settings.schedule_analytics = "* * * * * *".to_owned();
+    // Two processes' schedulers on one database.
+    let first = maintenance::start(app.state.db.clone(), app.state.queues.clone(), &settings).await.unwrap();
+    let second = maintenance::start(app.state.db.clone(), app.state.queues.clone(), &settings).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    for mut s in [first, second] {
+        s.shutdown().await.unwrap();
+    }
+    for task in ["cleanup", "analytics"] {
+        let slots: Vec<chrono::DateTime<Utc>> =
+            sqlx::query_scalar("select slot from scheduled_runs where task = $1 order by slot")
+                .bind(task)
+                .fetch_all(&app.state.db)
+                .await
+                .unwrap();
+        // A slot per tick (about 4 in 4.5 s; a tick may be skipped on a starved machine),
+        // each a whole second. Both schedulers fired for every tick; the slots are unique.
+        assert!((2..=5).contains(&slots.len()), "{task}: {slots:?}");
+        assert!(slots.iter().all(|s| s.timestamp_subsec_nanos() == 0), "{task}: {slots:?}");
+        assert!(slots.windows(2).all(|w| w[1] - w[0] >= TimeDelta::seconds(1)), "{task}: {slots:?}");
+    }
+}

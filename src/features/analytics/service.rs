@@ -36,15 +36,16 @@ pub async fn hourly(
     Ok(repository::hours(db, from, to).await?.into_iter().map(Into::into).collect())
 }
 
-/// Hourly: (re)computes the last 24 complete hours before `slot`, once per slot across
-/// instances. Recomputing a day's worth keeps late cancellations and a missed run from
-/// leaving holes. Returns the hours written, `None` when another run had the slot.
+/// Hourly: (re)computes the last 24 complete hours before the hour `slot` falls in, once
+/// per slot across instances. Recomputing a day's worth keeps late cancellations and a
+/// missed run from leaving holes. Returns the hours written, `None` when another run had
+/// the slot.
 pub async fn rollup(pool: &PgPool, slot: DateTime<Utc>) -> sqlx::Result<Option<u64>> {
     let started = Instant::now();
     let Some(mut tx) = schedule::claim(pool, "analytics", slot).await? else {
         return Ok(None);
     };
-    let hours = repository::rollup_day_before(&mut *tx, slot).await?;
+    let hours = repository::rollup_day_before(&mut *tx, schedule::slot(slot, TimeDelta::hours(1))).await?;
     tx.commit().await?;
     tracing::info!(
         task = "analytics",

@@ -8,7 +8,7 @@ pub mod tasks;
 
 use std::sync::Arc;
 
-use chrono::{TimeDelta, Utc};
+use chrono::Utc;
 use sqlx::PgPool;
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -22,11 +22,16 @@ pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow:
     let scheduler = JobScheduler::new().await?;
     let db = pool.clone();
     let config = Arc::new(settings.clone());
+    // A run's slot is the tick it fired for (see `schedule::tick`), so any schedule, one
+    // every few seconds included, runs each tick once across the processes.
+    let cleanup_tick = Arc::new(schedule::parse(&settings.schedule_cleanup)?);
+    let analytics_tick = Arc::new(schedule::parse(&settings.schedule_analytics)?);
     scheduler
         .add(Job::new_async(settings.schedule_cleanup.as_str(), move |_, _| {
-            let (db, queues, config) = (db.clone(), queues.clone(), config.clone());
+            let (db, queues, config, cleanup_tick) =
+                (db.clone(), queues.clone(), config.clone(), cleanup_tick.clone());
             Box::pin(async move {
-                let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
+                let slot = schedule::tick(&cleanup_tick, Utc::now());
                 if let Err(e) = tasks::cleanup(&db, &queues, &config, slot).await {
                     tracing::error!(task = "cleanup", error = %e, "scheduled task failed");
                 }
@@ -36,9 +41,9 @@ pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow:
     let db = pool;
     scheduler
         .add(Job::new_async(settings.schedule_analytics.as_str(), move |_, _| {
-            let db = db.clone();
+            let (db, analytics_tick) = (db.clone(), analytics_tick.clone());
             Box::pin(async move {
-                let slot = schedule::slot(Utc::now(), TimeDelta::hours(1));
+                let slot = schedule::tick(&analytics_tick, Utc::now());
                 if let Err(e) = analytics::rollup(&db, slot).await {
                     tracing::error!(task = "analytics", error = %e, "scheduled task failed");
                 }
