@@ -39,6 +39,23 @@ impl Default for PasswordHasher {
     }
 }
 
+/// Puts the calling thread below the async executor's threads (nice 10): in a login storm
+/// the hashes get the CPU the executor leaves over instead of an equal share, so every
+/// other request keeps its latency while logins still use every idle cycle.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments (on Linux,
+    // PRIO_PROCESS with a thread id sets that thread's nice value). Raising one's own nice
+    // value needs no privilege.
+    let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) } != 0;
+    if failed {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower a hashing thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
 fn params() -> Params {
     Params::new(M_COST_KIB, T_COST, 1, Some(OUTPUT_LEN)).expect("valid argon2 parameters")
 }
@@ -54,6 +71,7 @@ impl PasswordHasher {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
+                    lower_priority();
                     // Allocated by the first hash, then reused by every hash this thread
                     // runs (an idle process never pays for it).
                     let mut blocks = Vec::new();
@@ -165,6 +183,33 @@ fn verify_with(blocks: &mut Vec<Block>, password: &[u8], phc: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nice values of this process's threads named `argon2-*` (from /proc).
+    #[cfg(target_os = "linux")]
+    fn hashing_thread_nice_values() -> Vec<i64> {
+        let mut nice = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("argon2-") {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+                // Fields after the parenthesised name: state is field 3, nice field 19.
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                nice.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
+            }
+        }
+        nice
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_threads_run_below_the_executor() {
+        let before = hashing_thread_nice_values().len();
+        let hasher = PasswordHasher::new();
+        hasher.hash("a password to hash").await.unwrap();
+        let nice = hashing_thread_nice_values();
+        assert!(nice.len() >= before + hasher.threads(), "{nice:?}");
+        assert!(nice.iter().filter(|n| **n == 10).count() >= hasher.threads(), "{nice:?}");
+    }
 
     #[tokio::test]
     async fn hashes_verify_and_wrong_passwords_do_not() {
