@@ -1,7 +1,26 @@
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
-    let code = storefront::cli::run(storefront::cli::Cli::parse()).await;
+fn main() {
+    fixed_mmap_threshold();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
+    let code = runtime.block_on(storefront::cli::run(storefront::cli::Cli::parse()));
     std::process::exit(code);
 }
+
+/// Allocations of 4 MiB and more (the password hashers' 19 MiB argon2 blocks) always get
+/// their own mapping, returned to the system when freed. glibc otherwise raises its
+/// threshold to the size of the last such block freed and serves the next ones from an
+/// arena, where freed memory stays resident: a hashing thread that drops its blocks after
+/// a login storm would not make the process smaller.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn fixed_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread
+    // exists. A zero return (refused) leaves glibc's default behaviour.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fixed_mmap_threshold() {}

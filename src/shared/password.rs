@@ -2,13 +2,14 @@
 //! p = 1), PHC strings.
 //!
 //! A hash is CPU-bound for tens of milliseconds and needs 19 MiB of working memory. It runs
-//! on a fixed set of hashing threads, one per CPU, each owning its argon2 memory blocks
-//! for its whole life: a login storm queues here instead of starving the async executor,
-//! at most one hash per CPU runs at once, and the memory is bounded by CPUs × 19 MiB (the
+//! on a fixed set of hashing threads, one per CPU and below the executor's priority, each
+//! reusing its argon2 memory blocks until it has been idle for 2 s: a login storm queues
+//! here instead of starving the async executor, at most one hash per CPU runs at once, and
+//! the memory is bounded by CPUs × 19 MiB while hashing and zero when idle (the
 //! blocking pool allocated it afresh on whichever of its many threads ran the hash, and
 //! glibc's per-thread arenas kept it: 411 MB after a login flood).
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::Arc;
 
 use anyhow::Context;
 use argon2::{
@@ -24,11 +25,14 @@ const OUTPUT_LEN: usize = 32;
 
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
+/// How long an idle hashing thread keeps its 19 MiB of argon2 memory.
+const KEEP_BLOCKS_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Cheap to clone; clones share the hashing threads and the dummy hash. The threads end
 /// when the last clone is dropped.
 #[derive(Clone)]
 pub struct PasswordHasher {
-    jobs: mpsc::Sender<Job>,
+    jobs: flume::Sender<Job>,
     threads: usize,
     dummy_hash: Arc<OnceCell<String>>,
 }
@@ -64,8 +68,7 @@ impl PasswordHasher {
     /// One hashing thread per CPU: more concurrent hashes would only thrash.
     pub fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let (jobs, queue) = flume::unbounded::<Job>();
         for i in 0..threads {
             let queue = queue.clone();
             std::thread::Builder::new()
@@ -73,16 +76,14 @@ impl PasswordHasher {
                 .spawn(move || {
                     lower_priority();
                     // Allocated by the first hash, then reused by every hash this thread
-                    // runs (an idle process never pays for it).
+                    // runs until it has been idle for `KEEP_BLOCKS_IDLE`: a login storm
+                    // pays for the allocation once, and a quiet process holds none.
                     let mut blocks = Vec::new();
                     loop {
-                        let job = match queue.lock() {
-                            Ok(queue) => queue.recv(),
-                            Err(_) => return,
-                        };
-                        match job {
+                        match queue.recv_timeout(KEEP_BLOCKS_IDLE) {
                             Ok(job) => job(&mut blocks),
-                            Err(_) => return, // every hasher clone is gone
+                            Err(flume::RecvTimeoutError::Timeout) => blocks = Vec::new(),
+                            Err(flume::RecvTimeoutError::Disconnected) => return, // every clone is gone
                         }
                     }
                 })
@@ -198,6 +199,36 @@ mod tests {
             }
         }
         nice
+    }
+
+    #[cfg(target_os = "linux")]
+    fn resident_mib() -> f64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .parse()
+            .unwrap();
+        kib / 1024.0
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_idle_hashing_thread_gives_its_memory_back() {
+        let hasher = PasswordHasher::new();
+        let before = resident_mib();
+        hasher.hash("a password to hash").await.unwrap();
+        let busy = resident_mib();
+        assert!(busy - before > 15.0, "the 19 MiB blocks are in use: {before:.1} -> {busy:.1} MiB");
+        tokio::time::sleep(KEEP_BLOCKS_IDLE + std::time::Duration::from_millis(700)).await;
+        let idle = resident_mib();
+        assert!(busy - idle > 15.0, "given back after {KEEP_BLOCKS_IDLE:?} idle: {busy:.1} -> {idle:.1} MiB");
+        // And a later hash allocates them again.
+        hasher.hash("another one").await.unwrap();
+        assert!(resident_mib() - idle > 15.0);
     }
 
     #[cfg(target_os = "linux")]
