@@ -444,7 +444,7 @@ impl Settings {
         for (name, expression) in
             [("SCHEDULE_CLEANUP", &self.schedule_cleanup), ("SCHEDULE_ANALYTICS", &self.schedule_analytics)]
         {
-            if tokio_cron_scheduler::Job::new(expression.as_str(), |_, _| {}).is_err() {
+            if super::schedule::parse(expression).is_err() {
                 p.push(format!(
                     "{name}: `{expression}` is not a cron expression (seconds first, e.g. 0 0 2 * * *)"
                 ));
