@@ -27,6 +27,7 @@ use crate::{
         metrics::Metrics,
         middleware::rate_limit::RateLimiter,
         password::PasswordHasher,
+        pipeline::{Pipeline, PipelineOptions},
         read_pool::{ReadPool, ReadPoolOptions},
         redis::Redis,
     },
@@ -123,7 +124,18 @@ impl AppState {
                 max_lifetime: READ_POOL_MAX_LIFETIME,
             },
         );
-        let products = ProductService::new(db.clone(), reads.clone(), &config.currency);
+        let pipeline = (config.db_pipeline_connections > 0).then(|| {
+            Pipeline::new(
+                &db,
+                PipelineOptions {
+                    connections: config.db_pipeline_connections,
+                    connect_timeout: config.db_acquire_timeout,
+                    statement_timeout: config.db_statement_timeout,
+                    slow_threshold: config.db_slow_query_threshold,
+                },
+            )
+        });
+        let products = ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);

@@ -69,6 +69,9 @@ settings! {
     db_pool_max: u32 = 10,
     /// Connections of the read pool (product reads, which skip sqlx's release ping).
     db_read_pool_max: u32 = 8,
+    /// Connections shared by every request for pipelined product reads (0: those reads
+    /// use the read pool instead).
+    db_pipeline_connections: u32 = 2,
     db_acquire_timeout: Duration = "5s",
     db_idle_timeout: Duration = "10m",
     db_statement_timeout: Duration = "10s",
@@ -345,6 +348,9 @@ impl Settings {
         if self.db_read_pool_max == 0 {
             p.push("DB_READ_POOL_MAX: must be at least 1".to_owned());
         }
+        if self.db_pipeline_connections > 0 && has_client_certificate(self.database_url.expose_secret()) {
+            p.push(format!("DATABASE_URL: {}", crate::shared::pipeline::CLIENT_CERTIFICATE));
+        }
         if self.db_pool_max == 0 {
             p.push("DB_POOL_MAX: must be at least 1".to_owned());
         }
@@ -477,6 +483,13 @@ fn check_database_url(url: &str) -> Result<(), String> {
         .map_err(|_| "is not a valid PostgreSQL connection URL".to_owned())
 }
 
+/// Whether the URL (or PGSSLCERT/PGSSLKEY) names a TLS client certificate.
+fn has_client_certificate(url: &str) -> bool {
+    use sqlx::ConnectOptions;
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .is_ok_and(|o| o.to_url_lossy().query_pairs().any(|(k, _)| k == "sslcert" || k == "sslkey"))
+}
+
 fn is_http_url(s: &str) -> bool {
     let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace))
@@ -536,6 +549,15 @@ mod tests {
         assert!(all.contains("DB_POOL_MIN (20) must not exceed DB_POOL_MAX (5)"), "{all}");
         assert!(all.contains("PORT"), "{all}");
         assert_eq!(err.0.len(), 4, "{all}");
+    }
+
+    #[test]
+    fn pipelined_reads_refuse_a_client_certificate() {
+        let url = "postgres://u:p@db.internal/app?sslmode=verify-full&sslcert=/c.pem&sslkey=/k.pem";
+        let err = with(&[("database_url", url)]).unwrap_err();
+        assert!(err.0.iter().any(|p| p.contains("DB_PIPELINE_CONNECTIONS=0")), "{:?}", err.0);
+        assert!(with(&[("database_url", url), ("db_pipeline_connections", "0")]).is_ok());
+        assert!(with(&[("database_url", "postgres://u:p@db.internal/app?sslmode=verify-full")]).is_ok());
     }
 
     #[test]

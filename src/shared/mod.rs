@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod outbox;
 pub mod password;
+pub mod pipeline;
 pub mod read_pool;
 pub mod redis;
 pub mod response;

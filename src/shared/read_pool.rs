@@ -74,16 +74,7 @@ impl ReadPool {
             main: main.clone(),
             idle: Mutex::new(Vec::new()),
         }));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let closing = main.close_event();
-            let weak: Weak<Inner> = Arc::downgrade(&pool.0);
-            runtime.spawn(async move {
-                closing.await;
-                if let Some(inner) = weak.upgrade() {
-                    ReadPool(inner).close_idle();
-                }
-            });
-        }
+        close_with(main, &pool.0, |inner| ReadPool(inner).close_idle());
         pool
     }
 
@@ -159,6 +150,21 @@ impl ReadPool {
     fn close_idle(&self) {
         let idle = std::mem::take(&mut *self.0.idle.lock().unwrap_or_else(PoisonError::into_inner));
         idle.into_iter().for_each(|c| close_politely(c.conn));
+    }
+}
+
+/// Runs `close` on `target` when `main` closes (at shutdown), unless `target` is gone by
+/// then. Outside a runtime (nothing to close yet) it does nothing.
+pub(crate) fn close_with<T: Send + Sync + 'static>(main: &PgPool, target: &Arc<T>, close: fn(Arc<T>)) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let closing = main.close_event();
+        let weak: Weak<T> = Arc::downgrade(target);
+        runtime.spawn(async move {
+            closing.await;
+            if let Some(target) = weak.upgrade() {
+                close(target);
+            }
+        });
     }
 }
 

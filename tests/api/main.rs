@@ -13,6 +13,7 @@ mod jobs;
 mod mail;
 mod maintenance;
 mod orders;
+mod pipeline;
 mod products;
 mod rate_limit;
 mod read_pool;

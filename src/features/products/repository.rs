@@ -12,6 +12,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::shared::pipeline::{Pipeline, PipelineError};
+
 use super::domain::ProductSort;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -157,6 +159,24 @@ pub async fn find_live(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option
     )
     .fetch_optional(db)
     .await
+}
+
+/// [`find_live`] through the shared, pipelined connections.
+pub async fn find_live_pipelined(pipeline: &Pipeline, id: Uuid) -> Result<Option<ProductRow>, PipelineError> {
+    const SQL: &str = "select id, sku, name, description, price_cents, stock, version, created_at, updated_at
+         from products where id = $1 and archived_at is null";
+    let Some(row) = pipeline.query_opt(SQL, &[&id]).await? else { return Ok(None) };
+    Ok(Some(ProductRow {
+        id: row.try_get(0)?,
+        sku: row.try_get(1)?,
+        name: row.try_get(2)?,
+        description: row.try_get(3)?,
+        price_cents: row.try_get(4)?,
+        stock: row.try_get(5)?,
+        version: row.try_get(6)?,
+        created_at: row.try_get(7)?,
+        updated_at: row.try_get(8)?,
+    }))
 }
 
 /// Inserts a product; a taken SKU violates `products_sku_key`.

@@ -20,6 +20,7 @@ use super::{
 use crate::shared::{
     db::contains_pattern,
     error::{AppError, AppResult},
+    pipeline::Pipeline,
     read_pool::ReadPool,
     response::PageParams,
 };
@@ -33,6 +34,8 @@ pub struct ProductService {
     db: PgPool,
     /// For the public reads (a product, a page): no release ping.
     reads: ReadPool,
+    /// For a product by id, when configured: shared connections that pipeline reads.
+    pipeline: Option<Pipeline>,
     currency: Arc<str>,
     anchors: Arc<PageAnchors>,
 }
@@ -92,8 +95,8 @@ fn sku_conflict(e: sqlx::Error) -> AppError {
 }
 
 impl ProductService {
-    pub fn new(db: PgPool, reads: ReadPool, currency: &str) -> Self {
-        Self { db, reads, currency: Arc::from(currency), anchors: Arc::default() }
+    pub fn new(db: PgPool, reads: ReadPool, pipeline: Option<Pipeline>, currency: &str) -> Self {
+        Self { db, reads, pipeline, currency: Arc::from(currency), anchors: Arc::default() }
     }
 
     /// The deployment's currency, which every price is in.
@@ -141,10 +144,11 @@ impl ProductService {
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {
-        self.reads
-            .read(&|conn| Box::pin(repository::find_live(conn, id)))
-            .await?
-            .ok_or_else(|| AppError::not_found("product"))
+        let found = match &self.pipeline {
+            Some(pipeline) => repository::find_live_pipelined(pipeline, id).await?,
+            None => self.reads.read(&|conn| Box::pin(repository::find_live(conn, id))).await?,
+        };
+        found.ok_or_else(|| AppError::not_found("product"))
     }
 
     #[tracing::instrument(skip_all)]

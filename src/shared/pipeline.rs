@@ -1,0 +1,489 @@
+//! Pipelined reads: a few connections that every request shares, for the single-statement
+//! read that is hottest (a product by id).
+//!
+//! sqlx runs one statement per connection at a time, so each read pays a round trip of
+//! its own: a write to Postgres, a wake-up of its backend, a flush and a wake-up of ours.
+//! tokio-postgres sends a statement without waiting for the answers to those before it
+//! on the same connection, so under load the reads of many requests travel together:
+//! one write, one backend wake-up and one flush carry several of them. Postgres still
+//! runs them one after another, each its own implicit transaction, so nothing about
+//! their results changes.
+//!
+//! A connection is opened on first use with the options of the sqlx pool (host, user,
+//! password, database, TLS mode and root certificate, statement timeout), so tests that
+//! give the state a pool of their own database read that database. A connection that is
+//! lost is replaced on the next read; a read that found its connection lost is run once
+//! more on a new one (only statements that change nothing go through here). A statement
+//! that gets no answer within the statement timeout plus the acquire timeout closes its
+//! connection, so a half-open connection cannot hold reads forever.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use sqlx::{ConnectOptions, postgres::PgPool, postgres::PgSslMode};
+use tokio_postgres::{Client, NoTls, Row, Statement, error::SqlState, types::ToSql};
+
+use super::{
+    error::{AppError, DB_UNAVAILABLE},
+    read_pool::close_with,
+};
+
+/// Why a database URL with a client certificate cannot be used with pipelined reads.
+pub const CLIENT_CERTIFICATE: &str = "client certificates (sslcert, sslkey) are not supported by pipelined reads; set DB_PIPELINE_CONNECTIONS=0";
+
+/// Bounds of a [`Pipeline`].
+#[derive(Clone, Debug)]
+pub struct PipelineOptions {
+    /// Connections shared by every read (at least 1).
+    pub connections: u32,
+    /// Longest a connect (TCP, TLS, start-up) may take.
+    pub connect_timeout: Duration,
+    /// The server-side statement timeout the pool's connections also have.
+    pub statement_timeout: Duration,
+    /// Statements slower than this are logged at warn level, as sqlx logs its own.
+    pub slow_threshold: Duration,
+}
+
+/// Why a pipelined read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("connecting to the database timed out")]
+    ConnectTimedOut,
+    #[error("the database did not answer in time; the connection was closed")]
+    NoAnswer,
+    #[error("the application is shutting down")]
+    Closed,
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+impl From<PipelineError> for AppError {
+    fn from(e: PipelineError) -> Self {
+        let unavailable = || Self::ServiceUnavailable(DB_UNAVAILABLE.to_owned());
+        match e {
+            PipelineError::Postgres(pg) => match pg.code() {
+                // The same classes the sqlx mapping treats as the database's state, not
+                // the request's fault.
+                Some(c)
+                    if [
+                        SqlState::QUERY_CANCELED,
+                        SqlState::ADMIN_SHUTDOWN,
+                        SqlState::CRASH_SHUTDOWN,
+                        SqlState::CANNOT_CONNECT_NOW,
+                        SqlState::TOO_MANY_CONNECTIONS,
+                    ]
+                    .contains(c) =>
+                {
+                    tracing::warn!(error = %pg, "database unavailable or too slow");
+                    Self::ServiceUnavailable("the database is unavailable or too slow, try again".to_owned())
+                }
+                Some(_) => Self::Internal(anyhow::Error::new(pg).context("database error")),
+                None => {
+                    tracing::warn!(error = %pg, "database connection failed");
+                    unavailable()
+                }
+            },
+            e @ (PipelineError::ConnectTimedOut | PipelineError::NoAnswer | PipelineError::Tls(_)) => {
+                tracing::warn!(error = %e, "database connection failed");
+                unavailable()
+            }
+            PipelineError::Closed => unavailable(),
+        }
+    }
+}
+
+/// The shared connections; cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline(Arc<Inner>);
+
+struct Inner {
+    config: tokio_postgres::Config,
+    tls: TlsPolicy,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+    bounds: PipelineOptions,
+    /// The pool this one closes with.
+    main: PgPool,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: Mutex<Option<Arc<Live>>>,
+    /// One connect at a time per slot, so a burst after an outage opens one connection.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+struct Live {
+    client: Client,
+    /// Prepared once per connection, by their SQL.
+    statements: Mutex<HashMap<&'static str, Statement>>,
+}
+
+#[derive(Clone, Debug)]
+enum TlsPolicy {
+    Off,
+    /// `allow`, `prefer`, `require`: encrypted when the server offers it, the
+    /// certificate not checked (what sqlx does for these modes).
+    Unverified {
+        required: bool,
+    },
+    /// `verify-ca` (`full: false`) and `verify-full`, against the web PKI roots and
+    /// `sslrootcert`.
+    Verified {
+        full: bool,
+        root_cert: Option<String>,
+    },
+    /// `sslcert`/`sslkey` given: not supported here (the config refuses it).
+    ClientCertificate,
+}
+
+impl Pipeline {
+    /// Connections to the database `main` connects to, with its options; opened on
+    /// first use. When `main` is closed (at shutdown) they are closed too and reads answer
+    /// [`PipelineError::Closed`].
+    pub fn new(main: &PgPool, bounds: PipelineOptions) -> Self {
+        let options = main.connect_options();
+        let url = options.to_url_lossy();
+        let mut config = tokio_postgres::Config::new();
+        config.user(options.get_username()).application_name("storefront");
+        match options.get_socket() {
+            Some(dir) => config.host_path(dir),
+            None => config.host(options.get_host()),
+        };
+        config.port(options.get_port()).connect_timeout(bounds.connect_timeout);
+        if let Some(password) = url.password() {
+            let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
+            config.password(decoded.as_bytes());
+        }
+        if let Some(db) = options.get_database() {
+            config.dbname(db);
+        }
+        // The pool's options string carries the statement timeout and the URL's `options`.
+        if let Some(o) = options.get_options() {
+            config.options(o);
+        }
+        let root_cert = url.query_pairs().find(|(k, _)| k == "sslrootcert").map(|(_, v)| {
+            let v = v.into_owned();
+            v.strip_prefix("file: ").map(str::to_owned).unwrap_or(v)
+        });
+        let client_cert = url.query_pairs().any(|(k, _)| k == "sslcert" || k == "sslkey");
+        let tls = match options.get_ssl_mode() {
+            _ if client_cert => TlsPolicy::ClientCertificate,
+            PgSslMode::Disable => TlsPolicy::Off,
+            PgSslMode::Allow | PgSslMode::Prefer => TlsPolicy::Unverified { required: false },
+            PgSslMode::Require => TlsPolicy::Unverified { required: true },
+            PgSslMode::VerifyCa => TlsPolicy::Verified { full: false, root_cert },
+            PgSslMode::VerifyFull => TlsPolicy::Verified { full: true, root_cert },
+        };
+        config.ssl_mode(match tls {
+            TlsPolicy::Off => tokio_postgres::config::SslMode::Disable,
+            TlsPolicy::Unverified { required: false } => tokio_postgres::config::SslMode::Prefer,
+            _ => tokio_postgres::config::SslMode::Require,
+        });
+        let slots = (0..bounds.connections.max(1)).map(|_| Slot::default()).collect();
+        let pipeline = Self(Arc::new(Inner {
+            config,
+            tls,
+            slots,
+            next: AtomicUsize::new(0),
+            bounds,
+            main: main.clone(),
+        }));
+        close_with(main, &pipeline.0, |inner| Pipeline(inner).close());
+        pipeline
+    }
+
+    /// Runs `sql` (a statement that changes nothing) with `params` and returns its row,
+    /// if any.
+    pub async fn query_opt(
+        &self,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, PipelineError> {
+        let inner = &*self.0;
+        if inner.main.is_closed() {
+            self.close();
+            return Err(PipelineError::Closed);
+        }
+        let slot = &inner.slots[inner.next.fetch_add(1, Relaxed) % inner.slots.len()];
+        let (live, reused) = self.live(slot).await?;
+        match self.run(slot, &live, sql, params).await {
+            Err(PipelineError::Postgres(e)) if reused && e.is_closed() => {
+                // The connection died while idle or under us: once more on a new one.
+                slot.forget(&live);
+                let (live, _) = self.live(slot).await?;
+                self.run(slot, &live, sql, params).await
+            }
+            other => other,
+        }
+    }
+
+    /// Connections open right now (for tests).
+    pub fn open(&self) -> usize {
+        self.0.slots.iter().filter(|s| s.current().is_some_and(|l| !l.client.is_closed())).count()
+    }
+
+    async fn run(
+        &self,
+        slot: &Slot,
+        live: &Arc<Live>,
+        sql: &'static str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, PipelineError> {
+        let bounds = &self.0.bounds;
+        let started = Instant::now();
+        let answer = tokio::time::timeout(bounds.statement_timeout + bounds.connect_timeout, async {
+            let statement = live.statement(sql).await?;
+            live.client.query_opt(&statement, params).await
+        })
+        .await;
+        let elapsed = started.elapsed();
+        if elapsed >= bounds.slow_threshold {
+            tracing::warn!(elapsed_ms = elapsed.as_millis() as u64, statement = sql, "slow statement");
+        }
+        match answer {
+            Ok(result) => Ok(result?),
+            Err(_) => {
+                slot.forget(live);
+                Err(PipelineError::NoAnswer)
+            }
+        }
+    }
+
+    /// The slot's connection, opened if there is none (`true` when it was already open).
+    async fn live(&self, slot: &Slot) -> Result<(Arc<Live>, bool), PipelineError> {
+        if let Some(live) = slot.current().filter(|l| !l.client.is_closed()) {
+            return Ok((live, true));
+        }
+        let _one = slot.connecting.lock().await;
+        if let Some(live) = slot.current().filter(|l| !l.client.is_closed()) {
+            return Ok((live, true));
+        }
+        let live = Arc::new(self.connect().await?);
+        *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
+        Ok((live, false))
+    }
+
+    async fn connect(&self) -> Result<Live, PipelineError> {
+        let inner = &*self.0;
+        let connect = async {
+            match &inner.tls {
+                TlsPolicy::ClientCertificate => Err(PipelineError::Tls(CLIENT_CERTIFICATE.to_owned())),
+                TlsPolicy::Off => {
+                    let (client, connection) = inner.config.connect(NoTls).await?;
+                    drive(connection);
+                    Ok(client)
+                }
+                policy => {
+                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(policy)?);
+                    let (client, connection) = inner.config.connect(tls).await?;
+                    drive(connection);
+                    Ok(client)
+                }
+            }
+        };
+        let client = tokio::time::timeout(inner.bounds.connect_timeout, connect)
+            .await
+            .map_err(|_| PipelineError::ConnectTimedOut)??;
+        Ok(Live { client, statements: Mutex::default() })
+    }
+
+    fn close(&self) {
+        for slot in &self.0.slots {
+            // Dropping the client ends its connection with a Terminate message.
+            slot.live.lock().unwrap_or_else(PoisonError::into_inner).take();
+        }
+    }
+}
+
+/// Runs a connection's I/O until its client is dropped or the connection fails.
+fn drive<C>(connection: C)
+where
+    C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "pipelined read connection ended");
+        }
+    });
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Live>> {
+        self.live.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Drops `live` from the slot unless another connection replaced it already.
+    fn forget(&self, live: &Arc<Live>) {
+        let mut current = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, live)) {
+            current.take();
+        }
+    }
+}
+
+impl Live {
+    async fn statement(&self, sql: &'static str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.lock().unwrap_or_else(PoisonError::into_inner).get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = self.client.prepare(sql).await?;
+        self.statements.lock().unwrap_or_else(PoisonError::into_inner).insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+}
+
+fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig, PipelineError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| PipelineError::Tls(e.to_string()))?;
+    let config = match policy {
+        TlsPolicy::ClientCertificate => return Err(PipelineError::Tls(CLIENT_CERTIFICATE.to_owned())),
+        TlsPolicy::Off | TlsPolicy::Unverified { .. } => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))
+            .with_no_client_auth(),
+        TlsPolicy::Verified { full, root_cert } => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(pem) = root_cert {
+                for cert in verify::certificates(pem)? {
+                    roots.add(cert).map_err(|e| PipelineError::Tls(format!("sslrootcert: {e}")))?;
+                }
+            }
+            let webpki =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| PipelineError::Tls(e.to_string()))?;
+            if *full {
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(verify::ChainOnly(webpki)))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    Ok(config)
+}
+
+/// Certificate verifiers for the TLS modes that do not check everything.
+mod verify {
+    use std::sync::Arc;
+
+    use rustls::{
+        CertificateError, DigitallySignedStruct, Error, SignatureScheme,
+        client::{
+            WebPkiServerVerifier,
+            danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+        },
+        crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
+        pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
+    };
+
+    use super::PipelineError;
+
+    /// The certificates of `sslrootcert`: inline PEM or the path of a PEM file.
+    pub(super) fn certificates(input: &str) -> Result<Vec<CertificateDer<'static>>, PipelineError> {
+        let bad = |e: rustls::pki_types::pem::Error| PipelineError::Tls(format!("sslrootcert: {e}"));
+        if input.trim_start().starts_with("-----BEGIN") {
+            CertificateDer::pem_slice_iter(input.as_bytes()).collect::<Result<_, _>>().map_err(bad)
+        } else {
+            CertificateDer::pem_file_iter(input).map_err(bad)?.collect::<Result<_, _>>().map_err(bad)
+        }
+    }
+
+    /// Any certificate; the handshake's signatures are still checked.
+    #[derive(Debug)]
+    pub(super) struct Unverified(pub Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for Unverified {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// The chain up to a trusted root, whatever host name the certificate names
+    /// (`verify-ca`).
+    #[derive(Debug)]
+    pub(super) struct ChainOnly(pub Arc<WebPkiServerVerifier>);
+
+    impl ServerCertVerifier for ChainOnly {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            intermediates: &[CertificateDer<'_>],
+            server_name: &ServerName<'_>,
+            ocsp_response: &[u8],
+            now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+                Err(Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls12_signature(message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            self.0.verify_tls13_signature(message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.supported_verify_schemes()
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Pipelined reads: many requests share a few connections and each gets its own answer;
+//! a lost, failed, cancelled or silent statement never leaves a connection that answers
+//! wrongly; TLS follows the pool's `sslmode`; and a product reads the same whether it
+//! comes through the pipeline or the read pool.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{
+    PgPool,
+    postgres::{PgPoolOptions, PgSslMode},
+};
+use storefront::shared::{
+    error::AppError,
+    pipeline::{Pipeline, PipelineError, PipelineOptions},
+};
+
+use crate::helpers::TestApp;
+
+fn pipeline(main: &PgPool, connections: u32) -> Pipeline {
+    Pipeline::new(
+        main,
+        PipelineOptions {
+            connections,
+            connect_timeout: Duration::from_millis(1500),
+            statement_timeout: Duration::from_millis(200),
+            slow_threshold: Duration::from_secs(5),
+        },
+    )
+}
+
+async fn backend_pid(p: &Pipeline) -> i32 {
+    p.query_opt("select pg_backend_pid()", &[]).await.expect("read").expect("a row").get(0)
+}
+
+#[sqlx::test]
+async fn concurrent_reads_share_the_connections_and_each_gets_its_own_answer(main: PgPool) {
+    let p = pipeline(&main, 2);
+    let answers = futures::future::join_all((0..200i32).map(|i| {
+        let p = p.clone();
+        async move {
+            let row = p.query_opt("select $1::int4 * 2, pg_backend_pid()", &[&i]).await.unwrap().unwrap();
+            (i, row.get::<_, i32>(0), row.get::<_, i32>(1))
+        }
+    }))
+    .await;
+    for (i, doubled, _) in &answers {
+        assert_eq!(*doubled, i * 2, "read {i} got another read's answer");
+    }
+    let pids: std::collections::HashSet<i32> = answers.iter().map(|a| a.2).collect();
+    assert!(pids.len() <= 2, "200 reads used {} connections", pids.len());
+    assert_eq!(p.open(), pids.len());
+}
+
+#[sqlx::test]
+async fn a_connection_that_died_is_replaced_without_the_caller_noticing(main: PgPool) {
+    let p = pipeline(&main, 1);
+    let first = backend_pid(&p).await;
+    let ended: bool =
+        sqlx::query_scalar("select pg_terminate_backend($1)").bind(first).fetch_one(&main).await.unwrap();
+    assert!(ended);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = backend_pid(&p).await;
+    assert_ne!(second, first, "the read ran on a new connection, without an error");
+}
+
+#[sqlx::test]
+async fn a_failed_or_cancelled_statement_leaves_the_connection_answering_rightly(main: PgPool) {
+    let p = pipeline(&main, 1);
+    let pid = backend_pid(&p).await;
+
+    let failed = p.query_opt("select 1 / $1::int4", &[&0i32]).await;
+    let Err(PipelineError::Postgres(e)) = failed else { panic!("{failed:?}") };
+    assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO));
+    // An error of the statement is the server's failure, not the database's state.
+    assert_eq!(AppError::from(PipelineError::Postgres(e)).status(), 500);
+
+    // A read dropped before its answer: the answer is discarded, not handed to the next.
+    let slow = p.query_opt("select 41 + 1 from pg_sleep(0.1)", &[]);
+    assert!(tokio::time::timeout(Duration::from_millis(20), slow).await.is_err());
+    for i in 0..20i32 {
+        let row = p.query_opt("select $1::int4, pg_backend_pid()", &[&i]).await.unwrap().unwrap();
+        assert_eq!(row.get::<_, i32>(0), i);
+        assert_eq!(row.get::<_, i32>(1), pid, "the same connection serves on");
+    }
+}
+
+#[sqlx::test]
+async fn a_statement_without_an_answer_closes_its_connection(main: PgPool) {
+    // The pool of this test sets no statement timeout, so pg_sleep outlives the
+    // pipeline's deadline (statement timeout + connect timeout = 1.7 s).
+    let p = pipeline(&main, 1);
+    let pid = backend_pid(&p).await;
+    let started = std::time::Instant::now();
+    let silent = p.query_opt("select pg_sleep(5)", &[]).await;
+    assert!(matches!(silent, Err(PipelineError::NoAnswer)), "{silent:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(AppError::from(PipelineError::NoAnswer).status(), 503);
+    assert_ne!(backend_pid(&p).await, pid, "the next read opened a new connection");
+}
+
+#[sqlx::test]
+async fn closing_the_main_pool_closes_the_pipeline(main: PgPool) {
+    let p = pipeline(&main, 2);
+    let pid = backend_pid(&p).await;
+    main.close().await;
+    let refused = p.query_opt("select 1", &[]).await;
+    assert!(matches!(refused, Err(PipelineError::Closed)), "{refused:?}");
+    assert_eq!(p.open(), 0);
+
+    let probe = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*main.connect_options()).clone())
+        .await
+        .unwrap();
+    let mut alive = true;
+    for _ in 0..50 {
+        alive = sqlx::query_scalar("select exists (select 1 from pg_stat_activity where pid = $1)")
+            .bind(pid)
+            .fetch_one(&probe)
+            .await
+            .unwrap();
+        if !alive {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive, "backend {pid} still connected");
+}
+
+#[sqlx::test]
+async fn tls_follows_the_pools_sslmode(main: PgPool) {
+    const SSL: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
+    // Whatever the server offers, the pipeline's connection is encrypted exactly when
+    // the pool's own connections are (both `prefer` here unless DATABASE_URL says else).
+    let pool_ssl: bool = sqlx::query_scalar(SSL).fetch_one(&main).await.unwrap();
+    let p = pipeline(&main, 1);
+    let row = p.query_opt(SSL, &[]).await.unwrap().unwrap();
+    assert_eq!(row.get::<_, bool>(0), pool_ssl);
+
+    let options = (*main.connect_options()).clone();
+    let plain = PgPoolOptions::new().connect_lazy_with(options.clone().ssl_mode(PgSslMode::Disable));
+    let row = pipeline(&plain, 1).query_opt(SSL, &[]).await.unwrap().unwrap();
+    assert!(!row.get::<_, bool>(0), "sslmode=disable connects in plain text");
+
+    // verify-full against the web PKI roots: a local server's certificate (or its lack
+    // of TLS) is refused, and the refusal is a 503, not a plain-text fallback.
+    let strict = PgPoolOptions::new().connect_lazy_with(options.ssl_mode(PgSslMode::VerifyFull));
+    let refused = pipeline(&strict, 1).query_opt(SSL, &[]).await;
+    let e = refused.expect_err("no certificate of a public CA here");
+    assert_eq!(AppError::from(e).status(), 503);
+}
+
+#[sqlx::test]
+async fn a_product_reads_the_same_through_the_pipeline_and_the_read_pool(main: PgPool) {
+    let piped = TestApp::spawn(main.clone()).await;
+    let pooled = TestApp::spawn_with(main, |s| s.db_pipeline_connections = 0, axum::Router::new()).await;
+    let product = piped.product().description("with a description").create().await;
+    let path = format!("/api/v1/products/{}", product.id);
+
+    let a = piped.get(&path).await;
+    let b = pooled.get(&path).await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let (a, b): (Value, Value) = (a.json().await.unwrap(), b.json().await.unwrap());
+    assert_eq!(a, b);
+    assert_eq!(a["data"]["description"], "with a description");
+
+    sqlx::query("update products set archived_at = now() where id = $1")
+        .bind(product.id)
+        .execute(&piped.state.db)
+        .await
+        .unwrap();
+    for app in [&piped, &pooled] {
+        crate::helpers::assert_error(app.get(&path).await, 404, "NOT_FOUND").await;
+    }
+}
