@@ -65,23 +65,6 @@ pub async fn lock_products(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Resul
     .await
 }
 
-/// Takes each line's quantity from its product, bumping each version. The `stock >= 0`
-/// check constraint is the last line of defence against overselling.
-pub async fn take_stock(db: impl PgExecutor<'_>, lines: &[NewOrderLine]) -> sqlx::Result<u64> {
-    let ids: Vec<Uuid> = lines.iter().map(|l| l.product_id).collect();
-    let quantities: Vec<i32> = lines.iter().map(|l| l.quantity).collect();
-    sqlx::query!(
-        "update products p set stock = p.stock - x.quantity, version = p.version + 1
-         from unnest($1::uuid[], $2::int[]) as x(id, quantity)
-         where p.id = x.id",
-        &ids,
-        &quantities
-    )
-    .execute(db)
-    .await
-    .map(|r| r.rows_affected())
-}
-
 /// Locks the products of an order's lines in id order, the order placement uses too, so a
 /// cancel and a placement over the same products cannot deadlock.
 pub async fn lock_order_products(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<()> {
@@ -121,59 +104,78 @@ pub async fn restock(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<u6
     .map(|r| r.rows_affected())
 }
 
-/// Inserts an order; `idempotency_key` is the key it is placed with (kept for `storefront
-/// check`, which proves no key placed two orders within the replay window).
-pub async fn insert_order(
-    db: impl PgExecutor<'_>,
-    user_id: Uuid,
-    total_cents: i64,
-    currency: &str,
-    address: Option<&ShippingAddress>,
-    idempotency_key: Option<&str>,
-) -> sqlx::Result<OrderRow> {
-    sqlx::query_as!(
-        OrderRow,
-        r#"insert into orders (user_id, total_cents, currency, shipping_address, idempotency_key)
-           values ($1, $2, $3, $4, $5)
-           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
-                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
-        user_id,
-        total_cents,
-        currency,
-        address.map(Json) as Option<Json<&ShippingAddress>>,
-        idempotency_key,
-    )
-    .fetch_one(db)
-    .await
+/// An order about to be written: its id is chosen here, so that the outbox row that
+/// announces it can be written by the same statement.
+pub struct NewOrder<'a> {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub total_cents: i64,
+    pub currency: &'a str,
+    pub address: Option<&'a ShippingAddress>,
+    /// The key it is placed with (kept for `storefront check`, which proves no key placed
+    /// two orders within the replay window).
+    pub idempotency_key: Option<&'a str>,
 }
 
-/// Inserts the lines of `order_id` in their order, with one `unnest` over one array per
-/// column (one round trip, whatever the number of lines).
-pub async fn insert_items(
+/// The outbox row written with an order (queue, kind, payload).
+pub struct OutboxRow<'a> {
+    pub queue: &'a str,
+    pub kind: &'a str,
+    pub payload: serde_json::Value,
+}
+
+/// Writes an order in one statement (one round trip while its products are locked):
+/// takes each line's quantity from its product, bumping each version; inserts the order
+/// and its lines in their order (one `unnest` over one array per column); inserts its
+/// outbox row. The products must be locked already ([`lock_products`]). The `stock >= 0`
+/// check constraint is the last line of defence against overselling, and the foreign
+/// keys are checked at the end of the statement, when the order exists.
+pub async fn place(
     db: impl PgExecutor<'_>,
-    order_id: Uuid,
+    order: &NewOrder<'_>,
     lines: &[NewOrderLine],
-) -> sqlx::Result<()> {
+    outbox: &OutboxRow<'_>,
+) -> sqlx::Result<OrderRow> {
     let mut columns = ItemColumns::with_capacity(lines.len());
     for (position, line) in lines.iter().enumerate() {
         columns.push(position, line);
     }
     let c = columns;
-    sqlx::query!(
-        "insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
-         select $1, * from unnest($2::uuid[], $3::smallint[], $4::text[], $5::text[], $6::bigint[], $7::int[], $8::bigint[])",
-        order_id,
+    sqlx::query_as!(
+        OrderRow,
+        r#"with stock as (
+               update products p set stock = p.stock - x.quantity, version = p.version + 1
+               from unnest($2::uuid[], $3::int[]) as x(id, quantity)
+               where p.id = x.id
+           ), items as (
+               insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
+               select $1, * from unnest($2::uuid[], $4::smallint[], $5::text[], $6::text[], $7::bigint[], $3::int[], $8::bigint[])
+           ), announced as (
+               insert into outbox (queue, kind, payload) values ($14, $15, $16)
+           )
+           insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key)
+           values ($1, $9, $10, $11, $12, $13)
+           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
+                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+        order.id,
         &c.product_ids,
+        &c.quantities,
         &c.positions,
         &c.skus as &[&str],
         &c.names as &[&str],
         &c.unit_prices,
-        &c.quantities,
         &c.line_totals,
+        order.user_id,
+        order.total_cents,
+        order.currency,
+        order.address.map(Json) as Option<Json<&ShippingAddress>>,
+        order.idempotency_key,
+        outbox.queue,
+        outbox.kind,
+        outbox.payload,
     )
-    .execute(db)
+    .fetch_one(db)
     .await
-    .map(|_| ())
 }
 
 /// [`NewOrderLine`]s turned column by column into the arrays `unnest` takes.

@@ -11,14 +11,14 @@ use uuid::Uuid;
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewOrderLine, OrderItemRow, OrderRow, StockRow},
+    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, OutboxRow, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
 use crate::shared::{
     auth::{AuthUser, Permission},
     error::{AppError, AppResult, FieldErrors},
     extract::parse_valid_value,
-    outbox::{self, Job},
+    outbox::Job,
     response::PageParams,
 };
 
@@ -153,12 +153,17 @@ impl OrderService {
             })
             .collect();
 
-        repository::take_stock(&mut *tx, &lines).await?;
-        let key = claim.map(|c| c.key.as_str());
-        let address = req.shipping_address.as_ref();
-        let order = repository::insert_order(&mut *tx, user, total, &self.currency, address, key).await?;
-        repository::insert_items(&mut *tx, order.id, &lines).await?;
-        outbox::push(&mut *tx, &Job::OrderConfirmation { order_id: order.id, user_id: user }).await?;
+        let new = NewOrder {
+            id: Uuid::new_v4(),
+            user_id: user,
+            total_cents: total,
+            currency: &self.currency,
+            address: req.shipping_address.as_ref(),
+            idempotency_key: claim.map(|c| c.key.as_str()),
+        };
+        let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
+        let announce = OutboxRow { queue: job.queue(), kind: job.kind(), payload: job.payload() };
+        let order = repository::place(&mut *tx, &new, &lines, &announce).await?;
 
         // The snapshot just written is the answer: no need to read it back.
         let response = OrderResponse::placed(order, lines);
