@@ -132,6 +132,7 @@ impl AppState {
                     connect_timeout: config.db_acquire_timeout,
                     statement_timeout: config.db_statement_timeout,
                     slow_threshold: config.db_slow_query_threshold,
+                    max_lifetime: READ_POOL_MAX_LIFETIME,
                 },
             )
         });

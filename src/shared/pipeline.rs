@@ -48,6 +48,9 @@ pub struct PipelineOptions {
     pub statement_timeout: Duration,
     /// Statements slower than this are logged at warn level, as sqlx logs its own.
     pub slow_threshold: Duration,
+    /// A connection older than this is replaced before its next read (its cached
+    /// statements with it).
+    pub max_lifetime: Duration,
 }
 
 /// Why a pipelined read failed.
@@ -63,6 +66,10 @@ pub enum PipelineError {
     Closed,
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A column did not decode into its Rust type: a bug or a schema change, not an
+    /// outage.
+    #[error("decoding a row: {0}")]
+    Decode(tokio_postgres::Error),
 }
 
 impl From<PipelineError> for AppError {
@@ -96,6 +103,7 @@ impl From<PipelineError> for AppError {
                 unavailable()
             }
             PipelineError::Closed => unavailable(),
+            PipelineError::Decode(e) => Self::Internal(anyhow::Error::new(e).context("decoding a row")),
         }
     }
 }
@@ -123,6 +131,10 @@ struct Slot {
 
 struct Live {
     client: Client,
+    /// The task that runs the connection's I/O: aborted when a statement gets no answer,
+    /// since a dropped client's connection would otherwise wait for the answers it owes.
+    io: tokio::task::AbortHandle,
+    opened: Instant,
     /// Prepared once per connection, by their SQL.
     statements: Mutex<HashMap<&'static str, Statement>>,
 }
@@ -159,6 +171,14 @@ impl Pipeline {
             None => config.host(options.get_host()),
         };
         config.port(options.get_port()).connect_timeout(bounds.connect_timeout);
+        // A peer that vanished (a NAT or load balancer dropping an idle connection) is
+        // noticed within about a minute, not after the kernel's two hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(60));
         if let Some(password) = url.password() {
             let decoded = percent_encoding::percent_decode_str(password).decode_utf8_lossy();
             config.password(decoded.as_bytes());
@@ -253,6 +273,8 @@ impl Pipeline {
             Ok(result) => Ok(result?),
             Err(_) => {
                 slot.forget(live);
+                // The socket closes now; Postgres ends the session when it next writes.
+                live.io.abort();
                 Err(PipelineError::NoAnswer)
             }
         }
@@ -260,15 +282,24 @@ impl Pipeline {
 
     /// The slot's connection, opened if there is none (`true` when it was already open).
     async fn live(&self, slot: &Slot) -> Result<(Arc<Live>, bool), PipelineError> {
-        if let Some(live) = slot.current().filter(|l| !l.client.is_closed()) {
+        let max_lifetime = self.0.bounds.max_lifetime;
+        let usable = |l: &Arc<Live>| !l.client.is_closed() && l.opened.elapsed() < max_lifetime;
+        if let Some(live) = slot.current().filter(usable) {
             return Ok((live, true));
         }
         let _one = slot.connecting.lock().await;
-        if let Some(live) = slot.current().filter(|l| !l.client.is_closed()) {
+        if let Some(live) = slot.current().filter(usable) {
             return Ok((live, true));
         }
+        // An old connection in the slot ends (with a Terminate) once its last reads are
+        // answered and dropped.
         let live = Arc::new(self.connect().await?);
         *slot.live.lock().unwrap_or_else(PoisonError::into_inner) = Some(live.clone());
+        // The pool may have closed while we connected: then nothing may stay open.
+        if self.0.main.is_closed() {
+            self.close();
+            return Err(PipelineError::Closed);
+        }
         Ok((live, false))
     }
 
@@ -279,21 +310,19 @@ impl Pipeline {
                 TlsPolicy::ClientCertificate => Err(PipelineError::Tls(CLIENT_CERTIFICATE.to_owned())),
                 TlsPolicy::Off => {
                     let (client, connection) = inner.config.connect(NoTls).await?;
-                    drive(connection);
-                    Ok(client)
+                    Ok((client, drive(connection)))
                 }
                 policy => {
                     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(policy)?);
                     let (client, connection) = inner.config.connect(tls).await?;
-                    drive(connection);
-                    Ok(client)
+                    Ok((client, drive(connection)))
                 }
             }
         };
-        let client = tokio::time::timeout(inner.bounds.connect_timeout, connect)
+        let (client, io) = tokio::time::timeout(inner.bounds.connect_timeout, connect)
             .await
             .map_err(|_| PipelineError::ConnectTimedOut)??;
-        Ok(Live { client, statements: Mutex::default() })
+        Ok(Live { client, io, opened: Instant::now(), statements: Mutex::default() })
     }
 
     fn close(&self) {
@@ -305,7 +334,7 @@ impl Pipeline {
 }
 
 /// Runs a connection's I/O until its client is dropped or the connection fails.
-fn drive<C>(connection: C)
+fn drive<C>(connection: C) -> tokio::task::AbortHandle
 where
     C: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
 {
@@ -313,7 +342,8 @@ where
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "pipelined read connection ended");
         }
-    });
+    })
+    .abort_handle()
 }
 
 impl Slot {

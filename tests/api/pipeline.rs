@@ -18,6 +18,10 @@ use storefront::shared::{
 use crate::helpers::TestApp;
 
 fn pipeline(main: &PgPool, connections: u32) -> Pipeline {
+    pipeline_with_lifetime(main, connections, Duration::from_secs(600))
+}
+
+fn pipeline_with_lifetime(main: &PgPool, connections: u32, max_lifetime: Duration) -> Pipeline {
     Pipeline::new(
         main,
         PipelineOptions {
@@ -25,6 +29,7 @@ fn pipeline(main: &PgPool, connections: u32) -> Pipeline {
             connect_timeout: Duration::from_millis(1500),
             statement_timeout: Duration::from_millis(200),
             slow_threshold: Duration::from_secs(5),
+            max_lifetime,
         },
     )
 }
@@ -83,6 +88,19 @@ async fn a_failed_or_cancelled_statement_leaves_the_connection_answering_rightly
         assert_eq!(row.get::<_, i32>(0), i);
         assert_eq!(row.get::<_, i32>(1), pid, "the same connection serves on");
     }
+}
+
+#[sqlx::test]
+async fn an_old_connection_is_replaced_and_a_decode_failure_is_a_500(main: PgPool) {
+    let p = pipeline_with_lifetime(&main, 1, Duration::from_millis(300));
+    let first = backend_pid(&p).await;
+    assert_eq!(backend_pid(&p).await, first);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_ne!(backend_pid(&p).await, first, "past its lifetime the connection was replaced");
+
+    let row = p.query_opt("select 'not a number'::text", &[]).await.unwrap().unwrap();
+    let e = row.try_get::<_, i32>(0).expect_err("text is no i32");
+    assert_eq!(AppError::from(PipelineError::Decode(e)).status(), 500);
 }
 
 #[sqlx::test]

@@ -166,7 +166,11 @@ pub async fn find_live_pipelined(pipeline: &Pipeline, id: Uuid) -> Result<Option
     const SQL: &str = "select id, sku, name, description, price_cents, stock, version, created_at, updated_at
          from products where id = $1 and archived_at is null";
     let Some(row) = pipeline.query_opt(SQL, &[&id]).await? else { return Ok(None) };
-    Ok(Some(ProductRow {
+    decode_product(&row).map(Some).map_err(PipelineError::Decode)
+}
+
+fn decode_product(row: &tokio_postgres::Row) -> Result<ProductRow, tokio_postgres::Error> {
+    Ok(ProductRow {
         id: row.try_get(0)?,
         sku: row.try_get(1)?,
         name: row.try_get(2)?,
@@ -176,7 +180,7 @@ pub async fn find_live_pipelined(pipeline: &Pipeline, id: Uuid) -> Result<Option
         version: row.try_get(6)?,
         created_at: row.try_get(7)?,
         updated_at: row.try_get(8)?,
-    }))
+    })
 }
 
 /// Inserts a product; a taken SKU violates `products_sku_key`.
