@@ -441,3 +441,50 @@ async fn deep_pages_start_from_anchors_and_match_the_walk_from_the_first_row(poo
         tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     }
 }
+
+/// `product_counts` against a count of the table, after updates of every kind: many rows
+/// in one statement, stock crossing zero both ways, archive and restore, renames; and
+/// `order_version` bumped exactly when the order of live products could change.
+#[sqlx::test]
+async fn product_counts_follow_every_kind_of_update(pool: PgPool) {
+    sqlx::query(
+        "insert into products (sku, name, price_cents, stock)
+         select 'C-' || n, 'c ' || n, n, n % 3 from generate_series(1, 30) n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    async fn state(pool: &PgPool) -> (i64, i64, i64, i64, i64) {
+        sqlx::query_as(
+            "select c.live, c.in_stock, c.order_version,
+                    (select count(*) from products where archived_at is null),
+                    (select count(*) from products where archived_at is null and stock > 0)
+             from product_counts c",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    }
+    // (statement, whether it can reorder the live products)
+    let steps = [
+        ("update products set stock = stock + 5 where stock > 0", false),
+        ("update products set stock = 0 where sku in ('C-1', 'C-2', 'C-4')", false),
+        ("update products set stock = 7 where stock = 0", false),
+        ("update products set version = version + 1", false),
+        ("update products set archived_at = now() where price_cents <= 10", true),
+        ("update products set stock = 0 where archived_at is not null", false),
+        ("update products set archived_at = null where price_cents <= 5", true),
+        ("update products set name = name || '!' where sku = 'C-20'", true),
+        ("update products set price_cents = price_cents + 1 where sku = 'C-21'", true),
+        ("update products set name = name || '?' where archived_at is not null", false),
+        ("update products set stock = stock - 1 where stock > 1", false),
+    ];
+    let (_, _, mut version, _, _) = state(&pool).await;
+    for (sql, reorders) in steps {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        let (live, in_stock, now, real_live, real_in_stock) = state(&pool).await;
+        assert_eq!((live, in_stock), (real_live, real_in_stock), "after `{sql}`");
+        assert_eq!(now > version, reorders, "order_version after `{sql}`");
+        version = now;
+    }
+}
