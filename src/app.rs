@@ -72,13 +72,14 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
 /// Serves HTTP until SIGINT/SIGTERM, then drains in-flight requests within
 /// `SHUTDOWN_TIMEOUT` and closes the pool.
 pub async fn serve(state: AppState) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let addr = state.config.bind_address();
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
     let scheduler = start_background(&state).await?;
-    run(listener, build_router(state), shutdown_signal(), drain).await?;
+    run(listener, build_router(state), signal, drain).await?;
     stop_background(scheduler).await;
     pool.close().await;
     tracing::info!("shut down cleanly");
@@ -88,6 +89,7 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
 /// `storefront worker`: the background roles only (job workers, outbox relay,
 /// scheduler), until SIGINT/SIGTERM. Run as many API instances and workers as needed.
 pub async fn work(state: AppState) -> anyhow::Result<()> {
+    let signal = shutdown_signal();
     let c = &state.config;
     if !c.scheduler_enabled && !c.relay_enabled && !c.jobs_enabled {
         tracing::warn!(
@@ -96,7 +98,7 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
     }
     let scheduler = start_background(&state).await?;
     tracing::info!("worker running");
-    shutdown_signal().await;
+    signal.await;
     stop_background(scheduler).await;
     state.db.close().await;
     tracing::info!("worker stopped");
@@ -235,23 +237,33 @@ pub async fn run(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGINT or SIGTERM. The handlers are registered when this is called, not when the
+/// future is first polled: a signal that arrives as soon as the server answers (or while
+/// the background roles start) must not meet the default action, which kills the process
+/// without draining.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut t), Ok(mut i)) => {
+                    tokio::select! {
+                        _ = t.recv() => {},
+                        _ = i.recv() => {},
+                    }
+                }
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
