@@ -23,6 +23,14 @@ pub type FieldErrors = BTreeMap<String, Vec<String>>;
 pub const DB_BUSY: &str = "the database is busy, try again";
 /// The message of a 503 for a database that cannot be reached.
 pub const DB_UNAVAILABLE: &str = "the database is unavailable, try again";
+pub const DB_SLOW_OR_UNAVAILABLE: &str = "the database is unavailable or too slow, try again";
+
+/// SQLSTATEs that mean the database is slow or unreachable, not the request wrong: 57014
+/// query_canceled (statement_timeout), 57P01..03 admin shutdown / crash / cannot connect
+/// now, 53300 too many connections. Shared by every database client's error mapping.
+pub fn is_database_unavailable(sqlstate: &str) -> bool {
+    matches!(sqlstate, "57014" | "57P01" | "57P02" | "57P03" | "53300")
+}
 
 /// On a response that failed for want of the database: the health gate probes it.
 #[derive(Debug, Clone, Copy)]
@@ -191,11 +199,9 @@ impl From<sqlx::Error> for AppError {
             // The database is slow or unreachable, not the request wrong: 57014
             // query_canceled (statement_timeout), 57P01..03 admin shutdown / cannot connect
             // now, 53300 too many connections; lost connections and a closed pool.
-            sqlx::Error::Database(d)
-                if matches!(d.code().as_deref(), Some("57014" | "57P01" | "57P02" | "57P03" | "53300")) =>
-            {
+            sqlx::Error::Database(d) if d.code().as_deref().is_some_and(is_database_unavailable) => {
                 tracing::warn!(error = %d, "database unavailable or too slow");
-                Self::ServiceUnavailable("the database is unavailable or too slow, try again".to_owned())
+                Self::ServiceUnavailable(DB_SLOW_OR_UNAVAILABLE.to_owned())
             }
             e @ (sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed

@@ -30,7 +30,7 @@ use sqlx::{ConnectOptions, postgres::PgPool, postgres::PgSslMode};
 use tokio_postgres::{Client, NoTls, Row, Statement, error::SqlState, types::ToSql};
 
 use super::{
-    error::{AppError, DB_UNAVAILABLE},
+    error::{AppError, DB_SLOW_OR_UNAVAILABLE, DB_UNAVAILABLE, is_database_unavailable},
     read_pool::close_with,
 };
 
@@ -76,21 +76,10 @@ impl From<PipelineError> for AppError {
     fn from(e: PipelineError) -> Self {
         let unavailable = || Self::ServiceUnavailable(DB_UNAVAILABLE.to_owned());
         match e {
-            PipelineError::Postgres(pg) => match pg.code() {
-                // The same classes the sqlx mapping treats as the database's state, not
-                // the request's fault.
-                Some(c)
-                    if [
-                        SqlState::QUERY_CANCELED,
-                        SqlState::ADMIN_SHUTDOWN,
-                        SqlState::CRASH_SHUTDOWN,
-                        SqlState::CANNOT_CONNECT_NOW,
-                        SqlState::TOO_MANY_CONNECTIONS,
-                    ]
-                    .contains(c) =>
-                {
+            PipelineError::Postgres(pg) => match pg.code().map(SqlState::code) {
+                Some(c) if is_database_unavailable(c) => {
                     tracing::warn!(error = %pg, "database unavailable or too slow");
-                    Self::ServiceUnavailable("the database is unavailable or too slow, try again".to_owned())
+                    Self::ServiceUnavailable(DB_SLOW_OR_UNAVAILABLE.to_owned())
                 }
                 Some(_) => Self::Internal(anyhow::Error::new(pg).context("database error")),
                 None => {
