@@ -532,7 +532,7 @@ async fn reports_bench(server: &str) -> anyhow::Result<()> {
     .await?;
     sqlx::query("analyze").execute(&state.db).await?;
     println!("reports: seeded 100 000 products and 10 000 orders in {:.1?}", started.elapsed());
-    let jobs = ReportJobs::new(state.db.clone(), "USD");
+    let jobs = ReportJobs::new(state.db.clone(), state.wakeup.clone(), "USD");
     for (kind, from) in
         [("inventory", "now() - interval '30 days'"), ("sales", "now() - interval '365 days'")]
     {

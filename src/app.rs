@@ -145,7 +145,11 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
             worker::spawn(
                 jobs::REPORTS,
                 state.queues.reports.clone(),
-                Arc::new(features::reports::ReportJobs::new(state.db.clone(), &c.currency)),
+                Arc::new(features::reports::ReportJobs::new(
+                    state.db.clone(),
+                    state.wakeup.clone(),
+                    &c.currency,
+                )),
                 // One report at a time per process: each is a long scan.
                 worker::WorkerOptions { concurrency: 1, ..worker_options(c) },
                 state.metrics.clone(),

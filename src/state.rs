@@ -26,6 +26,7 @@ use crate::{
         jobs::Queues,
         metrics::Metrics,
         middleware::rate_limit::RateLimiter,
+        outbox::Wakeup,
         password::PasswordHasher,
         pipeline::{Pipeline, PipelineOptions},
         read_pool::{ReadPool, ReadPoolOptions},
@@ -101,6 +102,8 @@ pub struct AppParts {
     pub db_health: DbHealth,
     /// Connections for the hottest reads, returned without sqlx's release ping.
     pub reads: ReadPool,
+    /// Rung by writers after committing outbox rows: it wakes the relays.
+    pub wakeup: Wakeup,
 }
 
 impl AppState {
@@ -109,11 +112,12 @@ impl AppState {
     pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
         let hasher = PasswordHasher::new();
         let tokens = Arc::new(TokenKeys::from_settings(&config));
-        let store = Arc::new(PgAuthStore { pool: db.clone() });
+        let wakeup = Wakeup::new(db.clone());
+        let store = Arc::new(PgAuthStore { pool: db.clone(), wakeup: wakeup.clone() });
         let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl)
             .with_family_max_age(config.refresh_family_max_age);
         let users = UserService::new(db.clone(), hasher.clone());
-        let resets = PasswordResetService::new(db.clone(), hasher);
+        let resets = PasswordResetService::new(db.clone(), hasher, wakeup.clone());
         // The read pool reaches the database the given pool does (tests pass their own).
         let reads = ReadPool::new(
             &db,
@@ -138,11 +142,12 @@ impl AppState {
         });
         let products = ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
-        let orders = OrderService::new(db.clone(), &config.currency, config.request_timeout * 2);
+        let orders =
+            OrderService::new(db.clone(), wakeup.clone(), &config.currency, config.request_timeout * 2);
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
         let queues = Queues::new(&redis, &config);
-        let reports = ReportService::new(db.clone());
+        let reports = ReportService::new(db.clone(), wakeup.clone());
         let db_health = DbHealth::new(&db);
         Self(Arc::new(AppParts {
             config: Arc::new(config),
@@ -160,6 +165,7 @@ impl AppState {
             reports,
             db_health,
             reads,
+            wakeup,
         }))
     }
 

@@ -1,5 +1,6 @@
 //! SPEC §7, the outbox relay: rows written by business transactions move to the Redis
-//! queues, once, woken by LISTEN/NOTIFY, and wait in Postgres while Redis is down. And
+//! queues, once, woken by LISTEN/NOTIFY sent after the writers' commits, and wait in
+//! Postgres while Redis is down. And
 //! the retention of finished jobs in Redis.
 
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use storefront::shared::{
     jobs::{QueuedJob, Queues, relay, store},
+    outbox,
     redis::Redis,
 };
 
@@ -66,11 +68,20 @@ async fn outbox_rows_move_to_their_queue_once_keyed_by_outbox_id(pool: PgPool) {
     assert!(jobs.iter().all(|j| ids.contains(&j.outbox_id)));
 }
 
+/// Waits until every outbox row is sent, for at most 3 s (far below the relays' poll).
+async fn drained(app: &TestApp, what: &str) {
+    let started = Instant::now();
+    while unsent(app).await > 0 {
+        assert!(started.elapsed() < Duration::from_secs(3), "{what}: the relay did not wake up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[sqlx::test]
-async fn a_commit_wakes_the_relay_without_waiting_for_the_poll(pool: PgPool) {
+async fn every_writer_wakes_the_relay_after_its_commit_without_waiting_for_the_poll(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    // A poll interval far beyond the test: only the notification can wake it in time.
+    // A poll interval far beyond the test: only a wake-up can move the rows in time.
     let relay = tokio::spawn(relay::run(
         app.state.db.clone(),
         app.state.queues.clone(),
@@ -78,15 +89,60 @@ async fn a_commit_wakes_the_relay_without_waiting_for_the_poll(pool: PgPool) {
         stop,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await; // LISTEN is in place
-    app.user().signed_in().await;
-    let started = Instant::now();
-    while unsent(&app).await > 0 {
-        assert!(started.elapsed() < Duration::from_secs(3), "the relay did not wake up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(queued_emails(&app).await.len(), 1);
+
+    let ann = app.user().signed_in().await;
+    drained(&app, "welcome").await;
+    let mug = app.product().stock(5).create().await;
+    let order = json!({"items": [{"productId": mug.id, "quantity": 1}]});
+    let (status, _, _) = send(app.authed(Method::POST, "/api/v1/orders", &ann.token).json(&order)).await;
+    assert_eq!(status, 201);
+    drained(&app, "order confirmation").await;
+    let res = app.post_json("/api/v1/auth/password/forgot", &json!({"email": ann.email})).await;
+    assert_eq!(res.status(), 202);
+    drained(&app, "password reset").await;
+    let admin = app.user().admin().signed_in().await;
+    let (status, _, _) =
+        send(app.authed(Method::POST, "/api/v1/reports", &admin.token).json(&json!({"type": "inventory"})))
+            .await;
+    assert_eq!(status, 202);
+    drained(&app, "report").await;
+
+    let kinds: Vec<String> = sqlx::query_scalar("select kind from outbox order by created_at")
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(kinds, ["welcome", "order-confirmation", "reset-password", "report"]);
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), relay).await.expect("relay stops").unwrap();
+}
+
+#[sqlx::test]
+async fn an_outbox_commit_notifies_no_one_and_wake_ups_coalesce(pool: PgPool) {
+    // The writer's transaction sends no NOTIFY (which would make its commit wait for
+    // every other notifying commit): a row written without a wake-up notifies no one.
+    let app = TestApp::spawn(pool).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&app.state.db).await.unwrap();
+    listener.listen(outbox::CHANNEL).await.unwrap();
+    outbox::push(&app.state.db, &outbox::Job::Welcome { user_id: uuid::Uuid::new_v4() }).await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(quiet.is_err(), "a commit notified the relays by itself");
+
+    // A burst of wake-ups becomes a notification or two, not one per commit.
+    for _ in 0..500 {
+        app.state.wakeup.committed();
+    }
+    let first = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert_eq!(first.expect("a wake-up notifies").unwrap().channel(), outbox::CHANNEL);
+    let mut more = 0;
+    while tokio::time::timeout(outbox::WAKEUP_GAP * 10, listener.recv()).await.is_ok() {
+        more += 1;
+    }
+    assert!(more <= 1, "500 wake-ups sent {} notifications", more + 1);
+
+    // And the next wake-up, after a quiet spell, notifies again.
+    app.state.wakeup.committed();
+    let again = tokio::time::timeout(Duration::from_secs(2), listener.recv()).await;
+    assert!(again.is_ok(), "a later wake-up notified no one");
 }
 
 #[sqlx::test]
@@ -162,31 +218,28 @@ async fn under_load_the_relay_polls_and_back_at_rest_it_listens_without_stalling
         stop,
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let insert = |n: i64| {
+    // Written as the services write: commit, then wake the relays.
+    let insert = async |n: i64| {
         sqlx::query(
             "insert into outbox (queue, kind, payload)
              select 'emails', 'welcome', jsonb_build_object('userId', gen_random_uuid()) from generate_series(1, $1)",
         )
         .bind(n)
         .execute(&app.state.db)
-    };
-    let drained = async |what: &str| {
-        let started = Instant::now();
-        while unsent(&app).await > 0 {
-            assert!(started.elapsed() < Duration::from_secs(3), "{what}: the relay stalled");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        .await
+        .unwrap();
+        app.state.wakeup.committed();
     };
     // A burst: a big drain switches the relay to polling.
-    insert(300).await.unwrap();
-    drained("burst").await;
+    insert(300).await;
+    drained(&app, "burst").await;
     // While polling, a single row still moves; that small drain makes it listen again.
-    insert(1).await.unwrap();
-    drained("polling").await;
+    insert(1).await;
+    drained(&app, "polling").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Listening again: a commit wakes it.
-    insert(1).await.unwrap();
-    drained("listening again").await;
+    insert(1).await;
+    drained(&app, "listening again").await;
     assert_eq!(queued_emails(&app).await.len(), 302);
     stop_tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), relay).await.expect("relay stops").unwrap();

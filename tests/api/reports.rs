@@ -265,7 +265,9 @@ async fn a_report_whose_job_dies_is_failed_with_a_reason_and_no_internals(pool: 
         payload: json!({"reportId": id}),
     };
     // What the worker calls once the last attempt failed.
-    ReportJobs::new(app.state.db.clone(), "USD").dead(&job, "database: connection reset by 10.0.0.5").await;
+    ReportJobs::new(app.state.db.clone(), app.state.wakeup.clone(), "USD")
+        .dead(&job, "database: connection reset by 10.0.0.5")
+        .await;
     let (_, _, body) = send(app.authed(Method::GET, &format!("{REPORTS}/{id}"), &admin.token)).await;
     assert_eq!(body["data"]["status"], "failed");
     let reason = body["data"]["error"].as_str().unwrap();
@@ -273,7 +275,7 @@ async fn a_report_whose_job_dies_is_failed_with_a_reason_and_no_internals(pool: 
     expect_error(app.authed(Method::GET, &format!("{REPORTS}/{id}/download"), &admin.token), 409, "CONFLICT")
         .await;
     // An admin retry of the dead job generates it after all.
-    ReportJobs::new(app.state.db.clone(), "USD").handle(&job).await.unwrap();
+    ReportJobs::new(app.state.db.clone(), app.state.wakeup.clone(), "USD").handle(&job).await.unwrap();
     let report = completed(&app, &admin, &id).await;
     assert!(report["error"].is_null());
 }

@@ -13,7 +13,7 @@ use crate::{
     shared::{
         email::Email,
         error::AppResult,
-        outbox::{self, Job},
+        outbox::{self, Job, Wakeup},
         sessions::{self, NewSession, Session},
     },
 };
@@ -22,7 +22,7 @@ use crate::{
 /// `{"userId"}`) for the live account of `email`, if there is one; returns its id. One
 /// statement, committed without waiting for the WAL flush, so it costs the same whether
 /// or not the account exists (a request lost to a crash in that instant is simply asked
-/// again). The outbox trigger notifies the relay either way.
+/// again). The caller wakes the relays when a row was written.
 pub async fn queue_reset_email(db: impl PgExecutor<'_>, email: &Email) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar!(
         r#"with quick as (select set_config('synchronous_commit', 'off', true))
@@ -107,6 +107,8 @@ pub async fn consume_reset_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> 
 #[derive(Clone)]
 pub struct PgAuthStore {
     pub pool: PgPool,
+    /// Rung after a commit that wrote an outbox row.
+    pub wakeup: Wakeup,
 }
 
 #[async_trait]
@@ -120,6 +122,7 @@ impl AuthStore for PgAuthStore {
         };
         outbox::push(&mut *tx, welcome).await?;
         tx.commit().await?;
+        self.wakeup.committed();
         Ok(Some(user))
     }
 

@@ -16,6 +16,7 @@ use crate::{
     shared::{
         email::Email,
         error::{AppError, AppResult},
+        outbox::Wakeup,
         password::PasswordHasher,
         sessions,
     },
@@ -30,11 +31,12 @@ const INVALID_TOKEN: &str = "is unknown, already used or expired";
 pub struct PasswordResetService {
     db: PgPool,
     hasher: PasswordHasher,
+    wakeup: Wakeup,
 }
 
 impl PasswordResetService {
-    pub fn new(db: PgPool, hasher: PasswordHasher) -> Self {
-        Self { db, hasher }
+    pub fn new(db: PgPool, hasher: PasswordHasher, wakeup: Wakeup) -> Self {
+        Self { db, hasher, wakeup }
     }
 
     /// Queues the reset e-mail for a live account; for an unknown address does nothing.
@@ -44,6 +46,8 @@ impl PasswordResetService {
     #[tracing::instrument(skip_all)]
     pub async fn forgot(&self, email: &Email) -> AppResult<()> {
         if let Some(user_id) = repository::queue_reset_email(&self.db, email).await? {
+            // In-process and without waiting: no time the caller could measure.
+            self.wakeup.committed();
             tracing::info!(user.id = %user_id, "password reset requested");
         }
         Ok(())

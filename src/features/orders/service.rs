@@ -18,7 +18,7 @@ use crate::shared::{
     auth::{AuthUser, Permission},
     error::{AppError, AppResult, FieldErrors},
     extract::parse_valid_value,
-    outbox::Job,
+    outbox::{Job, Wakeup},
     response::PageParams,
 };
 
@@ -35,6 +35,7 @@ pub enum Placed {
 #[derive(Clone)]
 pub struct OrderService {
     db: PgPool,
+    wakeup: Wakeup,
     currency: Arc<str>,
     /// An idempotency claim without an answer for this long belongs to a dead request.
     abandoned_after: Duration,
@@ -49,8 +50,8 @@ fn transition_error(status: OrderStatus, action: &str) -> AppError {
 }
 
 impl OrderService {
-    pub fn new(db: PgPool, currency: &str, abandoned_after: Duration) -> Self {
-        Self { db, currency: Arc::from(currency), abandoned_after }
+    pub fn new(db: PgPool, wakeup: Wakeup, currency: &str, abandoned_after: Duration) -> Self {
+        Self { db, wakeup, currency: Arc::from(currency), abandoned_after }
     }
 
     /// Places an order from a raw JSON body, honouring an `Idempotency-Key`: the first
@@ -174,6 +175,7 @@ impl OrderService {
             return Err(AppError::IdempotencyKeyInUse);
         }
         tx.commit().await?;
+        self.wakeup.committed();
         tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
         Ok(response)
     }

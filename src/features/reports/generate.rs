@@ -27,7 +27,7 @@ use crate::shared::{
         QueuedJob,
         worker::{JobError, JobHandler},
     },
-    outbox::{self, Job},
+    outbox::{self, Job, Wakeup},
 };
 
 /// Bytes of CSV per stored chunk.
@@ -45,12 +45,13 @@ struct ReportPayload {
 #[derive(Clone)]
 pub struct ReportJobs {
     db: PgPool,
+    wakeup: Wakeup,
     currency: Arc<str>,
 }
 
 impl ReportJobs {
-    pub fn new(db: PgPool, currency: &str) -> Self {
-        Self { db, currency: Arc::from(currency) }
+    pub fn new(db: PgPool, wakeup: Wakeup, currency: &str) -> Self {
+        Self { db, wakeup, currency: Arc::from(currency) }
     }
 }
 
@@ -237,6 +238,7 @@ impl JobHandler for ReportJobs {
         repository::complete(&mut *tx, report.id, rows).await.map_err(transient)?;
         outbox::push(&mut *tx, &Job::ReportReady { report_id: report.id }).await.map_err(transient)?;
         tx.commit().await.map_err(transient)?;
+        self.wakeup.committed();
         tracing::info!(
             report.id = %report.id, report.kind = report.kind.as_str(), rows,
             duration_ms = started.elapsed().as_millis() as u64, "report completed"

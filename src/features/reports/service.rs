@@ -14,7 +14,7 @@ use super::{
 };
 use crate::shared::{
     error::{AppError, AppResult},
-    outbox::{self, Job},
+    outbox::{self, Job, Wakeup},
     response::PageParams,
 };
 
@@ -28,6 +28,7 @@ pub struct Download {
 #[derive(Clone)]
 pub struct ReportService {
     db: PgPool,
+    wakeup: Wakeup,
 }
 
 fn not_found() -> AppError {
@@ -35,8 +36,8 @@ fn not_found() -> AppError {
 }
 
 impl ReportService {
-    pub fn new(db: PgPool) -> Self {
-        Self { db }
+    pub fn new(db: PgPool, wakeup: Wakeup) -> Self {
+        Self { db, wakeup }
     }
 
     /// Records the request and queues its job in one transaction (through the outbox, so
@@ -47,6 +48,7 @@ impl ReportService {
         let report = repository::insert(&mut *tx, body.kind, from, to, admin).await?;
         outbox::push(&mut *tx, &Job::Report { report_id: report.id }).await?;
         tx.commit().await?;
+        self.wakeup.committed();
         tracing::info!(report.id = %report.id, report.kind = report.kind.as_str(), "report requested");
         Ok(report)
     }

@@ -1,8 +1,9 @@
 //! The outbox relay (SPEC §7): moves unsent `outbox` rows to their Redis queues.
 //!
-//! - Woken by `LISTEN outbox` (a trigger notifies when a writing transaction commits),
-//!   and polling every `RELAY_POLL_INTERVAL` as a fallback (a lost connection, a
-//!   notification missed while reconnecting, transaction-mode poolers).
+//! - Woken by `LISTEN outbox` (writers ring [`crate::shared::outbox::Wakeup`] after they commit, which
+//!   sends one `NOTIFY` per process at most every 10 ms), and polling every
+//!   `RELAY_POLL_INTERVAL` as a fallback (a lost connection, a notification missed while
+//!   reconnecting, transaction-mode poolers, a row nobody announced).
 //! - A batch is claimed with `FOR UPDATE SKIP LOCKED`, so several relays (one per
 //!   instance) share the work without waiting on each other and never move a row twice
 //!   at the same time.
@@ -11,8 +12,8 @@
 //!   is the task's idempotency key, so Redis keeps one task. Delivery is at-least-once
 //!   either way, and the job handlers are idempotent.
 //! - Under sustained load (drains of 16 rows or more) the relay stops listening and polls
-//!   every 20 ms, sparing each commit the notification's signal; it listens again once
-//!   drains are small.
+//!   every 20 ms, sparing its connection the notifications; it listens again once drains
+//!   are small.
 //! - While Redis is unreachable the relay backs off (doubling up to 30 s) and the rows
 //!   wait in Postgres: nothing is lost.
 
@@ -24,6 +25,7 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 
 use super::{EMAILS, QueuedJob, Queues, REPORTS};
+use crate::shared::outbox::CHANNEL;
 
 /// Rows moved per transaction.
 pub const BATCH: i64 = 200;
@@ -93,7 +95,7 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
         if listener.is_none() {
             polling = false;
             listener = match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen("outbox").await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
                     Ok(()) => Some(l),
                     Err(e) => {
                         tracing::warn!(error = %e, "relay cannot LISTEN; polling only");
@@ -133,15 +135,13 @@ pub async fn run(pool: PgPool, queues: Queues, poll: Duration, mut stop: watch::
         if moved > 0 {
             tracing::debug!(rows = moved, "outbox rows moved to Redis");
         }
-        // Under sustained load a notification per commit costs every committing
-        // transaction a signal and this connection a message, to say what a short poll
-        // says anyway: poll every COALESCE while batches stay big, listen again once they
-        // are small.
+        // Under sustained load notifications say what a short poll says anyway: poll
+        // every COALESCE while batches stay big, listen again once they are small.
         if let Some(l) = listener.as_mut().filter(|_| !failed) {
             let switch = if !polling && moved >= BUSY_BATCH {
-                l.unlisten("outbox").await.map(|()| true)
+                l.unlisten(CHANNEL).await.map(|()| true)
             } else if polling && moved < BUSY_BATCH / 4 {
-                l.listen("outbox").await.map(|()| true)
+                l.listen(CHANNEL).await.map(|()| true)
             } else {
                 Ok(false)
             };
