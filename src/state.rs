@@ -142,8 +142,13 @@ impl AppState {
         });
         let products = ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
-        let orders =
-            OrderService::new(db.clone(), wakeup.clone(), &config.currency, config.request_timeout * 2);
+        let orders = OrderService::new(
+            db.clone(),
+            reads.clone(),
+            wakeup.clone(),
+            &config.currency,
+            config.request_timeout * 2,
+        );
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
         let queues = Queues::new(&redis, &config);

@@ -1,5 +1,5 @@
-//! Connections for the hottest reads (a product by id, a product page), handed back
-//! without a round trip.
+//! Connections for the hottest reads (a product by id, a product page, the products an
+//! order is priced from), handed back without a round trip.
 //!
 //! sqlx 0.9's pool pings every connection it gets back (`Drop for PoolConnection` spawns
 //! a task that sends a Sync and waits for Postgres's answer), and no option turns that

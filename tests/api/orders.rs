@@ -334,6 +334,88 @@ async fn fifty_concurrent_orders_for_ten_units_sell_exactly_ten(pool: PgPool) {
     assert_eq!(in_stock["pagination"]["total"], 0);
 }
 
+/// Runs `change` on `product` in a transaction that holds the product's row lock while an
+/// order for it is sent, and commits only once the order waits for that lock: the order
+/// was priced from the product before the change and is written after it.
+async fn change_while_ordering(
+    app: &TestApp,
+    who: &Session,
+    product: Uuid,
+    change: &'static str,
+) -> (StatusCode, Value) {
+    let mut tx = app.state.db.begin().await.unwrap();
+    sqlx::query("select 1 from products where id = $1 for update")
+        .bind(product)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(change).bind(product).execute(&mut *tx).await.unwrap();
+    let request = tokio::spawn(send(app.authed(Method::POST, ORDERS, &who.token).json(&one(product, 2))));
+    let started = std::time::Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the order never waited for the lock");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tx.commit().await.unwrap();
+    let (status, _, body) = request.await.unwrap();
+    (status, body)
+}
+
+#[sqlx::test]
+async fn a_product_changed_while_an_order_is_placed_prices_it_again_or_refuses_it(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().sku("MUG").price_cents(1000).stock(5).create().await.id;
+
+    // A new price between the read the order is priced from and its write: the order is
+    // priced again, at the price it was written against, and takes stock once.
+    let (status, body) =
+        change_while_ordering(&app, &ann, mug, "update products set price_cents = 1500 where id = $1").await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["totalCents"], 3000);
+    assert_eq!(body["data"]["items"][0]["unitPriceCents"], 1500);
+    assert_eq!(stock_of(&app, mug).await, 3);
+    let stored: (i64, i64) = sqlx::query_as(
+        "select o.total_cents, i.unit_price_cents from orders o join order_items i on i.order_id = o.id",
+    )
+    .fetch_one(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(stored, (3000, 1500));
+
+    // Sold out, or archived, in between: refused as if that had happened first, nothing taken.
+    let (status, body) =
+        change_while_ordering(&app, &ann, mug, "update products set stock = 1 where id = $1").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "INSUFFICIENT_STOCK");
+    assert_eq!(body["error"]["details"]["products"][0]["available"], 1);
+    sqlx::query("update products set stock = 5 where id = $1")
+        .bind(mug)
+        .execute(&app.state.db)
+        .await
+        .unwrap();
+    let (status, body) =
+        change_while_ordering(&app, &ann, mug, "update products set archived_at = now() where id = $1").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "VALIDATION_ERROR");
+    assert_eq!(stock_of(&app, mug).await, 5);
+    assert_eq!(order_count(&app).await, 1);
+    let announced: i64 = sqlx::query_scalar("select count(*) from outbox where kind = 'order-confirmation'")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert_eq!(announced, 1, "a refused attempt queues no e-mail");
+}
+
 #[sqlx::test]
 async fn concurrent_cancels_of_one_order_restock_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

@@ -52,20 +52,21 @@ pub struct NewOrderLine {
     pub line_total_cents: i64,
 }
 
-/// Locks the products of an order, in id order so that two orders over the same products
-/// always lock them in the same sequence and cannot deadlock.
-pub async fn lock_products(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<StockRow>> {
+/// The products of an order as they are now, without locking them: what the order is
+/// priced from. [`place`] then checks, under the row locks, that nothing it relied on
+/// changed.
+pub async fn snapshot(db: impl PgExecutor<'_>, ids: &[Uuid]) -> sqlx::Result<Vec<StockRow>> {
     sqlx::query_as!(
         StockRow,
         r#"select id, sku, name, price_cents, stock, archived_at is not null as "archived!"
-           from products where id = any($1) order by id for update"#,
+           from products where id = any($1)"#,
         ids
     )
     .fetch_all(db)
     .await
 }
 
-/// Locks the products of an order's lines in id order, the order placement uses too, so a
+/// Locks the products of an order's lines in id order, as [`place`] does, so a
 /// cancel and a placement over the same products cannot deadlock.
 pub async fn lock_order_products(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<()> {
     sqlx::query_scalar!(
@@ -124,39 +125,83 @@ pub struct OutboxRow<'a> {
     pub payload: serde_json::Value,
 }
 
-/// Writes an order in one statement (one round trip while its products are locked):
-/// takes each line's quantity from its product, bumping each version; inserts the order
-/// and its lines in their order (one `unnest` over one array per column); inserts its
-/// outbox row. The products must be locked already ([`lock_products`]). The `stock >= 0`
-/// check constraint is the last line of defence against overselling, and the foreign
-/// keys are checked at the end of the statement, when the order exists.
+/// How a placement's transaction begins: with generic plans. The planner keeps choosing a
+/// custom plan for [`place`] (its generic plan, not knowing how many lines the arrays
+/// hold, looks costlier), and planning its eight parts took 0.32 ms of the backend's
+/// 0.45 ms per order; the generic plan is the same index lookups, made once per
+/// connection (`EXPLAIN ANALYZE EXECUTE`: planning 0.035 ms, execution 0.076 ms). One
+/// round trip, like a plain `BEGIN`; `SET LOCAL` ends with the transaction.
+pub const PLACE_BEGIN: &str = "begin; set local plan_cache_mode = force_generic_plan";
+
+/// What [`place`] did.
+#[derive(Debug)]
+pub enum Placement {
+    /// The order, its lines and its outbox row are written.
+    Placed(OrderRow),
+    /// Nothing is written: a product is gone, archived, short of stock, or no longer
+    /// what the lines snapshotted (SKU, name, price). Here are the order's products as
+    /// they were under their locks, to explain or to price the order again.
+    Refused(Vec<StockRow>),
+}
+
+/// Places an order in one statement, so its products stay locked for one round trip
+/// and no transaction is needed (a caller may still run it in one).
+///
+/// It locks the lines' products in id order (two orders over the same products always
+/// lock them in the same sequence and cannot deadlock), then writes only if every line
+/// still holds under the locks: the product is live, has the stock, and has the SKU,
+/// name and price the line snapshotted. Then it takes each line's quantity from its
+/// product (bumping each version), inserts the order, its lines in their order (one
+/// `unnest` over one array per column) and its outbox row. The `stock >= 0` check
+/// constraint is the last line of defence against overselling, and the foreign keys are
+/// checked at the end of the statement, when the order exists.
 pub async fn place(
     db: impl PgExecutor<'_>,
     order: &NewOrder<'_>,
     lines: &[NewOrderLine],
     outbox: &OutboxRow<'_>,
-) -> sqlx::Result<OrderRow> {
+) -> sqlx::Result<Placement> {
     let mut columns = ItemColumns::with_capacity(lines.len());
     for (position, line) in lines.iter().enumerate() {
         columns.push(position, line);
     }
     let c = columns;
-    sqlx::query_as!(
-        OrderRow,
-        r#"with stock as (
-               update products p set stock = p.stock - x.quantity, version = p.version + 1
-               from unnest($2::uuid[], $3::int[]) as x(id, quantity)
-               where p.id = x.id
+    // One row per locked product; the order's columns are null unless it was written.
+    // Every write is gated by the one-time `(select ok from verdict)`, which takes all
+    // the locks before anything is written.
+    let rows = sqlx::query!(
+        r#"with wanted as (
+               select * from unnest($2::uuid[], $4::smallint[], $5::text[], $6::text[], $7::bigint[], $3::int[], $8::bigint[])
+                   as w(product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
+           ), locked as (
+               select id, sku, name, price_cents, stock, archived_at is not null as archived
+               from products where id = any($2) order by id for update
+           ), verdict as (
+               select count(*) = cardinality($2::uuid[]) as ok
+               from wanted w join locked l on l.id = w.product_id
+               where not l.archived and l.stock >= w.quantity
+                 and l.sku = w.sku and l.name = w.name and l.price_cents = w.unit_price_cents
+           ), stock as (
+               update products p set stock = p.stock - w.quantity, version = p.version + 1
+               from wanted w
+               where p.id = w.product_id and (select ok from verdict)
            ), items as (
                insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
-               select $1, * from unnest($2::uuid[], $4::smallint[], $5::text[], $6::text[], $7::bigint[], $3::int[], $8::bigint[])
+               select $1, w.* from wanted w where (select ok from verdict)
            ), announced as (
-               insert into outbox (queue, kind, payload) values ($14, $15, $16)
+               insert into outbox (queue, kind, payload) select $14, $15, $16 where (select ok from verdict)
+           ), placed as (
+               insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key)
+               select $1, $9, $10, $11, $12, $13 where (select ok from verdict)
+               returning id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at
            )
-           insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key)
-           values ($1, $9, $10, $11, $12, $13)
-           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
-                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+           select l.id as "id!", l.sku as "sku!", l.name as "name!", l.price_cents as "price_cents!",
+                  l.stock as "stock!", l.archived as "archived!",
+                  o.id as "order_id?", o.user_id as "user_id?", o.status as "status?: OrderStatus",
+                  o.total_cents as "total_cents?", o.currency as "currency?",
+                  o.shipping_address as "shipping_address?: Json<ShippingAddress>",
+                  o.created_at as "created_at?", o.updated_at as "updated_at?"
+           from locked l left join placed o on true"#,
         order.id,
         &c.product_ids,
         &c.quantities,
@@ -174,8 +219,35 @@ pub async fn place(
         outbox.kind,
         outbox.payload,
     )
-    .fetch_one(db)
-    .await
+    .fetch_all(db)
+    .await?;
+    let placed = rows.first().and_then(|r| {
+        Some(OrderRow {
+            id: r.order_id?,
+            user_id: r.user_id?,
+            status: r.status?,
+            total_cents: r.total_cents?,
+            currency: r.currency.clone()?,
+            shipping_address: r.shipping_address.clone(),
+            created_at: r.created_at?,
+            updated_at: r.updated_at?,
+        })
+    });
+    Ok(match placed {
+        Some(order) => Placement::Placed(order),
+        None => Placement::Refused(
+            rows.into_iter()
+                .map(|r| StockRow {
+                    id: r.id,
+                    sku: r.sku,
+                    name: r.name,
+                    price_cents: r.price_cents,
+                    stock: r.stock,
+                    archived: r.archived,
+                })
+                .collect(),
+        ),
+    })
 }
 
 /// [`NewOrderLine`]s turned column by column into the arrays `unnest` takes.

@@ -1,4 +1,4 @@
-//! Order use cases (SPEC §6): placing an order in one transaction (lock, check, take
+//! Order use cases (SPEC §6): placing an order in one statement (lock, check, take
 //! stock, snapshot, outbox), reading with ownership, and status changes that restock
 //! exactly once.
 
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, OutboxRow, StockRow},
+    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, OutboxRow, Placement, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
 use crate::shared::{
@@ -19,6 +19,7 @@ use crate::shared::{
     error::{AppError, AppResult, FieldErrors},
     extract::parse_valid_value,
     outbox::{Job, Wakeup},
+    read_pool::ReadPool,
     response::PageParams,
 };
 
@@ -35,10 +36,65 @@ pub enum Placed {
 #[derive(Clone)]
 pub struct OrderService {
     db: PgPool,
+    /// For the read an order is priced from.
+    reads: ReadPool,
     wakeup: Wakeup,
     currency: Arc<str>,
     /// An idempotency claim without an answer for this long belongs to a dead request.
     abandoned_after: Duration,
+}
+
+/// How many times an order is priced and written before giving up, when its products
+/// keep changing between the read it is priced from and the write.
+const PLACE_ATTEMPTS: usize = 3;
+
+/// The order's lines and total priced from `products`; a 422 for a product that is
+/// unknown or archived, a 409 for one short of stock (with what is available).
+fn priced_lines(req: &CreateOrderRequest, products: Vec<StockRow>) -> AppResult<(Vec<NewOrderLine>, i64)> {
+    let products: HashMap<Uuid, StockRow> = products.into_iter().map(|p| (p.id, p)).collect();
+    let mut unknown = FieldErrors::new();
+    for (i, item) in req.items.iter().enumerate() {
+        if products.get(&item.product_id).is_none_or(|p| p.archived) {
+            unknown.insert(format!("items[{i}].productId"), vec!["no such product".to_owned()]);
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(AppError::invalid_fields(unknown));
+    }
+    let short: Vec<_> = req
+        .items
+        .iter()
+        .filter_map(|item| {
+            let p = &products[&item.product_id];
+            (p.stock < item.quantity).then(
+                || json!({"productId": item.product_id, "requested": item.quantity, "available": p.stock}),
+            )
+        })
+        .collect();
+    if !short.is_empty() {
+        return Err(AppError::InsufficientStock(json!({ "products": short })));
+    }
+    let priced: Vec<(i64, i32)> =
+        req.items.iter().map(|i| (products[&i.product_id].price_cents, i.quantity)).collect();
+    let (line_totals, total) = domain::price(&priced)
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("order total overflowed")))?;
+    let lines = req
+        .items
+        .iter()
+        .zip(line_totals)
+        .map(|(item, line_total_cents)| {
+            let p = &products[&item.product_id];
+            NewOrderLine {
+                product_id: p.id,
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                unit_price_cents: p.price_cents,
+                quantity: item.quantity,
+                line_total_cents,
+            }
+        })
+        .collect();
+    Ok((lines, total))
 }
 
 fn staff(caller: &AuthUser) -> bool {
@@ -50,8 +106,14 @@ fn transition_error(status: OrderStatus, action: &str) -> AppError {
 }
 
 impl OrderService {
-    pub fn new(db: PgPool, wakeup: Wakeup, currency: &str, abandoned_after: Duration) -> Self {
-        Self { db, wakeup, currency: Arc::from(currency), abandoned_after }
+    pub fn new(
+        db: PgPool,
+        reads: ReadPool,
+        wakeup: Wakeup,
+        currency: &str,
+        abandoned_after: Duration,
+    ) -> Self {
+        Self { db, reads, wakeup, currency: Arc::from(currency), abandoned_after }
     }
 
     /// Places an order from a raw JSON body, honouring an `Idempotency-Key`: the first
@@ -92,9 +154,13 @@ impl OrderService {
         Err(error)
     }
 
-    /// Places an order, all or nothing. With a claimed key, the 201 answer is stored in
-    /// the same transaction, so an order and its replayable answer exist together or not
-    /// at all.
+    /// Places an order, all or nothing. The order is priced from the products as they are
+    /// (read without locks), then written in one statement that checks, under the row
+    /// locks, that those products are unchanged ([`repository::place`]); if one changed
+    /// in between, the order is priced again from what that statement saw, at most
+    /// [`PLACE_ATTEMPTS`] times. With a claimed key, the statement and the stored 201
+    /// answer share a transaction, so an order and its replayable answer exist together
+    /// or not at all.
     #[tracing::instrument(skip_all, fields(user.id = %user))]
     async fn place(
         &self,
@@ -102,82 +168,54 @@ impl OrderService {
         req: &CreateOrderRequest,
         claim: Option<&ClaimedKey>,
     ) -> AppResult<OrderResponse> {
-        let mut ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
-        ids.sort_unstable();
-
-        let mut tx = self.db.begin().await?;
-        let locked = repository::lock_products(&mut *tx, &ids).await?;
-        let products: HashMap<Uuid, StockRow> = locked.into_iter().map(|p| (p.id, p)).collect();
-
-        let mut unknown = FieldErrors::new();
-        for (i, item) in req.items.iter().enumerate() {
-            if products.get(&item.product_id).is_none_or(|p| p.archived) {
-                unknown.insert(format!("items[{i}].productId"), vec!["no such product".to_owned()]);
+        let ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
+        let mut products = self
+            .reads
+            .read(&|conn| {
+                let ids = ids.clone(); // the read's future owns what it reads
+                Box::pin(async move { repository::snapshot(conn, &ids).await })
+            })
+            .await?;
+        for _ in 0..PLACE_ATTEMPTS {
+            let (lines, total) = priced_lines(req, products)?;
+            let new = NewOrder {
+                id: Uuid::new_v4(),
+                user_id: user,
+                total_cents: total,
+                currency: &self.currency,
+                address: req.shipping_address.as_ref(),
+                idempotency_key: claim.map(|c| c.key.as_str()),
+            };
+            let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
+            let announce = OutboxRow { queue: job.queue(), kind: job.kind(), payload: job.payload() };
+            let mut tx = self.db.begin_with(repository::PLACE_BEGIN).await?;
+            let placement = repository::place(&mut *tx, &new, &lines, &announce).await?;
+            match &placement {
+                Placement::Placed(order) => {
+                    if let Some(claim) = claim {
+                        let response = OrderResponse::placed(order.clone(), lines.clone());
+                        if !idempotency::complete(&mut *tx, user, claim, &Answer::created(&response)).await? {
+                            // Our claim was taken over while we ran: the new owner answers; roll back.
+                            return Err(AppError::IdempotencyKeyInUse);
+                        }
+                    }
+                    tx.commit().await?;
+                }
+                // Frees the row locks now, not when the connection is next used.
+                Placement::Refused(_) => tx.rollback().await?,
+            }
+            match placement {
+                Placement::Placed(order) => {
+                    self.wakeup.committed();
+                    // The snapshot just written is the answer: no need to read it back.
+                    let response = OrderResponse::placed(order, lines);
+                    tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
+                    return Ok(response);
+                }
+                Placement::Refused(now) => products = now,
             }
         }
-        if !unknown.is_empty() {
-            return Err(AppError::invalid_fields(unknown));
-        }
-
-        let short: Vec<_> = req
-            .items
-            .iter()
-            .filter_map(|item| {
-                let p = &products[&item.product_id];
-                (p.stock < item.quantity).then(|| {
-                    json!({"productId": item.product_id, "requested": item.quantity, "available": p.stock})
-                })
-            })
-            .collect();
-        if !short.is_empty() {
-            return Err(AppError::InsufficientStock(json!({ "products": short })));
-        }
-
-        let priced: Vec<(i64, i32)> =
-            req.items.iter().map(|i| (products[&i.product_id].price_cents, i.quantity)).collect();
-        let (line_totals, total) = domain::price(&priced)
-            .ok_or_else(|| AppError::Internal(anyhow::anyhow!("order total overflowed")))?;
-        let lines: Vec<NewOrderLine> = req
-            .items
-            .iter()
-            .zip(line_totals)
-            .map(|(item, line_total_cents)| {
-                let p = &products[&item.product_id];
-                NewOrderLine {
-                    product_id: p.id,
-                    sku: p.sku.clone(),
-                    name: p.name.clone(),
-                    unit_price_cents: p.price_cents,
-                    quantity: item.quantity,
-                    line_total_cents,
-                }
-            })
-            .collect();
-
-        let new = NewOrder {
-            id: Uuid::new_v4(),
-            user_id: user,
-            total_cents: total,
-            currency: &self.currency,
-            address: req.shipping_address.as_ref(),
-            idempotency_key: claim.map(|c| c.key.as_str()),
-        };
-        let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
-        let announce = OutboxRow { queue: job.queue(), kind: job.kind(), payload: job.payload() };
-        let order = repository::place(&mut *tx, &new, &lines, &announce).await?;
-
-        // The snapshot just written is the answer: no need to read it back.
-        let response = OrderResponse::placed(order, lines);
-        if let Some(claim) = claim
-            && !idempotency::complete(&mut *tx, user, claim, &Answer::created(&response)).await?
-        {
-            // Our claim was taken over while we ran: the new owner answers; roll back.
-            return Err(AppError::IdempotencyKeyInUse);
-        }
-        tx.commit().await?;
-        self.wakeup.committed();
-        tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
-        Ok(response)
+        Err(AppError::Conflict("the products changed while the order was placed; try again".to_owned()))
     }
 
     /// One order: the owner's, or any for staff. Anything else is a 404, never a 403.

@@ -3,10 +3,11 @@
 //! The list is built for a large catalogue: the page is chosen by a sub-select over ids
 //! that a partial index answers on its own (an index-only scan even at deep offsets), and
 //! only the 1..=100 chosen rows are then fetched (a deferred join). The sort indexes
-//! include `price_cents` and `stock`, so the price and stock filters are checked inside
-//! them. The totals of the unfiltered and the `inStock` lists come from `product_counts`,
-//! kept exact by a trigger; a price range is counted by an index-only scan; a search
-//! counts its matches up to a cap.
+//! include `price_cents`, so a price filter is checked inside them; `stock` is left out
+//! so that an order's stock update is HOT and touches no index (an `inStock` filter is
+//! checked in the table, row by row). The totals of the unfiltered and the `inStock`
+//! lists come from `product_counts`, kept exact by a trigger; a price range is counted
+//! by an index-only scan; a search counts its matches up to a cap.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
