@@ -145,7 +145,7 @@ pub enum Placement {
 }
 
 /// Places an order in one statement, so its products stay locked for one round trip
-/// and no transaction is needed (a caller may still run it in one).
+/// (plus the commit's, when the caller runs it in a [`PLACE_BEGIN`] transaction).
 ///
 /// It locks the lines' products in id order (two orders over the same products always
 /// lock them in the same sequence and cannot deadlock), then writes only if every line

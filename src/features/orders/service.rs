@@ -48,8 +48,8 @@ pub struct OrderService {
 /// keep changing between the read it is priced from and the write.
 const PLACE_ATTEMPTS: usize = 3;
 
-/// The order's lines and total priced from `products`; a 422 for a product that is
-/// unknown or archived, a 409 for one short of stock (with what is available).
+/// The order's lines and total priced from `products`; a 400 naming each line whose
+/// product is unknown or archived, a 409 for those short of stock (with what is available).
 fn priced_lines(req: &CreateOrderRequest, products: Vec<StockRow>) -> AppResult<(Vec<NewOrderLine>, i64)> {
     let products: HashMap<Uuid, StockRow> = products.into_iter().map(|p| (p.id, p)).collect();
     let mut unknown = FieldErrors::new();
@@ -158,9 +158,9 @@ impl OrderService {
     /// (read without locks), then written in one statement that checks, under the row
     /// locks, that those products are unchanged ([`repository::place`]); if one changed
     /// in between, the order is priced again from what that statement saw, at most
-    /// [`PLACE_ATTEMPTS`] times. With a claimed key, the statement and the stored 201
-    /// answer share a transaction, so an order and its replayable answer exist together
-    /// or not at all.
+    /// [`PLACE_ATTEMPTS`] times (then a 409). The statement runs in a transaction with
+    /// generic plans ([`repository::PLACE_BEGIN`]); with a claimed key the stored 201
+    /// answer joins it, so an order and its replayable answer exist together or not at all.
     #[tracing::instrument(skip_all, fields(user.id = %user))]
     async fn place(
         &self,
