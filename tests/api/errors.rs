@@ -276,3 +276,71 @@ async fn cors_preflight_allows_only_configured_origins(pool: PgPool) {
         .unwrap();
     assert!(!denied.headers().contains_key("access-control-allow-origin"));
 }
+
+#[sqlx::test]
+async fn cors_headers_reach_every_response_and_preflights_skip_the_rate_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.cors_origin = vec!["https://shop.example".into()];
+            s.rate_limit_default_per_minute = 1;
+        },
+        Router::new(),
+    )
+    .await;
+    let vary = "origin, access-control-request-method, access-control-request-headers";
+    // An ordinary request from an allowed origin, and an error answer.
+    for path in ["/health", "/api/v1/nope"] {
+        let res =
+            app.request(Method::GET, path).header("origin", "https://shop.example").send().await.unwrap();
+        let h = res.headers();
+        assert_eq!(h["access-control-allow-origin"], "https://shop.example", "{path}");
+        assert!(h["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"), "{path}");
+        assert_eq!(h["vary"], vary, "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    // The per-IP quota (1 a minute) is spent; a 429 still carries the CORS headers, so a
+    // browser can read it.
+    let limited = app
+        .request(Method::GET, "/api/v1/nope")
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["access-control-allow-origin"], "https://shop.example");
+    // Preflights are answered before the limit: 200, empty, with what the API allows.
+    let pre = app
+        .request(Method::OPTIONS, "/api/v1/orders")
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "idempotency-key, content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 200);
+    let h = pre.headers().clone();
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST,PATCH,PUT,DELETE");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    assert!(
+        allowed.contains("idempotency-key")
+            && allowed.contains("content-type")
+            && allowed.contains("if-match")
+    );
+    assert_eq!(h["access-control-max-age"], "600");
+    assert!(h.contains_key("x-request-id"));
+    assert!(pre.text().await.unwrap().is_empty());
+    // No origin header: no allow-origin, but the Vary that caches need.
+    let plain = app.request(Method::GET, "/health").send().await.unwrap();
+    assert!(!plain.headers().contains_key("access-control-allow-origin"));
+    assert_eq!(plain.headers()["vary"], vary);
+}
+
+#[sqlx::test]
+async fn cors_wildcard_allows_any_origin_with_a_star(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.cors_origin = vec!["*".into()], Router::new()).await;
+    let res =
+        app.request(Method::GET, "/health").header("origin", "https://any.example").send().await.unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+}
