@@ -68,7 +68,12 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// instead of each waiting the whole `DB_ACQUIRE_TIMEOUT`. A request that failed on the
 /// database's side calls [`DbHealth::suspect`]; a probe then connects directly (not
 /// through the pool, which may just be busy) every half second until it succeeds, and
-/// the flag is down only while that fails. Cheap to clone.
+/// the flag is down only while the attempts fail with an error (refused, reset, "the
+/// database system is starting up", ...). An attempt that is merely slow (no answer
+/// within a second) proves nothing: on a loaded machine a new connection can take that
+/// long while the pool's connections work, and 503 for everything would turn an overload
+/// into an outage. Requests then keep their own deadlines (`DB_ACQUIRE_TIMEOUT`, the
+/// statement timeout). Cheap to clone.
 #[derive(Clone)]
 pub struct DbHealth(Arc<HealthInner>);
 
@@ -85,11 +90,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 impl DbHealth {
     /// Probes the database `pool` connects to.
     pub fn new(pool: &PgPool) -> Self {
-        Self(Arc::new(HealthInner {
-            down: AtomicBool::new(false),
-            probing: AtomicBool::new(false),
-            options: (*pool.connect_options()).clone(),
-        }))
+        Self::for_options((*pool.connect_options()).clone())
+    }
+
+    fn for_options(options: PgConnectOptions) -> Self {
+        Self(Arc::new(HealthInner { down: AtomicBool::new(false), probing: AtomicBool::new(false), options }))
     }
 
     pub fn is_down(&self) -> bool {
@@ -113,7 +118,7 @@ impl DbHealth {
                         }
                         break;
                     }
-                    _ => {
+                    Ok(Err(_)) => {
                         if !inner.down.swap(true, Relaxed) {
                             tracing::warn!(
                                 "the database is unreachable: answering 503 at once until it is back"
@@ -121,6 +126,8 @@ impl DbHealth {
                         }
                         tokio::time::sleep(PROBE_EVERY).await;
                     }
+                    // Slow, not refused: the flag stays as it was; try again.
+                    Err(_elapsed) => tokio::time::sleep(PROBE_EVERY).await,
                 }
             }
             inner.probing.store(false, Relaxed);
@@ -149,7 +156,34 @@ pub fn contains_pattern(q: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::contains_pattern;
+    use super::{DbHealth, PROBE_TIMEOUT, contains_pattern};
+
+    fn health_for(port: u16) -> DbHealth {
+        DbHealth::for_options(
+            sqlx::postgres::PgConnectOptions::new().host("127.0.0.1").port(port).username("nobody"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_marks_the_database_down() {
+        // A port with nothing listening: refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let health = health_for(port);
+        health.suspect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(health.is_down());
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_is_only_slow_does_not_mark_the_database_down() {
+        // Accepts TCP (the backlog) but never answers the startup message.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let health = health_for(listener.local_addr().unwrap().port());
+        health.suspect();
+        tokio::time::sleep(PROBE_TIMEOUT * 2).await;
+        assert!(!health.is_down());
+        drop(listener);
+    }
 
     #[test]
     fn search_patterns_escape_like_metacharacters() {
