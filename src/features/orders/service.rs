@@ -32,6 +32,9 @@ pub enum Placed {
     Replayed(Answer),
 }
 
+/// How long a failed keyed order waits for its key's release before answering.
+const RELEASE_WAIT: Duration = Duration::from_millis(250);
+
 /// Order use cases; cheap to clone.
 #[derive(Clone)]
 pub struct OrderService {
@@ -142,10 +145,18 @@ impl OrderService {
             Err(e) => e,
         };
         if error.status().is_server_error() {
-            // No final answer: free the key so the client's retry can run.
-            if let Err(e) = idempotency::release(&self.db, user, &claim).await {
-                tracing::warn!(error = %e, "could not release an idempotency key");
-            }
+            // No final answer: free the key so the client's retry can run. The answer
+            // waits at most RELEASE_WAIT for it: when the database is what failed, the
+            // release would wait its own DB_ACQUIRE_TIMEOUT and double the time to a 503.
+            // It goes on in the background; a claim never released is taken over after
+            // `abandoned_after`.
+            let (db, claim) = (self.db.clone(), claim.clone());
+            let release = tokio::spawn(async move {
+                if let Err(e) = idempotency::release(&db, user, &claim).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            });
+            let _ = tokio::time::timeout(RELEASE_WAIT, release).await;
         } else {
             // A final 4xx is part of the contract too: store it as it is sent. If the
             // claim was taken over meanwhile, the new owner's answer wins.
