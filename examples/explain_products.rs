@@ -25,7 +25,7 @@ use storefront::{
         domain::ProductSort,
         repository::{ListQuery, SEARCH_TOTAL_CAP, Total, page_query, total_query},
     },
-    shared::db::{self, contains_pattern},
+    platform::db::{self, contains_pattern},
 };
 
 const DB: &str = "storefront_explain";

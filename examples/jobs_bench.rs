@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use sqlx::{Connection, PgPool};
 use storefront::{
     app,
-    shared::{
+    platform::{
         config::{AppEnv, EmailTransport, Settings},
         jobs::{QueuedJob, relay},
     },
@@ -507,7 +507,7 @@ impl Drop for RssWatch {
 }
 
 async fn reports_bench(server: &str) -> anyhow::Result<()> {
-    use storefront::{features::reports::ReportJobs, shared::jobs::worker::JobHandler};
+    use storefront::{features::reports::ReportJobs, platform::jobs::worker::JobHandler};
     let dir = scratch_dir("reports");
     let state = fresh(server, &dir, false).await?;
     let started = Instant::now();

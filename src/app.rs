@@ -12,14 +12,16 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
     features,
-    shared::{
+    platform::{
         config::Settings,
         db,
-        error::AppError,
+        http::{
+            error::AppError,
+            middleware,
+            openapi::{self, ApiDoc},
+        },
         jobs::{self, relay, worker},
         mail::{LettreMailer, templates::Templates},
-        middleware,
-        openapi::{self, ApiDoc},
         redis::Redis,
     },
 };

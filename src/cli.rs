@@ -5,13 +5,11 @@ use clap::{Parser, Subcommand};
 use crate::{
     app,
     features::{maintenance::invariants, users::service::AdminProvisioned},
-    shared::{
+    platform::{
         config::{AppEnv, Settings},
-        db,
-        email::Email,
-        password::PasswordHasher,
-        telemetry,
+        db, telemetry,
     },
+    shared::{email::Email, password::PasswordHasher},
 };
 
 /// Storefront API server.

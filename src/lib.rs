@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod features;
+pub mod platform;
 pub mod seed;
 pub mod shared;
 pub mod state;

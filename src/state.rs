@@ -10,8 +10,6 @@ use axum::extract::FromRef;
 use sqlx::PgPool;
 
 use crate::{
-    // Services by their own modules, not the features' re-exports: a feature's `mod.rs`
-    // also reaches its routes, which depend on this state.
     features::{
         auth::{repository::PgAuthStore, reset::PasswordResetService, service::AuthService},
         orders::service::OrderService,
@@ -19,19 +17,19 @@ use crate::{
         reports::service::ReportService,
         users::service::UserService,
     },
-    shared::{
-        auth::TokenKeys,
+    platform::{
         config::Settings,
-        db::DbHealth,
-        jobs::Queues,
+        db::{
+            DbHealth,
+            pipeline::{Pipeline, PipelineOptions},
+            read_pool::{ReadPool, ReadPoolOptions},
+        },
+        http::middleware::rate_limit::RateLimiter,
+        jobs::{Queues, outbox::Wakeup},
         metrics::Metrics,
-        middleware::rate_limit::RateLimiter,
-        outbox::Wakeup,
-        password::PasswordHasher,
-        pipeline::{Pipeline, PipelineOptions},
-        read_pool::{ReadPool, ReadPoolOptions},
         redis::Redis,
     },
+    shared::{auth::TokenKeys, password::PasswordHasher},
 };
 
 /// A read-pool connection is replaced after this long (sqlx's pool default too).

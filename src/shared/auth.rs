@@ -22,7 +22,13 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub use super::role::Role;
-use super::{config::Settings, error::AppError, middleware::rate_limit::RateLimiter, sessions};
+use {
+    super::sessions,
+    crate::platform::{
+        config::Settings,
+        http::{error::AppError, middleware::rate_limit::RateLimiter},
+    },
+};
 
 /// The message of every authentication failure: it never says which check failed.
 pub const INVALID_TOKEN: &str = "missing, invalid or expired access token";
@@ -277,7 +283,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::config::{AppEnv, Settings};
+    use crate::platform::config::{AppEnv, Settings};
 
     fn keys() -> TokenKeys {
         TokenKeys::from_settings(&Settings::load_for(AppEnv::Test).unwrap())

@@ -1,23 +1,10 @@
-//! Cross-cutting infrastructure shared by every feature.
+//! The kernel: what several features share and is part of the business, not plumbing:
+//! who the caller is (auth extractors, permissions, sessions, roles), e-mail addresses,
+//! password hashing, and domain types more than one feature speaks (shipping address,
+//! stock bound). Infrastructure lives one floor down, in [`crate::platform`].
 
 pub mod auth;
-pub mod config;
-pub mod db;
 pub mod email;
-pub mod error;
-pub mod extract;
-pub mod jobs;
-pub mod mail;
-pub mod metrics;
-pub mod middleware;
-pub mod openapi;
-pub mod outbox;
 pub mod password;
-pub mod pipeline;
-pub mod read_pool;
-pub mod redis;
-pub mod response;
 pub mod role;
-pub mod schedule;
 pub mod sessions;
-pub mod telemetry;

@@ -63,7 +63,7 @@ async fn a_backup_restores_into_a_fresh_database_with_its_data(pool: PgPool) {
         sqlx::query_scalar("select live from product_counts").fetch_one(&mut restored).await.unwrap();
     restored.close().await.unwrap();
     assert_eq!((users, stock, lines, counts), (1, 3, 1, 1));
-    assert_eq!(migrations, i64::try_from(storefront::shared::db::MIGRATOR.migrations.len()).unwrap());
+    assert_eq!(migrations, i64::try_from(storefront::platform::db::MIGRATOR.migrations.len()).unwrap());
 
     // Restoring again over existing data is clean (objects replaced, not duplicated).
     let again = script("restore").arg(&dump).arg(&target).output().unwrap();

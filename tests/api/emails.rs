@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use storefront::shared::jobs::{QueuedJob, store};
+use storefront::platform::jobs::{QueuedJob, store};
 
 use crate::{
     helpers::{TestApp, expect_error, send, url_of},

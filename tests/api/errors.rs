@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use storefront::{
-    shared::{
+    platform::http::{
         extract::{PathParam, QueryParams, ValidJson},
         response::PageParams,
     },

@@ -9,11 +9,11 @@ use sqlx::PgPool;
 use storefront::{
     app,
     features::products::repository::{NewProduct, ProductRow},
-    shared::{
+    platform::{
         config::{AppEnv, EmailTransport, Settings},
-        email::Email,
         redis::Redis,
     },
+    shared::email::Email,
     state::AppState,
 };
 

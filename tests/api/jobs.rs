@@ -9,9 +9,8 @@ use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
-use storefront::shared::{
-    jobs::{QueuedJob, Queues, relay, store},
-    outbox,
+use storefront::platform::{
+    jobs::{QueuedJob, Queues, outbox, relay, store},
     redis::Redis,
 };
 

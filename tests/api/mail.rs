@@ -10,7 +10,7 @@ use std::{
 };
 
 use serde_json::json;
-use storefront::shared::{
+use storefront::platform::{
     config::EmailTransport,
     mail::{LettreMailer, MailError, OutgoingMail, templates::Templates},
 };

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use storefront::{
     features::{analytics, maintenance::tasks},
-    shared::schedule,
+    platform::schedule,
 };
 
 use crate::helpers::{TestApp, expect_error, send};

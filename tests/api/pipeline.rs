@@ -10,9 +10,9 @@ use sqlx::{
     PgPool,
     postgres::{PgPoolOptions, PgSslMode},
 };
-use storefront::shared::{
-    error::AppError,
-    pipeline::{Pipeline, PipelineError, PipelineOptions},
+use storefront::platform::{
+    db::pipeline::{Pipeline, PipelineError, PipelineOptions},
+    http::error::AppError,
 };
 
 use crate::helpers::TestApp;

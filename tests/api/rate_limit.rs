@@ -273,7 +273,7 @@ async fn invented_methods_do_not_become_metric_labels(pool: PgPool) {
 #[sqlx::test]
 async fn leased_default_limits_hold_across_instances(pool: PgPool) {
     let prefix = format!("test:{}", uuid::Uuid::new_v4());
-    let shared = |s: &mut storefront::shared::config::Settings| {
+    let shared = |s: &mut storefront::platform::config::Settings| {
         s.rate_limit_default_per_minute = 100;
         s.redis_prefix = prefix.clone();
     };

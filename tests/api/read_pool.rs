@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
-use storefront::shared::read_pool::{ReadPool, ReadPoolOptions};
+use storefront::platform::db::read_pool::{ReadPool, ReadPoolOptions};
 
 fn pool(main: &PgPool, max_connections: u32) -> ReadPool {
     ReadPool::new(

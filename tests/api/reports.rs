@@ -254,7 +254,7 @@ async fn a_report_requested_while_redis_is_down_completes_once_it_is_back(pool: 
 async fn a_report_whose_job_dies_is_failed_with_a_reason_and_no_internals(pool: PgPool) {
     use storefront::{
         features::reports::ReportJobs,
-        shared::jobs::{QueuedJob, worker::JobHandler},
+        platform::jobs::{QueuedJob, worker::JobHandler},
     };
     let app = TestApp::spawn(pool).await;
     let admin = app.user().admin().signed_in().await;

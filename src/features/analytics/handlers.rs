@@ -7,11 +7,13 @@ use super::{
     service,
     types::{AnalyticsRange, HourlyAnalytics},
 };
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppResult, ErrorEnvelope},
-    extract::QueryParams,
-    response::ApiOk,
+use crate::{
+    platform::http::{
+        error::{AppResult, ErrorEnvelope},
+        extract::QueryParams,
+        response::ApiOk,
+    },
+    shared::auth::{Require, perm},
 };
 
 /// Hourly orders, items, revenue and new users in a range, oldest first (admin).

@@ -7,8 +7,8 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use sqlx::PgPool;
 
 use super::{repository, types::HourlyAnalytics};
-use crate::shared::{
-    error::{AppError, AppResult},
+use crate::platform::{
+    http::error::{AppError, AppResult},
     schedule,
 };
 

@@ -6,7 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 use validator::{Validate, ValidationError};
 
 use super::repository::HourRow;
-use crate::shared::extract::struct_error;
+use crate::platform::http::extract::struct_error;
 
 /// Range of `GET /admin/analytics` (RFC 3339; default: the last 24 hours, at most 31 days).
 #[derive(Debug, Deserialize, Validate, IntoParams)]

@@ -10,13 +10,17 @@ use super::{
         ResetPasswordRequest, TokenResponse,
     },
 };
-use crate::shared::{
-    auth::{AuthUser, ClientMeta},
-    email::Email,
-    error::{AppError, AppResult, ErrorEnvelope},
-    extract::ValidJson,
-    middleware::rate_limit::RateLimiter,
-    response::ApiOk,
+use crate::{
+    platform::http::{
+        error::{AppError, AppResult, ErrorEnvelope},
+        extract::ValidJson,
+        middleware::rate_limit::RateLimiter,
+        response::ApiOk,
+    },
+    shared::{
+        auth::{AuthUser, ClientMeta},
+        email::Email,
+    },
 };
 
 /// Creates an account (role `user`) and signs it in.

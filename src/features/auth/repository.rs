@@ -10,10 +10,12 @@ use uuid::Uuid;
 use super::service::AuthStore;
 use crate::{
     features::users::repository::{self as users, LoginRow, NewUser, UserRow},
+    platform::{
+        http::error::AppResult,
+        jobs::outbox::{self, Job, Wakeup},
+    },
     shared::{
         email::Email,
-        error::AppResult,
-        outbox::{self, Job, Wakeup},
         sessions::{self, NewSession, Session},
     },
 };

@@ -13,13 +13,11 @@ use super::{
 };
 use crate::{
     features::users::repository as users,
-    shared::{
-        email::Email,
-        error::{AppError, AppResult},
-        outbox::Wakeup,
-        password::PasswordHasher,
-        sessions,
+    platform::{
+        http::error::{AppError, AppResult},
+        jobs::outbox::Wakeup,
     },
+    shared::{email::Email, password::PasswordHasher, sessions},
 };
 
 /// How long a reset link works after its e-mail is sent.

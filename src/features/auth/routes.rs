@@ -15,7 +15,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::{shared::middleware::rate_limit, state::AppState};
+use crate::{platform::http::middleware::rate_limit, state::AppState};
 
 /// `/auth/...`; every answer (errors included) is `Cache-Control: no-store`.
 pub fn router() -> OpenApiRouter<AppState> {

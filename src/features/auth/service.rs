@@ -9,11 +9,13 @@ use uuid::Uuid;
 use super::domain::{hash_refresh_token, new_refresh_token};
 use crate::{
     features::users::repository::{LoginRow, NewUser, UserRow},
+    platform::{
+        http::error::{AppError, AppResult},
+        jobs::outbox::Job,
+    },
     shared::{
         auth::{ClientMeta, Role, TokenKeys},
         email::Email,
-        error::{AppError, AppResult},
-        outbox::Job,
         password::PasswordHasher,
         sessions::{NewSession, Session},
     },
@@ -252,7 +254,7 @@ mod tests {
     use std::{collections::HashMap, sync::Mutex};
 
     use super::*;
-    use crate::shared::config::{AppEnv, Settings};
+    use crate::platform::config::{AppEnv, Settings};
 
     /// In-memory store with the same rules as the SQL (unique live e-mail, conditional rotation).
     #[derive(Default)]

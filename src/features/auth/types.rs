@@ -5,10 +5,7 @@ use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
 use super::service::{IssuedTokens, Registration};
-use crate::{
-    features::users::types::UserResponse,
-    shared::{email::Email, error::AppError},
-};
+use crate::{features::users::types::UserResponse, platform::http::error::AppError, shared::email::Email};
 
 /// `POST /auth/register`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]

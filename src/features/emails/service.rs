@@ -23,7 +23,7 @@ use uuid::Uuid;
 use super::repository::{self, Recipient};
 use crate::{
     features::auth::reset,
-    shared::{
+    platform::{
         jobs::{
             QueuedJob,
             worker::{JobError, JobHandler},
@@ -225,7 +225,7 @@ mod tests {
         for kind in ["welcome", "order-confirmation", "reset-password", "report-ready"] {
             let parsed = Kind::parse(kind).unwrap();
             assert_eq!(parsed.template(), kind);
-            assert!(crate::shared::mail::templates::NAMES.contains(&kind));
+            assert!(crate::platform::mail::templates::NAMES.contains(&kind));
         }
         assert_eq!(Kind::parse("report"), None, "report generation belongs to the reports queue");
     }

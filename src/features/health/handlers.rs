@@ -8,7 +8,7 @@ use axum::{
 };
 
 use super::types::{HealthResponse, ReadyChecks, ReadyResponse};
-use crate::{shared::error::Enveloped, state::AppState};
+use crate::{platform::http::error::Enveloped, state::AppState};
 
 /// How long a dependency may take to answer before it counts as down.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,7 +27,7 @@ pub async fn live() -> Json<HealthResponse> {
         (status = 503, description = "A dependency is down; its check holds the error", body = ReadyResponse),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let database = check(crate::shared::db::ping(&state.db));
+    let database = check(crate::platform::db::ping(&state.db));
     let redis = check(state.redis.ping());
     let (database, redis) = tokio::join!(database, redis);
     let healthy = database == "ok" && redis == "ok";
@@ -60,14 +60,14 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses(
         (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
-        (status = 404, description = "Metrics are disabled", body = crate::shared::error::ErrorEnvelope),
+        (status = 404, description = "Metrics are disabled", body = crate::platform::http::error::ErrorEnvelope),
     ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if !state.config.metrics_enabled {
-        return crate::shared::error::AppError::NotFound("no route matches this path".to_owned())
+        return crate::platform::http::error::AppError::NotFound("no route matches this path".to_owned())
             .into_response();
     }
-    let gauges = crate::shared::jobs::gauges(&state.queues, &state.db).await;
+    let gauges = crate::platform::jobs::gauges(&state.queues, &state.db).await;
     let body = state.metrics.render(&state.db, &gauges);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
 }

@@ -4,12 +4,16 @@
 use axum::{extract::State, http::StatusCode};
 
 use super::types::{DeadJobFilter, DeadJobResponse, QueueCountsResponse, RetriedJob};
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppError, AppResult, ErrorEnvelope},
-    extract::{PathParam, QueryParams},
-    jobs::{Queues, store},
-    response::{ApiList, ApiOk, PageParams, Pagination},
+use crate::{
+    platform::{
+        http::{
+            error::{AppError, AppResult, ErrorEnvelope},
+            extract::{PathParam, QueryParams},
+            response::{ApiList, ApiOk, PageParams, Pagination},
+        },
+        jobs::{Queues, store},
+    },
+    shared::auth::{Require, perm},
 };
 
 fn unavailable(e: redis::RedisError) -> AppError {

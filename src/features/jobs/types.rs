@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::shared::jobs::store::{DeadJob, QueueCounts};
+use crate::platform::jobs::store::{DeadJob, QueueCounts};
 
 /// A queue's jobs by state.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -59,7 +59,7 @@ enum QueueName {
 
 fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
     match queue {
-        crate::shared::jobs::EMAILS | crate::shared::jobs::REPORTS => Ok(()),
+        crate::platform::jobs::EMAILS | crate::platform::jobs::REPORTS => Ok(()),
         _ => Err(validator::ValidationError::new("queue").with_message("must be emails or reports".into())),
     }
 }

@@ -14,7 +14,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
     features::analytics,
-    shared::{config::Settings, jobs::Queues, schedule},
+    platform::{config::Settings, jobs::Queues, schedule},
 };
 
 /// Starts the scheduler; keep the handle and `shutdown` it on exit.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     features::{emails::repository as sent_emails, reports::repository as reports},
-    shared::{
+    platform::{
         config::Settings,
         jobs::{Queues, store},
         schedule,

@@ -15,11 +15,13 @@ use super::{
         UpdateOrderRequest, UpdateStatusRequest,
     },
 };
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppResult, Enveloped, ErrorEnvelope},
-    extract::{JsonBody, PathParam, QueryParams, ValidJson},
-    response::{ApiList, ApiOk, PageParams, Pagination},
+use crate::{
+    platform::http::{
+        error::{AppResult, Enveloped, ErrorEnvelope},
+        extract::{JsonBody, PathParam, QueryParams, ValidJson},
+        response::{ApiList, ApiOk, PageParams, Pagination},
+    },
+    shared::auth::{Require, perm},
 };
 
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::shared::{error::AppError, response::ApiOk};
+use crate::platform::http::{error::AppError, response::ApiOk};
 
 /// A key sent with a request and the fingerprint of the request body it came with.
 #[derive(Debug, Clone)]

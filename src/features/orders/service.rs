@@ -14,13 +14,17 @@ use super::{
     repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, OutboxRow, Placement, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
-use crate::shared::{
-    auth::{AuthUser, Permission},
-    error::{AppError, AppResult, FieldErrors},
-    extract::parse_valid_value,
-    outbox::{Job, Wakeup},
-    read_pool::ReadPool,
-    response::PageParams,
+use crate::{
+    platform::{
+        db::read_pool::ReadPool,
+        http::{
+            error::{AppError, AppResult, FieldErrors},
+            extract::parse_valid_value,
+            response::PageParams,
+        },
+        jobs::outbox::{Job, Wakeup},
+    },
+    shared::auth::{AuthUser, Permission},
 };
 
 /// What [`OrderService::place_idempotent`] did.

@@ -14,7 +14,7 @@ use super::{
     domain::{OrderStatus, ShippingAddress},
     repository::{NewOrderLine, OrderItemRow, OrderRow},
 };
-use crate::shared::{
+use crate::platform::http::{
     error::{AppError, FieldErrors},
     extract::{double_option, into_validation_errors},
 };

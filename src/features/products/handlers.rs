@@ -12,11 +12,13 @@ use super::{
     service::ProductService,
     types::{CreateProductRequest, ProductFilter, ProductIdPath, ProductResponse, UpdateProductRequest},
 };
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppResult, ErrorEnvelope},
-    extract::{PathParam, QueryParams, ValidJson},
-    response::{ApiList, ApiOk, PageParams, Pagination},
+use crate::{
+    platform::http::{
+        error::{AppResult, ErrorEnvelope},
+        extract::{PathParam, QueryParams, ValidJson},
+        response::{ApiList, ApiOk, PageParams, Pagination},
+    },
+    shared::auth::{Require, perm},
 };
 
 /// The strong ETag of a product version.

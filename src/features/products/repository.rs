@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::shared::pipeline::{Pipeline, PipelineError};
+use crate::platform::db::pipeline::{Pipeline, PipelineError};
 
 use super::domain::ProductSort;
 

@@ -17,12 +17,12 @@ use super::{
     },
     types::ProductFilter,
 };
-use crate::shared::{
-    db::contains_pattern,
-    error::{AppError, AppResult},
-    pipeline::Pipeline,
-    read_pool::ReadPool,
-    response::PageParams,
+use crate::platform::{
+    db::{contains_pattern, pipeline::Pipeline, read_pool::ReadPool},
+    http::{
+        error::{AppError, AppResult},
+        response::PageParams,
+    },
 };
 
 const SKU_TAKEN: &str = "a product with this sku already exists";

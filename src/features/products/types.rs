@@ -10,7 +10,7 @@ use super::{
     domain::{MAX_PRICE_CENTS, MAX_STOCK, ProductSort},
     repository::{ProductChanges, ProductRow},
 };
-use crate::shared::extract::{double_option, reject_null, struct_error};
+use crate::platform::http::extract::{double_option, reject_null, struct_error};
 
 /// A product as the catalogue shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]

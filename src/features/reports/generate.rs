@@ -22,12 +22,10 @@ use super::{
     domain::{ReportType, safe_cell},
     repository,
 };
-use crate::shared::{
-    jobs::{
-        QueuedJob,
-        worker::{JobError, JobHandler},
-    },
+use crate::platform::jobs::{
+    QueuedJob,
     outbox::{self, Job, Wakeup},
+    worker::{JobError, JobHandler},
 };
 
 /// Bytes of CSV per stored chunk.

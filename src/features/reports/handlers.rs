@@ -12,11 +12,13 @@ use super::{
     service::ReportService,
     types::{CreateReportRequest, ReportFilter, ReportResponse},
 };
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppResult, ErrorEnvelope},
-    extract::{PathParam, QueryParams, ValidJson},
-    response::{ApiList, ApiOk, PageParams, Pagination},
+use crate::{
+    platform::http::{
+        error::{AppResult, ErrorEnvelope},
+        extract::{PathParam, QueryParams, ValidJson},
+        response::{ApiList, ApiOk, PageParams, Pagination},
+    },
+    shared::auth::{Require, perm},
 };
 
 /// Requests a report (admin). It is generated in the background; poll

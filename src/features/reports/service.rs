@@ -12,10 +12,12 @@ use super::{
     repository::{self, ReportRow},
     types::{CreateReportRequest, ReportFilter, ReportStatus},
 };
-use crate::shared::{
-    error::{AppError, AppResult},
-    outbox::{self, Job, Wakeup},
-    response::PageParams,
+use crate::platform::{
+    http::{
+        error::{AppError, AppResult},
+        response::PageParams,
+    },
+    jobs::outbox::{self, Job, Wakeup},
 };
 
 /// A completed report's file, ready to stream.

@@ -11,7 +11,7 @@ use super::{
     domain::{Bound, resolve_range},
     repository::ReportRow,
 };
-use crate::shared::{error::FieldErrors, extract::into_validation_errors};
+use crate::platform::http::{error::FieldErrors, extract::into_validation_errors};
 
 /// `POST /reports`.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -9,11 +9,13 @@ use super::{
         UserResponse,
     },
 };
-use crate::shared::{
-    auth::{Require, perm},
-    error::{AppResult, ErrorEnvelope},
-    extract::{JsonBody, PathParam, QueryParams, ValidJson},
-    response::{ApiList, ApiOk, PageParams, Pagination},
+use crate::{
+    platform::http::{
+        error::{AppResult, ErrorEnvelope},
+        extract::{JsonBody, PathParam, QueryParams, ValidJson},
+        response::{ApiList, ApiOk, PageParams, Pagination},
+    },
+    shared::auth::{Require, perm},
 };
 
 /// The signed-in user's profile.

@@ -185,7 +185,7 @@ pub async fn list(
     limit: i64,
     offset: i64,
 ) -> sqlx::Result<(Vec<UserRow>, i64)> {
-    let pattern = q.map(crate::shared::db::contains_pattern);
+    let pattern = q.map(crate::platform::db::contains_pattern);
     let total = sqlx::query_scalar!(
         r#"select count(*) as "count!" from users
            where deleted_at is null

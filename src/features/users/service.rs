@@ -4,13 +4,17 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::repository::{self, ProfileChanges, UserRow};
-use crate::shared::{
-    auth::{AuthUser, Role},
-    email::Email,
-    error::{AppError, AppResult},
-    password::PasswordHasher,
-    response::PageParams,
-    sessions,
+use crate::{
+    platform::http::{
+        error::{AppError, AppResult},
+        response::PageParams,
+    },
+    shared::{
+        auth::{AuthUser, Role},
+        email::Email,
+        password::PasswordHasher,
+        sessions,
+    },
 };
 
 /// What `create_admin` did.

@@ -7,10 +7,12 @@ use uuid::Uuid;
 use validator::Validate;
 
 use super::repository::{ProfileChanges, UserRow};
-use crate::shared::{
-    auth::Role,
-    error::{AppError, FieldErrors},
-    extract::double_option,
+use crate::{
+    platform::http::{
+        error::{AppError, FieldErrors},
+        extract::double_option,
+    },
+    shared::auth::Role,
 };
 
 /// A user as every endpoint shows it (never with a password hash).

@@ -29,13 +29,10 @@ use std::{
 use sqlx::{ConnectOptions, postgres::PgPool, postgres::PgSslMode};
 use tokio_postgres::{Client, NoTls, Row, Statement, error::SqlState, types::ToSql};
 
-use super::{
-    error::{AppError, DB_SLOW_OR_UNAVAILABLE, DB_UNAVAILABLE, is_database_unavailable},
-    read_pool::close_with,
+use crate::platform::{
+    db::read_pool::close_with,
+    http::error::{AppError, DB_SLOW_OR_UNAVAILABLE, DB_UNAVAILABLE, is_database_unavailable},
 };
-
-/// Why a database URL with a client certificate cannot be used with pipelined reads.
-pub const CLIENT_CERTIFICATE: &str = "client certificates (sslcert, sslkey) are not supported by pipelined reads; set DB_PIPELINE_CONNECTIONS=0";
 
 /// Bounds of a [`Pipeline`].
 #[derive(Clone, Debug)]
@@ -296,7 +293,9 @@ impl Pipeline {
         let inner = &*self.0;
         let connect = async {
             match &inner.tls {
-                TlsPolicy::ClientCertificate => Err(PipelineError::Tls(CLIENT_CERTIFICATE.to_owned())),
+                TlsPolicy::ClientCertificate => {
+                    Err(PipelineError::Tls(crate::platform::config::PIPELINE_CLIENT_CERTIFICATE.to_owned()))
+                }
                 TlsPolicy::Off => {
                     let (client, connection) = inner.config.connect(NoTls).await?;
                     Ok((client, drive(connection)))
@@ -366,7 +365,9 @@ fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig, PipelineErr
         .with_safe_default_protocol_versions()
         .map_err(|e| PipelineError::Tls(e.to_string()))?;
     let config = match policy {
-        TlsPolicy::ClientCertificate => return Err(PipelineError::Tls(CLIENT_CERTIFICATE.to_owned())),
+        TlsPolicy::ClientCertificate => {
+            return Err(PipelineError::Tls(crate::platform::config::PIPELINE_CLIENT_CERTIFICATE.to_owned()));
+        }
         TlsPolicy::Off | TlsPolicy::Unverified { .. } => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))

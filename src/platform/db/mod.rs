@@ -1,6 +1,9 @@
 //! PostgreSQL pool and migrations (SPEC §9): pool size, acquire and idle timeouts, a
 //! server-side statement timeout and slow-statement logging all come from config.
 
+pub mod pipeline;
+pub mod read_pool;
+
 use std::{
     str::FromStr,
     sync::{
@@ -19,7 +22,7 @@ use sqlx::{
 };
 use tracing::log::LevelFilter;
 
-use super::config::Settings;
+use crate::platform::config::Settings;
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!();

@@ -4,7 +4,7 @@
 
 use axum::response::{IntoResponse, Response};
 
-use crate::shared::error::{AppError, Enveloped};
+use crate::platform::http::error::{AppError, Enveloped};
 
 /// Rewrites a bare 4xx/5xx response into the envelope.
 pub fn ensure(res: Response) -> Response {

@@ -1,8 +1,9 @@
 //! Job queues (SPEC §7): Redis-backed apalis storages, one per queue (`emails`,
 //! `reports`), under the deployment's key prefix. Business transactions never push here
-//! directly: they write [`crate::shared::outbox`] rows, and the [`relay`] moves those to
+//! directly: they write [`crate::platform::jobs::outbox`] rows, and the [`relay`] moves those to
 //! these queues, with the outbox id as the task's idempotency key.
 
+pub mod outbox;
 pub mod relay;
 pub mod store;
 pub mod worker;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 use sqlx::PgPool;
 
-use super::{
+use crate::platform::{
     config::Settings,
     metrics::{Gauges, QueueGauge},
     redis::Redis,

@@ -18,7 +18,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, Response, header},
 };
 
-use crate::shared::config::Settings;
+use crate::platform::config::Settings;
 
 /// The allowed origins and the header values every answer uses.
 #[derive(Debug, Clone)]

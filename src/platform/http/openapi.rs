@@ -11,8 +11,8 @@ use utoipa::{
     },
 };
 
-use super::error::{ErrorBody, ErrorEnvelope};
-use super::response::Pagination;
+use crate::platform::http::error::{ErrorBody, ErrorEnvelope};
+use crate::platform::http::response::Pagination;
 
 /// Root of the generated document.
 #[derive(OpenApi)]

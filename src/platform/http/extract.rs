@@ -12,7 +12,7 @@ use axum::{
 use serde::{Deserialize, de::DeserializeOwned};
 use validator::{Validate, ValidationError, ValidationErrors, ValidationErrorsKind};
 
-use super::error::{AppError, FieldErrors};
+use crate::platform::http::error::{AppError, FieldErrors};
 
 /// A JSON request body. `Content-Type` must be `application/json` (or `+json`).
 #[derive(Debug, Clone, Copy, Default)]

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 
-use super::{QueuedJob, Queues};
+use crate::platform::jobs::{QueuedJob, Queues};
 
 /// Longest error text kept in a listing (errors carry no secrets, but may be long).
 const MAX_ERROR_CHARS: usize = 500;

@@ -349,7 +349,7 @@ impl Settings {
             p.push("DB_READ_POOL_MAX: must be at least 1".to_owned());
         }
         if self.db_pipeline_connections > 0 && has_client_certificate(self.database_url.expose_secret()) {
-            p.push(format!("DATABASE_URL: {}", crate::shared::pipeline::CLIENT_CERTIFICATE));
+            p.push(format!("DATABASE_URL: {}", PIPELINE_CLIENT_CERTIFICATE));
         }
         if self.db_pool_max == 0 {
             p.push("DB_POOL_MAX: must be at least 1".to_owned());
@@ -505,6 +505,9 @@ impl KindLabel for redis::RedisError {
         format!("{:?}", self.kind())
     }
 }
+
+/// Why a database URL with a client certificate cannot be used with pipelined reads.
+pub const PIPELINE_CLIENT_CERTIFICATE: &str = "client certificates (sslcert, sslkey) are not supported by pipelined reads; set DB_PIPELINE_CONNECTIONS=0";
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
-use super::config::Settings;
+use crate::platform::config::Settings;
 
 /// Installs the global subscriber; call once at start-up.
 pub fn init(settings: &Settings) {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::middleware::request_id;
+use crate::platform::http::middleware::request_id;
 
 /// Field path (`email`, `items[2].quantity`) → messages.
 pub type FieldErrors = BTreeMap<String, Vec<String>>;

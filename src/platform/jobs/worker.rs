@@ -42,8 +42,8 @@ use futures::FutureExt;
 use redis::aio::ConnectionManager;
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{QueuedJob, store::FIRST_ATTEMPT_FIELD};
-use crate::shared::metrics::Metrics;
+use crate::platform::jobs::{QueuedJob, store::FIRST_ATTEMPT_FIELD};
+use crate::platform::metrics::Metrics;
 
 /// Runs of a job before it is dead.
 pub const MAX_ATTEMPTS: usize = 3;

@@ -1,6 +1,6 @@
 //! The outbox relay (SPEC §7): moves unsent `outbox` rows to their Redis queues.
 //!
-//! - Woken by `LISTEN outbox` (writers ring [`crate::shared::outbox::Wakeup`] after they commit, which
+//! - Woken by `LISTEN outbox` (writers ring [`crate::platform::jobs::outbox::Wakeup`] after they commit, which
 //!   sends one `NOTIFY` per process at most every 10 ms), and polling every
 //!   `RELAY_POLL_INTERVAL` as a fallback (a lost connection, a notification missed while
 //!   reconnecting, transaction-mode poolers, a row nobody announced).
@@ -24,8 +24,8 @@ use futures::stream;
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 
-use super::{EMAILS, QueuedJob, Queues, REPORTS};
-use crate::shared::outbox::CHANNEL;
+use crate::platform::jobs::outbox::CHANNEL;
+use crate::platform::jobs::{EMAILS, QueuedJob, Queues, REPORTS};
 
 /// Rows moved per transaction.
 pub const BATCH: i64 = 200;

@@ -39,8 +39,8 @@ use futures::FutureExt;
 use tower::{Layer, Service, ServiceBuilder};
 use tracing::{Instrument, Span, field::Empty};
 
-use self::request_id::{RequestId, X_REQUEST_ID};
-use super::{config::Settings, db::DbHealth, error::AppError, metrics::Metrics};
+use crate::platform::http::middleware::request_id::{RequestId, X_REQUEST_ID};
+use crate::platform::{config::Settings, db::DbHealth, http::error::AppError, metrics::Metrics};
 
 /// Wraps `router` (routes and fallback already added) in the full stack.
 pub fn apply<S: Clone + Send + Sync + 'static>(
@@ -128,7 +128,7 @@ where
     let (id, req) = request_id::assign_id(req);
     let mut res = request_id::scope(
         id.clone(),
-        crate::shared::metrics::track(&p.metrics, req, |req| async {
+        crate::platform::metrics::track(&p.metrics, req, |req| async {
             envelope::ensure(traced(p, req, inner).await)
         }),
     )
@@ -231,10 +231,11 @@ async fn db_gate<F: Future<Output = Response<Body>>>(
     let path = req.uri().path();
     let exempt = path.starts_with("/health") || path == "/metrics" || path.starts_with("/api-docs");
     if health.is_down() && !exempt {
-        return AppError::ServiceUnavailable(crate::shared::error::DB_UNAVAILABLE.to_owned()).into_response();
+        return AppError::ServiceUnavailable(crate::platform::http::error::DB_UNAVAILABLE.to_owned())
+            .into_response();
     }
     let res = next(req).await;
-    if res.extensions().get::<crate::shared::error::DatabaseTrouble>().is_some() {
+    if res.extensions().get::<crate::platform::http::error::DatabaseTrouble>().is_some() {
         health.suspect();
     }
     res

@@ -19,8 +19,8 @@ use lettre::{
 };
 use secrecy::ExposeSecret;
 
-use self::templates::Rendered;
-use super::config::{EmailTransport, Settings};
+use crate::platform::config::{EmailTransport, Settings};
+use crate::platform::mail::templates::Rendered;
 
 /// A message ready to go: recipient and rendered content.
 #[derive(Debug, Clone)]

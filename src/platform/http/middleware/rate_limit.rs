@@ -29,7 +29,7 @@ use axum::{
 };
 use redis::Script;
 
-use crate::shared::{config::Settings, error::AppError, redis::Redis};
+use crate::platform::{config::Settings, http::error::AppError, redis::Redis};
 
 static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
@@ -599,7 +599,7 @@ pub async fn auth_per_ip(req: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shared::config::{AppEnv, Settings};
+    use crate::platform::config::{AppEnv, Settings};
 
     fn limiter(trust_proxy: bool) -> RateLimiter {
         let mut settings = Settings::load_for(AppEnv::Test).unwrap();

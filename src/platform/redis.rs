@@ -7,7 +7,7 @@ use anyhow::Context;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::ExposeSecret;
 
-use super::config::Settings;
+use crate::platform::config::Settings;
 
 /// Cheap to clone; every clone shares the same connection.
 #[derive(Clone)]
