@@ -160,7 +160,7 @@ async fn relay_bench(server: &str) -> anyhow::Result<()> {
     let sql_only = N as f64 / started.elapsed().as_secs_f64();
 
     // Baseline 2: the same pushes to Redis alone, no Postgres.
-    let mut storage = state.queues.emails.clone();
+    let mut storage = state.queues.get("emails").unwrap().clone();
     let started = Instant::now();
     for batch in 0..(N / relay::BATCH) {
         let tasks = (0..relay::BATCH).map(|i| {

@@ -24,6 +24,7 @@ use crate::{
         mail::{LettreMailer, templates::Templates},
         redis::Redis,
     },
+    shared::jobs::{EMAILS, REPORTS},
 };
 
 use crate::state::AppState;
@@ -137,16 +138,16 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
     let workers = match c.jobs_enabled {
         true => vec![
             worker::spawn(
-                jobs::EMAILS,
-                state.queues.emails.clone(),
+                EMAILS,
+                queue(state, EMAILS)?,
                 Arc::new(email_jobs(state)?),
                 worker_options(c),
                 state.metrics.clone(),
                 stop.subscribe(),
             ),
             worker::spawn(
-                jobs::REPORTS,
-                state.queues.reports.clone(),
+                REPORTS,
+                queue(state, REPORTS)?,
                 Arc::new(features::reports::ReportJobs::new(
                     state.db.clone(),
                     state.wakeup.clone(),
@@ -167,6 +168,11 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
         false => Vec::new(),
     };
     Ok(Background { scheduler, relay, workers, stop, shutdown_timeout: state.config.shutdown_timeout })
+}
+
+/// The storage of a registered queue.
+fn queue(state: &AppState, name: &str) -> anyhow::Result<apalis_redis::RedisStorage<jobs::QueuedJob>> {
+    state.queues.get(name).cloned().with_context(|| format!("queue {name} is not registered"))
 }
 
 /// The `emails` queue's handler over the configured transport and the templates.

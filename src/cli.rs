@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     app,
-    features::{maintenance::invariants, users::service::AdminProvisioned},
+    features::{maintenance, users::AdminProvisioned},
     platform::{
         config::{AppEnv, Settings},
         db, telemetry,
@@ -109,7 +109,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 async fn check(settings: Settings) -> anyhow::Result<()> {
     let pool = db::connect_lazy(&settings)?;
-    let findings = invariants::check(&pool).await?;
+    let findings = maintenance::check_invariants(&pool).await?;
     let broken = findings.iter().filter(|f| f.count > 0).count();
     for f in &findings {
         let i = f.invariant;

@@ -11,11 +11,11 @@ use sqlx::PgPool;
 
 use crate::{
     features::{
-        auth::{repository::PgAuthStore, reset::PasswordResetService, service::AuthService},
-        orders::service::OrderService,
-        products::service::ProductService,
-        reports::service::ReportService,
-        users::service::UserService,
+        auth::{AuthService, PasswordResetService, PgAuthStore},
+        orders::OrderService,
+        products::ProductService,
+        reports::ReportService,
+        users::UserService,
     },
     platform::{
         config::Settings,
@@ -29,7 +29,7 @@ use crate::{
         metrics::Metrics,
         redis::Redis,
     },
-    shared::{auth::TokenKeys, password::PasswordHasher},
+    shared::{auth::TokenKeys, jobs, password::PasswordHasher},
 };
 
 /// A read-pool connection is replaced after this long (sqlx's pool default too).
@@ -149,7 +149,7 @@ impl AppState {
         );
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();
-        let queues = Queues::new(&redis, &config);
+        let queues = Queues::new(&redis, &config, jobs::QUEUES);
         let reports = ReportService::new(db.clone(), wakeup.clone());
         let db_health = DbHealth::new(&db);
         Self(Arc::new(AppParts {

@@ -4,7 +4,9 @@
 //! stock bound). Infrastructure lives one floor down, in [`crate::platform`].
 
 pub mod auth;
+pub mod domain;
 pub mod email;
+pub mod jobs;
 pub mod password;
 pub mod role;
 pub mod sessions;

@@ -224,3 +224,51 @@ pub async fn revoke_all(
     .await
     .map(|r| r.rows_affected())
 }
+
+/// Nightly cleanup of the sessions table; how many rows went. Deletes sessions whose
+/// whole family is dead (revoked or expired throughout: a rotated session of a live
+/// family is kept, however old, so presenting a stolen rotated token is still recognised
+/// as reuse), then rotated sessions whose own token expired (presenting one can no longer
+/// sign anyone in, so reuse detection loses nothing worth keeping).
+pub async fn delete_dead(pool: &PgPool) -> sqlx::Result<u64> {
+    let families = delete_dead_families(pool).await?;
+    let rotated = crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from sessions where id = any(array(
+                 select id from sessions where replaced_by is not null and expires_at < now() limit $1))",
+            n
+        )
+    })
+    .await?;
+    Ok(families + rotated)
+}
+
+/// Sessions whose whole family is dead, in batches walked in id order (each row is
+/// looked at once, however many batches). Deleting a session clears `replaced_by` of
+/// its predecessor (`on delete set null`), which `sessions_replaced_by_idx` serves.
+async fn delete_dead_families(pool: &PgPool) -> sqlx::Result<u64> {
+    let batch = crate::platform::db::DELETE_BATCH;
+    let mut total = 0;
+    let mut after = Uuid::nil();
+    loop {
+        let deleted: Vec<Uuid> = sqlx::query_scalar!(
+            "delete from sessions where id = any(array(
+                 select s.id from sessions s
+                 where s.id > $1
+                   and not exists (select 1 from sessions live
+                                   where live.family_id = s.family_id and live.revoked_at is null
+                                     and live.expires_at > now())
+                 order by s.id limit $2))
+             returning id",
+            after,
+            batch
+        )
+        .fetch_all(pool)
+        .await?;
+        total += deleted.len() as u64;
+        match deleted.iter().max() {
+            Some(last) if deleted.len() as i64 == batch => after = *last,
+            _ => return Ok(total),
+        }
+    }
+}

@@ -552,7 +552,7 @@ async fn forgot_writes_its_job_before_answering(pool: PgPool) {
             .fetch_all(&app.state.db)
             .await
             .unwrap();
-    let job = storefront::platform::jobs::outbox::Job::ResetPassword { user_id: ann.id };
+    let job = storefront::shared::jobs::Job::ResetPassword { user_id: ann.id };
     assert_eq!(payloads, [job.payload()], "one job, for the account, written before the 202");
 }
 

@@ -80,7 +80,7 @@ async fn each_business_email_arrives_once_with_its_details(pool: PgPool) {
         .unwrap();
     let again =
         QueuedJob { outbox_id: welcome_id, kind: "welcome".into(), payload: json!({"userId": ann.id}) };
-    apalis::prelude::TaskSink::push(&mut app.state.queues.emails.clone(), again).await.unwrap();
+    apalis::prelude::TaskSink::push(&mut app.state.queues.get("emails").unwrap().clone(), again).await.unwrap();
     eventually("the duplicate job finishes", Duration::from_secs(10), async || {
         store::counts(&app.state.queues).await.unwrap()[0].done == 3
     })

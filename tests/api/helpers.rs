@@ -8,7 +8,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use storefront::{
     app,
-    features::products::repository::{NewProduct, ProductRow},
+    features::products::{NewProduct, ProductRow},
     platform::{
         config::{AppEnv, EmailTransport, Settings},
         redis::Redis,

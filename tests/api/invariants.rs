@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use storefront::features::maintenance::invariants;
+use storefront::features::maintenance;
 
 use crate::helpers::{TestApp, send, url_of};
 
@@ -27,7 +27,7 @@ fn run_check(pool: &PgPool) -> (bool, String) {
 }
 
 async fn broken(pool: &PgPool) -> Vec<(&'static str, i64, Vec<String>)> {
-    invariants::check(pool)
+    maintenance::check_invariants(pool)
         .await
         .unwrap()
         .into_iter()

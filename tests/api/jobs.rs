@@ -25,7 +25,7 @@ async fn unsent(app: &TestApp) -> i64 {
 
 /// The jobs stored in the `emails` queue's data hash.
 async fn queued_emails(app: &TestApp) -> Vec<QueuedJob> {
-    let key = app.state.queues.emails.get_config().job_data_hash();
+    let key = app.state.queues.get("emails").unwrap().get_config().job_data_hash();
     let mut conn = app.state.redis.conn();
     let raw: Vec<Vec<u8>> = conn.hvals(&key).await.unwrap();
     raw.iter().map(|bytes| serde_json::from_slice(bytes).expect("a queued job")).collect()
@@ -122,7 +122,12 @@ async fn an_outbox_commit_notifies_no_one_and_wake_ups_coalesce(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&app.state.db).await.unwrap();
     listener.listen(outbox::CHANNEL).await.unwrap();
-    outbox::push(&app.state.db, &outbox::Job::Welcome { user_id: uuid::Uuid::new_v4() }).await.unwrap();
+    outbox::push(
+        &app.state.db,
+        &storefront::shared::jobs::Job::Welcome { user_id: uuid::Uuid::new_v4() }.into(),
+    )
+    .await
+    .unwrap();
     let quiet = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
     assert!(quiet.is_err(), "a commit notified the relays by itself");
 
@@ -152,7 +157,8 @@ async fn while_redis_is_down_rows_wait_in_the_outbox_and_move_once_it_is_back(po
     let mut down = test_settings();
     down.redis_url = "redis://127.0.0.1:1".to_owned().into(); // nothing listens there
     down.redis_prefix = app.state.redis.prefix().to_owned();
-    let unreachable = Queues::new(&Redis::connect_lazy(&down).unwrap(), &down);
+    let unreachable =
+        Queues::new(&Redis::connect_lazy(&down).unwrap(), &down, storefront::shared::jobs::QUEUES);
     // A row for a queue this release does not serve neither moves nor blocks the others.
     sqlx::query("insert into outbox (queue, kind, payload) values ('future-queue', 'x', '{}')")
         .execute(&app.state.db)
@@ -172,7 +178,7 @@ async fn while_redis_is_down_rows_wait_in_the_outbox_and_move_once_it_is_back(po
 async fn trimming_removes_finished_and_dead_jobs_past_their_retention_only(pool: PgPool) {
     // Arrange: in each of the done and dead sets, one job finished long ago and one just now.
     let app = TestApp::spawn(pool).await;
-    let config = app.state.queues.emails.get_config().clone();
+    let config = app.state.queues.get("emails").unwrap().get_config().clone();
     let mut conn = app.state.redis.conn();
     let now = chrono::Utc::now().timestamp();
     let mut ids = Vec::new();

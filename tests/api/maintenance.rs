@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use storefront::{
-    features::{analytics, maintenance::tasks},
+    features::{analytics, maintenance},
     platform::schedule,
 };
 
@@ -55,7 +55,7 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     // An unsent job is never deleted, however old.
     exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '20 days')").await;
     let outbox_before = outbox_before + 1;
-    let report = tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
+    let report = maintenance::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
         .await
         .unwrap()
         .expect("first run");
@@ -78,7 +78,7 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
 
     // Another instance firing for the same slot does nothing.
     assert_eq!(
-        tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot).await.unwrap(),
+        maintenance::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot).await.unwrap(),
         None
     );
 }
@@ -175,7 +175,7 @@ async fn cleanup_of_many_rotated_sessions_finishes_within_the_statement_timeout(
     .unwrap();
     let started = std::time::Instant::now();
     let slot = schedule::slot(Utc::now(), TimeDelta::days(1));
-    let report = tasks::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
+    let report = maintenance::cleanup(&app.state.db, &app.state.queues, &app.state.config, slot)
         .await
         .unwrap()
         .expect("first run");

@@ -3,10 +3,10 @@
 //! `GET /admin/analytics` serving it to admins.
 
 mod handlers;
-pub mod repository;
+mod repository;
 mod routes;
-pub mod service;
-pub mod types;
+mod service;
+mod types;
 
 pub use routes::router;
 pub use service::rollup;

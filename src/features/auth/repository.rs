@@ -8,11 +8,12 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use super::service::AuthStore;
+use crate::shared::jobs::Job;
 use crate::{
-    features::users::repository::{self as users, LoginRow, NewUser, UserRow},
+    features::users::{LoginRow, NewUser, UserRow, find_active_user, find_login, insert_user},
     platform::{
         http::error::AppResult,
-        jobs::outbox::{self, Job, Wakeup},
+        jobs::outbox::{self, Wakeup},
     },
     shared::{
         email::Email,
@@ -117,23 +118,23 @@ pub struct PgAuthStore {
 impl AuthStore for PgAuthStore {
     async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>> {
         let mut tx = self.pool.begin().await?;
-        let user = match users::insert(&mut *tx, new).await {
+        let user = match insert_user(&mut *tx, new).await {
             Ok(user) => user,
             Err(sqlx::Error::Database(e)) if e.constraint() == Some("users_email_key") => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        outbox::push(&mut *tx, welcome).await?;
+        outbox::push(&mut *tx, &welcome.into()).await?;
         tx.commit().await?;
         self.wakeup.committed();
         Ok(Some(user))
     }
 
     async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>> {
-        Ok(users::find_login(&self.pool, email).await?)
+        Ok(find_login(&self.pool, email).await?)
     }
 
     async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
-        Ok(users::find_active(&self.pool, id).await?)
+        Ok(find_active_user(&self.pool, id).await?)
     }
 
     async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
@@ -165,4 +166,17 @@ impl AuthStore for PgAuthStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Nightly cleanup: used or expired reset tokens, in batches; how many.
+pub async fn delete_spent_reset_tokens(pool: &PgPool) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from password_reset_tokens where id = any(array(
+                 select id from password_reset_tokens
+                 where used_at is not null or expires_at < now() limit $1))",
+            n
+        )
+    })
+    .await
 }

@@ -12,7 +12,7 @@ use super::{
     repository,
 };
 use crate::{
-    features::users::repository as users,
+    features::users::set_password_hash,
     platform::{
         http::error::{AppError, AppResult},
         jobs::outbox::Wakeup,
@@ -68,7 +68,7 @@ impl PasswordResetService {
             return Err(AppError::field("token", INVALID_TOKEN));
         }
         sessions::lock_user_for_revocation(&mut *tx, user_id).await?;
-        users::set_password_hash(&mut *tx, user_id, &password_hash).await?;
+        set_password_hash(&mut *tx, user_id, &password_hash).await?;
         let revoked = sessions::revoke_all(&mut tx, user_id, None).await?;
         tx.commit().await?;
         tracing::info!(user.id = %user_id, sessions.revoked = revoked, "password reset");

@@ -7,12 +7,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::domain::{hash_refresh_token, new_refresh_token};
+use crate::shared::jobs::Job;
 use crate::{
-    features::users::repository::{LoginRow, NewUser, UserRow},
-    platform::{
-        http::error::{AppError, AppResult},
-        jobs::outbox::Job,
-    },
+    features::users::{LoginRow, NewUser, UserRow},
+    platform::http::error::{AppError, AppResult},
     shared::{
         auth::{ClientMeta, Role, TokenKeys},
         email::Email,

@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 use validator::{Validate, ValidationError};
 
 use super::service::{IssuedTokens, Registration};
-use crate::{features::users::types::UserResponse, platform::http::error::AppError, shared::email::Email};
+use crate::{features::users::UserResponse, platform::http::error::AppError, shared::email::Email};
 
 /// `POST /auth/register`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -144,7 +144,7 @@ fn storable(text: &str) -> Result<(), ValidationError> {
 }
 
 fn person_name(name: &str) -> Result<(), ValidationError> {
-    if crate::features::users::types::is_valid_name(name) {
+    if crate::features::users::is_valid_name(name) {
         Ok(())
     } else {
         Err(ValidationError::new("name").with_message("must be 1 to 100 characters and not blank".into()))

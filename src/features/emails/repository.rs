@@ -2,10 +2,10 @@
 //! claims its outbox id and reads everything its message needs in one statement.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, types::Json};
+use sqlx::{PgExecutor, PgPool, types::Json};
 use uuid::Uuid;
 
-use crate::features::orders::domain::ShippingAddress;
+use crate::shared::domain::ShippingAddress;
 
 /// Who an e-mail goes to.
 #[derive(Debug, Clone)]
@@ -155,16 +155,15 @@ pub async fn claim_for_report(
     }))
 }
 
-/// The statement deleting up to `$2` ledger rows sent before `$1` (the nightly cleanup
-/// runs it batch after batch).
-pub fn delete_sent_before(
-    before: DateTime<Utc>,
-    limit: i64,
-) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query!(
-        "delete from sent_emails where outbox_id = any(array(
-             select outbox_id from sent_emails where sent_at < $1 limit $2))",
-        before,
-        limit
-    )
+/// Deletes ledger rows of e-mails sent before `before`, in batches; how many.
+pub async fn delete_sent_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from sent_emails where outbox_id = any(array(
+                 select outbox_id from sent_emails where sent_at < $1 limit $2))",
+            before,
+            n
+        )
+    })
+    .await
 }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::repository::{self, Recipient};
 use crate::{
-    features::auth::reset,
+    features::auth,
     platform::{
         jobs::{
             QueuedJob,
@@ -126,7 +126,7 @@ impl EmailJobs {
                 repository::claim_for_user(&mut *conn, job.outbox_id, template, p.user_id)
                     .await
                     .map_err(transient)?
-                    .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": reset::TOKEN_TTL_MINUTES})))
+                    .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": auth::RESET_TOKEN_TTL_MINUTES})))
             }
             Kind::OrderConfirmation => {
                 let p: OrderPayload = payload(&job.payload)?;
@@ -190,7 +190,7 @@ impl JobHandler for EmailJobs {
         if kind == Kind::ResetPassword {
             // Minted inside this transaction: it exists only if the e-mail was accepted.
             let (token, _expires_at) =
-                reset::mint_token(&mut tx, recipient.user_id).await.map_err(transient)?;
+                auth::mint_reset_token(&mut tx, recipient.user_id).await.map_err(transient)?;
             context["reset_url"] = json!(format!("{}/reset-password?token={token}", self.public_url));
         }
         let content = self

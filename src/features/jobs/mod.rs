@@ -4,6 +4,6 @@
 
 mod handlers;
 mod routes;
-pub mod types;
+mod types;
 
 pub use routes::router;

@@ -59,7 +59,7 @@ enum QueueName {
 
 fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
     match queue {
-        crate::platform::jobs::EMAILS | crate::platform::jobs::REPORTS => Ok(()),
+        crate::shared::jobs::EMAILS | crate::shared::jobs::REPORTS => Ok(()),
         _ => Err(validator::ValidationError::new("queue").with_message("must be emails or reports".into())),
     }
 }

@@ -3,8 +3,11 @@
 //! the scheduler only triggers it. Runs are claimed in Postgres so that with several
 //! instances each happens once; a failing task logs and the process carries on.
 
-pub mod invariants;
-pub mod tasks;
+mod invariants;
+mod tasks;
+
+pub use invariants::{Finding, check as check_invariants};
+pub use tasks::{CleanupReport, cleanup};
 
 use std::sync::Arc;
 

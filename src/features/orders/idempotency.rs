@@ -186,3 +186,50 @@ pub async fn release(db: impl PgExecutor<'_>, user: Uuid, claim: &ClaimedKey) ->
     .await
     .map(|_| ())
 }
+
+/// Nightly cleanup: records older than 24 hours, in batches; how many.
+pub async fn delete_expired(pool: &PgPool) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from idempotency_keys where ctid = any(array(
+                 select ctid from idempotency_keys where created_at < now() - interval '24 hours' limit $1))",
+            n
+        )
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_claim_taken_over_cannot_be_completed_or_released_by_its_first_owner(db: PgPool) {
+        let user: Uuid = sqlx::query_scalar(
+            "insert into users (email, password_hash) values ('ann@example.com', 'x') returning id",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap();
+        let key = IdempotencyKey::new("k".to_owned(), &json!({"items": []}));
+        let Claim::Acquired(first) = claim(&db, user, &key, Duration::from_secs(60)).await.unwrap() else {
+            panic!("first claim")
+        };
+        // The first request stalls past the takeover threshold; a retry takes the key over.
+        let Claim::Acquired(second) = claim(&db, user, &key, Duration::ZERO).await.unwrap() else {
+            panic!("takeover")
+        };
+        assert_ne!(first.token, second.token);
+        let answer = |body: Value| Answer { status: 201, body };
+        assert!(!complete(&db, user, &first, &answer(json!({}))).await.unwrap());
+        release(&db, user, &first).await.unwrap();
+        assert!(complete(&db, user, &second, &answer(json!({"ok": true}))).await.unwrap());
+        let stored: Value = sqlx::query_scalar("select response_body from idempotency_keys where key = 'k'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        assert_eq!(stored, json!({"ok": true}));
+    }
+}

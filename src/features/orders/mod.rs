@@ -1,13 +1,14 @@
 //! Orders (SPEC §6): placing orders against live stock with snapshots and an outbox row,
 //! idempotent retries, ownership-scoped reads, and the status machine with restocking.
 
-pub mod domain;
+mod domain;
 mod handlers;
-pub mod idempotency;
-pub mod repository;
+mod idempotency;
+mod repository;
 mod routes;
-pub mod service;
-pub mod types;
+mod service;
+mod types;
 
+pub use idempotency::delete_expired as delete_expired_idempotency_keys;
 pub use routes::router;
 pub use service::OrderService;

@@ -5,7 +5,7 @@ use sqlx::{PgExecutor, types::Json};
 use uuid::Uuid;
 
 use super::domain::{OrderStatus, ShippingAddress};
-use crate::features::products::domain::MAX_STOCK;
+use crate::shared::domain::MAX_STOCK;
 
 #[derive(Debug, Clone)]
 pub struct OrderRow {
@@ -118,13 +118,6 @@ pub struct NewOrder<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
-/// The outbox row written with an order (queue, kind, payload).
-pub struct OutboxRow<'a> {
-    pub queue: &'a str,
-    pub kind: &'a str,
-    pub payload: serde_json::Value,
-}
-
 /// How a placement's transaction begins: with generic plans. The planner keeps choosing a
 /// custom plan for [`place`] (its generic plan, not knowing how many lines the arrays
 /// hold, looks costlier), and planning its eight parts took 0.32 ms of the backend's
@@ -152,14 +145,13 @@ pub enum Placement {
 /// still holds under the locks: the product is live, has the stock, and has the SKU,
 /// name and price the line snapshotted. Then it takes each line's quantity from its
 /// product (bumping each version), inserts the order, its lines in their order (one
-/// `unnest` over one array per column) and its outbox row. The `stock >= 0` check
+/// `unnest` over one array per column). The `stock >= 0` check
 /// constraint is the last line of defence against overselling, and the foreign keys are
 /// checked at the end of the statement, when the order exists.
 pub async fn place(
     db: impl PgExecutor<'_>,
     order: &NewOrder<'_>,
     lines: &[NewOrderLine],
-    outbox: &OutboxRow<'_>,
 ) -> sqlx::Result<Placement> {
     let mut columns = ItemColumns::with_capacity(lines.len());
     for (position, line) in lines.iter().enumerate() {
@@ -188,8 +180,6 @@ pub async fn place(
            ), items as (
                insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
                select $1, w.* from wanted w where (select ok from verdict)
-           ), announced as (
-               insert into outbox (queue, kind, payload) select $14, $15, $16 where (select ok from verdict)
            ), placed as (
                insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key)
                select $1, $9, $10, $11, $12, $13 where (select ok from verdict)
@@ -215,9 +205,6 @@ pub async fn place(
         order.currency,
         order.address.map(Json) as Option<Json<&ShippingAddress>>,
         order.idempotency_key,
-        outbox.queue,
-        outbox.kind,
-        outbox.payload,
     )
     .fetch_all(db)
     .await?;

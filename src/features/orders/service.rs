@@ -11,9 +11,10 @@ use uuid::Uuid;
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, OutboxRow, Placement, StockRow},
+    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
+use crate::shared::jobs::Job;
 use crate::{
     platform::{
         db::read_pool::ReadPool,
@@ -22,7 +23,7 @@ use crate::{
             extract::parse_valid_value,
             response::PageParams,
         },
-        jobs::outbox::{Job, Wakeup},
+        jobs::outbox::{self, Wakeup},
     },
     shared::auth::{AuthUser, Permission},
 };
@@ -201,12 +202,12 @@ impl OrderService {
                 address: req.shipping_address.as_ref(),
                 idempotency_key: claim.map(|c| c.key.as_str()),
             };
-            let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
-            let announce = OutboxRow { queue: job.queue(), kind: job.kind(), payload: job.payload() };
             let mut tx = self.db.begin_with(repository::PLACE_BEGIN).await?;
-            let placement = repository::place(&mut *tx, &new, &lines, &announce).await?;
+            let placement = repository::place(&mut *tx, &new, &lines).await?;
             match &placement {
                 Placement::Placed(order) => {
+                    let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
+                    outbox::push(&mut *tx, &job.into()).await?;
                     if let Some(claim) = claim {
                         let response = OrderResponse::placed(order.clone(), lines.clone());
                         if !idempotency::complete(&mut *tx, user, claim, &Answer::created(&response)).await? {

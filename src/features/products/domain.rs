@@ -6,8 +6,7 @@ use utoipa::ToSchema;
 
 /// Highest price, in minor units (SPEC §5).
 pub const MAX_PRICE_CENTS: i64 = 100_000_000;
-/// Highest stock of one product (SPEC §5); restocking never goes past it.
-pub const MAX_STOCK: i32 = 1_000_000;
+pub use crate::shared::domain::MAX_STOCK;
 
 /// Sort orders of the list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, ToSchema)]

@@ -1,12 +1,13 @@
 //! The catalogue (SPEC §5): public list and detail with ETags, admin create, update with
 //! optimistic concurrency, archive.
 
-pub mod domain;
+mod domain;
 mod handlers;
-pub mod repository;
+mod repository;
 mod routes;
-pub mod service;
-pub mod types;
+mod service;
+mod types;
 
+pub use repository::{NewProduct, ProductRow};
 pub use routes::router;
 pub use service::ProductService;

@@ -418,3 +418,79 @@ pub async fn list(
     let rows = page_query(f, !capped, "").build_query_as::<ProductRow>().fetch_all(&mut *conn).await?;
     Ok(page(rows, false))
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::PgPool;
+
+    use super::*;
+
+    /// SKUs of the live products in `order`, 20 from `offset`, as Postgres orders them.
+    async fn skus_in_order(conn: &mut PgConnection, order: &str, offset: i64) -> Vec<String> {
+        let sql = format!(
+            "select sku from products where archived_at is null order by {order} limit 20 offset {offset}"
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(conn).await.unwrap()
+    }
+
+    fn skus(page: &ListPage) -> Vec<String> {
+        page.rows.iter().map(|r| r.sku.clone()).collect()
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn deep_pages_start_from_anchors_and_match_the_walk_from_the_first_row(pool: PgPool) {
+        // 2 600 products with many ties in every sort key (the id breaks them), a few archived.
+        sqlx::query(
+            "insert into products (sku, name, price_cents, stock, created_at, archived_at)
+             select 'A-' || i, 'Item ' || (i % 700), (i * 37) % 500, i % 3,
+                    timestamptz '2026-01-01' + make_interval(secs => i % 900),
+                    case when i % 97 = 0 then now() end
+             from generate_series(1, 2600) i",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let sorts = [
+            (ProductSort::NameAsc, "name asc, id asc"),
+            (ProductSort::NameDesc, "name desc, id desc"),
+            (ProductSort::PriceAsc, "price_cents asc, id asc"),
+            (ProductSort::PriceDesc, "price_cents desc, id desc"),
+            (ProductSort::CreatedAsc, "created_at asc, id asc"),
+            (ProductSort::CreatedDesc, "created_at desc, id desc"),
+        ];
+        let mut conn = pool.acquire().await.unwrap();
+        for (sort, order) in sorts {
+            let set = anchors(&mut conn, sort).await.unwrap();
+            assert_eq!(set.ids.len(), 2, "{order}: 2 574 live products, an anchor every 1 000");
+            for offset in [999, 1000, 1500, 2000, 2560] {
+                let query = ListQuery { sort, limit: 20, offset, ..ListQuery::default() };
+                let page = list(&mut conn, &query, Some(&set)).await.unwrap();
+                assert_eq!(page.anchored, offset >= 1000, "{order} at {offset}");
+                assert_eq!(skus(&page), skus_in_order(&mut conn, order, offset).await, "{order} at {offset}");
+            }
+        }
+
+        // A stock change (what every order does) keeps the order, and the anchors, valid.
+        let set = anchors(&mut conn, ProductSort::NameAsc).await.unwrap();
+        sqlx::query("update products set stock = stock + 5 where sku in ('A-1', 'A-2')")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let query = ListQuery { sort: ProductSort::NameAsc, limit: 20, offset: 1200, ..ListQuery::default() };
+        assert!(list(&mut conn, &query, Some(&set)).await.unwrap().anchored);
+
+        // A rename moves a product: the anchors are stale, and the page walks instead.
+        sqlx::query("update products set name = 'Aardvark' where sku = 'A-5'")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let page = list(&mut conn, &query, Some(&set)).await.unwrap();
+        assert!(!page.anchored);
+        assert_eq!(skus(&page), skus_in_order(&mut conn, "name asc, id asc", 1200).await);
+        // Fresh anchors serve again.
+        let fresh = anchors(&mut conn, ProductSort::NameAsc).await.unwrap();
+        assert!(fresh.version > set.version);
+        assert!(list(&mut conn, &query, Some(&fresh)).await.unwrap().anchored);
+        conn.close().await.unwrap();
+    }
+}

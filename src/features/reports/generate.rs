@@ -24,9 +24,10 @@ use super::{
 };
 use crate::platform::jobs::{
     QueuedJob,
-    outbox::{self, Job, Wakeup},
+    outbox::{self, Wakeup},
     worker::{JobError, JobHandler},
 };
+use crate::shared::jobs::Job;
 
 /// Bytes of CSV per stored chunk.
 pub const CHUNK_BYTES: usize = 256 * 1024;
@@ -234,7 +235,7 @@ impl JobHandler for ReportJobs {
         }
         let rows = out.finish().await?;
         repository::complete(&mut *tx, report.id, rows).await.map_err(transient)?;
-        outbox::push(&mut *tx, &Job::ReportReady { report_id: report.id }).await.map_err(transient)?;
+        outbox::push(&mut *tx, &Job::ReportReady { report_id: report.id }.into()).await.map_err(transient)?;
         tx.commit().await.map_err(transient)?;
         self.wakeup.committed();
         tracing::info!(

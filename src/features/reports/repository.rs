@@ -142,15 +142,15 @@ pub async fn chunk(db: impl PgExecutor<'_>, id: Uuid, seq: i32) -> sqlx::Result<
         .await
 }
 
-/// The statement deleting up to `$2` reports created before `$1`, their chunks with them
-/// (the nightly cleanup runs it batch after batch).
-pub fn delete_created_before(
-    before: DateTime<Utc>,
-    limit: i64,
-) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query!(
-        "delete from reports where id = any(array(select id from reports where created_at < $1 limit $2))",
-        before,
-        limit
-    )
+/// Deletes reports (their files go with the rows) created before `before`, in batches;
+/// how many.
+pub async fn delete_created_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from reports where id = any(array(select id from reports where created_at < $1 limit $2))",
+            before,
+            n
+        )
+    })
+    .await
 }

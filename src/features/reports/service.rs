@@ -17,8 +17,9 @@ use crate::platform::{
         error::{AppError, AppResult},
         response::PageParams,
     },
-    jobs::outbox::{self, Job, Wakeup},
+    jobs::outbox::{self, Wakeup},
 };
+use crate::shared::jobs::Job;
 
 /// A completed report's file, ready to stream.
 pub struct Download {
@@ -48,7 +49,7 @@ impl ReportService {
         let (from, to) = body.range(Utc::now()).map_err(|e| AppError::field(e.field, e.message))?;
         let mut tx = self.db.begin().await?;
         let report = repository::insert(&mut *tx, body.kind, from, to, admin).await?;
-        outbox::push(&mut *tx, &Job::Report { report_id: report.id }).await?;
+        outbox::push(&mut *tx, &Job::Report { report_id: report.id }.into()).await?;
         tx.commit().await?;
         self.wakeup.committed();
         tracing::info!(report.id = %report.id, report.kind = report.kind.as_str(), "report requested");

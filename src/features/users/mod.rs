@@ -1,10 +1,18 @@
 //! Users (SPEC §4): the caller's profile and password, and user administration.
 
 mod handlers;
-pub mod repository;
+mod repository;
 mod routes;
-pub mod service;
-pub mod types;
+mod service;
+mod types;
 
 pub use routes::router;
-pub use service::UserService;
+pub use service::{AdminProvisioned, UserService};
+
+// The account functions and types the auth feature builds on (registration, login,
+// password reset); everything else of this feature stays inside it.
+pub use repository::{
+    LoginRow, NewUser, UserRow, find_active as find_active_user, find_login, insert as insert_user,
+    set_password_hash,
+};
+pub use types::{UserResponse, is_valid_name};

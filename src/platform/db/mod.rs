@@ -157,6 +157,28 @@ pub fn contains_pattern(q: &str) -> String {
     escaped
 }
 
+/// Rows one cleanup statement deletes at most.
+pub const DELETE_BATCH: i64 = 5_000;
+
+/// Runs a `limit $n` delete until it deletes fewer than [`DELETE_BATCH`] rows; the total.
+/// Each batch is one statement under the normal statement timeout, so a large backlog
+/// never holds one transaction open for minutes. The deletes should name their rows as
+/// `= any(array(select … limit n))`, which the planner serves with the primary key (an
+/// `in (select …)` becomes a hash join over the whole table).
+pub async fn delete_in_batches<'q, F>(pool: &PgPool, query: F) -> sqlx::Result<u64>
+where
+    F: Fn(i64) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+{
+    let mut total = 0;
+    loop {
+        let n = query(DELETE_BATCH).execute(pool).await?.rows_affected();
+        total += n;
+        if n < DELETE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{DbHealth, PROBE_TIMEOUT, contains_pattern};

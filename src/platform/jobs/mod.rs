@@ -23,11 +23,6 @@ use crate::platform::{
     redis::Redis,
 };
 
-/// Queue of e-mail jobs.
-pub const EMAILS: &str = "emails";
-/// Queue of report jobs.
-pub const REPORTS: &str = "reports";
-
 /// How long Redis remembers an outbox id it accepted, so a row the relay pushed twice
 /// (Redis accepted, then the commit marking it sent failed, and the next batch pushed it
 /// again) becomes one task. An optimisation, not the guarantee: a job run twice still
@@ -44,12 +39,10 @@ pub struct QueuedJob {
     pub payload: Value,
 }
 
-/// The storages of every queue; cheap to clone (they share one connection).
+/// The storages of every queue the application registers (the queue names come from
+/// above this floor); cheap to clone (they share one connection).
 #[derive(Clone)]
-pub struct Queues {
-    pub emails: RedisStorage<QueuedJob>,
-    pub reports: RedisStorage<QueuedJob>,
-}
+pub struct Queues(std::sync::Arc<Vec<(&'static str, RedisStorage<QueuedJob>)>>);
 
 impl Queues {
     /// Storages over the process's shared Redis connection (lazy: nothing connects yet).
@@ -57,7 +50,7 @@ impl Queues {
     /// Every process of a deployment must agree on the heartbeat settings: a worker
     /// silent for `JOBS_HEARTBEAT_INTERVAL × JOBS_MISSED_HEARTBEATS` is presumed dead, and
     /// a live one runs its jobs again.
-    pub fn new(redis: &Redis, settings: &Settings) -> Self {
+    pub fn new(redis: &Redis, settings: &Settings, names: &[&'static str]) -> Self {
         let storage = |queue: &str| {
             let config = Config::default()
                 .queue(redis.key(&format!("queue:{queue}")))
@@ -74,16 +67,22 @@ impl Queues {
                 .emit_events(false);
             RedisStorage::new(redis.conn()).with_config(config)
         };
-        Self { emails: storage(EMAILS), reports: storage(REPORTS) }
+        Self(std::sync::Arc::new(names.iter().map(|name| (*name, storage(name))).collect()))
     }
 
     /// The storage of `queue`, if it is one.
     pub fn get(&self, queue: &str) -> Option<&RedisStorage<QueuedJob>> {
-        match queue {
-            EMAILS => Some(&self.emails),
-            REPORTS => Some(&self.reports),
-            _ => None,
-        }
+        self.0.iter().find(|(name, _)| *name == queue).map(|(_, storage)| storage)
+    }
+
+    /// Every queue with its storage, in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &RedisStorage<QueuedJob>)> {
+        self.0.iter().map(|(name, storage)| (*name, storage))
+    }
+
+    /// The names of every queue.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.0.iter().map(|(name, _)| *name).collect()
     }
 }
 

@@ -25,7 +25,7 @@ use sqlx::{PgPool, postgres::PgListener};
 use tokio::sync::watch;
 
 use crate::platform::jobs::outbox::CHANNEL;
-use crate::platform::jobs::{EMAILS, QueuedJob, Queues, REPORTS};
+use crate::platform::jobs::{QueuedJob, Queues};
 
 /// Rows moved per transaction.
 pub const BATCH: i64 = 200;
@@ -44,7 +44,7 @@ pub async fn move_batch(pool: &PgPool, queues: &Queues) -> anyhow::Result<usize>
     let mut tx = pool.begin().await?;
     // Only queues this process serves: a row for another queue (a newer release's) is
     // left to a relay that knows it, instead of blocking every batch at its head.
-    let served = [EMAILS, REPORTS].map(str::to_owned);
+    let served: Vec<String> = queues.names().into_iter().map(str::to_owned).collect();
     let rows = sqlx::query!(
         "update outbox set sent_at = now()
          where id in (select id from outbox

@@ -110,8 +110,8 @@ for i = 2, #ARGV do
 end
 return removed";
 
-fn storages(queues: &Queues) -> [(&'static str, &RedisStorage<QueuedJob>); 2] {
-    [(super::EMAILS, &queues.emails), (super::REPORTS, &queues.reports)]
+fn storages(queues: &Queues) -> impl Iterator<Item = (&'static str, &RedisStorage<QueuedJob>)> {
+    queues.iter()
 }
 
 fn connection(storage: &RedisStorage<QueuedJob>) -> ConnectionManager {
@@ -147,7 +147,10 @@ pub async fn dead_page(
     limit: u64,
 ) -> redis::RedisResult<DeadPage> {
     let mut ids: Vec<(String, &'static str, &Config)> = Vec::new();
-    let mut conn = connection(&queues.emails);
+    let Some((_, first)) = queues.iter().next() else {
+        return Ok(DeadPage { total: 0, jobs: Vec::new() });
+    };
+    let mut conn = connection(first);
     for (name, storage) in storages(queues) {
         if queue.is_some_and(|q| q != name) {
             continue;

@@ -1,0 +1,73 @@
+//! The jobs business changes cause, as the features that write them and the features
+//! that run them both know them: which queue each goes to, its kind and its payload
+//! (ids only). The outbox in [`crate::platform::jobs::outbox`] stores them without
+//! knowing what they mean.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::platform::jobs::outbox::OutboxJob;
+
+/// Queue of e-mail jobs.
+pub const EMAILS: &str = "emails";
+/// Queue of report jobs.
+pub const REPORTS: &str = "reports";
+/// Every queue, in the order the job workers are started.
+pub const QUEUES: &[&str] = &[EMAILS, REPORTS];
+
+/// Every job a business change can cause.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Job {
+    /// A new account's welcome e-mail.
+    Welcome { user_id: Uuid },
+    /// The confirmation of a placed order.
+    OrderConfirmation { order_id: Uuid, user_id: Uuid },
+    /// A password-reset link (the job mints the token when it sends).
+    ResetPassword { user_id: Uuid },
+    /// Generating a requested report.
+    Report { report_id: Uuid },
+    /// Telling the requester their report is ready.
+    ReportReady { report_id: Uuid },
+}
+
+impl Job {
+    /// The queue the relay moves the job to.
+    pub fn queue(&self) -> &'static str {
+        match self {
+            Self::Report { .. } => REPORTS,
+            _ => EMAILS,
+        }
+    }
+
+    /// The job's kind, as stored in `outbox.kind`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::OrderConfirmation { .. } => "order-confirmation",
+            Self::ResetPassword { .. } => "reset-password",
+            Self::Report { .. } => "report",
+            Self::ReportReady { .. } => "report-ready",
+        }
+    }
+
+    /// The job's arguments, as stored in `outbox.payload`.
+    pub fn payload(&self) -> Value {
+        match self {
+            Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
+            Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
+            Self::Report { report_id } | Self::ReportReady { report_id } => json!({"reportId": report_id}),
+        }
+    }
+}
+
+impl From<Job> for OutboxJob {
+    fn from(job: Job) -> Self {
+        Self { queue: job.queue(), kind: job.kind(), payload: job.payload() }
+    }
+}
+
+impl From<&Job> for OutboxJob {
+    fn from(job: &Job) -> Self {
+        Self { queue: job.queue(), kind: job.kind(), payload: job.payload() }
+    }
+}
