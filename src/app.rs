@@ -72,6 +72,28 @@ pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
     Ok(AppState::new(settings, pool, redis))
 }
 
+/// The metrics listener: `GET /metrics` and `GET /health` on `METRICS_HOST:METRICS_PORT`,
+/// apart from the API port. Returns the bound address (`METRICS_PORT=0` picks a free
+/// port) and the serving task, which ends when the task is aborted.
+pub async fn start_metrics_listener(
+    state: &AppState,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let addr = format!("{}:{}", state.config.metrics_host, state.config.metrics_port);
+    let listener =
+        TcpListener::bind(&addr).await.with_context(|| format!("binding the metrics listener on {addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(address = %bound, "metrics listener");
+    let router = features::health::metrics_router()
+        .fallback(|| async { AppError::NotFound("no route matches this path".to_owned()) })
+        .with_state(state.clone());
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    });
+    Ok((bound, task))
+}
+
 /// Serves HTTP until SIGINT/SIGTERM, then drains in-flight requests within
 /// `SHUTDOWN_TIMEOUT` and closes the pool.
 pub async fn serve(state: AppState) -> anyhow::Result<()> {
@@ -79,10 +101,12 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let addr = state.config.bind_address();
     let listener = TcpListener::bind(&addr).await.with_context(|| format!("binding {addr}"))?;
     tracing::info!(address = %listener.local_addr()?, "listening");
+    let (_, metrics) = start_metrics_listener(&state).await?;
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
     let scheduler = start_background(&state).await?;
     run(listener, build_router(state), signal, drain).await?;
+    metrics.abort();
     stop_background(scheduler).await;
     pool.close().await;
     tracing::info!("shut down cleanly");
@@ -99,9 +123,11 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
             "SCHEDULER_ENABLED, RELAY_ENABLED and JOBS_ENABLED are all false: this worker has nothing to do"
         );
     }
+    let (_, metrics) = start_metrics_listener(&state).await?;
     let scheduler = start_background(&state).await?;
     tracing::info!("worker running");
     signal.await;
+    metrics.abort();
     stop_background(scheduler).await;
     state.db.close().await;
     tracing::info!("worker stopped");

@@ -115,8 +115,12 @@ settings! {
     rate_limit_login_per_email: u32 = 10,
     /// Take the client IP from the right-most `X-Forwarded-For` entry.
     trust_proxy: bool = false,
-    /// Serve `GET /metrics`.
+    /// Serve `GET /metrics` on the metrics listener.
     metrics_enabled: bool = true,
+    /// Address of the metrics listener (`/metrics` and `/health`), apart from the API.
+    metrics_host: String = "0.0.0.0",
+    /// Port of the metrics listener; 0 picks a free one (logged at start).
+    metrics_port: u16 = 9100,
     /// Run the scheduled tasks in this process.
     scheduler_enabled: bool = true,
     /// Run the outbox relay (outbox rows to the Redis queues) in this process.
@@ -252,7 +256,8 @@ pub enum EmailTransport {
     Log,
 }
 
-/// A duration written as `500ms`, `30s`, `15m`, `2h`, `7d` or a bare number of seconds.
+/// A duration as `humantime` reads it (`500ms`, `30s`, `15m`, `2h`, `7d`, `1h 30m`), or a
+/// bare number of seconds (`30`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -261,22 +266,15 @@ impl FromStr for HumanDuration {
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         let s = raw.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (digits, unit) = s.split_at(split);
-        let value: u64 = digits
-            .parse()
-            .map_err(|_| format!("`{raw}` is not a duration (examples: 500ms, 30s, 15m, 7d)"))?;
-        let millis = match unit.trim() {
-            "ms" => Some(value),
-            "" | "s" => value.checked_mul(1_000),
-            "m" => value.checked_mul(60_000),
-            "h" => value.checked_mul(3_600_000),
-            "d" => value.checked_mul(86_400_000),
-            other => {
-                return Err(format!("`{raw}` has an unknown unit `{other}` (use ms, s, m, h or d)"));
-            }
-        };
-        millis.map(|ms| Self(Duration::from_millis(ms))).ok_or_else(|| format!("`{raw}` is too long"))
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u64>()
+                .map(|secs| Self(Duration::from_secs(secs)))
+                .map_err(|_| format!("`{raw}` is too long"));
+        }
+        humantime::parse_duration(s)
+            .map(Self)
+            .map_err(|e| format!("`{raw}` is not a duration ({e}; examples: 500ms, 30s, 15m, 7d)"))
     }
 }
 
@@ -599,7 +597,8 @@ mod tests {
         assert_eq!(d("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(d("7d"), Ok(Duration::from_secs(604_800)));
         assert!(d("").is_err());
-        assert!(d("5 weeks").is_err());
+        assert_eq!(d("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert!(d("5 fortnights").is_err());
         assert!(d("m").is_err());
         assert!(d("99999999999999999999d").is_err());
     }

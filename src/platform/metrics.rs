@@ -1,18 +1,16 @@
-//! Prometheus metrics (SPEC §9): request count and latency histogram by method, route
-//! template and status, database pool gauges, job durations by queue and kind, e-mails
-//! sent and failed by template, and the gauges read at scrape time ([`Gauges`]: jobs per
-//! queue and state, outbox lag), served as text at `GET /metrics`.
+//! Prometheus metrics, kept in a `prometheus-client` registry: request count and latency
+//! histogram by method, route template and status, requests in flight, database pool
+//! gauges, job durations by queue and kind, e-mails sent and failed by template, and the
+//! gauges read at scrape time ([`Gauges`]: jobs per queue and state, outbox lag).
 //!
-//! Hand-rolled rather than a registry crate: one read lock and a few relaxed atomic adds
-//! per request, and the exposition format is a dozen lines.
+//! Served in the OpenMetrics text format by the metrics listener (`METRICS_PORT`, see
+//! [`crate::app`]), never through the API port. The registry is an object, not a global:
+//! each application state has its own, so tests that start several apps in one process
+//! see only their own series.
 
 use std::{
-    collections::HashMap,
-    fmt::Write as _,
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicU64, Ordering::Relaxed},
-    },
+    collections::HashSet,
+    sync::{Arc, OnceLock, RwLock, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -20,121 +18,60 @@ use axum::{
     extract::{MatchedPath, Request},
     response::Response,
 };
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 use sqlx::PgPool;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Labels {
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// Labels of the request series. The route is an interned template (see [`intern`]), so
+/// a lookup allocates nothing.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
     method: &'static str,
-    route: Box<str>,
+    route: &'static str,
     status: u16,
 }
 
-/// The request series, found without allocating: the key `"{method} {status} {route}"` is
-/// written into a reused per-thread buffer and looked up under a read lock; only a new
-/// label set takes the write lock and allocates.
-#[derive(Default)]
-struct HttpSeries(RwLock<SeriesByKey>);
-
-type SeriesByKey = HashMap<Box<str>, Arc<(Labels, Series)>>;
-
-impl HttpSeries {
-    fn observe(&self, method: &'static str, route: &str, status: u16, took: Duration) {
-        thread_local! {
-            static KEY: std::cell::RefCell<String> = std::cell::RefCell::new(String::with_capacity(128));
-        }
-        KEY.with_borrow_mut(|key| {
-            key.clear();
-            let _ = write!(key, "{method} {status} {route}");
-            if let Ok(map) = self.0.read()
-                && let Some(series) = map.get(key.as_str())
-            {
-                series.1.observe(took);
-                return;
-            }
-            if let Ok(mut map) = self.0.write() {
-                let labels = Labels { method, route: route.into(), status };
-                map.entry(key.as_str().into())
-                    .or_insert_with(|| Arc::new((labels, Series::default())))
-                    .1
-                    .observe(took);
-            }
-        });
-    }
-
-    fn sorted(&self) -> Vec<Arc<(Labels, Series)>> {
-        let mut rows: Vec<_> = match self.0.read() {
-            Ok(map) => map.values().cloned().collect(),
-            Err(_) => Vec::new(),
-        };
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    queue: String,
+    kind: String,
 }
 
-#[derive(Default)]
-struct Series {
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-    /// Non-cumulative counts per bucket; the last slot is `+Inf` only.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EmailLabels {
+    template: String,
+    outcome: &'static str,
 }
 
-impl Series {
-    fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let slot = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
-        self.buckets[slot].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    /// `name_bucket`, `name_sum` and `name_count` lines for one label set.
-    fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-        }
-        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.load(Relaxed));
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: &'static str,
+    state: &'static str,
 }
 
-/// A map of label sets to shared values, read-locked on the hot path and write-locked
-/// only when a label set is new.
-struct Family<K, V>(RwLock<HashMap<K, Arc<V>>>);
-
-impl<K: std::hash::Hash + Eq + Clone + Ord, V: Default> Family<K, V> {
-    fn get(&self, key: &K) -> Option<Arc<V>> {
-        if let Some(v) = self.0.read().ok()?.get(key) {
-            return Some(v.clone());
-        }
-        Some(self.0.write().ok()?.entry(key.clone()).or_default().clone())
-    }
-
-    fn sorted(&self) -> Vec<(K, Arc<V>)> {
-        let mut rows: Vec<(K, Arc<V>)> = match self.0.read() {
-            Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            Err(_) => Vec::new(),
-        };
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        rows
-    }
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
 }
 
-impl<K, V> Default for Family<K, V> {
-    fn default() -> Self {
-        Self(RwLock::new(HashMap::new()))
-    }
-}
+/// No labels: a family of one series, so a gauge can be left out when its source does
+/// not answer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoLabels {}
 
-/// Gauges read when `/metrics` is scraped (from Redis and Postgres), not kept in memory.
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Gauges read when the metrics are scraped (from Redis and Postgres), not kept in memory.
 #[derive(Debug, Default, Clone)]
 pub struct Gauges {
     /// Per queue: jobs waiting (due or scheduled for a retry), running, dead.
@@ -153,155 +90,172 @@ pub struct QueueGauge {
 }
 
 /// The process's metrics. One `Arc` inside: the tracking layer clones it per request.
-#[derive(Clone, Default)]
-pub struct Metrics(Arc<Registry>);
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
 
-impl std::ops::Deref for Metrics {
-    type Target = Registry;
+struct Inner {
+    registry: Registry,
+    requests: Family<HttpLabels, Counter>,
+    latency: Histograms<HttpLabels>,
+    in_flight: Gauge,
+    jobs: Histograms<JobLabels>,
+    emails: Family<EmailLabels, Counter>,
+    pool: Family<StateLabel, Gauge>,
+    pool_max: Gauge,
+    queue_jobs: Family<QueueLabels, Gauge>,
+    outbox_lag: Family<NoLabels, Gauge<f64, AtomicU64>>,
+}
 
-    fn deref(&self) -> &Registry {
-        &self.0
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route template and status",
+            requests.clone(),
+        );
+        let latency: Histograms<HttpLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register("http_request_duration_seconds", "HTTP request latency", latency.clone());
+        let in_flight = Gauge::default();
+        registry.register("http_requests_in_flight", "HTTP requests being served", in_flight.clone());
+        let pool = Family::<StateLabel, Gauge>::default();
+        registry.register("db_pool_connections", "Database pool connections by state", pool.clone());
+        let pool_max = Gauge::default();
+        registry.register("db_pool_max_connections", "Configured pool maximum", pool_max.clone());
+        let jobs: Histograms<JobLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "job_duration_seconds",
+            "Duration of job runs (each attempt) by queue and kind",
+            jobs.clone(),
+        );
+        let emails = Family::<EmailLabels, Counter>::default();
+        registry.register(
+            "emails",
+            "E-mails handed to the transport by template and outcome",
+            emails.clone(),
+        );
+        let queue_jobs = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "jobs",
+            "Jobs per queue and state (pending includes retries waiting their turn)",
+            queue_jobs.clone(),
+        );
+        let outbox_lag = Family::<NoLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "outbox_lag_seconds",
+            "Age of the oldest outbox row not yet moved to Redis",
+            outbox_lag.clone(),
+        );
+        Self(Arc::new(Inner {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            jobs,
+            emails,
+            pool,
+            pool_max,
+            queue_jobs,
+            outbox_lag,
+        }))
     }
 }
 
-/// What [`Metrics`] holds.
-#[derive(Default)]
-pub struct Registry {
-    series: HttpSeries,
-    /// Job run durations by (queue, kind).
-    jobs: Arc<Family<(String, String), Series>>,
-    /// E-mails by (template, "sent" | "failed").
-    emails: Arc<Family<(String, &'static str), AtomicU64>>,
-    /// HTTP requests being served right now.
-    in_flight: Arc<AtomicU64>,
-}
+/// Decrements the in-flight counts when the request ends, however it ends.
+struct InFlight<'a>(&'a Inner);
 
-/// Decrements the in-flight count when the request ends, however it ends (borrowing the
-/// counter rather than cloning its `Arc`).
-struct InFlightRef<'a>(&'a AtomicU64);
-
-impl Drop for InFlightRef<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.0.in_flight.dec();
     }
 }
 
 impl Metrics {
-    /// Records one finished request.
+    /// Records one finished request under its route template.
     pub fn observe(&self, method: &'static str, route: &str, status: u16, latency: Duration) {
-        self.series.observe(method, route, status, latency);
+        let labels = HttpLabels { method, route: intern(route), status };
+        self.0.requests.get_or_create(&labels).inc();
+        self.0.latency.get_or_create(&labels).observe(latency.as_secs_f64());
     }
 
     /// HTTP requests being served right now (background work yields to them).
     pub fn http_in_flight(&self) -> u64 {
-        self.in_flight.load(Relaxed)
+        u64::try_from(self.0.in_flight.get()).unwrap_or(0)
+    }
+
+    fn begin(&self) -> InFlight<'_> {
+        self.0.in_flight.inc();
+        InFlight(&self.0)
     }
 
     /// Counts a request in flight until the guard is dropped (what [`track`] does).
     #[cfg(test)]
     pub(crate) fn begin_request(&self) -> impl Drop + Send + 'static {
-        struct InFlight(Arc<AtomicU64>);
-        impl Drop for InFlight {
+        struct Guard(Metrics);
+        impl Drop for Guard {
             fn drop(&mut self) {
-                self.0.fetch_sub(1, Relaxed);
+                self.0.0.in_flight.dec();
             }
         }
-        self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.in_flight.clone())
+        self.0.in_flight.inc();
+        Guard(self.clone())
     }
 
     /// Records one run (attempt) of a job, whatever its outcome.
     pub fn observe_job(&self, queue: &str, kind: &str, took: Duration) {
-        if let Some(series) = self.jobs.get(&(queue.to_owned(), kind.to_owned())) {
-            series.observe(took);
-        }
+        let labels = JobLabels { queue: queue.to_owned(), kind: kind.to_owned() };
+        self.0.jobs.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
     /// Counts one e-mail handed to the transport: accepted (`sent`) or not.
     pub fn count_email(&self, template: &str, sent: bool) {
         let outcome = if sent { "sent" } else { "failed" };
-        if let Some(counter) = self.emails.get(&(template.to_owned(), outcome)) {
-            counter.fetch_add(1, Relaxed);
-        }
+        self.0.emails.get_or_create(&EmailLabels { template: template.to_owned(), outcome }).inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text exposition, with the pool and `gauges` read just now.
     pub fn render(&self, pool: &PgPool, gauges: &Gauges) -> String {
-        let mut out = String::with_capacity(4096);
-        let rows = self.series.sorted();
-        out.push_str("# HELP http_requests_total HTTP requests by method, route template and status.\n");
-        out.push_str("# TYPE http_requests_total counter\n");
-        for row in &rows {
-            let (l, s) = &**row;
-            let _ = writeln!(out, "http_requests_total{{{}}} {}", label_set(l), s.count.load(Relaxed));
-        }
-        out.push_str("# HELP http_request_duration_seconds HTTP request latency.\n");
-        out.push_str("# TYPE http_request_duration_seconds histogram\n");
-        for row in &rows {
-            let (l, s) = &**row;
-            s.write(&mut out, "http_request_duration_seconds", &label_set(l));
-        }
+        let m = &self.0;
         let size = pool.size();
         let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX);
-        out.push_str("# HELP db_pool_connections Database pool connections by state.\n");
-        out.push_str("# TYPE db_pool_connections gauge\n");
-        let _ = writeln!(out, "db_pool_connections{{state=\"idle\"}} {idle}");
-        let _ = writeln!(out, "db_pool_connections{{state=\"in_use\"}} {}", size.saturating_sub(idle));
-        out.push_str("# HELP db_pool_max_connections Configured pool maximum.\n");
-        out.push_str("# TYPE db_pool_max_connections gauge\n");
-        let _ = writeln!(out, "db_pool_max_connections {}", pool.options().get_max_connections());
-        out.push_str("# HELP http_requests_in_flight HTTP requests being served.\n");
-        out.push_str("# TYPE http_requests_in_flight gauge\n");
-        let _ = writeln!(out, "http_requests_in_flight {}", self.http_in_flight());
-        self.render_jobs(&mut out, gauges);
-        out
-    }
-
-    fn render_jobs(&self, out: &mut String, gauges: &Gauges) {
-        out.push_str("# HELP job_duration_seconds Duration of job runs (each attempt) by queue and kind.\n");
-        out.push_str("# TYPE job_duration_seconds histogram\n");
-        for ((queue, kind), s) in self.jobs.sorted() {
-            s.write(
-                out,
-                "job_duration_seconds",
-                &format!("queue=\"{}\",kind=\"{}\"", escape(&queue), escape(&kind)),
-            );
-        }
-        out.push_str("# HELP emails_total E-mails handed to the transport by template and outcome.\n");
-        out.push_str("# TYPE emails_total counter\n");
-        for ((template, outcome), n) in self.emails.sorted() {
-            let _ = writeln!(
-                out,
-                "emails_total{{template=\"{}\",outcome=\"{outcome}\"}} {}",
-                escape(&template),
-                n.load(Relaxed)
-            );
-        }
-        if !gauges.queues.is_empty() {
-            out.push_str(
-                "# HELP jobs Jobs per queue and state (pending includes retries waiting their turn).\n",
-            );
-            out.push_str("# TYPE jobs gauge\n");
-            for q in &gauges.queues {
-                for (state, n) in [("pending", q.pending), ("running", q.running), ("dead", q.dead)] {
-                    let _ = writeln!(out, "jobs{{queue=\"{}\",state=\"{state}\"}} {n}", q.queue);
-                }
+        m.pool.get_or_create(&StateLabel { state: "idle" }).set(i64::from(idle));
+        m.pool.get_or_create(&StateLabel { state: "in_use" }).set(i64::from(size.saturating_sub(idle)));
+        m.pool_max.set(i64::from(pool.options().get_max_connections()));
+        // A source that did not answer leaves its gauges out rather than stale.
+        m.queue_jobs.clear();
+        for q in &gauges.queues {
+            for (state, n) in [("pending", q.pending), ("running", q.running), ("dead", q.dead)] {
+                m.queue_jobs.get_or_create(&QueueLabels { queue: q.queue, state }).set(n as i64);
             }
         }
+        m.outbox_lag.clear();
         if let Some(lag) = gauges.outbox_lag_seconds {
-            out.push_str("# HELP outbox_lag_seconds Age of the oldest outbox row not yet moved to Redis.\n");
-            out.push_str("# TYPE outbox_lag_seconds gauge\n");
-            let _ = writeln!(out, "outbox_lag_seconds {lag}");
+            m.outbox_lag.get_or_create(&NoLabels {}).set(lag);
         }
+        let mut out = String::with_capacity(8192);
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &m.registry);
+        out
     }
 }
 
-fn label_set(l: &Labels) -> String {
-    format!("method=\"{}\",route=\"{}\",status=\"{}\"", escape(l.method), escape(&l.route), l.status)
-}
-
-fn escape(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// The `&'static` copy of a route template. Templates come from the router (a finite
+/// set), and unmatched paths share one label, so the set stays small whatever clients
+/// send.
+fn intern(route: &str) -> &'static str {
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let routes = ROUTES.get_or_init(Default::default);
+    if let Some(found) = routes.read().ok().and_then(|set| set.get(route).copied()) {
+        return found;
+    }
+    let Ok(mut set) = routes.write() else { return "<unmatched>" };
+    if let Some(found) = set.get(route) {
+        return found;
+    }
+    let leaked: &'static str = Box::leak(route.to_owned().into_boxed_str());
+    set.insert(leaked);
+    leaked
 }
 
 /// Times a request and records it under its route template (unmatched paths share one
@@ -325,8 +279,7 @@ pub async fn track<F: Future<Output = Response>>(
     };
     // The template's `Arc<str>`, not a copy of it.
     let route = req.extensions().get::<MatchedPath>().cloned();
-    metrics.in_flight.fetch_add(1, Relaxed);
-    let _in_flight = InFlightRef(&metrics.in_flight);
+    let _in_flight = metrics.begin();
     let res = next(req).await;
     let route = route.as_ref().map_or("<unmatched>", MatchedPath::as_str);
     metrics.observe(method, route, res.status().as_u16(), started.elapsed());
@@ -355,23 +308,41 @@ mod tests {
         let text = m.render(&pool, &gauges);
         let labels = r#"method="GET",route="/api/v1/products",status="200""#;
         assert!(text.contains(&format!("http_requests_total{{{labels}}} 3")), "{text}");
-        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{{labels},le="0.005"}} 1"#)));
-        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{{labels},le="0.05"}} 2"#)));
-        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{{labels},le="10"}} 2"#)));
-        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{{labels},le="+Inf"}} 3"#)));
-        assert!(text.contains("db_pool_connections{state=\"idle\"} 0"));
         assert!(
-            text.contains(r#"job_duration_seconds_bucket{queue="emails",kind="welcome",le="0.025"} 1"#),
+            text.contains(&format!(r#"http_request_duration_seconds_bucket{{le="0.005",{labels}}} 1"#)),
+            "{text}"
+        );
+        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{le="0.05",{labels}}} 2"#)));
+        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{le="10.0",{labels}}} 2"#)));
+        assert!(text.contains(&format!(r#"http_request_duration_seconds_bucket{{le="+Inf",{labels}}} 3"#)));
+        assert!(text.contains("db_pool_connections{state=\"idle\"} 0"), "{text}");
+        assert!(
+            text.contains(r#"job_duration_seconds_bucket{le="0.025",queue="emails",kind="welcome"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"emails_total{template="welcome",outcome="sent"} 2"#), "{text}");
         assert!(text.contains(r#"emails_total{template="welcome",outcome="failed"} 1"#), "{text}");
         assert!(text.contains(r#"jobs{queue="emails",state="dead"} 2"#), "{text}");
         assert!(text.contains("outbox_lag_seconds 1.5"), "{text}");
+
+        // A source that stops answering drops its gauges instead of showing stale ones.
+        let text = m.render(&pool, &Gauges::default());
+        assert!(!text.contains("jobs{") && !text.contains("outbox_lag_seconds "), "{text}");
+    }
+
+    #[tokio::test]
+    async fn label_values_are_escaped() {
+        let m = Metrics::default();
+        m.count_email("a\"b\\c\nd", true);
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://x@127.0.0.1:1/x").unwrap();
+        let text = m.render(&pool, &Gauges::default());
+        assert!(text.contains(r#"template="a\"b\\c\nd""#), "{text}");
     }
 
     #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+    fn routes_are_interned_once() {
+        let a = intern("/api/v1/things/{id}");
+        let b = intern(&String::from("/api/v1/things/{id}"));
+        assert!(std::ptr::eq(a, b));
     }
 }

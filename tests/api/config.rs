@@ -63,17 +63,34 @@ fn an_unknown_app_env_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("APP_ENV"));
 }
 
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `GET url` until it answers (up to 20 s).
+async fn get_when_up(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.get(url).send().await {
+            Ok(res) => return res,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => panic!("{url} never answered: {e}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
-    // Arrange: a free port, no migrations (liveness needs no database).
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Arrange: free ports, no migrations (liveness needs no database).
+    let port = free_port();
+    let metrics_port = free_port();
     let mut child = storefront()
         .env("APP_ENV", "test")
         .env("HOST", "127.0.0.1")
         .env("PORT", port.to_string())
+        .env("METRICS_PORT", metrics_port.to_string())
         .env("RUN_MIGRATIONS", "false")
         // The scheduler starts and stops with the server.
         .env("SCHEDULER_ENABLED", "true")
@@ -92,26 +109,43 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
             Err(e) => panic!("server never answered: {e}"),
         }
     };
+    // The metrics listener: the API's series there, and no /metrics on the API port.
+    let metrics = get_when_up(&client, &format!("http://127.0.0.1:{metrics_port}/metrics")).await;
+    let metrics_status = metrics.status();
+    let text = metrics.text().await.unwrap();
+    let api_metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().status();
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     // Assert
     assert_eq!(status, 200);
+    assert_eq!(metrics_status, 200);
+    assert!(text.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#), "{text}");
+    assert_eq!(api_metrics, 404);
     assert!(killed.success());
     assert_clean_exit(&mut child);
 }
 
-#[test]
-fn the_worker_runs_until_sigterm_and_stops_cleanly() {
+#[tokio::test]
+async fn the_worker_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
+    let metrics_port = free_port();
     let mut child = storefront()
         .env("APP_ENV", "test")
         .env("RUN_MIGRATIONS", "false")
         .env("SCHEDULER_ENABLED", "true")
+        .env("METRICS_PORT", metrics_port.to_string())
         .arg("worker")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    let client = reqwest::Client::new();
+    let health = get_when_up(&client, &format!("http://127.0.0.1:{metrics_port}/health")).await.status();
+    let metrics = client.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    let metrics_status = metrics.status();
+    let text = metrics.text().await.unwrap();
     assert!(child.try_wait().unwrap().is_none(), "the worker keeps running");
+    assert_eq!(health, 200);
+    assert_eq!(metrics_status, 200);
+    assert!(text.contains("# TYPE db_pool_max_connections gauge"), "{text}");
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert_clean_exit(&mut child);
 }

@@ -80,7 +80,9 @@ async fn each_business_email_arrives_once_with_its_details(pool: PgPool) {
         .unwrap();
     let again =
         QueuedJob { outbox_id: welcome_id, kind: "welcome".into(), payload: json!({"userId": ann.id}) };
-    apalis::prelude::TaskSink::push(&mut app.state.queues.get("emails").unwrap().clone(), again).await.unwrap();
+    apalis::prelude::TaskSink::push(&mut app.state.queues.get("emails").unwrap().clone(), again)
+        .await
+        .unwrap();
     eventually("the duplicate job finishes", Duration::from_secs(10), async || {
         store::counts(&app.state.queues).await.unwrap()[0].done == 3
     })
@@ -89,7 +91,7 @@ async fn each_business_email_arrives_once_with_its_details(pool: PgPool) {
 
     // Metrics count what was sent and what waits.
     let (_, _, _) = send(app.request(Method::GET, "/health")).await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let metrics = app.get_metrics_listener("/metrics").await.text().await.unwrap();
     assert!(metrics.contains(r#"emails_total{template="welcome",outcome="sent"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"emails_total{template="order-confirmation",outcome="sent"} 1"#));
     assert!(metrics.contains(r#"jobs{queue="emails",state="dead"} 0"#), "{metrics}");
@@ -314,6 +316,11 @@ async fn with_redis_down_orders_and_registrations_succeed_and_their_emails_arriv
 /// `storefront worker` on the test's database, Redis prefix and SMTP server, with
 /// heartbeats fast enough for a test (a silent worker is presumed dead after 3 s).
 fn worker(app: &TestApp, smtp: &SmtpServer) -> Child {
+    worker_with_metrics(app, smtp, 0)
+}
+
+/// [`worker`] with its metrics listener on `metrics_port` (0: any free port).
+fn worker_with_metrics(app: &TestApp, smtp: &SmtpServer, metrics_port: u16) -> Child {
     let c = &app.state.config;
     Command::new(env!("CARGO_BIN_EXE_storefront"))
         .env_clear()
@@ -335,6 +342,7 @@ fn worker(app: &TestApp, smtp: &SmtpServer) -> Child {
         .env("JOBS_HEARTBEAT_INTERVAL", "1s")
         .env("JOBS_MISSED_HEARTBEATS", "3")
         .env("SHUTDOWN_TIMEOUT", "20s")
+        .env("METRICS_PORT", metrics_port.to_string())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -362,7 +370,11 @@ async fn a_job_of_a_worker_killed_mid_send_is_finished_by_another_and_arrives_on
     first.wait().unwrap();
     let killed_at = Instant::now();
     smtp.slow(None);
-    let mut second = worker(&app, &smtp);
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut second = worker_with_metrics(&app, &smtp, metrics_port);
     // Assert: rescued within a minute, received once.
     let messages = smtp.wait_for(1, Duration::from_secs(60)).await;
     let took = killed_at.elapsed();
@@ -371,6 +383,11 @@ async fn a_job_of_a_worker_killed_mid_send_is_finished_by_another_and_arrives_on
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(smtp.messages().len(), 1, "received once");
     assert_eq!(count(&app, "select count(*) from sent_emails").await, 1);
+    // The worker's own metrics listener counts the e-mail it sent and the job it ran.
+    let text =
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(text.contains(r#"emails_total{template="welcome",outcome="sent"} 1"#), "{text}");
+    assert!(text.contains(r#"job_duration_seconds_count{queue="emails",kind="welcome"} 1"#), "{text}");
     signal(&second, "-TERM");
     assert!(second.wait().unwrap().success());
 }

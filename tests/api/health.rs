@@ -172,9 +172,9 @@ async fn metrics_count_requests_by_route_template_and_status(pool: PgPool) {
     assert_eq!(app.get(&format!("/api/v1/products/{id}")).await.status(), 404);
     assert_eq!(app.get("/no/such/path").await.status(), 404);
 
-    let res = app.get("/metrics").await;
+    let res = app.get_metrics_listener("/metrics").await;
     assert_eq!(res.status(), 200);
-    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
     let text = res.text().await.unwrap();
     for line in [
         r#"http_requests_total{method="GET",route="/api/v1/products",status="200"} 1"#,
@@ -190,9 +190,22 @@ async fn metrics_count_requests_by_route_template_and_status(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn metrics_are_served_on_their_own_listener_and_never_on_the_api_port(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    assert_ne!(app.metrics_address.port(), app.address.port());
+    crate::helpers::assert_error(app.get("/metrics").await, 404, "NOT_FOUND").await;
+    let health = app.get_metrics_listener("/health").await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.json::<serde_json::Value>().await.unwrap()["status"], "ok");
+    // The listener serves nothing of the API.
+    assert_eq!(app.get_metrics_listener("/api/v1/products").await.status(), 404);
+}
+
+#[sqlx::test]
 async fn metrics_can_be_switched_off(pool: PgPool) {
     let app = TestApp::spawn_with(pool, |s| s.metrics_enabled = false, Default::default()).await;
-    crate::helpers::assert_error(app.get("/metrics").await, 404, "NOT_FOUND").await;
+    assert_eq!(app.get_metrics_listener("/metrics").await.status(), 404);
+    assert_eq!(app.get_metrics_listener("/health").await.status(), 200, "probes still answer");
 }
 
 #[sqlx::test]

@@ -22,6 +22,8 @@ use crate::mail::SmtpServer;
 /// A running application bound to a random port.
 pub struct TestApp {
     pub address: SocketAddr,
+    /// The metrics listener (`/metrics`, `/health`), apart from the API port.
+    pub metrics_address: SocketAddr,
     pub client: reqwest::Client,
     /// The state the app runs with (pool, Redis, settings, services) for direct checks.
     pub state: AppState,
@@ -72,6 +74,8 @@ impl TestApp {
             }
         });
         let mut settings = test_settings();
+        settings.metrics_host = "127.0.0.1".to_owned();
+        settings.metrics_port = 0;
         adjust(&mut settings);
         let redis = Redis::connect_lazy(&settings).expect("redis handle");
         let state = AppState::new(settings, pool, redis);
@@ -79,9 +83,10 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
         tokio::spawn(app::run(listener, router, std::future::pending(), std::time::Duration::from_secs(1)));
+        let (metrics_address, _) = app::start_metrics_listener(&state).await.expect("metrics listener");
         let client =
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        Self { address, client, state, background: None }
+        Self { address, metrics_address, client, state, background: None }
     }
 
     /// The application with its background roles running as in production (outbox
@@ -111,6 +116,12 @@ impl TestApp {
 
     pub async fn get(&self, path: &str) -> Response {
         self.request(Method::GET, path).send().await.expect("request sent")
+    }
+
+    /// `GET path` on the metrics listener.
+    pub async fn get_metrics_listener(&self, path: &str) -> Response {
+        let url = format!("http://{}{}", self.metrics_address, path);
+        self.client.get(url).send().await.expect("request sent")
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {

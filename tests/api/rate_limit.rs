@@ -262,7 +262,7 @@ async fn invented_methods_do_not_become_metric_labels(pool: PgPool) {
         let res = app.request(Method::from_bytes(method.as_bytes()).unwrap(), PRODUCTS).send().await.unwrap();
         assert_eq!(res.status(), 405);
     }
-    let text = app.get("/metrics").await.text().await.unwrap();
+    let text = app.get_metrics_listener("/metrics").await.text().await.unwrap();
     assert!(!text.contains("QWE"), "{text}");
     assert!(text.contains(r#"method="OTHER",route="/api/v1/products",status="405"} 2"#), "{text}");
 }

@@ -52,16 +52,11 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
     }
 }
 
-/// Prometheus text: request counts and latency histograms by method, route template and
-/// status; database pool gauges; jobs per queue and state, outbox lag, job durations,
-/// e-mails sent and failed. A gauge whose source (Redis, Postgres) does not answer within
-/// a second is left out rather than delaying the scrape. Restrict access at the proxy; `METRICS_ENABLED=false`
-/// turns it off (404).
-#[utoipa::path(get, path = "/metrics", tag = "health",
-    responses(
-        (status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String),
-        (status = 404, description = "Metrics are disabled", body = crate::platform::http::error::ErrorEnvelope),
-    ))]
+/// Prometheus metrics in the OpenMetrics text format, on the metrics listener only:
+/// request counts and latency histograms by method, route template and status; database
+/// pool gauges; jobs per queue and state, outbox lag, job durations, e-mails sent and
+/// failed. A gauge whose source (Redis, Postgres) does not answer within a second is left
+/// out rather than delaying the scrape. `METRICS_ENABLED=false` turns it off (404).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if !state.config.metrics_enabled {
         return crate::platform::http::error::AppError::NotFound("no route matches this path".to_owned())
@@ -69,5 +64,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     let gauges = crate::platform::jobs::gauges(&state.queues, &state.db).await;
     let body = state.metrics.render(&state.db, &gauges);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
