@@ -1,4 +1,4 @@
-"""The fault tests (issue 12): Postgres and Redis restarted under load, kill -9 of an API
+"""The fault tests: Postgres and Redis restarted under load, kill -9 of an API
 instance during an order storm and of the worker mid-job, MAIL_DIR full or read-only."""
 
 from __future__ import annotations

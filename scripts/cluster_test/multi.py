@@ -1,4 +1,4 @@
-"""The multi-instance test (issue 12): two API instances and a worker behind nginx, one
+"""The multi-instance test: two API instances and a worker behind nginx, one
 Postgres, one Redis."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The soak (issue 12): mixed traffic through nginx at a fixed rate for N minutes, then the
+"""The soak: mixed traffic through nginx at a fixed rate for N minutes, then the
 invariants; per endpoint status counts and p50/p99; RSS of every process and Redis memory
 sampled every 10 s."""
 
@@ -18,8 +18,8 @@ CLIENTS = 50  # virtual clients, each with its own source address (127.0.0.10 ..
 WARMUP = 60.0
 SAMPLE_EVERY = 10.0
 DONE_RETENTION_S = 60
-TRIM_EVERY_S = 300  # src/shared/jobs/mod.rs TRIM_EVERY
-IDEMPOTENCY_TTL_S = 6 * 3600  # src/shared/jobs/mod.rs IDEMPOTENCY_TTL
+TRIM_EVERY_S = 300  # src/platform/jobs/mod.rs TRIM_EVERY
+IDEMPOTENCY_TTL_S = 6 * 3600  # src/platform/jobs/mod.rs IDEMPOTENCY_TTL
 MIX = [("browse", 70), ("product", 10), ("login", 5), ("order", 10), ("cancel", 5)]
 LABELS = {
     "browse": "GET /products",
