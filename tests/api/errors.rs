@@ -296,7 +296,8 @@ async fn cors_headers_reach_every_response_and_preflights_skip_the_rate_limit(po
         let h = res.headers();
         assert_eq!(h["access-control-allow-origin"], "https://shop.example", "{path}");
         assert!(h["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"), "{path}");
-        assert_eq!(h["vary"], vary, "{path}");
+        assert_eq!(vary_of(h), vary, "{path}");
+        assert!(!h.contains_key("access-control-allow-credentials"), "{path}: no credentials");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
     }
     // The per-IP quota (1 a minute) is spent; a 429 still carries the CORS headers, so a
@@ -334,7 +335,56 @@ async fn cors_headers_reach_every_response_and_preflights_skip_the_rate_limit(po
     // No origin header: no allow-origin, but the Vary that caches need.
     let plain = app.request(Method::GET, "/health").send().await.unwrap();
     assert!(!plain.headers().contains_key("access-control-allow-origin"));
-    assert_eq!(plain.headers()["vary"], vary);
+    assert_eq!(vary_of(plain.headers()), vary);
+}
+
+/// Every `Vary` value of a response, as one list (one header line or several).
+fn vary_of(headers: &reqwest::header::HeaderMap) -> String {
+    headers.get_all("vary").iter().map(|v| v.to_str().unwrap()).collect::<Vec<_>>().join(", ")
+}
+
+#[sqlx::test]
+async fn cors_preflights_from_other_origins_get_no_allowance_and_none_allows_credentials(pool: PgPool) {
+    let app =
+        TestApp::spawn_with(pool, |s| s.cors_origin = vec!["https://shop.example".into()], Router::new())
+            .await;
+    let preflight = |origin: &'static str| {
+        app.request(Method::OPTIONS, "/api/v1/orders")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization")
+    };
+    let denied = preflight("https://evil.example").send().await.unwrap();
+    let h = denied.headers();
+    assert!(!h.contains_key("access-control-allow-origin"), "{h:?}");
+    assert!(!h.contains_key("access-control-allow-credentials"), "{h:?}");
+    assert_eq!(vary_of(h), "origin, access-control-request-method, access-control-request-headers");
+    let allowed = preflight("https://shop.example").send().await.unwrap();
+    let h = allowed.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    assert!(!h.contains_key("access-control-allow-credentials"), "credentials are never allowed");
+    // An origin that only starts like an allowed one is another origin.
+    let lookalike = preflight("https://shop.example.evil.example").send().await.unwrap();
+    assert!(!lookalike.headers().contains_key("access-control-allow-origin"));
+}
+
+#[sqlx::test]
+async fn request_ids_over_128_characters_or_not_visible_ascii_are_replaced(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let sent = |id: &str| app.request(Method::GET, "/api/v1/nope").header("x-request-id", id.to_owned());
+    let kept = "a".repeat(128);
+    let res = sent(&kept).send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"], kept.as_str());
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["requestId"], kept.as_str(), "the error body carries the kept id");
+    for bad in ["a".repeat(129), "has space".to_owned(), String::new()] {
+        let res = sent(&bad).send().await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, bad);
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "a new UUID instead of {bad:?}: {id}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["requestId"], id.as_str());
+    }
 }
 
 #[sqlx::test]
@@ -343,4 +393,82 @@ async fn cors_wildcard_allows_any_origin_with_a_star(pool: PgPool) {
     let res =
         app.request(Method::GET, "/health").header("origin", "https://any.example").send().await.unwrap();
     assert_eq!(res.headers()["access-control-allow-origin"], "*");
+}
+
+/// Log lines written while a test runs, in JSON.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[sqlx::test]
+async fn a_failed_request_is_logged_once_with_its_cause_and_request_id(pool: PgPool) {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // `set_default` covers this thread; the server's tasks run on it too (current-thread
+    // runtime of #[sqlx::test]).
+    let app = probe_app(pool).await;
+    let res = app
+        .request(Method::GET, "/__probe/panic")
+        .header("x-request-id", "panic-probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 500);
+    let mentioning = |needle: &str| -> Vec<Value> {
+        logs.lines().into_iter().filter(|l| l.to_string().contains(needle)).collect()
+    };
+    let panic_lines = mentioning("hunter2");
+    assert_eq!(panic_lines.len(), 1, "the cause is logged once: {panic_lines:#?}");
+    let line = &panic_lines[0];
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["fields"]["status"], 500, "{line}");
+    assert_eq!(line["span"]["request_id"], "panic-probe-1", "{line}");
+    assert_eq!(
+        mentioning("panic-probe-1").len(),
+        1,
+        "one line for the request: {:#?}",
+        mentioning("panic-probe-1")
+    );
+
+    // The database gone: a 503 whose cause is logged once, at warn.
+    app.state.db.close().await;
+    let res = app
+        .request(Method::GET, "/api/v1/products")
+        .header("x-request-id", "db-probe-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let db_lines = mentioning("db-probe-1");
+    assert_eq!(db_lines.len(), 1, "{db_lines:#?}");
+    assert_eq!(db_lines[0]["level"], "WARN", "{}", db_lines[0]);
+    assert!(
+        db_lines[0]["fields"]["error"].as_str().is_some_and(|e| e.contains("database")),
+        "{}",
+        db_lines[0]
+    );
 }

@@ -17,8 +17,8 @@ use crate::{
 };
 
 fn unavailable(e: redis::RedisError) -> AppError {
-    tracing::warn!(error = %e, "job store unavailable");
     AppError::ServiceUnavailable("the job store is unavailable, try again".to_owned())
+        .because(format_args!("job store unavailable: {e}"))
 }
 
 /// Jobs per queue and state (admin).

@@ -78,6 +78,18 @@ pub enum AppError {
     ServiceUnavailable(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// `public` is what the client gets; `cause` is for the request's log line only.
+    #[error("{public}")]
+    WithCause { public: Box<AppError>, cause: String },
+}
+
+/// On a failed response: what went wrong, for the request's one log line (the client
+/// never sees it). `unexpected` failures log at error level, the rest (the database down,
+/// a lock conflict) at warn.
+#[derive(Debug, Clone)]
+pub struct ErrorCause {
+    pub text: String,
+    pub unexpected: bool,
 }
 
 impl AppError {
@@ -97,6 +109,11 @@ impl AppError {
     /// A 400 listing field errors.
     pub fn invalid_fields(fields: FieldErrors) -> Self {
         Self::Validation { message: "request validation failed".to_owned(), fields }
+    }
+
+    /// This error, with `cause` logged on the request's line (never sent to the client).
+    pub fn because(self, cause: impl std::fmt::Display) -> Self {
+        Self::WithCause { public: Box::new(self), cause: cause.to_string() }
     }
 
     /// A 404 for a resource named `what`.
@@ -123,6 +140,7 @@ impl AppError {
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::ServiceUnavailable(_) => "SERVICE_UNAVAILABLE",
             Self::Internal(_) => "INTERNAL_SERVER_ERROR",
+            Self::WithCause { public, .. } => public.code(),
         }
     }
 
@@ -145,6 +163,7 @@ impl AppError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::WithCause { public, .. } => public.status(),
         }
     }
 
@@ -176,6 +195,7 @@ impl AppError {
         match self {
             // 5xx never leaks its cause.
             Self::Internal(_) => "an unexpected error occurred".to_owned(),
+            Self::WithCause { public, .. } => public.client_message(),
             other => other.to_string(),
         }
     }
@@ -193,31 +213,27 @@ impl From<sqlx::Error> for AppError {
             // Lock conflicts Postgres resolved by aborting us: safe for the client to retry.
             // 40P01 deadlock_detected, 40001 serialization_failure.
             sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")) => {
-                tracing::warn!(error = %d, "transaction aborted by a lock conflict");
                 Self::ServiceUnavailable("the request collided with another one; retry it".to_owned())
+                    .because(format_args!("transaction aborted by a lock conflict: {d}"))
             }
             // The database is slow or unreachable, not the request wrong: 57014
             // query_canceled (statement_timeout), 57P01..03 admin shutdown / cannot connect
             // now, 53300 too many connections; lost connections and a closed pool.
             sqlx::Error::Database(d) if d.code().as_deref().is_some_and(is_database_unavailable) => {
-                tracing::warn!(error = %d, "database unavailable or too slow");
                 Self::ServiceUnavailable(DB_SLOW_OR_UNAVAILABLE.to_owned())
+                    .because(format_args!("database unavailable or too slow: {d}"))
             }
             e @ (sqlx::Error::Io(_)
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed) => {
-                tracing::warn!(error = %e, "database connection failed");
-                Self::ServiceUnavailable(DB_UNAVAILABLE.to_owned())
-            }
+            | sqlx::Error::WorkerCrashed) => Self::ServiceUnavailable(DB_UNAVAILABLE.to_owned())
+                .because(format_args!("database connection failed: {e}")),
             // A CHECK constraint reached by client input (the validators missed a rule):
             // the request is wrong, not the server.
             sqlx::Error::Database(d) if d.code().as_deref() == Some("23514") => {
-                tracing::warn!(
-                    constraint = d.constraint().unwrap_or_default(),
-                    "check constraint refused input"
-                );
+                let constraint = d.constraint().unwrap_or_default().to_owned();
                 Self::bad_request("the request breaks a rule of the data (a value out of range)")
+                    .because(format_args!("check constraint {constraint} refused input"))
             }
             other => Self::Internal(anyhow::Error::new(other).context("database error")),
         }
@@ -296,13 +312,17 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            Self::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "request failed")
+        // Logged once, by the request's log line (the trace layer reads this).
+        let cause = match self {
+            Self::WithCause { public, cause } => {
+                let mut res = public.into_response();
+                res.extensions_mut().insert(ErrorCause { text: cause, unexpected: false });
+                return res;
             }
-            e if status.is_server_error() => tracing::warn!(error = %e, "request failed"),
-            _ => {}
-        }
+            Self::Internal(ref cause) => Some(ErrorCause { text: format!("{cause:#}"), unexpected: true }),
+            ref e if status.is_server_error() => Some(ErrorCause { text: e.to_string(), unexpected: false }),
+            _ => None,
+        };
         let body = self.envelope();
         let mut res = (status, axum::Json(body)).into_response();
         let headers = res.headers_mut();
@@ -328,6 +348,9 @@ impl IntoResponse for AppError {
             res.extensions_mut().insert(DatabaseTrouble);
         }
         res.extensions_mut().insert(Enveloped);
+        if let Some(cause) = cause {
+            res.extensions_mut().insert(cause);
+        }
         res
     }
 }

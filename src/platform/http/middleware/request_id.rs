@@ -1,65 +1,62 @@
-//! `X-Request-Id` (SPEC §2): the client's id when it is sane (1..=128 visible ASCII
-//! characters), else a new UUID. The id is put in the request extensions, in a task-local
-//! that error bodies read, and on every response.
+//! `X-Request-Id`: the client's id when it is sane (1..=128 visible ASCII characters),
+//! else a new UUID. tower-http's request-id layers keep it in the request extensions and
+//! put it on the response; this module drops an insane client id before they see it,
+//! makes new ids, and keeps the id in a task-local that error bodies read.
 
 use axum::{
     extract::Request,
     http::{HeaderName, HeaderValue},
 };
+use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header name.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The id of the current request, cheap to clone: the header value itself (a client's id
-/// shares the request's buffer), sent back as it is.
-#[derive(Clone, Debug)]
-pub struct RequestId(HeaderValue);
-
-impl RequestId {
-    /// The id as text (always visible ASCII: see [`is_sane`]).
-    pub fn as_str(&self) -> &str {
-        self.0.to_str().unwrap_or_default()
-    }
-
-    /// The id as the `X-Request-Id` value of the response.
-    pub fn header_value(&self) -> &HeaderValue {
-        &self.0
-    }
-}
-
 tokio::task_local! {
-    static CURRENT: RequestId;
+    static CURRENT: HeaderValue;
 }
 
 /// The id of the request being served on this task, if any.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(|id| id.as_str().to_owned()).ok()
+    CURRENT.try_with(|id| id.to_str().unwrap_or_default().to_owned()).ok()
 }
 
-/// Accepts an incoming id only if it is 1..=128 visible ASCII characters.
+/// Whether a client's id may be kept: 1..=128 visible ASCII characters.
 pub fn is_sane(value: &[u8]) -> bool {
     (1..=128).contains(&value.len()) && value.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
-/// Outermost middleware: assigns the id and runs the rest of the stack inside its scope.
-/// The request's id: a sane `X-Request-Id` from the client, else a new v4 UUID (from the
-/// thread's RNG: `Uuid::new_v4` asks the kernel each time). Stored in the extensions.
-pub fn assign_id(mut req: Request) -> (RequestId, Request) {
-    let id = match req.headers().get(&X_REQUEST_ID) {
-        Some(v) if is_sane(v.as_bytes()) => v.clone(),
-        _ => {
-            let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-            HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
-                .expect("a UUID is a valid header value")
-        }
+/// Removes a client's `X-Request-Id` that is not sane (too long, empty, not visible
+/// ASCII, or sent twice), so the request gets a new one.
+pub async fn drop_insane(mut req: Request) -> Request {
+    let headers = req.headers();
+    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+    let keep = match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(one), None) => is_sane(one.as_bytes()),
+        (Some(_), Some(_)) => false,
     };
-    let request_id = RequestId(id);
-    req.extensions_mut().insert(request_id.clone());
-    (request_id, req)
+    if !keep {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    req
+}
+
+/// New ids: v4 UUIDs from the thread's RNG (`Uuid::new_v4` asks the kernel each time).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomUuid;
+
+impl MakeRequestId for RandomUuid {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let uuid = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let value = HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()))
+            .expect("a UUID is a valid header value");
+        Some(RequestId::new(value))
+    }
 }
 
 /// Runs `work` with `id` as the current request id (error envelopes read it).
-pub async fn scope<F: Future>(id: RequestId, work: F) -> F::Output {
+pub async fn scope<F: Future>(id: HeaderValue, work: F) -> F::Output {
     CURRENT.scope(id, work).await
 }
 
@@ -75,5 +72,21 @@ mod tests {
         assert!(!is_sane(b""));
         assert!(!is_sane(b"has space"));
         assert!(!is_sane("é".as_bytes()));
+    }
+
+    #[tokio::test]
+    async fn insane_and_repeated_ids_are_dropped_and_sane_ones_kept() {
+        let with = |values: &[&[u8]]| {
+            let mut req = Request::new(axum::body::Body::empty());
+            for v in values {
+                req.headers_mut().append(&X_REQUEST_ID, HeaderValue::from_bytes(v).unwrap());
+            }
+            req
+        };
+        let kept = drop_insane(with(&[b"abc"])).await;
+        assert_eq!(kept.headers()[&X_REQUEST_ID], "abc");
+        for bad in [&[&[b'a'; 129][..]][..], &[b"a b"], &[b"a", b"b"]] {
+            assert!(drop_insane(with(bad)).await.headers().get(&X_REQUEST_ID).is_none());
+        }
     }
 }
