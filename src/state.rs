@@ -138,6 +138,7 @@ impl AppState {
                 },
             )
         });
+        let pipeline = pipeline.flatten();
         let products = ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency);
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(

@@ -346,9 +346,6 @@ impl Settings {
         if self.db_read_pool_max == 0 {
             p.push("DB_READ_POOL_MAX: must be at least 1".to_owned());
         }
-        if self.db_pipeline_connections > 0 && has_client_certificate(self.database_url.expose_secret()) {
-            p.push(format!("DATABASE_URL: {}", PIPELINE_CLIENT_CERTIFICATE));
-        }
         if self.db_pool_max == 0 {
             p.push("DB_POOL_MAX: must be at least 1".to_owned());
         }
@@ -481,13 +478,6 @@ fn check_database_url(url: &str) -> Result<(), String> {
         .map_err(|_| "is not a valid PostgreSQL connection URL".to_owned())
 }
 
-/// Whether the URL (or PGSSLCERT/PGSSLKEY) names a TLS client certificate.
-fn has_client_certificate(url: &str) -> bool {
-    use sqlx::ConnectOptions;
-    sqlx::postgres::PgConnectOptions::from_str(url)
-        .is_ok_and(|o| o.to_url_lossy().query_pairs().any(|(k, _)| k == "sslcert" || k == "sslkey"))
-}
-
 fn is_http_url(s: &str) -> bool {
     let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
     matches!(rest, Some(host) if !host.is_empty() && !host.starts_with('/') && !host.contains(char::is_whitespace))
@@ -503,9 +493,6 @@ impl KindLabel for redis::RedisError {
         format!("{:?}", self.kind())
     }
 }
-
-/// Why a database URL with a client certificate cannot be used with pipelined reads.
-pub const PIPELINE_CLIENT_CERTIFICATE: &str = "client certificates (sslcert, sslkey) are not supported by pipelined reads; set DB_PIPELINE_CONNECTIONS=0";
 
 #[cfg(test)]
 mod tests {
@@ -553,12 +540,10 @@ mod tests {
     }
 
     #[test]
-    fn pipelined_reads_refuse_a_client_certificate() {
+    fn a_client_certificate_is_accepted_with_pipelined_reads_on() {
+        // The pipeline steps aside for it (product reads use the read pool).
         let url = "postgres://u:p@db.internal/app?sslmode=verify-full&sslcert=/c.pem&sslkey=/k.pem";
-        let err = with(&[("database_url", url)]).unwrap_err();
-        assert!(err.0.iter().any(|p| p.contains("DB_PIPELINE_CONNECTIONS=0")), "{:?}", err.0);
-        assert!(with(&[("database_url", url), ("db_pipeline_connections", "0")]).is_ok());
-        assert!(with(&[("database_url", "postgres://u:p@db.internal/app?sslmode=verify-full")]).is_ok());
+        assert!(with(&[("database_url", url)]).is_ok());
     }
 
     #[test]

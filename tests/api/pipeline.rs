@@ -22,6 +22,10 @@ fn pipeline(main: &PgPool, connections: u32) -> Pipeline {
 }
 
 fn pipeline_with_lifetime(main: &PgPool, connections: u32, max_lifetime: Duration) -> Pipeline {
+    try_pipeline(main, connections, max_lifetime).expect("the test database is reached with sslmode=disable")
+}
+
+fn try_pipeline(main: &PgPool, connections: u32, max_lifetime: Duration) -> Option<Pipeline> {
     Pipeline::new(
         main,
         PipelineOptions {
@@ -147,19 +151,23 @@ async fn closing_the_main_pool_closes_the_pipeline(main: PgPool) {
 }
 
 #[sqlx::test]
-async fn tls_follows_the_pools_sslmode(main: PgPool) {
+async fn tls_follows_the_pools_sslmode_or_leaves_reads_to_the_pool(main: PgPool) {
     const SSL: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
-    // Whatever the server offers, the pipeline's connection is encrypted exactly when
-    // the pool's own connections are (both `prefer` here unless DATABASE_URL says else).
-    let pool_ssl: bool = sqlx::query_scalar(SSL).fetch_one(&main).await.unwrap();
-    let p = pipeline(&main, 1);
-    let row = p.query_opt(SSL, &[]).await.unwrap().unwrap();
-    assert_eq!(row.get::<_, bool>(0), pool_ssl);
-
     let options = (*main.connect_options()).clone();
     let plain = PgPoolOptions::new().connect_lazy_with(options.clone().ssl_mode(PgSslMode::Disable));
     let row = pipeline(&plain, 1).query_opt(SSL, &[]).await.unwrap().unwrap();
     assert!(!row.get::<_, bool>(0), "sslmode=disable connects in plain text");
+
+    // The modes that accept certificates rustls's standard verifier refuses (or that may
+    // fall back to plain text) are left to the read pool: no pipeline.
+    let long = Duration::from_secs(600);
+    for mode in [PgSslMode::Allow, PgSslMode::Prefer, PgSslMode::Require, PgSslMode::VerifyCa] {
+        let pool = PgPoolOptions::new().connect_lazy_with(options.clone().ssl_mode(mode));
+        assert!(try_pipeline(&pool, 1, long).is_none(), "{mode:?}");
+    }
+    let with_cert =
+        options.clone().ssl_mode(PgSslMode::VerifyFull).ssl_client_cert("/nonexistent/client.pem");
+    assert!(try_pipeline(&PgPoolOptions::new().connect_lazy_with(with_cert), 1, long).is_none());
 
     // verify-full against the web PKI roots: a local server's certificate (or its lack
     // of TLS) is refused, and the refusal is a 503, not a plain-text fallback.

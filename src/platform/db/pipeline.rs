@@ -75,18 +75,14 @@ impl From<PipelineError> for AppError {
         match e {
             PipelineError::Postgres(pg) => match pg.code().map(SqlState::code) {
                 Some(c) if is_database_unavailable(c) => {
-                    tracing::warn!(error = %pg, "database unavailable or too slow");
                     Self::ServiceUnavailable(DB_SLOW_OR_UNAVAILABLE.to_owned())
+                        .because(format_args!("database unavailable or too slow: {pg}"))
                 }
                 Some(_) => Self::Internal(anyhow::Error::new(pg).context("database error")),
-                None => {
-                    tracing::warn!(error = %pg, "database connection failed");
-                    unavailable()
-                }
+                None => unavailable().because(format_args!("database connection failed: {pg}")),
             },
             e @ (PipelineError::ConnectTimedOut | PipelineError::NoAnswer | PipelineError::Tls(_)) => {
-                tracing::warn!(error = %e, "database connection failed");
-                unavailable()
+                unavailable().because(format_args!("database connection failed: {e}"))
             }
             PipelineError::Closed => unavailable(),
             PipelineError::Decode(e) => Self::Internal(anyhow::Error::new(e).context("decoding a row")),
@@ -127,27 +123,23 @@ struct Live {
 
 #[derive(Clone, Debug)]
 enum TlsPolicy {
+    /// `sslmode=disable`.
     Off,
-    /// `allow`, `prefer`, `require`: encrypted when the server offers it, the
-    /// certificate not checked (what sqlx does for these modes).
-    Unverified {
-        required: bool,
-    },
-    /// `verify-ca` (`full: false`) and `verify-full`, against the web PKI roots and
-    /// `sslrootcert`.
-    Verified {
-        full: bool,
-        root_cert: Option<String>,
-    },
-    /// `sslcert`/`sslkey` given: not supported here (the config refuses it).
-    ClientCertificate,
+    /// `sslmode=verify-full`: the chain up to the web PKI roots or `sslrootcert`, and the
+    /// host name, checked by rustls's own verifier.
+    Verified { root_cert: Option<String> },
 }
 
 impl Pipeline {
     /// Connections to the database `main` connects to, with its options; opened on
     /// first use. When `main` is closed (at shutdown) they are closed too and reads answer
     /// [`PipelineError::Closed`].
-    pub fn new(main: &PgPool, bounds: PipelineOptions) -> Self {
+    ///
+    /// Only `sslmode=disable` and `sslmode=verify-full` (without a client certificate)
+    /// are served here: the other modes accept certificates rustls's standard verifier
+    /// refuses, and no certificate check of our own is written for them. For those,
+    /// `None` (logged once): product reads go through the read pool, as sqlx connects.
+    pub fn new(main: &PgPool, bounds: PipelineOptions) -> Option<Self> {
         let options = main.connect_options();
         let url = options.to_url_lossy();
         let mut config = tokio_postgres::Config::new();
@@ -182,17 +174,21 @@ impl Pipeline {
         });
         let client_cert = url.query_pairs().any(|(k, _)| k == "sslcert" || k == "sslkey");
         let tls = match options.get_ssl_mode() {
-            _ if client_cert => TlsPolicy::ClientCertificate,
-            PgSslMode::Disable => TlsPolicy::Off,
-            PgSslMode::Allow | PgSslMode::Prefer => TlsPolicy::Unverified { required: false },
-            PgSslMode::Require => TlsPolicy::Unverified { required: true },
-            PgSslMode::VerifyCa => TlsPolicy::Verified { full: false, root_cert },
-            PgSslMode::VerifyFull => TlsPolicy::Verified { full: true, root_cert },
+            PgSslMode::Disable if !client_cert => TlsPolicy::Off,
+            PgSslMode::VerifyFull if !client_cert => TlsPolicy::Verified { root_cert },
+            mode => {
+                tracing::info!(
+                    sslmode = ?mode,
+                    client_certificate = client_cert,
+                    "pipelined reads serve sslmode=disable and verify-full without a client certificate; \
+                     product reads use the read pool"
+                );
+                return None;
+            }
         };
         config.ssl_mode(match tls {
             TlsPolicy::Off => tokio_postgres::config::SslMode::Disable,
-            TlsPolicy::Unverified { required: false } => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
+            TlsPolicy::Verified { .. } => tokio_postgres::config::SslMode::Require,
         });
         let slots = (0..bounds.connections.max(1)).map(|_| Slot::default()).collect();
         let pipeline = Self(Arc::new(Inner {
@@ -204,7 +200,7 @@ impl Pipeline {
             main: main.clone(),
         }));
         close_with(main, &pipeline.0, |inner| Pipeline(inner).close());
-        pipeline
+        Some(pipeline)
     }
 
     /// Runs `sql` (a statement that changes nothing) with `params` and returns its row,
@@ -293,15 +289,13 @@ impl Pipeline {
         let inner = &*self.0;
         let connect = async {
             match &inner.tls {
-                TlsPolicy::ClientCertificate => {
-                    Err(PipelineError::Tls(crate::platform::config::PIPELINE_CLIENT_CERTIFICATE.to_owned()))
-                }
                 TlsPolicy::Off => {
                     let (client, connection) = inner.config.connect(NoTls).await?;
-                    Ok((client, drive(connection)))
+                    Ok::<_, PipelineError>((client, drive(connection)))
                 }
-                policy => {
-                    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(client_config(policy)?);
+                TlsPolicy::Verified { root_cert } => {
+                    let tls =
+                        tokio_postgres_rustls::MakeRustlsConnect::new(client_config(root_cert.as_deref())?);
                     let (client, connection) = inner.config.connect(tls).await?;
                     Ok((client, drive(connection)))
                 }
@@ -359,57 +353,28 @@ impl Live {
     }
 }
 
-fn client_config(policy: &TlsPolicy) -> Result<rustls::ClientConfig, PipelineError> {
+/// rustls with its standard verifier (`WebPkiServerVerifier`): the web PKI roots plus
+/// `sslrootcert`, host name checked.
+fn client_config(root_cert: Option<&str>) -> Result<rustls::ClientConfig, PipelineError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = root_cert {
+        for cert in verify::certificates(pem)? {
+            roots.add(cert).map_err(|e| PipelineError::Tls(format!("sslrootcert: {e}")))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| PipelineError::Tls(e.to_string()))?;
-    let config = match policy {
-        TlsPolicy::ClientCertificate => {
-            return Err(PipelineError::Tls(crate::platform::config::PIPELINE_CLIENT_CERTIFICATE.to_owned()));
-        }
-        TlsPolicy::Off | TlsPolicy::Unverified { .. } => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verify::Unverified(provider)))
-            .with_no_client_auth(),
-        TlsPolicy::Verified { full, root_cert } => {
-            let mut roots = rustls::RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            if let Some(pem) = root_cert {
-                for cert in verify::certificates(pem)? {
-                    roots.add(cert).map_err(|e| PipelineError::Tls(format!("sslrootcert: {e}")))?;
-                }
-            }
-            let webpki =
-                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| PipelineError::Tls(e.to_string()))?;
-            if *full {
-                builder.with_webpki_verifier(webpki).with_no_client_auth()
-            } else {
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(verify::ChainOnly(webpki)))
-                    .with_no_client_auth()
-            }
-        }
-    };
+        .map_err(|e| PipelineError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(config)
 }
 
-/// Certificate verifiers for the TLS modes that do not check everything.
+/// The root certificates of `sslrootcert`.
 mod verify {
-    use std::sync::Arc;
-
-    use rustls::{
-        CertificateError, DigitallySignedStruct, Error, SignatureScheme,
-        client::{
-            WebPkiServerVerifier,
-            danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-        },
-        crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature},
-        pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
-    };
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
 
     use super::PipelineError;
 
@@ -420,90 +385,6 @@ mod verify {
             CertificateDer::pem_slice_iter(input.as_bytes()).collect::<Result<_, _>>().map_err(bad)
         } else {
             CertificateDer::pem_file_iter(input).map_err(bad)?.collect::<Result<_, _>>().map_err(bad)
-        }
-    }
-
-    /// Any certificate; the handshake's signatures are still checked.
-    #[derive(Debug)]
-    pub(super) struct Unverified(pub Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for Unverified {
-        fn verify_server_cert(
-            &self,
-            _end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &ServerName<'_>,
-            _ocsp_response: &[u8],
-            _now: UnixTime,
-        ) -> Result<ServerCertVerified, Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-
-    /// The chain up to a trusted root, whatever host name the certificate names
-    /// (`verify-ca`).
-    #[derive(Debug)]
-    pub(super) struct ChainOnly(pub Arc<WebPkiServerVerifier>);
-
-    impl ServerCertVerifier for ChainOnly {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            intermediates: &[CertificateDer<'_>],
-            server_name: &ServerName<'_>,
-            ocsp_response: &[u8],
-            now: UnixTime,
-        ) -> Result<ServerCertVerified, Error> {
-            match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-                Err(Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                )) => Ok(ServerCertVerified::assertion()),
-                other => other,
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, Error> {
-            self.0.verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            self.0.supported_verify_schemes()
         }
     }
 }
