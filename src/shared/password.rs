@@ -8,6 +8,13 @@
 //! the memory is bounded by CPUs × 19 MiB while hashing and zero when idle (the
 //! blocking pool allocated it afresh on whichever of its many threads ran the hash, and
 //! glibc's per-thread arenas kept it: 411 MB after a login flood).
+//!
+//! **Why it is owned here, and when it goes.** The argon2 crate does the hashing; this
+//! module only schedules it. `tokio::task::spawn_blocking` left 411 MB resident after a
+//! login flood (above), and a semaphore around it still let the blocking pool's many
+//! threads each keep 19 MiB. Exit plan: if tokio's blocking pool gains per-pool thread
+//! limits and priorities, or `rayon` with a bounded pool is measured to keep RSS under
+//! 64 MB through `scripts/bench`'s login flood, move to it.
 
 use std::sync::Arc;
 

@@ -9,6 +9,10 @@
 //! `{q}:inflight:{worker}` (SET), `{q}:workers` (ZSET of heartbeats), `{q}:data` (HASH id →
 //! payload), `{q}:meta:{id}` (HASH: attempts, status, result, done_at), `{q}:done` and
 //! `{q}:dead` (SETs). Ids are ULIDs, so they sort by enqueue time.
+//!
+//! **Exit plan.** When apalis-redis offers counts, a paginated dead list, re-enqueueing
+//! and trimming that keep jobs still waiting for a retry, use them and delete this module;
+//! `tests/api/jobs.rs` holds the behaviour they must keep.
 
 use std::collections::HashMap;
 

@@ -10,6 +10,13 @@
 //! request probes it again). Meanwhile the limits are counted in process, per instance
 //! ([`LocalCounts`]): weaker than shared counts across instances, but never no limit, so
 //! a Redis outage does not open login to brute force.
+//!
+//! **Why it is owned here, and when it goes.** The crates for this (`tower_governor`,
+//! `governor`) count in process only, so N instances would each allow the full quota;
+//! none keeps fixed windows in Redis with a budget and a local fallback. Exit plan: a
+//! maintained crate that counts in Redis (or a gateway in front that does, such as
+//! nginx with a shared store) replaces it; the tests in `tests/api/rate_limit.rs` are
+//! the contract it must meet.
 
 use std::{
     collections::HashMap,
