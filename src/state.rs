@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 use crate::{
     features::{
-        auth::{AuthService, PasswordResetService, PgAuthStore},
+        auth::{AuthService, AuthStore, PasswordResetService},
         orders::OrderService,
         products::ProductService,
         reports::ReportService,
@@ -111,7 +111,7 @@ impl AppState {
         let hasher = PasswordHasher::new();
         let tokens = Arc::new(TokenKeys::from_settings(&config));
         let wakeup = Wakeup::new(db.clone());
-        let store = Arc::new(PgAuthStore { pool: db.clone(), wakeup: wakeup.clone() });
+        let store = AuthStore::new(db.clone(), wakeup.clone());
         let auth = AuthService::new(store, hasher.clone(), tokens.clone(), config.refresh_token_ttl)
             .with_family_max_age(config.refresh_family_max_age);
         let users = UserService::new(db.clone(), hasher.clone());

@@ -41,6 +41,26 @@ async fn business(app: &TestApp) {
     assert_eq!(status, 201);
 }
 
+/// Waits (at most 10 s) until a session of this database has run `LISTEN outbox`: the
+/// relay's, once it can be woken.
+async fn relay_listening(app: &TestApp) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listening: bool = sqlx::query_scalar(
+            "select exists(select 1 from pg_stat_activity
+                           where datname = current_database() and query ilike 'listen%outbox%')",
+        )
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+        if listening {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the relay never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[sqlx::test]
 async fn outbox_rows_move_to_their_queue_once_keyed_by_outbox_id(pool: PgPool) {
     // Arrange
@@ -87,7 +107,7 @@ async fn every_writer_wakes_the_relay_after_its_commit_without_waiting_for_the_p
         Duration::from_secs(600),
         stop,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await; // LISTEN is in place
+    relay_listening(&app).await;
 
     let ann = app.user().signed_in().await;
     drained(&app, "welcome").await;
@@ -222,7 +242,7 @@ async fn under_load_the_relay_polls_and_back_at_rest_it_listens_without_stalling
         Duration::from_secs(600),
         stop,
     ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    relay_listening(&app).await;
     // Written as the services write: commit, then wake the relays.
     let insert = async |n: i64| {
         sqlx::query(

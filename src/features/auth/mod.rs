@@ -9,7 +9,7 @@ mod routes;
 mod service;
 mod types;
 
-pub use repository::{PgAuthStore, delete_spent_reset_tokens};
+pub use repository::{AuthStore, delete_spent_reset_tokens};
 pub use reset::{
     PasswordResetService, TOKEN_TTL_MINUTES as RESET_TOKEN_TTL_MINUTES, mint_token as mint_reset_token,
 };

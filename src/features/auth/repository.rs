@@ -1,13 +1,11 @@
-//! SQL of the auth feature: the `password_reset_tokens` table, and the Postgres
-//! implementation of [`AuthStore`] (users through the users repository, sessions through
+//! SQL of the auth feature: the `password_reset_tokens` table, and [`AuthStore`], what
+//! the auth service reads and writes (users through the users feature, sessions through
 //! `shared::sessions`, which owns them).
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::service::AuthStore;
 use crate::shared::jobs::Job;
 use crate::{
     features::users::{LoginRow, NewUser, UserRow, find_active_user, find_login, insert_user},
@@ -106,17 +104,23 @@ pub async fn consume_reset_token(db: impl PgExecutor<'_>, token_hash: &[u8]) -> 
     .await
 }
 
-/// The production [`AuthStore`].
+/// The auth service's storage: users (through the users feature), sessions (through
+/// the kernel's `sessions`, which owns them) and the outbox.
 #[derive(Clone)]
-pub struct PgAuthStore {
-    pub pool: PgPool,
+pub struct AuthStore {
+    pool: PgPool,
     /// Rung after a commit that wrote an outbox row.
-    pub wakeup: Wakeup,
+    wakeup: Wakeup,
 }
 
-#[async_trait]
-impl AuthStore for PgAuthStore {
-    async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>> {
+impl AuthStore {
+    pub fn new(pool: PgPool, wakeup: Wakeup) -> Self {
+        Self { pool, wakeup }
+    }
+
+    /// Inserts the user and `welcome` in one transaction; `None` (and nothing written)
+    /// when a live user already has the e-mail.
+    pub async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>> {
         let mut tx = self.pool.begin().await?;
         let user = match insert_user(&mut *tx, new).await {
             Ok(user) => user,
@@ -129,38 +133,44 @@ impl AuthStore for PgAuthStore {
         Ok(Some(user))
     }
 
-    async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>> {
+    pub async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>> {
         Ok(find_login(&self.pool, email).await?)
     }
 
-    async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
+    pub async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
         Ok(find_active_user(&self.pool, id).await?)
     }
 
-    async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
+    /// Inserts `session`. With `password_hash` (a login), only if the user's password is
+    /// still that one, checked under the lock revocations take: a login whose check
+    /// raced a password reset or logout-all either is revoked by it or sees it and
+    /// fails. `false`: not inserted.
+    pub async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
         match password_hash {
             None => Ok(sessions::insert(&self.pool, session).await.map(|()| true)?),
             Some(hash) => Ok(sessions::insert_for_login(&self.pool, session, hash).await?),
         }
     }
 
-    async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {
+    pub async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {
         Ok(sessions::find_by_hash(&self.pool, token_hash).await?)
     }
 
-    async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool> {
+    /// Atomically inserts `new` and retires `old`; `false` (and nothing changed) when
+    /// `old` was no longer live.
+    pub async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool> {
         Ok(sessions::rotate(&self.pool, old, new).await?)
     }
 
-    async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
+    pub async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
         Ok(sessions::revoke_family(&self.pool, user_id, family_id).await?)
     }
 
-    async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()> {
+    pub async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()> {
         Ok(sessions::revoke_token(&self.pool, token_hash).await?)
     }
 
-    async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()> {
+    pub async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()> {
         let mut tx = self.pool.begin().await?;
         sessions::revoke_all(&mut tx, user_id, None).await?;
         tx.commit().await?;

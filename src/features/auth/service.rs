@@ -2,11 +2,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::domain::{hash_refresh_token, new_refresh_token};
+use super::{
+    domain::{hash_refresh_token, new_refresh_token},
+    repository::AuthStore,
+};
 use crate::shared::jobs::Job;
 use crate::{
     features::users::{LoginRow, NewUser, UserRow},
@@ -15,36 +17,13 @@ use crate::{
         auth::{ClientMeta, Role, TokenKeys},
         email::Email,
         password::PasswordHasher,
-        sessions::{NewSession, Session},
+        sessions::NewSession,
     },
 };
 
 /// The one message for every failed login or refresh: it never tells which part failed.
 pub const INVALID_CREDENTIALS: &str = "invalid e-mail or password";
 pub const INVALID_REFRESH: &str = "invalid or expired refresh token";
-
-/// What the auth service needs from storage: the seam unit tests fake.
-#[async_trait]
-pub trait AuthStore: Send + Sync + 'static {
-    /// Inserts the user and `welcome` in one transaction; `None` (and nothing written)
-    /// when a live user already has the e-mail.
-    async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>>;
-    async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>>;
-    async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>>;
-    /// Inserts `session`. With `password_hash` (a login), only if the user's password is
-    /// still that one, checked under the lock revocations take: a login whose check
-    /// raced a password reset or logout-all either is revoked by it or sees it and
-    /// fails. `false`: not inserted.
-    async fn insert_session(&self, session: &NewSession, password_hash: Option<&str>) -> AppResult<bool>;
-    async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>>;
-    /// Atomically inserts `new` and retires `old`; `false` (and nothing changed) when
-    /// `old` was no longer live.
-    async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool>;
-    /// Revokes the live sessions of `family_id`, a family of `user_id`.
-    async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()>;
-    async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()>;
-    async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()>;
-}
 
 /// A validated registration.
 #[derive(Debug, Clone)]
@@ -66,7 +45,7 @@ pub struct IssuedTokens {
 /// Auth use cases; cheap to clone.
 #[derive(Clone)]
 pub struct AuthService {
-    store: Arc<dyn AuthStore>,
+    store: AuthStore,
     hasher: PasswordHasher,
     tokens: Arc<TokenKeys>,
     refresh_ttl: Duration,
@@ -75,7 +54,7 @@ pub struct AuthService {
 
 impl AuthService {
     pub fn new(
-        store: Arc<dyn AuthStore>,
+        store: AuthStore,
         hasher: PasswordHasher,
         tokens: Arc<TokenKeys>,
         refresh_ttl: Duration,
@@ -249,146 +228,19 @@ impl AuthService {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, sync::Mutex};
+    use sqlx::PgPool;
 
     use super::*;
-    use crate::platform::config::{AppEnv, Settings};
+    use crate::platform::{
+        config::{AppEnv, Settings},
+        jobs::outbox::Wakeup,
+    };
 
-    /// In-memory store with the same rules as the SQL (unique live e-mail, conditional rotation).
-    #[derive(Default)]
-    struct FakeStore {
-        users: Mutex<Vec<(UserRow, String, bool)>>, // (row, hash, deleted)
-        sessions: Mutex<HashMap<Uuid, (Session, [u8; 32])>>,
-        jobs: Mutex<Vec<Job>>,
-    }
-
-    impl FakeStore {
-        fn live_sessions(&self) -> usize {
-            self.sessions.lock().unwrap().values().filter(|(s, _)| s.revoked_at.is_none()).count()
-        }
-        fn delete_user(&self, id: Uuid) {
-            self.users.lock().unwrap().iter_mut().filter(|u| u.0.id == id).for_each(|u| u.2 = true);
-        }
-        fn expire_all(&self) {
-            for (s, _) in self.sessions.lock().unwrap().values_mut() {
-                s.expires_at = Utc::now() - chrono::Duration::seconds(1);
-            }
-        }
-    }
-
-    #[async_trait]
-    impl AuthStore for FakeStore {
-        async fn insert_user(&self, new: &NewUser<'_>, welcome: &Job) -> AppResult<Option<UserRow>> {
-            let mut users = self.users.lock().unwrap();
-            if users.iter().any(|(u, _, deleted)| u.email == new.email.as_str() && !deleted) {
-                return Ok(None);
-            }
-            self.jobs.lock().unwrap().push(welcome.clone());
-            let row = UserRow {
-                id: new.id,
-                email: new.email.to_string(),
-                first_name: new.first_name.map(str::to_owned),
-                last_name: new.last_name.map(str::to_owned),
-                phone: None,
-                role: new.role,
-                created_at: Utc::now(),
-                updated_at: Utc::now(),
-            };
-            users.push((row.clone(), new.password_hash.to_owned(), false));
-            Ok(Some(row))
-        }
-        async fn find_login(&self, email: &Email) -> AppResult<Option<LoginRow>> {
-            Ok(self
-                .users
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(u, _, d)| u.email == email.as_str() && !d)
-                .map(|(u, h, _)| LoginRow { user: u.clone(), password_hash: h.clone() }))
-        }
-        async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
-            Ok(self
-                .users
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|(u, _, d)| u.id == id && !d)
-                .map(|(u, _, _)| u.clone()))
-        }
-        async fn insert_session(&self, s: &NewSession, password_hash: Option<&str>) -> AppResult<bool> {
-            if let Some(expected) = password_hash {
-                let current = self
-                    .users
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|(u, _, _)| u.id == s.user_id)
-                    .map(|(_, h, _)| h.clone());
-                if current.as_deref() != Some(expected) {
-                    return Ok(false);
-                }
-            }
-            let session = Session {
-                id: s.id,
-                user_id: s.user_id,
-                family_id: s.family_id,
-                expires_at: s.expires_at,
-                revoked_at: None,
-                replaced_by: None,
-                family_started_at: s.family_started_at,
-            };
-            self.sessions.lock().unwrap().insert(s.id, (session, s.token_hash));
-            Ok(true)
-        }
-        async fn find_session(&self, token_hash: &[u8; 32]) -> AppResult<Option<Session>> {
-            Ok(self.sessions.lock().unwrap().values().find(|(_, h)| h == token_hash).map(|(s, _)| s.clone()))
-        }
-        async fn rotate_session(&self, old: Uuid, new: &NewSession) -> AppResult<bool> {
-            {
-                let mut sessions = self.sessions.lock().unwrap();
-                let Some((s, _)) = sessions.get_mut(&old) else {
-                    return Ok(false);
-                };
-                if s.revoked_at.is_some() || s.expires_at <= Utc::now() {
-                    return Ok(false);
-                }
-                s.revoked_at = Some(Utc::now());
-                s.replaced_by = Some(new.id);
-            }
-            self.insert_session(new, None).await
-        }
-        async fn revoke_family(&self, user_id: Uuid, family_id: Uuid) -> AppResult<()> {
-            for (s, _) in self.sessions.lock().unwrap().values_mut() {
-                if s.family_id == family_id && s.user_id == user_id && s.revoked_at.is_none() {
-                    s.revoked_at = Some(Utc::now());
-                }
-            }
-            Ok(())
-        }
-        async fn revoke_session(&self, token_hash: &[u8; 32]) -> AppResult<()> {
-            for (s, h) in self.sessions.lock().unwrap().values_mut() {
-                if h == token_hash && s.revoked_at.is_none() {
-                    s.revoked_at = Some(Utc::now());
-                }
-            }
-            Ok(())
-        }
-        async fn revoke_all_sessions(&self, user_id: Uuid) -> AppResult<()> {
-            for (s, _) in self.sessions.lock().unwrap().values_mut() {
-                if s.user_id == user_id {
-                    s.revoked_at.get_or_insert(Utc::now());
-                }
-            }
-            Ok(())
-        }
-    }
-
-    fn service() -> (AuthService, Arc<FakeStore>) {
+    fn service(db: &PgPool) -> AuthService {
         let settings = Settings::load_for(AppEnv::Test).unwrap();
-        let store = Arc::new(FakeStore::default());
+        let store = AuthStore::new(db.clone(), Wakeup::new(db.clone()));
         let tokens = Arc::new(TokenKeys::from_settings(&settings));
-        let svc = AuthService::new(store.clone(), PasswordHasher::new(), tokens, settings.refresh_token_ttl);
-        (svc, store)
+        AuthService::new(store, PasswordHasher::new(), tokens, settings.refresh_token_ttl)
     }
 
     fn registration(email: &str) -> Registration {
@@ -412,40 +264,78 @@ mod tests {
         matches!(e, AppError::Unauthorized(_))
     }
 
-    #[tokio::test]
-    async fn register_normalises_the_email_and_issues_tokens() {
-        let (svc, store) = service();
+    async fn live_sessions(db: &PgPool) -> i64 {
+        sqlx::query_scalar("select count(*) from sessions where revoked_at is null and expires_at > now()")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    }
+
+    async fn delete_user(db: &PgPool, id: Uuid) {
+        sqlx::query("update users set deleted_at = now() where id = $1").bind(id).execute(db).await.unwrap();
+    }
+
+    /// Waits (at most 10 s) until some session of this database waits for a row lock.
+    async fn someone_waits_for_a_lock(db: &PgPool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting: bool = sqlx::query_scalar(
+                "select exists(select 1 from pg_stat_activity
+                               where datname = current_database() and wait_event_type = 'Lock')",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap();
+            if waiting {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing waited for the lock");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn register_normalises_the_email_and_issues_tokens(db: PgPool) {
+        let svc = service(&db);
         let (user, tokens) = svc.register(registration("  Ann@Example.COM "), &meta()).await.unwrap();
         assert_eq!(user.email, "ann@example.com");
         assert_eq!(user.role, Role::User);
         assert_eq!(tokens.expires_in, 900);
-        assert_eq!(store.live_sessions(), 1);
-        let jobs = store.jobs.lock().unwrap().clone();
-        assert_eq!(jobs, [Job::Welcome { user_id: user.id }]);
-        let stored_hash = store.users.lock().unwrap()[0].1.clone();
+        assert_eq!(live_sessions(&db).await, 1);
+        let jobs: Vec<(String, String, serde_json::Value)> =
+            sqlx::query_as("select queue, kind, payload from outbox").fetch_all(&db).await.unwrap();
+        let welcome = crate::platform::jobs::outbox::OutboxJob::from(Job::Welcome { user_id: user.id });
+        assert_eq!(jobs, [(welcome.queue.to_owned(), welcome.kind.to_owned(), welcome.payload)]);
+        let stored_hash: String = sqlx::query_scalar("select password_hash from users where id = $1")
+            .bind(user.id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
         assert!(stored_hash.starts_with("$argon2id$"), "password stored hashed");
     }
 
-    #[tokio::test]
-    async fn register_with_a_taken_email_in_other_case_is_a_conflict() {
-        let (svc, _) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn register_with_a_taken_email_in_other_case_is_a_conflict_and_writes_nothing(db: PgPool) {
+        let svc = service(&db);
         svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let err = svc.register(registration("ANN@example.com"), &meta()).await.unwrap_err();
         assert_eq!(err.code(), "CONFLICT");
+        let outbox: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&db).await.unwrap();
+        assert_eq!(outbox, 1, "no welcome for the refused registration");
     }
 
-    #[tokio::test]
-    async fn login_succeeds_with_the_right_password_in_any_email_case() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn login_succeeds_with_the_right_password_in_any_email_case(db: PgPool) {
+        let svc = service(&db);
         svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let (user, _) = svc.login(email(" ANN@example.com").as_ref(), "password123", &meta()).await.unwrap();
         assert_eq!(user.email, "ann@example.com");
-        assert_eq!(store.live_sessions(), 2);
+        assert_eq!(live_sessions(&db).await, 2);
     }
 
-    #[tokio::test]
-    async fn unknown_email_and_wrong_password_fail_identically() {
-        let (svc, _) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn unknown_email_and_wrong_password_fail_identically(db: PgPool) {
+        let svc = service(&db);
         svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let wrong =
             svc.login(email("ann@example.com").as_ref(), "wrong-password", &meta()).await.unwrap_err();
@@ -454,21 +344,22 @@ mod tests {
         assert!(is_unauthorized(&wrong) && is_unauthorized(&unknown) && is_unauthorized(&not_an_address));
         assert_eq!(wrong.to_string(), unknown.to_string());
         assert_eq!(wrong.to_string(), not_an_address.to_string());
+        assert_eq!(live_sessions(&db).await, 1, "only the registration's session");
     }
 
-    #[tokio::test]
-    async fn login_of_a_deleted_user_fails() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn login_of_a_deleted_user_fails(db: PgPool) {
+        let svc = service(&db);
         let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        store.delete_user(user.id);
+        delete_user(&db, user.id).await;
         assert!(is_unauthorized(
             &svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap_err()
         ));
     }
 
-    #[tokio::test]
-    async fn refresh_rotates_and_the_old_token_stops_working() {
-        let (svc, _) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn refresh_rotates_and_the_old_token_stops_working(db: PgPool) {
+        let svc = service(&db);
         let (_, first) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let second = svc.refresh(&first.refresh_token, &meta()).await.unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
@@ -476,20 +367,20 @@ mod tests {
         assert!(is_unauthorized(&reuse));
     }
 
-    #[tokio::test]
-    async fn reusing_a_rotated_token_revokes_the_whole_family() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn reusing_a_rotated_token_revokes_the_whole_family(db: PgPool) {
+        let svc = service(&db);
         let (_, first) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         let second = svc.refresh(&first.refresh_token, &meta()).await.unwrap();
         let _ = svc.refresh(&first.refresh_token, &meta()).await.unwrap_err();
         // The newer token, never reused itself, is dead too.
         assert!(is_unauthorized(&svc.refresh(&second.refresh_token, &meta()).await.unwrap_err()));
-        assert_eq!(store.live_sessions(), 0);
+        assert_eq!(live_sessions(&db).await, 0);
     }
 
-    #[tokio::test]
-    async fn unknown_revoked_and_expired_refresh_tokens_fail() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn unknown_revoked_and_expired_refresh_tokens_fail(db: PgPool) {
+        let svc = service(&db);
         assert!(is_unauthorized(&svc.refresh("nonsense", &meta()).await.unwrap_err()));
 
         let (_, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
@@ -497,100 +388,93 @@ mod tests {
         assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
 
         let (_, tokens) = svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap();
-        store.expire_all();
+        sqlx::query("update sessions set expires_at = now() - interval '1 second'")
+            .execute(&db)
+            .await
+            .unwrap();
         assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
     }
 
-    #[tokio::test]
-    async fn refresh_for_a_deleted_user_fails() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn refresh_for_a_deleted_user_fails(db: PgPool) {
+        let svc = service(&db);
         let (user, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        store.delete_user(user.id);
+        delete_user(&db, user.id).await;
         assert!(is_unauthorized(&svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err()));
     }
 
-    #[tokio::test]
-    async fn losing_a_rotation_race_counts_as_reuse() {
-        // Arrange: a store whose conditional update always finds the session gone.
-        struct Racy(FakeStore);
-        #[async_trait]
-        impl AuthStore for Racy {
-            async fn insert_user(&self, n: &NewUser<'_>, j: &Job) -> AppResult<Option<UserRow>> {
-                self.0.insert_user(n, j).await
-            }
-            async fn find_login(&self, e: &Email) -> AppResult<Option<LoginRow>> {
-                self.0.find_login(e).await
-            }
-            async fn find_active_user(&self, id: Uuid) -> AppResult<Option<UserRow>> {
-                self.0.find_active_user(id).await
-            }
-            async fn insert_session(&self, s: &NewSession, h: Option<&str>) -> AppResult<bool> {
-                self.0.insert_session(s, h).await
-            }
-            async fn find_session(&self, h: &[u8; 32]) -> AppResult<Option<Session>> {
-                self.0.find_session(h).await
-            }
-            async fn rotate_session(&self, _: Uuid, _: &NewSession) -> AppResult<bool> {
-                Ok(false)
-            }
-            async fn revoke_family(&self, u: Uuid, f: Uuid) -> AppResult<()> {
-                self.0.revoke_family(u, f).await
-            }
-            async fn revoke_session(&self, h: &[u8; 32]) -> AppResult<()> {
-                self.0.revoke_session(h).await
-            }
-            async fn revoke_all_sessions(&self, u: Uuid) -> AppResult<()> {
-                self.0.revoke_all_sessions(u).await
-            }
-        }
-        let settings = Settings::load_for(AppEnv::Test).unwrap();
-        let store = Arc::new(Racy(FakeStore::default()));
-        let svc = AuthService::new(
-            store.clone(),
-            PasswordHasher::new(),
-            Arc::new(TokenKeys::from_settings(&settings)),
-            settings.refresh_token_ttl,
-        );
-        let (_, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn losing_a_rotation_race_counts_as_reuse(db: PgPool) {
+        // Arrange: the session is retired by another transaction between the refresh's
+        // read and its rotation. That transaction holds the user's row lock (as a
+        // revocation does), so the rotation waits for it, then finds the session gone.
+        let svc = service(&db);
+        let (user, tokens) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
+        let mut other = db.begin().await.unwrap();
+        sqlx::query("select 1 from users where id = $1 for no key update")
+            .bind(user.id)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let refresh = tokio::spawn({
+            let (svc, token) = (svc.clone(), tokens.refresh_token.clone());
+            async move { svc.refresh(&token, &meta()).await }
+        });
+        someone_waits_for_a_lock(&db).await;
+        sqlx::query("update sessions set revoked_at = now() where user_id = $1")
+            .bind(user.id)
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        other.commit().await.unwrap();
         // Act
-        let err = svc.refresh(&tokens.refresh_token, &meta()).await.unwrap_err();
-        // Assert
+        let err = refresh.await.unwrap().unwrap_err();
+        // Assert: a 401, and no session of the family left alive (the new one rolled back).
         assert!(is_unauthorized(&err));
-        assert_eq!(store.0.live_sessions(), 0, "family revoked");
+        assert_eq!(live_sessions(&db).await, 0, "family revoked");
+        let total: i64 = sqlx::query_scalar("select count(*) from sessions").fetch_one(&db).await.unwrap();
+        assert_eq!(total, 1, "the successor was never stored");
     }
 
-    #[tokio::test]
-    async fn a_login_checked_against_a_password_changed_meanwhile_gets_no_session() {
-        // Arrange: the password changes between the login's check and its session.
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn a_login_checked_against_a_password_changed_meanwhile_gets_no_session(db: PgPool) {
+        // Arrange: a password change holds the user's row lock (as every revocation does)
+        // while the login verifies the old password; it commits while the login waits to
+        // store its session.
+        let svc = service(&db);
         let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
-        let old_hash = store.users.lock().unwrap()[0].1.clone();
-        let before = store.live_sessions();
-        store.users.lock().unwrap()[0].1 = "$argon2id$a-new-password-hash".to_owned();
-        let session = NewSession {
-            id: Uuid::new_v4(),
-            user_id: user.id,
-            family_id: Uuid::new_v4(),
-            family_started_at: Utc::now(),
-            token_hash: [7; 32],
-            expires_at: Utc::now() + chrono::Duration::days(1),
-            user_agent: None,
-            ip: None,
-        };
-        // Act: what login does after verifying against the old hash.
-        let inserted = store.insert_session(&session, Some(&old_hash)).await.unwrap();
+        let before = live_sessions(&db).await;
+        let mut change = db.begin().await.unwrap();
+        sqlx::query("select 1 from users where id = $1 for no key update")
+            .bind(user.id)
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        sqlx::query("update users set password_hash = '$argon2id$a-new-password-hash' where id = $1")
+            .bind(user.id)
+            .execute(&mut *change)
+            .await
+            .unwrap();
+        let login = tokio::spawn({
+            let svc = svc.clone();
+            async move { svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await }
+        });
+        someone_waits_for_a_lock(&db).await;
+        change.commit().await.unwrap();
+        // Act
+        let err = login.await.unwrap().unwrap_err();
         // Assert
-        assert!(!inserted);
-        assert_eq!(store.live_sessions(), before, "no session outlives the password change");
+        assert!(is_unauthorized(&err), "{err:?}");
+        assert_eq!(live_sessions(&db).await, before, "no session outlives the password change");
     }
 
-    #[tokio::test]
-    async fn logout_all_revokes_every_session() {
-        let (svc, store) = service();
+    #[sqlx::test(migrations = "./migrations")]
+    async fn logout_all_revokes_every_session(db: PgPool) {
+        let svc = service(&db);
         let (user, _) = svc.register(registration("ann@example.com"), &meta()).await.unwrap();
         svc.login(email("ann@example.com").as_ref(), "password123", &meta()).await.unwrap();
         svc.logout_all(user.id).await.unwrap();
-        assert_eq!(store.live_sessions(), 0);
+        assert_eq!(live_sessions(&db).await, 0);
         // Logging out an unknown token is harmless.
         svc.logout("never-issued").await.unwrap();
     }

@@ -197,3 +197,59 @@ impl ProductService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        features::products::{domain::ProductSort, types::ProductFilter},
+        platform::db::read_pool::ReadPoolOptions,
+    };
+
+    /// Lists page 61 of the name sort (offset 1200) until one answer was `anchored` as
+    /// wanted, for at most 5 s; whether it came.
+    async fn anchored_within(products: &ProductService, want: bool) -> bool {
+        let filter = ProductFilter { sort: ProductSort::NameAsc, ..ProductFilter::default() };
+        let page = PageParams { page: 61, limit: 20 };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if products.list(page, &filter).await.unwrap().anchored == want {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[sqlx::test(migrations = "./migrations")]
+    async fn the_service_builds_its_anchors_and_rebuilds_them_when_the_order_changes(db: PgPool) {
+        sqlx::query(
+            "insert into products (sku, name, price_cents, stock)
+             select 'A-' || i, 'Item ' || (i % 700), i, 1 from generate_series(1, 2600) i",
+        )
+        .execute(&db)
+        .await
+        .unwrap();
+        let reads = ReadPool::new(
+            &db,
+            ReadPoolOptions {
+                max_connections: 2,
+                acquire_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_secs(60),
+                max_lifetime: Duration::from_secs(600),
+            },
+        );
+        let products = ProductService::new(db.clone(), reads, None, "EUR");
+        // The first deep page walks; the service then reads its anchors in the background.
+        assert!(anchored_within(&products, true).await, "the service never served a deep page from anchors");
+        // A rename moves a product: the anchors are stale, the page walks, and the service
+        // reads fresh ones.
+        sqlx::query("update products set name = 'Aardvark' where sku = 'A-5'").execute(&db).await.unwrap();
+        assert!(anchored_within(&products, false).await, "stale anchors were used after a rename");
+        assert!(anchored_within(&products, true).await, "the anchors were never rebuilt after the rename");
+    }
+}
