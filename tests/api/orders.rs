@@ -643,3 +643,98 @@ async fn an_over_long_order_gets_one_error_and_a_small_stored_answer(pool: PgPoo
     assert_eq!(err["error"]["fields"].as_object().unwrap().len(), 20, "{err}");
     assert_eq!(err["error"]["details"]["omittedFieldErrors"], 40);
 }
+
+/// The stored answer of `key` (its length in bytes as JSON text), if any.
+async fn stored_answer_bytes(app: &TestApp, key: &str) -> Option<i32> {
+    sqlx::query_scalar("select octet_length(response_body::text) from idempotency_keys where key = $1")
+        .bind(key)
+        .fetch_optional(&app.state.db)
+        .await
+        .unwrap()
+        .flatten()
+}
+
+#[sqlx::test]
+async fn input_is_never_echoed_into_errors_nor_into_a_stored_answer(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    let big = "A".repeat(1_000_000);
+    let post = |key: &str, body: String| {
+        app.authed(Method::POST, ORDERS, &ann.token)
+            .header("idempotency-key", key.to_owned())
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    // A 1 MB string where a number belongs.
+    let body = format!(r#"{{"items":[{{"productId":"{}","quantity":"{big}"}}]}}"#, Uuid::new_v4());
+    let (status, _, err) = send(post("wrong-type", body)).await;
+    assert_eq!(status, 400);
+    assert_eq!(err["error"]["code"], "VALIDATION_ERROR");
+    let text = err.to_string();
+    assert!(text.len() < 4096, "an answer of {} bytes", text.len());
+    assert!(!text.contains("AAAAAAAA"), "the input is echoed: {}", &text[..200.min(text.len())]);
+    assert!(err["error"]["fields"]["items[0].quantity"].is_array(), "{text}");
+    let stored = stored_answer_bytes(&app, "wrong-type").await.expect("the 400 is stored against the key");
+    assert!(stored < 4096, "a stored answer of {stored} bytes");
+
+    // A 1 MB unknown field name: named, but cut.
+    let body = format!(r#"{{"items":[],"{big}":1}}"#);
+    let (status, _, err) = send(post("unknown-field", body)).await;
+    assert_eq!(status, 400);
+    let text = err.to_string();
+    assert!(text.len() < 4096, "an answer of {} bytes", text.len());
+    assert!(stored_answer_bytes(&app, "unknown-field").await.is_some_and(|n| n < 4096));
+
+    // A 1 MB unknown enum value in a query string.
+    let res =
+        app.authed(Method::GET, &format!("{ORDERS}?status={}", "B".repeat(6_000)), &ann.token).send().await;
+    let text = res.unwrap().text().await.unwrap();
+    // The unknown value is named, cut to 64 characters.
+    assert!(text.len() < 4096 && !text.contains(&"B".repeat(65)), "{}", &text[..200.min(text.len())]);
+    assert!(text.contains(&"B".repeat(64)), "{text}");
+}
+
+#[sqlx::test]
+async fn an_error_answer_over_4_kib_cannot_be_stored(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    let big = serde_json::json!({"success": false, "error": {"message": "x".repeat(5000)}});
+    let stored = sqlx::query(
+        "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body, completed_at)
+         values ($1, 'k', '\\x00', 400, $2, now())",
+    )
+    .bind(ann.id)
+    .bind(&big)
+    .execute(&app.state.db)
+    .await;
+    let err = stored.expect_err("the check constraint refuses it");
+    assert!(err.to_string().contains("idempotency_keys_error_size_check"), "{err}");
+}
+
+#[sqlx::test]
+async fn a_retry_that_re_encodes_the_same_request_is_replayed(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let mug = app.product().sku("MUG").price_cents(100).stock(10).create().await.id;
+    let ann = app.user().signed_in().await;
+    let post = |body: String| {
+        app.authed(Method::POST, ORDERS, &ann.token)
+            .header("idempotency-key", "re-encoded")
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (status, _, first) =
+        send(post(format!(r#"{{"items":[{{"productId":"{mug}","quantity":2}}]}}"#))).await;
+    assert_eq!(status, 201, "{first}");
+    // Other key order, spacing, an integral float and an explicit null: the same request.
+    let again = format!(
+        r#"{{ "shippingAddress" : null, "items" : [ {{ "quantity" : 2.0, "productId" : "{mug}" }} ] }}"#
+    );
+    let (status, headers, replayed) = send(post(again)).await;
+    assert_eq!(status, 201, "{replayed}");
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(replayed["data"]["id"], first["data"]["id"]);
+    assert_eq!(order_count(&app).await, 1);
+    // Another quantity is another request.
+    let other = format!(r#"{{"items":[{{"productId":"{mug}","quantity":3}}]}}"#);
+    expect_error(post(other), 422, "IDEMPOTENCY_KEY_MISMATCH").await;
+}

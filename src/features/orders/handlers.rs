@@ -5,7 +5,6 @@ use axum::{
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::Value;
 
 use super::{
     idempotency::Answer,
@@ -18,7 +17,7 @@ use super::{
 use crate::{
     platform::http::{
         error::{AppResult, Enveloped, ErrorEnvelope},
-        extract::{JsonBody, PathParam, QueryParams, ValidJson},
+        extract::{JsonBody, JsonBytes, PathParam, QueryParams, ValidJson},
         response::{ApiList, ApiOk, PageParams, Pagination},
     },
     shared::auth::{Require, perm},
@@ -72,10 +71,11 @@ pub async fn create_order(
     State(orders): State<OrderService>,
     Require(user, _): Require<perm::OrdersCreate>,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
-    // Kept raw: the key's fingerprint is taken over the body as sent, valid or not.
-    JsonBody(raw): JsonBody<Value>,
+    // Parsed by the service: the key's fingerprint is taken over the parsed request, or
+    // over the bytes when they are not one.
+    JsonBytes(body): JsonBytes,
 ) -> AppResult<Response> {
-    Ok(match orders.place_idempotent(user.id, key, raw).await? {
+    Ok(match orders.place_idempotent(user.id, key, &body).await? {
         Placed::Created(order) => created(order),
         Placed::Replayed(answer) => replay(answer),
     })

@@ -21,11 +21,23 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
-    /// `key` (already checked by the header extractor) bound to `body`.
-    pub fn new(key: String, body: &Value) -> Self {
-        // serde_json's maps are ordered, so the same JSON in any key order hashes alike.
-        let canonical = serde_json::to_vec(body).unwrap_or_default();
+    /// `key` (already checked by the header extractor) bound to a parsed request,
+    /// serialized canonically: a client that re-encodes the same request on retry (other
+    /// key order, other spacing, `2.0` for `2`) still matches.
+    pub fn for_request(key: String, request: &impl Serialize) -> Self {
+        // Through a `Value`, whose maps are sorted: the same request in any key order
+        // hashes alike.
+        let canonical =
+            serde_json::to_value(request).and_then(|v| serde_json::to_vec(&v)).unwrap_or_default();
         Self { key, request_hash: Sha256::digest(&canonical).to_vec() }
+    }
+
+    /// `key` bound to a body that is not a request at all (it did not parse): its bytes.
+    pub fn for_bytes(key: String, body: &[u8]) -> Self {
+        let mut hash = Sha256::new();
+        hash.update(b"unparsed:");
+        hash.update(body);
+        Self { key, request_hash: hash.finalize().to_vec() }
     }
 }
 
@@ -213,7 +225,7 @@ mod tests {
         .fetch_one(&db)
         .await
         .unwrap();
-        let key = IdempotencyKey::new("k".to_owned(), &json!({"items": []}));
+        let key = IdempotencyKey::for_bytes("k".to_owned(), br#"{"items": []}"#);
         let Claim::Acquired(first) = claim(&db, user, &key, Duration::from_secs(60)).await.unwrap() else {
             panic!("first claim")
         };

@@ -4,9 +4,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
+use validator::Validate;
 
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
@@ -20,7 +21,7 @@ use crate::{
         db::read_pool::ReadPool,
         http::{
             error::{AppError, AppResult, FieldErrors},
-            extract::parse_valid_value,
+            extract::{parse_json, validation_error},
             response::PageParams,
         },
         jobs::outbox::{self, Wakeup},
@@ -129,19 +130,28 @@ impl OrderService {
     /// answer back (201 or a final 4xx, never a second order); the same key with another
     /// body is a 422; a key whose first request still runs is a 409. A server error
     /// frees the key so that the client's retry can run.
-    pub async fn place_idempotent(&self, user: Uuid, key: Option<String>, body: Value) -> AppResult<Placed> {
+    pub async fn place_idempotent(&self, user: Uuid, key: Option<String>, body: &[u8]) -> AppResult<Placed> {
+        // Parsed straight into the typed request (no `Value` of the whole body first).
+        let parsed = parse_json::<CreateOrderRequest>(body);
+        let valid = |req: CreateOrderRequest| -> AppResult<CreateOrderRequest> {
+            req.validate().map_err(validation_error)?;
+            Ok(req)
+        };
         let Some(key) = key else {
-            let req = parse_valid_value::<CreateOrderRequest>(body)?;
+            let req = valid(parsed?)?;
             return self.place(user, &req, None).await.map(Placed::Created);
         };
-        let key = IdempotencyKey::new(key, &body);
+        let key = match &parsed {
+            Ok(req) => IdempotencyKey::for_request(key, req),
+            Err(_) => IdempotencyKey::for_bytes(key, body),
+        };
         let claim = match idempotency::claim(&self.db, user, &key, self.abandoned_after).await? {
             Claim::Acquired(claim) => claim,
             Claim::Replay(answer) => return Ok(Placed::Replayed(answer)),
             Claim::Mismatch => return Err(AppError::IdempotencyKeyMismatch),
             Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
         };
-        let placed = match parse_valid_value::<CreateOrderRequest>(body) {
+        let placed = match parsed.and_then(valid) {
             Ok(req) => self.place(user, &req, Some(&claim)).await,
             Err(e) => Err(e),
         };
@@ -149,8 +159,10 @@ impl OrderService {
             Ok(order) => return Ok(Placed::Created(order)),
             Err(e) => e,
         };
-        if error.status().is_server_error() {
-            // No final answer: free the key so the client's retry can run. The answer
+        if error.status().is_server_error() || error.depends_on_the_callers_state() {
+            // No final answer (a failure of ours, or a refusal that depends on the
+            // caller's state rather than the request): free the key so the client's retry
+            // is served afresh. The answer
             // waits at most RELEASE_WAIT for it: when the database is what failed, the
             // release would wait its own DB_ACQUIRE_TIMEOUT and double the time to a 503.
             // It goes on in the background; a claim never released is taken over after

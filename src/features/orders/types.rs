@@ -22,18 +22,20 @@ use crate::platform::http::{
 pub const MAX_ITEMS: usize = 100;
 pub const MAX_QUANTITY: i32 = 1000;
 
-/// `POST /orders`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// `POST /orders`. Serialized only to fingerprint a request for its `Idempotency-Key`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateOrderRequest {
     /// 1..=100 lines, each product at most once.
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderItemRequest>,
+    // Absent and null are the same request (and fingerprint alike).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shipping_address: Option<ShippingAddress>,
 }
 
 /// One line of a new order.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OrderItemRequest {
     pub product_id: Uuid,

@@ -116,6 +116,17 @@ impl AppError {
         Self::WithCause { public: Box::new(self), cause: cause.to_string() }
     }
 
+    /// A refusal that depends on the caller's state rather than on the request (a rate
+    /// limit): never stored as the answer to an `Idempotency-Key`, so a retry after the
+    /// state changed is served afresh.
+    pub fn depends_on_the_callers_state(&self) -> bool {
+        match self {
+            Self::RateLimited { .. } => true,
+            Self::WithCause { public, .. } => public.depends_on_the_callers_state(),
+            _ => false,
+        }
+    }
+
     /// A 404 for a resource named `what`.
     pub fn not_found(what: &str) -> Self {
         Self::NotFound(format!("{what} not found"))
@@ -487,5 +498,25 @@ mod tests {
         assert_eq!(AppError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(), "PAYLOAD_TOO_LARGE");
         assert_eq!(AppError::from_status(StatusCode::IM_A_TEAPOT).code(), "VALIDATION_ERROR");
         assert_eq!(AppError::from_status(StatusCode::BAD_GATEWAY).code(), "INTERNAL_SERVER_ERROR");
+    }
+
+    #[test]
+    fn only_refusals_that_depend_on_the_callers_state_are_kept_out_of_stored_answers() {
+        use super::AppError;
+        let limited = AppError::RateLimited { retry_after_secs: 1, limit: 10 };
+        assert!(limited.depends_on_the_callers_state());
+        assert!(
+            AppError::RateLimited { retry_after_secs: 1, limit: 0 }
+                .because("x")
+                .depends_on_the_callers_state()
+        );
+        for request_bound in [
+            AppError::bad_request("x"),
+            AppError::Conflict("x".to_owned()),
+            AppError::InsufficientStock(serde_json::json!({})),
+            AppError::IdempotencyKeyMismatch,
+        ] {
+            assert!(!request_bound.depends_on_the_callers_state(), "{request_bound:?}");
+        }
     }
 }

@@ -32,6 +32,24 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The bytes of a JSON request body (`Content-Type` checked as [`JsonBody`] checks it),
+/// for a handler that parses them itself.
+#[derive(Debug, Clone, Default)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(AppError::UnsupportedMediaType(
+                "expected a request body with Content-Type: application/json".to_owned(),
+            ));
+        }
+        Bytes::from_request(req, state).await.map(JsonBytes).map_err(body_rejection)
+    }
+}
+
 /// A JSON body that also passes its `validator` rules; failures list every field.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ValidJson<T>(pub T);
@@ -57,9 +75,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Validate> FromRequestParts<S> for Que
         let query = parts.uri.query().unwrap_or_default();
         let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
         let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
+            let field = json_path(&e.path().to_string());
             let message = clean_serde_message(&e.inner().to_string());
-            if field.is_empty() || field == "." {
+            if field.is_empty() {
                 field_from_message(&message)
                     .map(|f| AppError::field(f, message.clone()))
                     .unwrap_or_else(|| AppError::bad_request(format!("invalid query string: {message}")))
@@ -92,7 +110,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
                 ErrorKind::ParseErrorAtKey { key, expected_type, .. } => {
                     AppError::field(key, format!("must be a valid {}", friendly_type(expected_type)))
                 }
-                ErrorKind::DeserializeError { key, message, .. } => AppError::field(key, message),
+                ErrorKind::DeserializeError { key, message, .. } => {
+                    AppError::field(cut(&key, MAX_ECHOED_NAME), clean_serde_message(&message))
+                }
                 ErrorKind::InvalidUtf8InPathParam { key } => AppError::field(key, "must be valid UTF-8"),
                 ErrorKind::ParseError { expected_type, .. } => AppError::bad_request(format!(
                     "path parameter must be a valid {}",
@@ -141,6 +161,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
         Some(_) => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let mut float = false;
     let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let inner = e.inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -149,12 +170,14 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
                 clean_serde_message(&inner.to_string())
             ));
         }
-        shape_error(&e.path().to_string(), &inner.to_string())
+        let message = inner.to_string();
+        float = message.starts_with("invalid type: floating point");
+        shape_error(&e.path().to_string(), &message)
     });
     let value = match value {
         Ok(value) => value,
         // Rare: retried through a `Value` with integral floats made integers.
-        Err(e) if e.to_string().contains("invalid type: floating point") => {
+        Err(_) if float => {
             let mut value: serde_json::Value =
                 serde_json::from_slice(bytes).map_err(|_| AppError::bad_request("malformed JSON"))?;
             integral_floats_to_integers(&mut value);
@@ -248,9 +271,14 @@ fn shape_error(raw_path: &str, raw_message: &str) -> AppError {
     }
 }
 
-/// `items[2].quantity` from serde_path_to_error's `items[2].quantity` / `.` (root).
+/// `items[2].quantity` from serde_path_to_error's `items[2].quantity` / `.` (root). The
+/// path may end at a key taken from the input (an unknown field): each segment is cut to
+/// [`MAX_ECHOED_NAME`] characters.
 fn json_path(raw: &str) -> String {
-    if raw == "." { String::new() } else { raw.to_owned() }
+    if raw == "." {
+        return String::new();
+    }
+    raw.split('.').map(|segment| cut(segment, MAX_ECHOED_NAME)).collect::<Vec<_>>().join(".")
 }
 
 fn join_path(parent: &str, field: &str) -> String {
@@ -264,11 +292,52 @@ fn field_from_message(message: &str) -> Option<String> {
     Some(message[start..start + len].to_owned())
 }
 
-/// Drops serde_json's " at line 1 column 7" suffix, which means nothing to API clients.
+/// Names from the input (an unknown field or value) are cut to this many characters.
+pub const MAX_ECHOED_NAME: usize = 64;
+/// A message built from a deserializer's error is cut to this many characters.
+const MAX_MESSAGE: usize = 200;
+
+/// A serde message as an API client sees it: never the offending input, which can be
+/// anything up to the body limit (serde's "invalid type: string \"AAAA…\", expected i32"
+/// quotes it whole). What the API's own types expect is kept; a name taken from the input
+/// (an unknown field or variant) is cut to [`MAX_ECHOED_NAME`] characters; serde_json's
+/// " at line 1 column 7" suffix goes.
 fn clean_serde_message(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    let expected = |rest: &str| rest.rfind(", expected ").map(|i| rest[i + 2..].to_owned());
+    let clean = if let Some(rest) = message.strip_prefix("invalid type: ") {
+        match expected(rest) {
+            Some(e) => format!("has the wrong type: {e}"),
+            None => "has the wrong type".to_owned(),
+        }
+    } else if let Some(rest) = message.strip_prefix("invalid value: ") {
+        match expected(rest) {
+            Some(e) => format!("has an invalid value: {e}"),
+            None => "has an invalid value".to_owned(),
+        }
+    } else if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        match expected(rest) {
+            Some(e) => format!("unknown variant `{}`, {e}", cut(name, MAX_ECHOED_NAME)),
+            None => format!("unknown variant `{}`", cut(name, MAX_ECHOED_NAME)),
+        }
+    } else if let Some(rest) = message.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        format!("unknown field `{}`", cut(name, MAX_ECHOED_NAME))
+    } else {
+        message.to_owned()
+    };
+    cut(&clean, MAX_MESSAGE).into_owned()
+}
+
+/// `text` cut to `max` characters (with an ellipsis when it was longer).
+pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => Cow::Owned(format!("{}…", &text[..end])),
+        None => Cow::Borrowed(text),
     }
 }
 
@@ -495,5 +564,55 @@ mod tests {
     fn camel_case_converts_snake_case() {
         assert_eq!(camel_case("first_name"), "firstName");
         assert_eq!(camel_case("priceCents"), "priceCents");
+    }
+}
+
+#[cfg(test)]
+mod echo_tests {
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Line {
+        quantity: i32,
+        kind: Option<Kind>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Kind {
+        Small,
+    }
+
+    fn answer_of(e: AppError) -> String {
+        serde_json::to_string(&e.envelope()).unwrap()
+    }
+
+    #[test]
+    fn wrong_types_unknown_names_and_variants_never_echo_the_input() {
+        let big = "A".repeat(100_000);
+        for body in [
+            format!(r#"{{"quantity":"{big}"}}"#),
+            format!(r#"{{"quantity":1,"{big}":1}}"#),
+            format!(r#"{{"quantity":1,"kind":"{big}"}}"#),
+            format!(r#"{{"quantity":{{"{big}":1}}}}"#),
+        ] {
+            let answer = answer_of(parse_json::<Line>(body.as_bytes()).unwrap_err());
+            assert!(answer.len() < 1024, "{} bytes: {}", answer.len(), cut(&answer, 300));
+            assert!(!answer.contains(&"A".repeat(MAX_ECHOED_NAME + 1)), "{}", cut(&answer, 300));
+        }
+        let wrong = answer_of(parse_json::<Line>(br#"{"quantity":"5"}"#).unwrap_err());
+        assert!(wrong.contains("has the wrong type: expected i32") && !wrong.contains("\"5\""), "{wrong}");
+        let variant = answer_of(parse_json::<Line>(br#"{"quantity":1,"kind":"huge"}"#).unwrap_err());
+        assert!(variant.contains("unknown variant `huge`, expected `small`"), "{variant}");
+    }
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("ééé", 2), "éé…");
+        assert_eq!(cut("ab", 2), "ab");
     }
 }
