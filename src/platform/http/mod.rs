@@ -2,6 +2,7 @@
 //! envelope, extractors that answer in the envelope, the middleware stack and the
 //! OpenAPI document's common parts.
 
+pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod middleware;

@@ -17,8 +17,8 @@
 //!    ([`ErrorCause`]): errors are logged here, once
 //! 5. [`CorsLayer`]: answers preflights before any work (so they skip the rate limit)
 //!    and adds its headers to every other response
-//! 6. the default rate limit per client IP (health probes exempt), then the database
-//!    gate (503 at once while Postgres is known to be down)
+//! 6. [`guard`]: the default rate limit per client IP (health probes exempt), then the
+//!    database gate (503 at once while Postgres is known to be down)
 //! 7. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
 //!    around [`TimeoutLayer`] (a request running too long becomes a 503)
 //! 8. the body limit (extractors answer 413 beyond it)
@@ -36,7 +36,7 @@ use axum::{
     body::Body,
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, HeaderValue, Method, Response, StatusCode, header},
-    middleware::{Next, from_fn_with_state, map_request},
+    middleware::{Next, from_fn_with_state},
     response::IntoResponse,
 };
 use tower::ServiceBuilder;
@@ -83,7 +83,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
     // One `layer` call: axum boxes the service of each call separately for every route.
     router.layer(
         ServiceBuilder::new()
-            .layer(map_request(request_id::drop_insane))
+            .layer(request_id::DropInsaneLayer)
             .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RandomUuid))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
             .layer(SetMultipleResponseHeadersLayer::if_not_present(security))
@@ -96,8 +96,10 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                     .on_failure(()),
             )
             .layer(cors(settings))
-            .layer(from_fn_with_state(limiter.clone(), per_ip))
-            .layer(from_fn_with_state(db_health.clone(), db_gate))
+            .layer(from_fn_with_state(
+                Guard { limiter: limiter.clone(), db_health: db_health.clone() },
+                guard,
+            ))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
             .layer(DefaultBodyLimit::max(settings.body_limit_bytes)),
@@ -190,22 +192,29 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<Body> {
     AppError::Internal(anyhow::anyhow!("handler panicked: {text}")).into_response()
 }
 
-/// The default per-IP limit (health probes exempt).
-async fn per_ip(State(limiter): State<rate_limit::RateLimiter>, req: Request, next: Next) -> Response<Body> {
-    rate_limit::per_ip(&limiter, req, |req| next.run(req)).await
+/// What [`guard`] needs.
+#[derive(Clone)]
+struct Guard {
+    limiter: rate_limit::RateLimiter,
+    db_health: DbHealth,
 }
 
-/// While the database is known to be down, API requests answer 503 at once (health and
-/// docs are exempt); a response that failed for want of it starts the probe.
-async fn db_gate(State(health): State<DbHealth>, req: Request, next: Next) -> Response<Body> {
-    let path = req.uri().path();
-    let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
-    if health.is_down() && !exempt {
-        return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
-    }
-    let res = next.run(req).await;
-    if res.extensions().get::<DatabaseTrouble>().is_some() {
-        health.suspect();
-    }
-    res
+/// The default per-IP limit (health probes exempt), then the database gate: while the
+/// database is known to be down, API requests answer 503 at once (health and docs are
+/// exempt); a response that failed for want of it starts the probe. One middleware
+/// function for both, so a request pays for one boxed future, not two.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response<Body> {
+    rate_limit::per_ip(&g.limiter, req, |req| async {
+        let path = req.uri().path();
+        let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
+        if g.db_health.is_down() && !exempt {
+            return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
+        }
+        let res = next.run(req).await;
+        if res.extensions().get::<DatabaseTrouble>().is_some() {
+            g.db_health.suspect();
+        }
+        res
+    })
+    .await
 }

@@ -3,10 +3,7 @@
 //! put it on the response; this module drops an insane client id before they see it,
 //! makes new ids, and keeps the id in a task-local that error bodies read.
 
-use axum::{
-    extract::Request,
-    http::{HeaderName, HeaderValue},
-};
+use axum::http::{HeaderName, HeaderValue};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header name.
@@ -28,9 +25,8 @@ pub fn is_sane(value: &[u8]) -> bool {
 
 /// Removes a client's `X-Request-Id` that is not sane (too long, empty, not visible
 /// ASCII, or sent twice), so the request gets a new one.
-pub async fn drop_insane(mut req: Request) -> Request {
-    let headers = req.headers();
-    let mut values = headers.get_all(&X_REQUEST_ID).iter();
+pub fn drop_insane<B>(req: &mut axum::http::Request<B>) {
+    let mut values = req.headers().get_all(&X_REQUEST_ID).iter();
     let keep = match (values.next(), values.next()) {
         (None, _) => true,
         (Some(one), None) => is_sane(one.as_bytes()),
@@ -39,7 +35,41 @@ pub async fn drop_insane(mut req: Request) -> Request {
     if !keep {
         req.headers_mut().remove(&X_REQUEST_ID);
     }
-    req
+}
+
+/// The layer of [`DropInsane`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropInsaneLayer;
+
+impl<S> tower::Layer<S> for DropInsaneLayer {
+    type Service = DropInsane<S>;
+
+    fn layer(&self, inner: S) -> DropInsane<S> {
+        DropInsane(inner)
+    }
+}
+
+/// [`drop_insane`] before the inner service, with neither a clone nor a boxed future
+/// (axum's `map_request` costs both on every request).
+#[derive(Clone, Debug)]
+pub struct DropInsane<S>(S);
+
+impl<S, B> tower::Service<axum::http::Request<B>> for DropInsane<S>
+where
+    S: tower::Service<axum::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: axum::http::Request<B>) -> Self::Future {
+        drop_insane(&mut req);
+        self.0.call(req)
+    }
 }
 
 /// New ids: v4 UUIDs from the thread's RNG (`Uuid::new_v4` asks the kernel each time).
@@ -74,8 +104,9 @@ mod tests {
         assert!(!is_sane("é".as_bytes()));
     }
 
-    #[tokio::test]
-    async fn insane_and_repeated_ids_are_dropped_and_sane_ones_kept() {
+    #[test]
+    fn insane_and_repeated_ids_are_dropped_and_sane_ones_kept() {
+        use axum::extract::Request;
         let with = |values: &[&[u8]]| {
             let mut req = Request::new(axum::body::Body::empty());
             for v in values {
@@ -83,10 +114,13 @@ mod tests {
             }
             req
         };
-        let kept = drop_insane(with(&[b"abc"])).await;
+        let mut kept = with(&[b"abc"]);
+        drop_insane(&mut kept);
         assert_eq!(kept.headers()[&X_REQUEST_ID], "abc");
         for bad in [&[&[b'a'; 129][..]][..], &[b"a b"], &[b"a", b"b"]] {
-            assert!(drop_insane(with(bad)).await.headers().get(&X_REQUEST_ID).is_none());
+            let mut req = with(bad);
+            drop_insane(&mut req);
+            assert!(req.headers().get(&X_REQUEST_ID).is_none());
         }
     }
 }
