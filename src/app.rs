@@ -161,7 +161,7 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
         ))
     });
     let c = &state.config;
-    let workers = match c.jobs_enabled {
+    let mut workers = match c.jobs_enabled {
         true => vec![
             worker::spawn(
                 EMAILS,
@@ -193,6 +193,13 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
         ],
         false => Vec::new(),
     };
+    // With the relay: fold the order-count deltas (harmless in several processes).
+    if c.relay_enabled {
+        workers.push(tokio::spawn(features::orders::fold_counts_periodically(
+            state.db.clone(),
+            stop.subscribe(),
+        )));
+    }
     Ok(Background { scheduler, relay, workers, stop, shutdown_timeout: state.config.shutdown_timeout })
 }
 

@@ -7,6 +7,7 @@
 use std::{ops::Deref, sync::Arc};
 
 use axum::extract::FromRef;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
 use crate::{
@@ -24,7 +25,7 @@ use crate::{
             pipeline::{Pipeline, PipelineOptions},
             read_pool::{ReadPool, ReadPoolOptions},
         },
-        http::middleware::rate_limit::RateLimiter,
+        http::{cursor::Cursors, middleware::rate_limit::RateLimiter},
         jobs::{Queues, outbox::Wakeup},
         metrics::Metrics,
         redis::Redis,
@@ -109,6 +110,9 @@ impl AppState {
     /// their own pool).
     pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
         let hasher = PasswordHasher::new();
+        // List cursors are signed with a key derived from the token secret: every instance
+        // of a deployment reads every other's.
+        let cursors = Cursors::new(config.jwt_secret.expose_secret().as_bytes());
         let tokens = Arc::new(TokenKeys::from_settings(&config));
         let wakeup = Wakeup::new(db.clone());
         let store = AuthStore::new(db.clone(), wakeup.clone());
@@ -147,6 +151,7 @@ impl AppState {
             wakeup.clone(),
             &config.currency,
             config.request_timeout * 2,
+            cursors.clone(),
         );
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();

@@ -46,7 +46,7 @@ fn probe_routes() -> Router<AppState> {
         .route(
             "/__probe/page",
             get(|QueryParams(p): QueryParams<PageParams>| async move {
-                Json(json!({"page": p.page, "limit": p.limit}))
+                Json(json!({"page": p.number(), "limit": p.limit}))
             }),
         )
         .route(

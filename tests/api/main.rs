@@ -10,6 +10,7 @@ mod health;
 mod helpers;
 mod invariants;
 mod jobs;
+mod lists;
 mod mail;
 mod maintenance;
 mod orders;

@@ -24,7 +24,10 @@ async fn list(app: &TestApp, q: &str) -> (Vec<String>, Value) {
     assert_eq!(status, 200, "{q}: {body}");
     let skus =
         body["data"].as_array().unwrap().iter().map(|p| p["sku"].as_str().unwrap().to_owned()).collect();
-    (skus, body["pagination"].clone())
+    // Until the catalogue pages by cursor too, its `nextCursor` is not asserted here.
+    let mut pagination = body["pagination"].clone();
+    pagination.as_object_mut().map(|p| p.remove("nextCursor"));
+    (skus, pagination)
 }
 
 async fn total(app: &TestApp, q: &str) -> i64 {

@@ -143,7 +143,10 @@ async fn admins_list_users_with_pagination_search_and_role_filter(pool: PgPool) 
     let (status, _, body) = send(list("page=1&limit=2")).await;
     assert_eq!(status, 200);
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
-    assert_eq!(body["pagination"], json!({"page": 1, "limit": 2, "total": 4, "pages": 2}));
+    assert_eq!(
+        body["pagination"],
+        json!({"page": 1, "limit": 2, "total": 4, "pages": 2, "nextCursor": null})
+    );
     // Newest first: carla was registered last.
     assert_eq!(body["data"][0]["email"], "carla@shop.test");
 

@@ -54,14 +54,15 @@ pub async fn dead_jobs(
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<DeadJobFilter>,
 ) -> AppResult<ApiList<DeadJobResponse>> {
+    page.page_mode_only()?;
     let found =
-        store::dead_page(&queues, filter.queue.as_deref(), u64::from(page.page), u64::from(page.limit))
+        store::dead_page(&queues, filter.queue.as_deref(), u64::from(page.number()), u64::from(page.limit))
             .await
             .map_err(unavailable)?;
     let total = i64::try_from(found.total).unwrap_or(i64::MAX);
     Ok(ApiList::new(
         found.jobs.into_iter().map(Into::into).collect(),
-        Pagination::new(page.page, page.limit, total),
+        Pagination::new(page.number(), page.limit, total),
     ))
 }
 

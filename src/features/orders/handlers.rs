@@ -1,7 +1,7 @@
 //! HTTP handlers of `/orders` (SPEC §6).
 
 use axum::{
-    extract::State,
+    extract::{OriginalUri, State},
     http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -18,7 +18,7 @@ use crate::{
     platform::http::{
         error::{AppResult, Enveloped, ErrorEnvelope},
         extract::{JsonBody, JsonBytes, PathParam, QueryParams, ValidJson},
-        response::{ApiList, ApiOk, PageParams, Pagination},
+        response::{ApiList, ApiOk, PageParams},
     },
     shared::auth::{Require, perm},
 };
@@ -93,11 +93,12 @@ pub async fn create_order(
 pub async fn list_orders(
     State(orders): State<OrderService>,
     Require(user, _): Require<perm::OrdersRead>,
+    OriginalUri(uri): OriginalUri,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<OrderFilter>,
 ) -> AppResult<ApiList<OrderResponse>> {
-    let (data, total) = orders.list(&user, &filter, page).await?;
-    Ok(ApiList::new(data, Pagination::new(page.page, page.limit, total)))
+    let (data, pagination) = orders.list(&user, &filter, &page).await?;
+    Ok(ApiList::new(data, pagination).linked(&uri))
 }
 
 /// One order: the owner's or, for staff, any. Another user's order is a 404.

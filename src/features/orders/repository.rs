@@ -1,13 +1,13 @@
 //! SQL for `orders` and `order_items`. Callers own the transactions.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgExecutor, types::Json};
+use sqlx::{PgExecutor, Postgres, QueryBuilder, types::Json};
 use uuid::Uuid;
 
 use super::domain::{OrderStatus, ShippingAddress};
 use crate::shared::domain::MAX_STOCK;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrderRow {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -311,44 +311,87 @@ pub async fn items_of(db: impl PgExecutor<'_>, order_ids: &[Uuid]) -> sqlx::Resu
     .await
 }
 
+/// The number of orders of `user_id` (every user's when `None`) in `status` (any when
+/// `None`): the folded counts plus the deltas not yet folded, in one statement, so the
+/// answer is exact; its cost does not grow with the number of orders.
 pub async fn count(
     db: impl PgExecutor<'_>,
     user_id: Option<Uuid>,
     status: Option<OrderStatus>,
 ) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
-        r#"select count(*) as "count!" from orders
-           where ($1::uuid is null or user_id = $1) and ($2::order_status is null or status = $2)"#,
-        user_id,
+        r#"select (coalesce((select sum(n) from order_counts
+                             where user_id = $1 and ($2::order_status is null or status = $2)), 0)
+                 + coalesce((select sum(n) from order_count_deltas
+                             where user_id = $1 and ($2::order_status is null or status = $2)), 0)
+                 )::bigint as "count!""#,
+        user_id.unwrap_or(Uuid::nil()),
         status as Option<OrderStatus>,
     )
     .fetch_one(db)
     .await
 }
 
-/// A page of orders, newest first.
+/// Folds up to `batch` delta rows into `order_counts`; how many it folded. Safe to run
+/// in several processes at once: a delta is deleted, and so folded, once.
+pub async fn fold_count_deltas(db: impl PgExecutor<'_>, batch: i64) -> sqlx::Result<u64> {
+    let folded = sqlx::query_scalar!(
+        r#"with moved as (
+               delete from order_count_deltas
+               where id = any(array(select id from order_count_deltas order by id limit $1))
+               returning user_id, status, n
+           ), summed as (
+               select user_id, status, sum(n)::bigint as n, count(*) as rows from moved group by user_id, status
+           ), folded as (
+               insert into order_counts (user_id, status, n)
+               select user_id, status, n from summed order by user_id, status
+               on conflict (user_id, status) do update set n = order_counts.n + excluded.n
+           )
+           select coalesce(sum(rows), 0)::bigint as "rows!" from summed"#,
+        batch
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(u64::try_from(folded).unwrap_or(0))
+}
+
+/// Where a page of orders starts: after `offset` rows (page mode) or after the order at
+/// `(created_at, id)` (cursor mode).
+#[derive(Debug, Clone, Copy)]
+pub enum Start {
+    Offset(i64),
+    After(DateTime<Utc>, Uuid),
+}
+
+/// A page of orders, newest first (`created_at desc, id desc`, which the indexes on
+/// `(…, created_at desc, id desc)` serve for every filter).
 pub async fn list(
     db: impl PgExecutor<'_>,
     user_id: Option<Uuid>,
     status: Option<OrderStatus>,
     limit: i64,
-    offset: i64,
+    start: Start,
 ) -> sqlx::Result<Vec<OrderRow>> {
-    sqlx::query_as!(
-        OrderRow,
-        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
-                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
-           from orders
-           where ($1::uuid is null or user_id = $1) and ($2::order_status is null or status = $2)
-           order by created_at desc, id desc
-           limit $3 offset $4"#,
-        user_id,
-        status as Option<OrderStatus>,
-        limit,
-        offset,
-    )
-    .fetch_all(db)
-    .await
+    // One statement per filter combination, none with an `is null or` branch, so each
+    // gets the plan of its own index.
+    let mut q = QueryBuilder::<Postgres>::new(
+        "select id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at
+         from orders where true",
+    );
+    if let Some(user_id) = user_id {
+        q.push(" and user_id = ").push_bind(user_id);
+    }
+    if let Some(status) = status {
+        q.push(" and status = ").push_bind(status);
+    }
+    if let Start::After(created_at, id) = start {
+        q.push(" and (created_at, id) < (").push_bind(created_at).push(", ").push_bind(id).push(")");
+    }
+    q.push(" order by created_at desc, id desc limit ").push_bind(limit);
+    if let Start::Offset(offset) = start {
+        q.push(" offset ").push_bind(offset);
+    }
+    q.build_query_as::<OrderRow>().fetch_all(db).await
 }
 
 pub async fn set_address(

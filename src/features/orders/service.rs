@@ -4,6 +4,8 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use chrono::{DateTime, Utc};
+
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,7 +14,7 @@ use validator::Validate;
 use super::{
     domain::{self, OrderStatus, ShippingAddress},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, StockRow},
+    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, Start, StockRow},
     types::{CreateOrderRequest, OrderFilter, OrderResponse},
 };
 use crate::shared::jobs::Job;
@@ -20,9 +22,10 @@ use crate::{
     platform::{
         db::read_pool::ReadPool,
         http::{
+            cursor::Cursors,
             error::{AppError, AppResult, FieldErrors},
             extract::{parse_json, validation_error},
-            response::PageParams,
+            response::{PageParams, Pagination},
         },
         jobs::outbox::{self, Wakeup},
     },
@@ -51,7 +54,12 @@ pub struct OrderService {
     currency: Arc<str>,
     /// An idempotency claim without an answer for this long belongs to a dead request.
     abandoned_after: Duration,
+    /// Signs the lists' cursors.
+    cursors: Cursors,
 }
+
+/// The list's name inside its cursors.
+const LIST: &str = "orders";
 
 /// How many times an order is priced and written before giving up, when its products
 /// keep changing between the read it is priced from and the write.
@@ -121,8 +129,9 @@ impl OrderService {
         wakeup: Wakeup,
         currency: &str,
         abandoned_after: Duration,
+        cursors: Cursors,
     ) -> Self {
-        Self { db, reads, wakeup, currency: Arc::from(currency), abandoned_after }
+        Self { db, reads, wakeup, currency: Arc::from(currency), abandoned_after, cursors }
     }
 
     /// Places an order from a raw JSON body, honouring an `Idempotency-Key`: the first
@@ -258,8 +267,8 @@ impl OrderService {
         &self,
         caller: &AuthUser,
         filter: &OrderFilter,
-        page: PageParams,
-    ) -> AppResult<(Vec<OrderResponse>, i64)> {
+        page: &PageParams,
+    ) -> AppResult<(Vec<OrderResponse>, Pagination)> {
         let owner = if staff(caller) {
             filter.user_id
         } else {
@@ -270,12 +279,38 @@ impl OrderService {
                 _ => Some(caller.id),
             }
         };
-        let total = repository::count(&self.db, owner, filter.status).await?;
-        if total == 0 || page.offset() >= total {
-            return Ok((Vec::new(), total));
+        // What a cursor is bound to: the list's filters as this request applies them.
+        let filters = (owner, filter.status);
+        let limit = i64::from(page.limit);
+        let start = match &page.cursor {
+            Some(cursor) => {
+                let (created_at, id): (DateTime<Utc>, Uuid) = self.cursors.decode(LIST, &filters, cursor)?;
+                Start::After(created_at, id)
+            }
+            None => {
+                page.check_depth()?;
+                Start::Offset(page.offset())
+            }
+        };
+        let pagination = match page.cursor {
+            Some(_) => Pagination::cursor(page.limit),
+            None => Pagination::new(
+                page.number(),
+                page.limit,
+                repository::count(&self.db, owner, filter.status).await?,
+            ),
+        };
+        if pagination.total.is_some_and(|total| page.offset() >= total) {
+            return Ok((Vec::new(), pagination));
         }
-        let orders =
-            repository::list(&self.db, owner, filter.status, i64::from(page.limit), page.offset()).await?;
+        // One row more than the page: whether there is a next page, without a count.
+        let mut orders = repository::list(&self.db, owner, filter.status, limit + 1, start).await?;
+        let more = orders.len() as i64 > limit;
+        orders.truncate(page.limit as usize);
+        let next = match orders.last() {
+            Some(last) if more => Some(self.cursors.encode(LIST, &filters, &(last.created_at, last.id))),
+            _ => None,
+        };
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let mut items_by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
         for item in repository::items_of(&self.db, &ids).await? {
@@ -288,7 +323,7 @@ impl OrderService {
                 OrderResponse::new(o, items)
             })
             .collect();
-        Ok((data, total))
+        Ok((data, pagination.next(next)))
     }
 
     /// Changes the shipping address: the owner while pending, staff while pending or paid.

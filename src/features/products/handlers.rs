@@ -45,9 +45,10 @@ pub async fn list_products(
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ProductFilter>,
 ) -> AppResult<ApiList<ProductResponse>> {
-    let list = products.list(page, &filter).await?;
+    page.page_mode_only()?;
+    let list = products.list(page.clone(), &filter).await?;
     let data = list.rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
-    let pagination = Pagination::new(page.page, page.limit, list.total);
+    let pagination = Pagination::new(page.number(), page.limit, list.total);
     Ok(ApiList::new(data, if list.capped { pagination.capped() } else { pagination }))
 }
 

@@ -212,10 +212,10 @@ mod tests {
     /// wanted, for at most 5 s; whether it came.
     async fn anchored_within(products: &ProductService, want: bool) -> bool {
         let filter = ProductFilter { sort: ProductSort::NameAsc, ..ProductFilter::default() };
-        let page = PageParams { page: 61, limit: 20 };
+        let page = PageParams { page: Some(61), limit: 20, cursor: None };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if products.list(page, &filter).await.unwrap().anchored == want {
+            if products.list(page.clone(), &filter).await.unwrap().anchored == want {
                 return true;
             }
             if tokio::time::Instant::now() > deadline {

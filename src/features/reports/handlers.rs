@@ -61,10 +61,11 @@ pub async fn list_reports(
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ReportFilter>,
 ) -> AppResult<ApiList<ReportResponse>> {
-    let (rows, total) = reports.list(&filter, page).await?;
+    page.page_mode_only()?;
+    let (rows, total) = reports.list(&filter, page.clone()).await?;
     Ok(ApiList::new(
         rows.into_iter().map(Into::into).collect(),
-        Pagination::new(page.page, page.limit, total),
+        Pagination::new(page.number(), page.limit, total),
     ))
 }
 

@@ -80,8 +80,9 @@ pub async fn list_users(
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<UserFilter>,
 ) -> AppResult<ApiList<UserResponse>> {
-    let (rows, total) = users.list(page, filter.role, filter.q.as_deref()).await?;
-    let pagination = Pagination::new(page.page, page.limit, total);
+    page.page_mode_only()?;
+    let (rows, total) = users.list(page.clone(), filter.role, filter.q.as_deref()).await?;
+    let pagination = Pagination::new(page.number(), page.limit, total);
     Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination))
 }
 

@@ -1,0 +1,215 @@
+//! Lists in cursor mode and their counts: following `nextCursor` (and the `Link` header)
+//! reads every item once in order, also while new items arrive; a tampered cursor or one
+//! used with other filters is a 400; page mode is bounded in depth and its `total` stays
+//! exact through every kind of change.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{Session, TestApp, expect_error, send};
+
+const ORDERS: &str = "/api/v1/orders";
+
+async fn place(app: &TestApp, who: &Session, product: Uuid) -> Value {
+    let body = json!({"items": [{"productId": product, "quantity": 1}]});
+    let (status, _, res) = send(app.authed(Method::POST, ORDERS, &who.token).json(&body)).await;
+    assert_eq!(status, 201, "{res}");
+    res["data"].clone()
+}
+
+/// `GET path` as `who`: the body and the `Link` header.
+async fn get(app: &TestApp, who: &Session, path: &str) -> (Value, Option<String>) {
+    let (status, headers, body) = send(app.authed(Method::GET, path, &who.token)).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    (body, headers.get("link").map(|l| l.to_str().unwrap().to_owned()))
+}
+
+/// The URL inside `<…>; rel="next"`.
+fn next_link(link: &str) -> String {
+    let start = link.find('<').unwrap() + 1;
+    let end = link.find('>').unwrap();
+    assert!(link.ends_with(r#"rel="next""#), "{link}");
+    link[start..end].to_owned()
+}
+
+fn ids(body: &Value) -> Vec<String> {
+    body["data"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[sqlx::test]
+async fn following_next_cursors_reads_every_order_once_newest_first_while_orders_arrive(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().stock(1000).create().await.id;
+    for _ in 0..23 {
+        place(&app, &ann, mug).await;
+    }
+    // Three orders share one creation time: the id breaks the tie.
+    sqlx::query(
+        "update orders set created_at = '2026-01-01T00:00:00Z'
+         where id in (select id from orders order by id limit 3)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let want: Vec<String> =
+        sqlx::query_scalar("select id::text from orders order by created_at desc, id desc")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+
+    let (first, link) = get(&app, &ann, &format!("{ORDERS}?limit=5")).await;
+    assert_eq!(first["pagination"]["total"], 23);
+    let mut seen = ids(&first);
+    let mut next = link.map(|l| next_link(&l));
+    let mut pages = 1;
+    while let Some(url) = next {
+        // New orders arriving meanwhile are newer than every cursor: they never show up
+        // in later pages, and nothing is skipped or repeated.
+        place(&app, &ann, mug).await;
+        let (page, link) = get(&app, &ann, &url).await;
+        assert!(
+            page["pagination"].get("total").is_none() && page["pagination"].get("page").is_none(),
+            "{page}"
+        );
+        assert_eq!(page["pagination"]["limit"], 5);
+        seen.extend(ids(&page));
+        assert_eq!(page["pagination"]["nextCursor"].is_null(), link.is_none());
+        next = link.map(|l| next_link(&l));
+        pages += 1;
+    }
+    assert_eq!(pages, 5);
+    assert_eq!(seen, want);
+}
+
+#[sqlx::test]
+async fn a_cursor_is_refused_when_tampered_with_or_used_with_other_filters(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().stock(100).create().await.id;
+    for _ in 0..3 {
+        place(&app, &ann, mug).await;
+    }
+    let (body, _) = get(&app, &admin, &format!("{ORDERS}?status=pending&limit=1")).await;
+    let cursor = body["pagination"]["nextCursor"].as_str().unwrap().to_owned();
+    // The same filters, another limit: fine.
+    let (page, _) = get(&app, &admin, &format!("{ORDERS}?status=pending&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&page).len(), 2);
+    // Another filter, or the filter left out: a 400 on `cursor`.
+    for path in [format!("{ORDERS}?status=paid&cursor={cursor}"), format!("{ORDERS}?cursor={cursor}")] {
+        let err = expect_error(app.authed(Method::GET, &path, &admin.token), 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"]["cursor"].is_array(), "{err}");
+    }
+    // Another user's list (the filters include whose orders they are).
+    let err = expect_error(
+        app.authed(Method::GET, &format!("{ORDERS}?status=pending&cursor={cursor}"), &ann.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["cursor"].is_array(), "{err}");
+    // One character changed, cut short, garbage, too long: a 400 on `cursor`.
+    let mut tampered = cursor.clone().into_bytes();
+    tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for bad in [tampered, cursor[..cursor.len() - 2].to_owned(), "nonsense".to_owned(), "x".repeat(600)] {
+        let path = format!("{ORDERS}?status=pending&cursor={bad}");
+        let err = expect_error(app.authed(Method::GET, &path, &admin.token), 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"]["cursor"].is_array(), "{err}");
+    }
+    // Page and cursor together.
+    let path = format!("{ORDERS}?status=pending&page=2&cursor={cursor}");
+    expect_error(app.authed(Method::GET, &path, &admin.token), 400, "VALIDATION_ERROR").await;
+}
+
+#[sqlx::test]
+async fn page_mode_is_bounded_in_depth_and_names_the_way_deeper(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    let (ok, _) = get(&app, &ann, &format!("{ORDERS}?page=500&limit=20")).await;
+    assert_eq!(ok["pagination"]["total"], 0);
+    let err = expect_error(
+        app.authed(Method::GET, &format!("{ORDERS}?page=501&limit=20"), &ann.token),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    assert!(err["error"]["fields"]["page"][0].as_str().unwrap().contains("nextCursor"), "{err}");
+}
+
+/// The page-mode totals of every filter combination, against a count of the table.
+async fn assert_totals_exact(app: &TestApp, admin: &Session, users: &[&Session]) {
+    let db = &app.state.db;
+    for status in [None, Some("pending"), Some("paid"), Some("cancelled")] {
+        let filter = status.map(|s| format!("&status={s}")).unwrap_or_default();
+        let (all, _) = get(app, admin, &format!("{ORDERS}?limit=1{filter}")).await;
+        let want: i64 =
+            sqlx::query_scalar("select count(*) from orders where $1::text is null or status::text = $1")
+                .bind(status)
+                .fetch_one(db)
+                .await
+                .unwrap();
+        assert_eq!(all["pagination"]["total"], want, "all users, {status:?}");
+        for user in users {
+            let (mine, _) = get(app, user, &format!("{ORDERS}?limit=1{filter}")).await;
+            let want: i64 = sqlx::query_scalar(
+                "select count(*) from orders where user_id = $1 and ($2::text is null or status::text = $2)",
+            )
+            .bind(user.id)
+            .bind(status)
+            .fetch_one(db)
+            .await
+            .unwrap();
+            assert_eq!(mine["pagination"]["total"], want, "{} {status:?}", user.email);
+        }
+    }
+}
+
+#[sqlx::test]
+async fn totals_stay_exact_through_orders_status_changes_and_folding_under_concurrency(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let bob = app.user().signed_in().await;
+    let mug = app.product().stock(10_000).create().await.id;
+    // 40 orders at once from two customers.
+    let placing = (0..40).map(|i| {
+        let (app, who) = (&app, if i % 2 == 0 { &ann } else { &bob });
+        async move { place(app, who, mug).await }
+    });
+    let orders: Vec<Value> = futures::future::join_all(placing).await;
+    assert_totals_exact(&app, &admin, &[&ann, &bob]).await;
+    // Cancels by the owner, payments by staff.
+    for (i, order) in orders.iter().enumerate().take(12) {
+        let id = order["id"].as_str().unwrap();
+        let who = if i % 2 == 0 { &ann } else { &bob };
+        let req = if i < 6 {
+            app.authed(Method::POST, &format!("{ORDERS}/{id}/cancel"), &who.token)
+        } else {
+            app.authed(Method::PATCH, &format!("{ORDERS}/{id}/status"), &admin.token)
+                .json(&json!({"status": "paid"}))
+        };
+        assert_eq!(send(req).await.0, 200);
+    }
+    assert_totals_exact(&app, &admin, &[&ann, &bob]).await;
+    // Folding the deltas (as the relay's processes do every second) changes no total,
+    // also while orders keep coming.
+    let folding = async {
+        let mut folded = 0;
+        for _ in 0..20 {
+            folded += storefront::features::orders::fold_count_deltas(&app.state.db).await.unwrap();
+        }
+        folded
+    };
+    let more = futures::future::join_all((0..10).map(|_| place(&app, &ann, mug)));
+    let (folded, _) = tokio::join!(folding, more);
+    assert!(folded > 0);
+    storefront::features::orders::fold_count_deltas(&app.state.db).await.unwrap();
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from order_count_deltas").fetch_one(&app.state.db).await.unwrap();
+    assert_eq!(left, 0, "every delta folded");
+    assert_totals_exact(&app, &admin, &[&ann, &bob]).await;
+}
