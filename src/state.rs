@@ -78,6 +78,7 @@ parts!(
     reports: ReportService,
     db_health: DbHealth,
     reads: ReadPool,
+    cursors: Cursors,
 );
 
 /// The parts of [`AppState`].
@@ -103,6 +104,8 @@ pub struct AppParts {
     pub reads: ReadPool,
     /// Rung by writers after committing outbox rows: it wakes the relays.
     pub wakeup: Wakeup,
+    /// Signs and opens the lists' cursors.
+    pub cursors: Cursors,
 }
 
 impl AppState {
@@ -175,6 +178,7 @@ impl AppState {
             db_health,
             reads,
             wakeup,
+            cursors,
         }))
     }
 

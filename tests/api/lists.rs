@@ -213,3 +213,55 @@ async fn totals_stay_exact_through_orders_status_changes_and_folding_under_concu
     assert_eq!(left, 0, "every delta folded");
     assert_totals_exact(&app, &admin, &[&ann, &bob]).await;
 }
+
+/// Follows `Link` from `first` to the end; every page's ids.
+async fn walk(app: &TestApp, who: &Session, first: &str) -> Vec<String> {
+    let (page, link) = get(app, who, first).await;
+    let mut seen = ids(&page);
+    let mut next = link.map(|l| next_link(&l));
+    while let Some(url) = next {
+        let (page, link) = get(app, who, &url).await;
+        assert!(page["pagination"].get("total").is_none(), "{page}");
+        seen.extend(ids(&page));
+        next = link.map(|l| next_link(&l));
+    }
+    seen
+}
+
+#[sqlx::test]
+async fn users_and_reports_page_by_cursor_too(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.user().admin().signed_in().await;
+    for _ in 0..6 {
+        app.user().signed_in().await;
+    }
+    let want: Vec<String> = sqlx::query_scalar(
+        "select id::text from users where deleted_at is null and role = 'user' order by created_at desc, id desc",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(walk(&app, &admin, "/api/v1/users?role=user&limit=4").await, want);
+    // A users cursor is refused by the reports list, and with another role.
+    let (page, _) = get(&app, &admin, "/api/v1/users?role=user&limit=1").await;
+    let cursor = page["pagination"]["nextCursor"].as_str().unwrap().to_owned();
+    for path in
+        [format!("/api/v1/users?role=admin&cursor={cursor}"), format!("/api/v1/reports?cursor={cursor}")]
+    {
+        expect_error(app.authed(Method::GET, &path, &admin.token), 400, "VALIDATION_ERROR").await;
+    }
+
+    for _ in 0..5 {
+        let (status, _, body) =
+            send(app.authed(Method::POST, "/api/v1/reports", &admin.token).json(&json!({"type": "sales"})))
+                .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let want: Vec<String> =
+        sqlx::query_scalar("select id::text from reports order by created_at desc, id desc")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(walk(&app, &admin, "/api/v1/reports?limit=2").await, want);
+    assert_eq!(walk(&app, &admin, "/api/v1/reports?type=sales&limit=3").await, want);
+}

@@ -2,10 +2,11 @@
 
 use axum::{
     body::Body,
-    extract::State,
+    extract::{OriginalUri, State},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
@@ -14,9 +15,10 @@ use super::{
 };
 use crate::{
     platform::http::{
+        cursor::Cursors,
         error::{AppResult, ErrorEnvelope},
         extract::{PathParam, QueryParams, ValidJson},
-        response::{ApiList, ApiOk, PageParams, Pagination},
+        response::{ApiList, ApiOk, PageParams, Pagination, split_page},
     },
     shared::auth::{Require, perm},
 };
@@ -57,16 +59,29 @@ pub async fn create_report(
     ))]
 pub async fn list_reports(
     State(reports): State<ReportService>,
+    State(cursors): State<Cursors>,
     _: Require<perm::ReportsManage>,
+    OriginalUri(uri): OriginalUri,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ReportFilter>,
 ) -> AppResult<ApiList<ReportResponse>> {
-    page.page_mode_only()?;
-    let (rows, total) = reports.list(&filter, page.clone()).await?;
-    Ok(ApiList::new(
-        rows.into_iter().map(Into::into).collect(),
-        Pagination::new(page.number(), page.limit, total),
-    ))
+    const LIST: &str = "reports";
+    let filters = (filter.status, filter.kind);
+    let after = match &page.cursor {
+        Some(cursor) => Some(cursors.decode::<(DateTime<Utc>, Uuid)>(LIST, &filters, cursor)?),
+        None => {
+            page.check_depth()?;
+            None
+        }
+    };
+    let (rows, total) = reports.list(&filter, &page, after).await?;
+    let (rows, next) =
+        split_page(rows, page.limit, |last| cursors.encode(LIST, &filters, &(last.created_at, last.id)));
+    let pagination = match total {
+        Some(total) => Pagination::new(page.number(), page.limit, total),
+        None => Pagination::cursor(page.limit),
+    };
+    Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination.next(next)).linked(&uri))
 }
 
 /// One report: status, row count, error (admin).

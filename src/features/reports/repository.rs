@@ -63,30 +63,38 @@ pub async fn list(
     kind: Option<ReportType>,
     limit: i64,
     offset: i64,
-) -> sqlx::Result<(Vec<ReportRow>, i64)> {
-    let rows = sqlx::query_as!(
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> sqlx::Result<Vec<ReportRow>> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as!(
         ReportRow,
         r#"select id, type as "kind: ReportType", status as "status: ReportStatus", range_from, range_to,
                   requested_by, row_count, error, created_at, started_at, completed_at
            from reports
            where ($1::report_status is null or status = $1) and ($2::report_type is null or type = $2)
+             and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
            order by created_at desc, id desc limit $3 offset $4"#,
         status as Option<ReportStatus>,
         kind as Option<ReportType>,
         limit,
-        offset
+        offset,
+        after_at,
+        after_id,
     )
     .fetch_all(db)
-    .await?;
-    let total = sqlx::query_scalar!(
+    .await
+}
+
+/// Reports matching the filters, every one of them.
+pub async fn count(db: &PgPool, status: Option<ReportStatus>, kind: Option<ReportType>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
         r#"select count(*) as "n!" from reports
            where ($1::report_status is null or status = $1) and ($2::report_type is null or type = $2)"#,
         status as Option<ReportStatus>,
         kind as Option<ReportType>
     )
     .fetch_one(db)
-    .await?;
-    Ok((rows, total))
+    .await
 }
 
 /// Marks report `id` running (from queued, or again after a crash or a failure); `None`

@@ -2,7 +2,7 @@
 //! the download as a stream of stored chunks.
 
 use axum::body::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::Stream;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -56,9 +56,22 @@ impl ReportService {
         Ok(report)
     }
 
-    pub async fn list(&self, filter: &ReportFilter, page: PageParams) -> AppResult<(Vec<ReportRow>, i64)> {
-        Ok(repository::list(&self.db, filter.status, filter.kind, i64::from(page.limit), page.offset())
-            .await?)
+    /// A page of reports (one row more than `page.limit`, so the caller knows whether
+    /// another follows), from `after` in cursor mode; with the total in page mode.
+    pub async fn list(
+        &self,
+        filter: &ReportFilter,
+        page: &PageParams,
+        after: Option<(DateTime<Utc>, Uuid)>,
+    ) -> AppResult<(Vec<ReportRow>, Option<i64>)> {
+        let offset = if after.is_some() { 0 } else { page.offset() };
+        let limit = i64::from(page.limit) + 1;
+        let rows = repository::list(&self.db, filter.status, filter.kind, limit, offset, after).await?;
+        let total = match after {
+            Some(_) => None,
+            None => Some(repository::count(&self.db, filter.status, filter.kind).await?),
+        };
+        Ok((rows, total))
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ReportRow> {

@@ -1,6 +1,11 @@
 //! HTTP handlers of `/users` (SPEC §4).
 
-use axum::{extract::State, http::StatusCode};
+use axum::{
+    extract::{OriginalUri, State},
+    http::StatusCode,
+};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use super::{
     service::UserService,
@@ -11,9 +16,10 @@ use super::{
 };
 use crate::{
     platform::http::{
+        cursor::Cursors,
         error::{AppResult, ErrorEnvelope},
         extract::{JsonBody, PathParam, QueryParams, ValidJson},
-        response::{ApiList, ApiOk, PageParams, Pagination},
+        response::{ApiList, ApiOk, PageParams, Pagination, split_page},
     },
     shared::auth::{Require, perm},
 };
@@ -76,14 +82,29 @@ pub async fn change_password(
     ))]
 pub async fn list_users(
     State(users): State<UserService>,
+    State(cursors): State<Cursors>,
     _: Require<perm::UsersRead>,
+    OriginalUri(uri): OriginalUri,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<UserFilter>,
 ) -> AppResult<ApiList<UserResponse>> {
-    page.page_mode_only()?;
-    let (rows, total) = users.list(page.clone(), filter.role, filter.q.as_deref()).await?;
-    let pagination = Pagination::new(page.number(), page.limit, total);
-    Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination))
+    const LIST: &str = "users";
+    let filters = (filter.q.as_deref().map(str::trim), filter.role);
+    let after = match &page.cursor {
+        Some(cursor) => Some(cursors.decode::<(DateTime<Utc>, Uuid)>(LIST, &filters, cursor)?),
+        None => {
+            page.check_depth()?;
+            None
+        }
+    };
+    let (rows, total) = users.list(&page, after, filter.role, filter.q.as_deref()).await?;
+    let (rows, next) =
+        split_page(rows, page.limit, |last| cursors.encode(LIST, &filters, &(last.created_at, last.id)));
+    let pagination = match total {
+        Some(total) => Pagination::new(page.number(), page.limit, total),
+        None => Pagination::cursor(page.limit),
+    };
+    Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination.next(next)).linked(&uri))
 }
 
 /// One user (admin).

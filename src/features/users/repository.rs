@@ -178,15 +178,10 @@ pub async fn lock_active_admins(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uui
 
 /// One page of live users, newest first, optionally filtered by role and a search term
 /// (matched against e-mail and names; the trigram index serves it).
-pub async fn list(
-    pool: &PgPool,
-    role: Option<Role>,
-    q: Option<&str>,
-    limit: i64,
-    offset: i64,
-) -> sqlx::Result<(Vec<UserRow>, i64)> {
+/// Live users matching the filters, every one of them.
+pub async fn count(pool: &PgPool, role: Option<Role>, q: Option<&str>) -> sqlx::Result<i64> {
     let pattern = q.map(crate::platform::db::contains_pattern);
-    let total = sqlx::query_scalar!(
+    sqlx::query_scalar!(
         r#"select count(*) as "count!" from users
            where deleted_at is null
              and ($1::user_role is null or role = $1)
@@ -196,8 +191,22 @@ pub async fn list(
         pattern.as_deref(),
     )
     .fetch_one(pool)
-    .await?;
-    let rows = sqlx::query_as!(
+    .await
+}
+
+/// A page of live users, newest first: after `offset` rows, or after the user at `after`
+/// (`created_at`, `id`: a keyset seek on the `(created_at desc, id desc)` indexes).
+pub async fn list(
+    pool: &PgPool,
+    role: Option<Role>,
+    q: Option<&str>,
+    limit: i64,
+    offset: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> sqlx::Result<Vec<UserRow>> {
+    let pattern = q.map(crate::platform::db::contains_pattern);
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as!(
         UserRow,
         r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
            from users
@@ -205,14 +214,16 @@ pub async fn list(
              and ($1::user_role is null or role = $1)
              and ($2::text is null
                   or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)
+             and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
            order by created_at desc, id desc
            limit $3 offset $4"#,
         role as Option<Role>,
         pattern.as_deref(),
         limit,
         offset,
+        after_at,
+        after_id,
     )
     .fetch_all(pool)
-    .await?;
-    Ok((rows, total))
+    .await
 }

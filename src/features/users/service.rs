@@ -1,5 +1,6 @@
 //! Profiles and user administration (SPEC §4).
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -66,14 +67,23 @@ impl UserService {
         Ok(())
     }
 
+    /// A page of users (one row more than `page.limit`, so the caller knows whether
+    /// another follows), from `after` in cursor mode; with the total in page mode.
     pub async fn list(
         &self,
-        page: PageParams,
+        page: &PageParams,
+        after: Option<(DateTime<Utc>, Uuid)>,
         role: Option<Role>,
         q: Option<&str>,
-    ) -> AppResult<(Vec<UserRow>, i64)> {
+    ) -> AppResult<(Vec<UserRow>, Option<i64>)> {
         let q = q.map(str::trim).filter(|q| !q.is_empty());
-        Ok(repository::list(&self.db, role, q, i64::from(page.limit), page.offset()).await?)
+        let offset = if after.is_some() { 0 } else { page.offset() };
+        let rows = repository::list(&self.db, role, q, i64::from(page.limit) + 1, offset, after).await?;
+        let total = match after {
+            Some(_) => None,
+            None => Some(repository::count(&self.db, role, q).await?),
+        };
+        Ok((rows, total))
     }
 
     /// Admin update: role and profile fields in one transaction. Demoting the last admin

@@ -177,6 +177,20 @@ fn page_or_cursor(p: &PageParams) -> Result<(), validator::ValidationError> {
     }
 }
 
+/// Cuts `rows`, read with one row more than `limit`, to the page; with the cursor of the
+/// next page (made from the page's last row) when that extra row came back.
+pub fn split_page<R>(
+    mut rows: Vec<R>,
+    limit: u32,
+    cursor_of: impl FnOnce(&R) -> String,
+) -> (Vec<R>, Option<String>) {
+    let limit = limit as usize;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more { rows.last().map(cursor_of) } else { None };
+    (rows, next)
+}
+
 /// How deep page mode reaches: `page × limit` at most this; deeper pages are read with
 /// a cursor (a keyset seek, the same cost at any depth) instead of an `OFFSET` that
 /// walks every row before the page.
