@@ -1,36 +1,29 @@
-//! The HTTP middleware stack, built in one place so the order is deliberate, outermost
-//! first:
+//! The HTTP middleware stack, built in one place so the order is deliberate. tower-http
+//! does the generic work (request ids, security headers, the request span and its log
+//! line, CORS, panic catching, the timeout); our own steps are the ones no crate knows
+//! (the error envelope, metrics by route template, the rate limits, the database gate).
+//! Outermost first:
 //!
 //! 1. a client's `X-Request-Id` that is not 1..=128 visible ASCII characters is dropped,
-//!    then tower-http's [`SetRequestIdLayer`] keeps a sane one or makes a new UUID, and
+//!    then [`SetRequestIdLayer`] keeps a sane one or makes a new UUID, and
 //!    [`PropagateRequestIdLayer`] puts it on the response
 //! 2. security headers a handler did not set (`X-Content-Type-Options`,
 //!    `X-Frame-Options`, `Referrer-Policy`, HSTS when enabled), on every response
-//!    (tower-http's `SetMultipleResponseHeadersLayer`)
-//! 3. tower-http's [`CorsLayer`]: answers preflights before any work (so they skip the
-//!    rate limit) and adds its headers to every other response
-//! 4. [`Stack`], our own steps in one service: the request id in scope (error bodies
-//!    carry it), metrics by route template, the envelope (a bare error status from below
-//!    rewritten), the request's span and its one log line (with the cause a failed
-//!    response carries: errors are logged here, once), the default rate limit per client
-//!    IP (health probes exempt), the database gate (503 at once while Postgres is known
-//!    to be down), and the handler under a panic catcher and a timeout
-//! 5. the body limit (extractors answer 413 beyond it)
+//! 3. the edge step ([`Step::Edge`]): runs the rest with the request id in scope (error bodies carry it),
+//!    counts the request in the metrics by route template, and rewrites a bare error
+//!    status from the layers below into the envelope
+//! 4. [`TraceLayer`]: the request's span, and one log line per request with route
+//!    template, status, latency, and the error cause a failed response carries
+//!    ([`ErrorCause`]): errors are logged here, once
+//! 5. [`CorsLayer`]: answers preflights before any work (so they skip the rate limit)
+//!    and adds its headers to every other response
+//! 6. the guard step ([`Step::Guard`]): the default rate limit per client IP (health probes exempt), then the
+//!    database gate (503 at once while Postgres is known to be down)
+//! 7. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
+//!    around [`TimeoutLayer`] (a request running too long becomes a 503)
+//! 8. the body limit (extractors answer 413 beyond it)
 //!
 //! The strict per-IP limit of the auth routes is a route layer of its own, below.
-//!
-//! **Why the span, the timeout and the panic catcher are ours, not tower-http's.** In
-//! same-run A/B runs of `scripts/bench-ab` (product by id, 32 connections, 5 rounds
-//! each, medians), the build with tower-http's `TraceLayer`, `TimeoutLayer` and
-//! `CatchPanicLayer` (and our steps as two middleware services around them) served
-//! 80-91 % of the throughput of this stack (three runs against the previous release:
-//! 91.3 %, 87.2 %, 80.0 %; docs/benchmarks.md has the table). Their response-body
-//! wrappers are boxed again on the way out and each service between our steps costs a
-//! clone and a boxed future; a profile showed malloc and free at 13.5 % of the samples
-//! against 9 %. Security code (CORS) and request ids stay with tower-http. Exit plan:
-//! when axum serves a tower-http-wrapped body without boxing it again, or when the same
-//! A/B shows the tower-http layers within 10 %, move the span, timeout and panic
-//! catcher back to `TraceLayer`, `TimeoutLayer` and `CatchPanicLayer`.
 
 pub mod envelope;
 pub mod rate_limit;
@@ -42,7 +35,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use axum::{
@@ -52,14 +45,16 @@ use axum::{
     http::{HeaderName, HeaderValue, Method, Response, StatusCode, header},
     response::IntoResponse,
 };
-use futures::FutureExt;
 use tower::{Service, ServiceBuilder};
 use tower_http::{
+    catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
     request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
     set_header::response::SetMultipleResponseHeadersLayer,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
 };
-use tracing::{Instrument, Span, field::Empty};
+use tracing::{Span, field::Empty};
 
 use self::request_id::{RandomUuid, X_REQUEST_ID};
 use crate::platform::{
@@ -91,12 +86,6 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                 .into(),
         );
     }
-    let stack = StackLayer(Arc::new(StackParts {
-        metrics: metrics.clone(),
-        limiter: limiter.clone(),
-        db_health: db_health.clone(),
-        request_timeout: settings.request_timeout,
-    }));
     // One `layer` call: axum boxes the service of each call separately for every route.
     router.layer(
         ServiceBuilder::new()
@@ -104,8 +93,18 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
             .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RandomUuid))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
             .layer(SetMultipleResponseHeadersLayer::if_not_present(security))
+            .layer(StepLayer::new(Step::Edge(metrics.clone())))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_request(())
+                    .on_response(on_response)
+                    .on_failure(()),
+            )
             .layer(cors(settings))
-            .layer(stack)
+            .layer(StepLayer::new(Step::Guard(limiter.clone(), db_health.clone())))
+            .layer(CatchPanicLayer::custom(panic_response))
+            .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
             .layer(DefaultBodyLimit::max(settings.body_limit_bytes)),
     )
 }
@@ -148,38 +147,52 @@ pub fn cors(settings: &Settings) -> CorsLayer {
         .vary([header::ORIGIN, header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_REQUEST_HEADERS])
 }
 
-/// What our own steps need, shared by all requests.
-struct StackParts {
-    metrics: Metrics,
-    limiter: rate_limit::RateLimiter,
-    db_health: DbHealth,
-    request_timeout: Duration,
+/// Our own steps of the stack, each a tower service that runs in one boxed future with
+/// one clone of the service below it. (axum's `from_fn` also boxes the service below and
+/// the next step's future: several allocations a request, which product reads measurably
+/// paid for in an A/B run.)
+#[derive(Clone)]
+enum Step {
+    /// Runs the rest with the request id as the current one (the error envelope reads
+    /// it), counted in the metrics by route template, and rewrites a bare error status
+    /// into the envelope.
+    Edge(Metrics),
+    /// The default per-IP limit (health probes exempt), then the database gate: while
+    /// the database is known to be down, API requests answer 503 at once (health and docs
+    /// are exempt); a response that failed for want of it starts the probe.
+    Guard(rate_limit::RateLimiter, DbHealth),
 }
 
-/// The layer of [`Stack`].
+/// The layer of one [`Step`].
 #[derive(Clone)]
-struct StackLayer(Arc<StackParts>);
+struct StepLayer(Arc<Step>);
 
-impl<S> tower::Layer<S> for StackLayer {
-    type Service = Stack<S>;
-
-    fn layer(&self, inner: S) -> Stack<S> {
-        Stack { inner, parts: self.0.clone() }
+impl StepLayer {
+    fn new(step: Step) -> Self {
+        Self(Arc::new(step))
     }
 }
 
-/// Our own steps as one service: per request, one clone of the service below and one
-/// boxed future.
-#[derive(Clone)]
-struct Stack<S> {
-    inner: S,
-    parts: Arc<StackParts>,
+impl<S> tower::Layer<S> for StepLayer {
+    type Service = StepService<S>;
+
+    fn layer(&self, inner: S) -> StepService<S> {
+        StepService { inner, step: self.0.clone() }
+    }
 }
 
-impl<S> Service<Request> for Stack<S>
+#[derive(Clone)]
+struct StepService<S> {
+    inner: S,
+    step: Arc<Step>,
+}
+
+impl<S, B> Service<Request> for StepService<S>
 where
-    S: Service<Request, Response = Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<Request, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -192,77 +205,54 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         // The service that was polled ready serves this request; its clone waits for the next.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let parts = self.parts.clone();
-        Box::pin(async move { Ok(edge(&parts, req, inner).await) })
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let step = self.step.clone();
+        Box::pin(async move {
+            let next = |req| async move {
+                let Ok(res) = inner.call(req).await;
+                res.map(Body::new)
+            };
+            Ok(match &*step {
+                Step::Edge(metrics) => edge(metrics, req, next).await,
+                Step::Guard(limiter, db_health) => guard(limiter, db_health, req, next).await,
+            })
+        })
     }
 }
 
-/// The request id in scope for the rest; the request counted in the metrics; a bare
-/// error from below rewritten into the envelope.
-async fn edge<S>(p: &StackParts, req: Request, inner: S) -> Response<Body>
-where
-    S: Service<Request, Response = Response<Body>, Error = Infallible>,
-{
+async fn edge<F: Future<Output = Response<Body>>>(
+    metrics: &Metrics,
+    req: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response<Body> {
     let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
-    let work = crate::platform::metrics::track(&p.metrics, req, |req| async {
-        envelope::ensure(traced(p, req, inner).await)
-    });
+    let work =
+        crate::platform::metrics::track(metrics, req, |req| async { envelope::ensure(next(req).await) });
     match id {
         Some(id) => request_id::scope(id, work).await,
         None => work.await,
     }
 }
 
-/// The rest inside the request's span, then its one log line.
-async fn traced<S>(p: &StackParts, req: Request, inner: S) -> Response<Body>
-where
-    S: Service<Request, Response = Response<Body>, Error = Infallible>,
-{
-    let span = make_span(&req);
-    let started = Instant::now();
-    let res = guarded(p, req, inner).instrument(span.clone()).await;
-    span.in_scope(|| on_response(&res, started.elapsed()));
-    res
-}
-
-/// The default per-IP limit (health probes exempt), then the database gate: while the
-/// database is known to be down, API requests answer 503 at once (health and docs are
-/// exempt); a response that failed for want of it starts the probe.
-async fn guarded<S>(p: &StackParts, req: Request, inner: S) -> Response<Body>
-where
-    S: Service<Request, Response = Response<Body>, Error = Infallible>,
-{
-    rate_limit::per_ip(&p.limiter, req, |req| async {
+async fn guard<F: Future<Output = Response<Body>>>(
+    limiter: &rate_limit::RateLimiter,
+    db_health: &DbHealth,
+    req: Request,
+    next: impl FnOnce(Request) -> F,
+) -> Response<Body> {
+    rate_limit::per_ip(limiter, req, |req| async {
         let path = req.uri().path();
         let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
-        if p.db_health.is_down() && !exempt {
+        if db_health.is_down() && !exempt {
             return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
         }
-        let res = contained(p.request_timeout, req, inner).await;
+        let res = next(req).await;
         if res.extensions().get::<DatabaseTrouble>().is_some() {
-            p.db_health.suspect();
+            db_health.suspect();
         }
         res
     })
     .await
-}
-
-/// The handler, with a deadline and a panic catcher: past `timeout` the request answers a
-/// bare 503 (the envelope step words it); a panic becomes a 500 in the envelope, its text
-/// only in the log line.
-async fn contained<S>(timeout: Duration, req: Request, mut inner: S) -> Response<Body>
-where
-    S: Service<Request, Response = Response<Body>, Error = Infallible>,
-{
-    // `call` runs inside the future, so a panic in it is caught too.
-    let handler = std::panic::AssertUnwindSafe(async move { inner.call(req).await }).catch_unwind();
-    match tokio::time::timeout(timeout, handler).await {
-        Ok(Ok(Ok(res))) => res,
-        Ok(Ok(Err(never))) => match never {},
-        Ok(Err(panic)) => panic_response(panic),
-        Err(_elapsed) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
-    }
 }
 
 fn make_span(req: &Request) -> Span {
@@ -278,7 +268,7 @@ fn make_span(req: &Request) -> Span {
 }
 
 /// The request's one log line, with the cause of a failure when the response carries one.
-fn on_response<B>(res: &Response<B>, latency: Duration) {
+fn on_response<B>(res: &Response<B>, latency: Duration, _span: &Span) {
     let status = res.status().as_u16();
     let latency_ms = latency.as_micros() as f64 / 1_000.0;
     match res.extensions().get::<ErrorCause>() {
