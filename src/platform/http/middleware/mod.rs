@@ -25,12 +25,12 @@
 //!
 //! The strict per-IP limit of the auth routes is a route layer of its own, below.
 //!
-//! **tower-http against our own span, timeout and panic catcher.** The same-run A/B of
-//! `scripts/bench-ab` (5 rounds each, medians; docs/benchmarks.md) between this stack and
-//! one with the span, timeout and panic catcher written by hand inside a single service
-//! of our steps: product by id 36 438 against 38 054 req/s (the hand-written one 4.4 %
-//! ahead), order placement 2 070 against 2 028 (2 % behind). Under the 10 % that would
-//! pay for owning them, so the crate's layers stay.
+//! **tower-http against our own span, timeout and panic catcher.** Two same-run A/B runs
+//! of `scripts/bench-ab` (5 and 9 rounds, medians; docs/benchmarks.md) between this stack
+//! and one with the span, timeout and panic catcher written by hand inside a single
+//! service of our steps: the hand-written one was 4.4 % and 7.2 % ahead on product by id,
+//! −2 % and +0.5 % on order placement. Under the 10 % that would pay for owning them, so
+//! the crate's layers stay.
 
 pub mod envelope;
 pub mod rate_limit;
