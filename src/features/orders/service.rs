@@ -282,15 +282,9 @@ impl OrderService {
         // What a cursor is bound to: the list's filters as this request applies them.
         let filters = (owner, filter.status);
         let limit = i64::from(page.limit);
-        let start = match &page.cursor {
-            Some(cursor) => {
-                let (created_at, id): (DateTime<Utc>, Uuid) = self.cursors.decode(LIST, &filters, cursor)?;
-                Start::After(created_at, id)
-            }
-            None => {
-                page.check_depth()?;
-                Start::Offset(page.offset())
-            }
+        let start = match self.cursors.start::<(DateTime<Utc>, Uuid)>(LIST, &filters, page)? {
+            Some((created_at, id)) => Start::After(created_at, id),
+            None => Start::Offset(page.offset()),
         };
         let pagination = match page.cursor {
             Some(_) => Pagination::cursor(page.limit),

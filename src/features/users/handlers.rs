@@ -90,20 +90,11 @@ pub async fn list_users(
 ) -> AppResult<ApiList<UserResponse>> {
     const LIST: &str = "users";
     let filters = (filter.q.as_deref().map(str::trim), filter.role);
-    let after = match &page.cursor {
-        Some(cursor) => Some(cursors.decode::<(DateTime<Utc>, Uuid)>(LIST, &filters, cursor)?),
-        None => {
-            page.check_depth()?;
-            None
-        }
-    };
+    let after = cursors.start::<(DateTime<Utc>, Uuid)>(LIST, &filters, &page)?;
     let (rows, total) = users.list(&page, after, filter.role, filter.q.as_deref()).await?;
     let (rows, next) =
         split_page(rows, page.limit, |last| cursors.encode(LIST, &filters, &(last.created_at, last.id)));
-    let pagination = match total {
-        Some(total) => Pagination::new(page.number(), page.limit, total),
-        None => Pagination::cursor(page.limit),
-    };
+    let pagination = Pagination::of(&page, total);
     Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination.next(next)).linked(&uri))
 }
 

@@ -93,6 +93,23 @@ impl Cursors {
     }
 }
 
+impl Cursors {
+    /// Where a page of `list` under `filters` starts: in cursor mode the position its
+    /// cursor holds (a 400 when the cursor is not this list's, or not under these
+    /// filters); in page mode `None`, once page mode's depth bound is checked.
+    pub fn start<P: DeserializeOwned>(
+        &self,
+        list: &str,
+        filters: &impl Serialize,
+        page: &super::response::PageParams,
+    ) -> Result<Option<P>, AppError> {
+        match &page.cursor {
+            Some(cursor) => self.decode(list, filters, cursor).map(Some),
+            None => page.check_depth().map(|()| None),
+        }
+    }
+}
+
 /// 16 hex digits of SHA-256 over the filters' canonical JSON (maps sorted by key).
 fn fingerprint(filters: &impl Serialize) -> String {
     let canonical = serde_json::to_value(filters).and_then(|v| serde_json::to_vec(&v)).unwrap_or_default();

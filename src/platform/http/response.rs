@@ -70,6 +70,14 @@ impl Pagination {
         }
     }
 
+    /// Page mode when `total` was counted, else cursor mode.
+    pub fn of(params: &PageParams, total: Option<i64>) -> Self {
+        match total {
+            Some(total) => Self::new(params.number(), params.limit, total),
+            None => Self::cursor(params.limit),
+        }
+    }
+
     /// Cursor mode: no `page`, `total` or `pages`.
     pub fn cursor(limit: u32) -> Self {
         Self { page: None, limit, total: None, pages: None, total_capped: false, next_cursor: None }
