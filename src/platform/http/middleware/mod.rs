@@ -9,7 +9,7 @@
 //!    [`PropagateRequestIdLayer`] puts it on the response
 //! 2. security headers a handler did not set (`X-Content-Type-Options`,
 //!    `X-Frame-Options`, `Referrer-Policy`, HSTS when enabled), on every response
-//! 3. the edge step ([`Step::Edge`]): runs the rest with the request id in scope (error bodies carry it),
+//! 3. [`edge`]: runs the rest with the request id in scope (error bodies carry it),
 //!    counts the request in the metrics by route template, and rewrites a bare error
 //!    status from the layers below into the envelope
 //! 4. [`TraceLayer`]: the request's span, and one log line per request with route
@@ -17,7 +17,7 @@
 //!    ([`ErrorCause`]): errors are logged here, once
 //! 5. [`CorsLayer`]: answers preflights before any work (so they skip the rate limit)
 //!    and adds its headers to every other response
-//! 6. the guard step ([`Step::Guard`]): the default rate limit per client IP (health probes exempt), then the
+//! 6. [`guard`]: the default rate limit per client IP (health probes exempt), then the
 //!    database gate (503 at once while Postgres is known to be down)
 //! 7. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
 //!    around [`TimeoutLayer`] (a request running too long becomes a 503)
@@ -36,23 +36,17 @@ pub mod envelope;
 pub mod rate_limit;
 pub mod request_id;
 
-use std::{
-    any::Any,
-    convert::Infallible,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{any::Any, time::Duration};
 
 use axum::{
     Router,
     body::Body,
-    extract::{DefaultBodyLimit, MatchedPath, Request},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, HeaderValue, Method, Response, StatusCode, header},
+    middleware::{Next, from_fn_with_state},
     response::IntoResponse,
 };
-use tower::{Service, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
@@ -100,7 +94,7 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
             .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RandomUuid))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
             .layer(SetMultipleResponseHeadersLayer::if_not_present(security))
-            .layer(StepLayer::new(Step::Edge(metrics.clone())))
+            .layer(from_fn_with_state(metrics.clone(), edge))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(make_span)
@@ -109,7 +103,10 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
                     .on_failure(()),
             )
             .layer(cors(settings))
-            .layer(StepLayer::new(Step::Guard(limiter.clone(), db_health.clone())))
+            .layer(from_fn_with_state(
+                Guard { limiter: limiter.clone(), db_health: db_health.clone() },
+                guard,
+            ))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
             .layer(DefaultBodyLimit::max(settings.body_limit_bytes)),
@@ -154,108 +151,39 @@ pub fn cors(settings: &Settings) -> CorsLayer {
         .vary([header::ORIGIN, header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_REQUEST_HEADERS])
 }
 
-/// Our own steps of the stack, each a tower service that runs in one boxed future with
-/// one clone of the service below it. (axum's `from_fn` also boxes the service below and
-/// the next step's future: several allocations a request, which product reads measurably
-/// paid for in an A/B run.)
-#[derive(Clone)]
-enum Step {
-    /// Runs the rest with the request id as the current one (the error envelope reads
-    /// it), counted in the metrics by route template, and rewrites a bare error status
-    /// into the envelope.
-    Edge(Metrics),
-    /// The default per-IP limit (health probes exempt), then the database gate: while
-    /// the database is known to be down, API requests answer 503 at once (health and docs
-    /// are exempt); a response that failed for want of it starts the probe.
-    Guard(rate_limit::RateLimiter, DbHealth),
-}
-
-/// The layer of one [`Step`].
-#[derive(Clone)]
-struct StepLayer(Arc<Step>);
-
-impl StepLayer {
-    fn new(step: Step) -> Self {
-        Self(Arc::new(step))
-    }
-}
-
-impl<S> tower::Layer<S> for StepLayer {
-    type Service = StepService<S>;
-
-    fn layer(&self, inner: S) -> StepService<S> {
-        StepService { inner, step: self.0.clone() }
-    }
-}
-
-#[derive(Clone)]
-struct StepService<S> {
-    inner: S,
-    step: Arc<Step>,
-}
-
-impl<S, B> Service<Request> for StepService<S>
-where
-    S: Service<Request, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        // The service that was polled ready serves this request; its clone waits for the next.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let step = self.step.clone();
-        Box::pin(async move {
-            let next = |req| async move {
-                let Ok(res) = inner.call(req).await;
-                res.map(Body::new)
-            };
-            Ok(match &*step {
-                Step::Edge(metrics) => edge(metrics, req, next).await,
-                Step::Guard(limiter, db_health) => guard(limiter, db_health, req, next).await,
-            })
-        })
-    }
-}
-
-async fn edge<F: Future<Output = Response<Body>>>(
-    metrics: &Metrics,
-    req: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response<Body> {
+/// Runs the rest with the request id as the current one (the error envelope reads it),
+/// counted in the metrics by route template, and rewrites a bare error status into the
+/// envelope.
+async fn edge(State(metrics): State<Metrics>, req: Request, next: Next) -> Response<Body> {
     let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
     let work =
-        crate::platform::metrics::track(metrics, req, |req| async { envelope::ensure(next(req).await) });
+        crate::platform::metrics::track(&metrics, req, |req| async { envelope::ensure(next.run(req).await) });
     match id {
         Some(id) => request_id::scope(id, work).await,
         None => work.await,
     }
 }
 
-async fn guard<F: Future<Output = Response<Body>>>(
-    limiter: &rate_limit::RateLimiter,
-    db_health: &DbHealth,
-    req: Request,
-    next: impl FnOnce(Request) -> F,
-) -> Response<Body> {
-    rate_limit::per_ip(limiter, req, |req| async {
+/// What [`guard`] needs.
+#[derive(Clone)]
+struct Guard {
+    limiter: rate_limit::RateLimiter,
+    db_health: DbHealth,
+}
+
+/// The default per-IP limit (health probes exempt), then the database gate: while the
+/// database is known to be down, API requests answer 503 at once (health and docs are
+/// exempt); a response that failed for want of it starts the probe.
+async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response<Body> {
+    rate_limit::per_ip(&g.limiter, req, |req| async {
         let path = req.uri().path();
         let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
-        if db_health.is_down() && !exempt {
+        if g.db_health.is_down() && !exempt {
             return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
         }
-        let res = next(req).await;
+        let res = next.run(req).await;
         if res.extensions().get::<DatabaseTrouble>().is_some() {
-            db_health.suspect();
+            g.db_health.suspect();
         }
         res
     })
