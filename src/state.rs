@@ -146,7 +146,8 @@ impl AppState {
             )
         });
         let pipeline = pipeline.flatten();
-        let products = ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency);
+        let products =
+            ProductService::new(db.clone(), reads.clone(), pipeline, &config.currency, cursors.clone());
         // A claim unanswered for twice the request timeout belongs to a request that died.
         let orders = OrderService::new(
             db.clone(),

@@ -331,3 +331,13 @@ impl ProductBuilder<'_> {
         self.app.state.products.create(&new).await.expect("product created")
     }
 }
+
+/// The catalogue's sorts: the `sort` parameter and the SQL `order by` it means.
+pub const PRODUCT_SORTS: [(&str, &str); 6] = [
+    ("name", "name asc, id asc"),
+    ("-name", "name desc, id desc"),
+    ("price", "price_cents asc, id asc"),
+    ("-price", "price_cents desc, id desc"),
+    ("createdAt", "created_at asc, id asc"),
+    ("-createdAt", "created_at desc, id desc"),
+];

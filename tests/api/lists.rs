@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Session, TestApp, expect_error, send};
+use crate::helpers::{PRODUCT_SORTS, Session, TestApp, expect_error, send};
 
 const ORDERS: &str = "/api/v1/orders";
 
@@ -264,4 +264,109 @@ async fn users_and_reports_page_by_cursor_too(pool: PgPool) {
             .unwrap();
     assert_eq!(walk(&app, &admin, "/api/v1/reports?limit=2").await, want);
     assert_eq!(walk(&app, &admin, "/api/v1/reports?type=sales&limit=3").await, want);
+}
+
+/// Every product id of the catalogue in the order of `order_by`, under `filter` (SQL).
+async fn products_in_order(pool: &PgPool, filter: &str, order_by: &str) -> Vec<String> {
+    let sql =
+        format!("select id::text from products where archived_at is null and ({filter}) order by {order_by}");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).fetch_all(pool).await.unwrap()
+}
+
+#[sqlx::test]
+async fn the_catalogue_pages_by_cursor_in_every_sort_and_filter_while_products_arrive(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.user().admin().signed_in().await;
+    // 40 products with ties in every sort key: 7 names, 5 prices, 3 creation times; every
+    // third sold out; "kettle" in a third of the descriptions.
+    sqlx::query(
+        "insert into products (sku, name, description, price_cents, stock, created_at)
+         select 'S-' || i, 'Item ' || (i % 7), case when i % 3 = 0 then 'a kettle' else 'a mug' end,
+                100 * (i % 5), case when i % 3 = 1 then 0 else 5 end,
+                '2026-01-01T00:00:00Z'::timestamptz + (i % 3) * interval '1 hour'
+         from generate_series(1, 40) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let filters = [
+        ("", "true"),
+        ("&inStock=true", "stock > 0"),
+        ("&inStock=false", "stock = 0"),
+        ("&minPrice=100&maxPrice=300", "price_cents between 100 and 300"),
+        ("&q=kettle", "description like '%kettle%'"),
+    ];
+    for (sort, order_by) in PRODUCT_SORTS {
+        for (query, filter) in filters {
+            let want = products_in_order(&pool, filter, order_by).await;
+            let seen = walk(&app, &admin, &format!("/api/v1/products?sort={sort}{query}&limit=3")).await;
+            assert_eq!(seen, want, "sort={sort}{query}");
+        }
+    }
+
+    // Products added and archived while a client follows the cursors: every product that
+    // was there throughout is read exactly once, in order.
+    let before = products_in_order(&pool, "true", "name asc, id asc").await;
+    let (page, link) = get(&app, &admin, "/api/v1/products?sort=name&limit=5").await;
+    let mut seen = ids(&page);
+    let mut next = link.map(|l| next_link(&l));
+    let mut added = Vec::new();
+    let mut n = 0;
+    while let Some(url) = next {
+        n += 1;
+        let name = format!("Item {}", n % 7);
+        let id: String = sqlx::query_scalar(
+            "insert into products (sku, name, price_cents, stock) values ($1, $2, 1, 1) returning id::text",
+        )
+        .bind(format!("NEW-{n}"))
+        .bind(name)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        added.push(id);
+        let (page, link) = get(&app, &admin, &url).await;
+        assert_eq!(page["pagination"]["limit"], 5);
+        assert!(page["pagination"].get("total").is_none(), "{page}");
+        seen.extend(ids(&page));
+        next = link.map(|l| next_link(&l));
+    }
+    let unique: std::collections::HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique.len(), seen.len(), "no product twice");
+    let old: Vec<String> = seen.iter().filter(|id| !added.contains(id)).cloned().collect();
+    assert_eq!(old, before, "every product that was there throughout, once, in order");
+
+    // A cursor of one sort or filter set is refused with another, or with a filter left
+    // out; a tampered one too.
+    let (page, _) = get(&app, &admin, "/api/v1/products?sort=price&inStock=true&limit=2").await;
+    let cursor = page["pagination"]["nextCursor"].as_str().unwrap().to_owned();
+    let mut tampered = cursor.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for path in [
+        format!("/api/v1/products?sort=-price&inStock=true&cursor={cursor}"),
+        format!("/api/v1/products?sort=price&cursor={cursor}"),
+        format!("/api/v1/products?sort=price&inStock=false&cursor={cursor}"),
+        format!("/api/v1/products?sort=price&inStock=true&cursor={tampered}"),
+    ] {
+        let err = expect_error(app.request(Method::GET, &path), 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"]["cursor"].is_array(), "{path}: {err}");
+    }
+    let (page, _) =
+        get(&app, &admin, &format!("/api/v1/products?sort=price&inStock=true&limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&page).len(), 2);
+}
+
+#[sqlx::test]
+async fn filtered_catalogue_pages_are_bounded_in_depth_and_unfiltered_ones_are_not(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    for filter in ["inStock=true", "q=kettle", "minPrice=1", "maxPrice=5"] {
+        let path = format!("/api/v1/products?{filter}&page=501&limit=20");
+        let err = expect_error(app.request(Method::GET, &path), 400, "VALIDATION_ERROR").await;
+        assert!(err["error"]["fields"]["page"][0].as_str().unwrap().contains("nextCursor"), "{err}");
+        let (status, _, _) =
+            send(app.request(Method::GET, &format!("/api/v1/products?{filter}&page=500&limit=20"))).await;
+        assert_eq!(status, 200, "{filter}");
+    }
+    let (status, _, body) = send(app.request(Method::GET, "/api/v1/products?page=5000&limit=100")).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -1,7 +1,7 @@
 //! Catalogue rules as plain types and pure functions: the bounds every entry point
 //! validates against, the sort orders, and optimistic-concurrency preconditions.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Highest price, in minor units (SPEC §5).
@@ -9,7 +9,7 @@ pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 pub use crate::shared::domain::MAX_STOCK;
 
 /// Sort orders of the list.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub enum ProductSort {
     #[serde(rename = "name")]
     NameAsc,

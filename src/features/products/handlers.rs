@@ -1,7 +1,7 @@
 //! HTTP handlers of `/products` (SPEC §5).
 
 use axum::{
-    extract::State,
+    extract::{OriginalUri, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -16,7 +16,7 @@ use crate::{
     platform::http::{
         error::{AppResult, ErrorEnvelope},
         extract::{PathParam, QueryParams, ValidJson},
-        response::{ApiList, ApiOk, PageParams, Pagination},
+        response::{ApiList, ApiOk, PageParams},
     },
     shared::auth::{Require, perm},
 };
@@ -42,14 +42,13 @@ fn with_etag(product: ProductRow, currency: &str, status: StatusCode) -> Respons
     ))]
 pub async fn list_products(
     State(products): State<ProductService>,
+    OriginalUri(uri): OriginalUri,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<ProductFilter>,
 ) -> AppResult<ApiList<ProductResponse>> {
-    page.page_mode_only()?;
-    let list = products.list(page.clone(), &filter).await?;
-    let data = list.rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
-    let pagination = Pagination::new(page.number(), page.limit, list.total);
-    Ok(ApiList::new(data, if list.capped { pagination.capped() } else { pagination }))
+    let (rows, pagination) = products.list(&page, &filter).await?;
+    let data = rows.into_iter().map(|p| ProductResponse::new(p, products.currency())).collect();
+    Ok(ApiList::new(data, pagination).linked(&uri))
 }
 
 /// One live product (public), with `ETag`; `If-None-Match` with the current tag → 304.

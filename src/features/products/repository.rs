@@ -7,9 +7,12 @@
 //! so that an order's stock update is HOT and touches no index (an `inStock` filter is
 //! checked in the table, row by row). The totals of the unfiltered and the `inStock`
 //! lists come from `product_counts`, kept exact by a trigger; a price range is counted
-//! by an index-only scan; a search counts its matches up to a cap.
+//! by an index-only scan; a search counts its matches up to a cap. Cursor mode seeks past
+//! the last row's `(sort key, id)` with a row comparison the sort's index answers, at the
+//! same cost at any depth.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor, Postgres, QueryBuilder};
 use uuid::Uuid;
 
@@ -73,6 +76,49 @@ pub struct ListQuery {
     pub sort: ProductSort,
     pub limit: i64,
     pub offset: i64,
+    /// Cursor mode: the rows after this place in `sort` (then `offset` is 0).
+    pub after: Option<Position>,
+}
+
+/// A product's place in one sort: its sort key and the id that breaks ties. A cursor
+/// holds the last row's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Position {
+    pub key: SortKey,
+    pub id: Uuid,
+}
+
+/// The value a sort orders by.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SortKey {
+    #[serde(rename = "n")]
+    Name(String),
+    #[serde(rename = "p")]
+    Price(i64),
+    #[serde(rename = "t")]
+    Created(DateTime<Utc>),
+}
+
+impl Position {
+    /// `row`'s place in `sort`.
+    pub fn of(row: &ProductRow, sort: ProductSort) -> Self {
+        let key = match sort {
+            ProductSort::NameAsc | ProductSort::NameDesc => SortKey::Name(row.name.clone()),
+            ProductSort::PriceAsc | ProductSort::PriceDesc => SortKey::Price(row.price_cents),
+            ProductSort::CreatedAsc | ProductSort::CreatedDesc => SortKey::Created(row.created_at),
+        };
+        Self { key, id: row.id }
+    }
+
+    /// Whether this is a place in `sort` (its key is of the sort's column).
+    pub fn fits(&self, sort: ProductSort) -> bool {
+        matches!(
+            (&self.key, sort),
+            (SortKey::Name(_), ProductSort::NameAsc | ProductSort::NameDesc)
+                | (SortKey::Price(_), ProductSort::PriceAsc | ProductSort::PriceDesc)
+                | (SortKey::Created(_), ProductSort::CreatedAsc | ProductSort::CreatedDesc)
+        )
+    }
 }
 
 /// One page of a list and its total; `capped`: the total is [`SEARCH_TOTAL_CAP`] and
@@ -301,6 +347,29 @@ fn push_filters(qb: &mut QueryBuilder<Postgres>, f: &ListQuery) {
         Some(false) => qb.push(" and stock = 0"),
         None => qb,
     };
+    if let Some(after) = &f.after {
+        push_after(qb, f.sort, after);
+    }
+}
+
+/// ` and (key, id) > (…, …)` (`<` for a descending sort): the rows after `after`, as a
+/// row comparison the sort's index answers.
+fn push_after(qb: &mut QueryBuilder<Postgres>, sort: ProductSort, after: &Position) {
+    let (column, op) = match sort {
+        ProductSort::NameAsc => ("name", ">"),
+        ProductSort::NameDesc => ("name", "<"),
+        ProductSort::PriceAsc => ("price_cents", ">"),
+        ProductSort::PriceDesc => ("price_cents", "<"),
+        ProductSort::CreatedAsc => ("created_at", ">"),
+        ProductSort::CreatedDesc => ("created_at", "<"),
+    };
+    qb.push(format_args!(" and ({column}, id) {op} ("));
+    match &after.key {
+        SortKey::Name(name) => qb.push_bind(name.clone()),
+        SortKey::Price(cents) => qb.push_bind(*cents),
+        SortKey::Created(at) => qb.push_bind(*at),
+    };
+    qb.push(", ").push_bind(after.id).push(")");
 }
 
 /// How the total of a list is found.
@@ -417,6 +486,19 @@ pub async fn list(
     };
     let rows = page_query(f, !capped, "").build_query_as::<ProductRow>().fetch_all(&mut *conn).await?;
     Ok(page(rows, false))
+}
+
+/// Cursor mode: up to `f.limit` rows after `f.after`, a keyset seek that costs the same
+/// at any depth. A search whose remaining matches are few collects them from the search
+/// index first, as [`page_query`] says.
+pub async fn list_after(conn: &mut PgConnection, f: &ListQuery) -> sqlx::Result<Vec<ProductRow>> {
+    let few_matches = match total_query(f, "") {
+        Total::Capped(mut qb) => {
+            qb.build_query_scalar::<i64>().fetch_one(&mut *conn).await? <= SEARCH_TOTAL_CAP
+        }
+        Total::Counter | Total::Exact(_) => false,
+    };
+    page_query(f, few_matches, "").build_query_as::<ProductRow>().fetch_all(&mut *conn).await
 }
 
 #[cfg(test)]

@@ -13,17 +13,21 @@ use uuid::Uuid;
 use super::{
     domain::{Precondition, ProductSort},
     repository::{
-        self, ANCHOR_EVERY, AnchorSet, ListPage, ListQuery, NewProduct, ProductChanges, ProductRow,
+        self, ANCHOR_EVERY, AnchorSet, ListPage, ListQuery, NewProduct, Position, ProductChanges, ProductRow,
     },
     types::ProductFilter,
 };
 use crate::platform::{
     db::{contains_pattern, pipeline::Pipeline, read_pool::ReadPool},
     http::{
+        cursor::{self, Cursors},
         error::{AppError, AppResult},
-        response::PageParams,
+        response::{PageParams, Pagination},
     },
 };
+
+/// The list's name inside its cursors.
+const LIST: &str = "products";
 
 const SKU_TAKEN: &str = "a product with this sku already exists";
 const CHANGED: &str = "the product has changed; fetch it again";
@@ -38,6 +42,8 @@ pub struct ProductService {
     pipeline: Option<Pipeline>,
     currency: Arc<str>,
     anchors: Arc<PageAnchors>,
+    /// Signs the list's cursors.
+    cursors: Cursors,
 }
 
 /// This process's page anchors, per sort (see [`AnchorSet`]): read in the background when
@@ -95,8 +101,14 @@ fn sku_conflict(e: sqlx::Error) -> AppError {
 }
 
 impl ProductService {
-    pub fn new(db: PgPool, reads: ReadPool, pipeline: Option<Pipeline>, currency: &str) -> Self {
-        Self { db, reads, pipeline, currency: Arc::from(currency), anchors: Arc::default() }
+    pub fn new(
+        db: PgPool,
+        reads: ReadPool,
+        pipeline: Option<Pipeline>,
+        currency: &str,
+        cursors: Cursors,
+    ) -> Self {
+        Self { db, reads, pipeline, currency: Arc::from(currency), anchors: Arc::default(), cursors }
     }
 
     /// The deployment's currency, which every price is in.
@@ -104,7 +116,15 @@ impl ProductService {
         &self.currency
     }
 
-    pub async fn list(&self, page: PageParams, filter: &ProductFilter) -> AppResult<ListPage> {
+    /// One page of live products. Page mode counts the total (see [`repository::list`])
+    /// and, when filtered, stops at the depth bound; cursor mode seeks past the cursor's
+    /// position at the same cost at any depth, without a total. Both give out the cursor of
+    /// the next page when there is one.
+    pub async fn list(
+        &self,
+        page: &PageParams,
+        filter: &ProductFilter,
+    ) -> AppResult<(Vec<ProductRow>, Pagination)> {
         let query = ListQuery {
             pattern: filter.q.as_deref().map(|q| contains_pattern(&q.to_lowercase())),
             min_price: filter.min_price,
@@ -113,7 +133,47 @@ impl ProductService {
             sort: filter.sort,
             limit: i64::from(page.limit),
             offset: page.offset(),
+            after: None,
         };
+        // What a cursor is bound to: the filters and sort as this request gives them.
+        let filters = (filter.q.as_deref(), filter.min_price, filter.max_price, filter.in_stock, filter.sort);
+        let next = |rows: &[ProductRow]| {
+            rows.last().map(|last| self.cursors.encode(LIST, &filters, &Position::of(last, filter.sort)))
+        };
+        if let Some(given) = &page.cursor {
+            let after: Position = self.cursors.decode(LIST, &filters, given)?;
+            if !after.fits(filter.sort) {
+                return Err(cursor::refused());
+            }
+            // One row more than the page: whether there is a next one.
+            let query = ListQuery { after: Some(after), offset: 0, limit: query.limit + 1, ..query };
+            let mut rows = self
+                .reads
+                .read(&move |conn| {
+                    let query = query.clone();
+                    Box::pin(async move { repository::list_after(conn, &query).await })
+                })
+                .await?;
+            let more = rows.len() > page.limit as usize;
+            rows.truncate(page.limit as usize);
+            let next = if more { next(&rows) } else { None };
+            return Ok((rows, Pagination::cursor(page.limit).next(next)));
+        }
+        if !repository::unfiltered(&query) {
+            page.check_depth()?;
+        }
+        let offset = query.offset;
+        let list = self.page(query).await?;
+        // A search's pages end at its cap; its cursor goes on past it.
+        let more = offset + (list.rows.len() as i64) < list.total || (list.capped && !list.rows.is_empty());
+        let next = if more { next(&list.rows) } else { None };
+        let pagination = Pagination::new(page.number(), page.limit, list.total);
+        let pagination = if list.capped { pagination.capped() } else { pagination };
+        Ok((list.rows, pagination.next(next)))
+    }
+
+    /// A page-mode page: from an anchor when the list is unfiltered and deep.
+    async fn page(&self, query: ListQuery) -> AppResult<ListPage> {
         let sort = query.sort;
         let deep = repository::unfiltered(&query) && query.offset >= ANCHOR_EVERY;
         let anchors = if deep { self.anchors.current(sort) } else { None };
@@ -203,19 +263,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{
-        features::products::{domain::ProductSort, types::ProductFilter},
-        platform::db::read_pool::ReadPoolOptions,
-    };
+    use crate::{features::products::domain::ProductSort, platform::db::read_pool::ReadPoolOptions};
 
     /// Lists page 61 of the name sort (offset 1200) until one answer was `anchored` as
     /// wanted, for at most 5 s; whether it came.
     async fn anchored_within(products: &ProductService, want: bool) -> bool {
-        let filter = ProductFilter { sort: ProductSort::NameAsc, ..ProductFilter::default() };
-        let page = PageParams { page: Some(61), limit: 20, cursor: None };
+        let query = ListQuery { sort: ProductSort::NameAsc, limit: 20, offset: 1200, ..ListQuery::default() };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if products.list(page.clone(), &filter).await.unwrap().anchored == want {
+            if products.page(query.clone()).await.unwrap().anchored == want {
                 return true;
             }
             if tokio::time::Instant::now() > deadline {
@@ -243,7 +299,7 @@ mod tests {
                 max_lifetime: Duration::from_secs(600),
             },
         );
-        let products = ProductService::new(db.clone(), reads, None, "EUR");
+        let products = ProductService::new(db.clone(), reads, None, "EUR", Cursors::new(b"a test secret"));
         // The first deep page walks; the service then reads its anchors in the background.
         assert!(anchored_within(&products, true).await, "the service never served a deep page from anchors");
         // A rename moves a product: the anchors are stale, the page walks, and the service

@@ -72,7 +72,7 @@ impl Cursors {
         filters: &impl Serialize,
         cursor: &str,
     ) -> Result<P, AppError> {
-        let bad = || AppError::field("cursor", NOT_OURS);
+        let bad = refused;
         if cursor.len() > MAX_CURSOR_LEN {
             return Err(bad());
         }
@@ -91,6 +91,12 @@ impl Cursors {
         }
         Ok(envelope.p)
     }
+}
+
+/// The 400 of a cursor that is not this list's: for a list that finds a signed cursor's
+/// position unusable (it cannot happen unless the list's format changed).
+pub fn refused() -> AppError {
+    AppError::field("cursor", NOT_OURS)
 }
 
 impl Cursors {
