@@ -23,7 +23,8 @@ use crate::{
 
 /// The strong ETag of a product version.
 fn etag(version: i32) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
+    // From the `String` itself, not a copy of it.
+    HeaderValue::try_from(format!("\"{version}\"")).expect("digits and quotes are a valid header")
 }
 
 fn with_etag(product: ProductRow, currency: &str, status: StatusCode) -> Response {

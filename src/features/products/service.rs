@@ -32,9 +32,12 @@ const LIST: &str = "products";
 const SKU_TAKEN: &str = "a product with this sku already exists";
 const CHANGED: &str = "the product has changed; fetch it again";
 
-/// Catalogue use cases; cheap to clone.
+/// Catalogue use cases; a clone is one atomic increment (a handler's `State` clones it
+/// for every request).
 #[derive(Clone)]
-pub struct ProductService {
+pub struct ProductService(Arc<Parts>);
+
+struct Parts {
     db: PgPool,
     /// For the public reads (a product, a page): no release ping.
     reads: ReadPool,
@@ -108,12 +111,19 @@ impl ProductService {
         currency: &str,
         cursors: Cursors,
     ) -> Self {
-        Self { db, reads, pipeline, currency: Arc::from(currency), anchors: Arc::default(), cursors }
+        Self(Arc::new(Parts {
+            db,
+            reads,
+            pipeline,
+            currency: Arc::from(currency),
+            anchors: Arc::default(),
+            cursors,
+        }))
     }
 
     /// The deployment's currency, which every price is in.
     pub fn currency(&self) -> &str {
-        &self.currency
+        &self.0.currency
     }
 
     /// One page of live products. Page mode counts the total (see [`repository::list`])
@@ -138,16 +148,17 @@ impl ProductService {
         // What a cursor is bound to: the filters and sort as this request gives them.
         let filters = (filter.q.as_deref(), filter.min_price, filter.max_price, filter.in_stock, filter.sort);
         let next = |rows: &[ProductRow]| {
-            rows.last().map(|last| self.cursors.encode(LIST, &filters, &Position::of(last, filter.sort)))
+            rows.last().map(|last| self.0.cursors.encode(LIST, &filters, &Position::of(last, filter.sort)))
         };
         if let Some(given) = &page.cursor {
-            let after: Position = self.cursors.decode(LIST, &filters, given)?;
+            let after: Position = self.0.cursors.decode(LIST, &filters, given)?;
             if !after.fits(filter.sort) {
                 return Err(cursor::refused());
             }
             // One row more than the page: whether there is a next one.
             let query = ListQuery { after: Some(after), offset: 0, limit: query.limit + 1, ..query };
             let mut rows = self
+                .0
                 .reads
                 .read(&move |conn| {
                     let query = query.clone();
@@ -176,10 +187,11 @@ impl ProductService {
     async fn page(&self, query: ListQuery) -> AppResult<ListPage> {
         let sort = query.sort;
         let deep = repository::unfiltered(&query) && query.offset >= ANCHOR_EVERY;
-        let anchors = if deep { self.anchors.current(sort) } else { None };
+        let anchors = if deep { self.0.anchors.current(sort) } else { None };
         // The future may outlive this frame's borrow (it is boxed for any connection
         // lifetime), so it gets its own copy: no allocation unless there is a search.
         let page = self
+            .0
             .reads
             .read(&move |conn| {
                 let (query, anchors) = (query.clone(), anchors.clone());
@@ -189,31 +201,31 @@ impl ProductService {
         if deep
             && !page.anchored
             && let Some(version) = page.order_version
-            && self.anchors.claim_build(sort, version)
+            && self.0.anchors.claim_build(sort, version)
         {
             let this = self.clone();
             tokio::spawn(async move {
-                let read = this.reads.read(&move |conn| Box::pin(repository::anchors(conn, sort))).await;
+                let read = this.0.reads.read(&move |conn| Box::pin(repository::anchors(conn, sort))).await;
                 if let Err(e) = &read {
                     tracing::warn!(error = %e, ?sort, "could not read the page anchors");
                 }
-                this.anchors.store(sort, read.ok());
+                this.0.anchors.store(sort, read.ok());
             });
         }
         Ok(page)
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<ProductRow> {
-        let found = match &self.pipeline {
+        let found = match &self.0.pipeline {
             Some(pipeline) => repository::find_live_pipelined(pipeline, id).await?,
-            None => self.reads.read(&|conn| Box::pin(repository::find_live(conn, id))).await?,
+            None => self.0.reads.read(&|conn| Box::pin(repository::find_live(conn, id))).await?,
         };
         found.ok_or_else(|| AppError::not_found("product"))
     }
 
     #[tracing::instrument(skip_all)]
     pub async fn create(&self, new: &NewProduct<'_>) -> AppResult<ProductRow> {
-        let product = repository::insert(&self.db, new).await.map_err(sku_conflict)?;
+        let product = repository::insert(&self.0.db, new).await.map_err(sku_conflict)?;
         tracing::info!(product.id = %product.id, "product created");
         Ok(product)
     }
@@ -235,12 +247,12 @@ impl ProductService {
             }
             return Ok(product);
         }
-        match repository::update(&self.db, id, precondition.versions(), changes)
+        match repository::update(&self.0.db, id, precondition.versions(), changes)
             .await
             .map_err(sku_conflict)?
         {
             Some(product) => Ok(product),
-            None => match repository::find_live(&self.db, id).await? {
+            None => match repository::find_live(&self.0.db, id).await? {
                 Some(_) => Err(AppError::PreconditionFailed(CHANGED.to_owned())),
                 None => Err(AppError::not_found("product")),
             },
@@ -249,7 +261,7 @@ impl ProductService {
 
     #[tracing::instrument(skip_all, fields(product.id = %id))]
     pub async fn archive(&self, id: Uuid) -> AppResult<()> {
-        if repository::archive(&self.db, id).await? {
+        if repository::archive(&self.0.db, id).await? {
             tracing::info!("product archived");
             Ok(())
         } else {

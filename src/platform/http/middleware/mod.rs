@@ -8,20 +8,23 @@
 //!    then [`SetRequestIdLayer`] keeps a sane one or makes a new UUID, and
 //!    [`PropagateRequestIdLayer`] puts it on the response
 //! 2. security headers a handler did not set (`X-Content-Type-Options`,
-//!    `X-Frame-Options`, `Referrer-Policy`, HSTS when enabled), on every response
-//! 3. [`edge`]: runs the rest with the request id in scope (error bodies carry it),
-//!    counts the request in the metrics by route template, and rewrites a bare error
-//!    status from the layers below into the envelope
-//! 4. [`TraceLayer`]: the request's span, and one log line per request with route
+//!    `X-Frame-Options`, `Referrer-Policy`, HSTS when enabled), and CORS's `Vary`, on
+//!    every response
+//! 3. [`TraceLayer`]: the request's span, and one log line per request with route
 //!    template, status, latency, and the error cause a failed response carries
 //!    ([`ErrorCause`]): errors are logged here, once
-//! 5. [`CorsLayer`]: answers preflights before any work (so they skip the rate limit)
-//!    and adds its headers to every other response
-//! 6. [`guard`]: the default rate limit per client IP (health probes exempt), then the
-//!    database gate (503 at once while Postgres is known to be down)
-//! 7. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
+//! 4. [`CorsLayer`]: answers preflights before any work (so they are neither rate
+//!    limited nor counted in the request metrics) and adds its headers to every other
+//!    response
+//! 5. [`edge`], our own steps in one middleware (each one more would cost a boxed
+//!    service, a boxed future and a copy of the stack below it per request): runs the rest
+//!    with the request id in scope (error bodies carry it), counts the request in the
+//!    metrics by route template, applies the default rate limit per client IP (health
+//!    probes exempt) and the database gate (503 at once while Postgres is known to be
+//!    down), and rewrites a bare error status from the layers below into the envelope
+//! 6. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
 //!    around [`TimeoutLayer`] (a request running too long becomes a 503)
-//! 8. the body limit (extractors answer 413 beyond it)
+//! 7. the body limit (extractors answer 413 beyond it)
 //!
 //! The strict per-IP limit of the auth routes is a route layer of its own, below.
 //!
@@ -36,7 +39,7 @@ pub mod envelope;
 pub mod rate_limit;
 pub mod request_id;
 
-use std::{any::Any, time::Duration};
+use std::{any::Any, sync::Arc, time::Duration};
 
 use axum::{
     Router,
@@ -51,7 +54,7 @@ use tower_http::{
     catch_panic::CatchPanicLayer,
     cors::{AllowOrigin, CorsLayer},
     request_id::{PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
-    set_header::response::SetMultipleResponseHeadersLayer,
+    set_header::SetResponseHeaderLayer,
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
@@ -65,6 +68,15 @@ use crate::platform::{
     metrics::Metrics,
 };
 
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+const DENY: HeaderValue = HeaderValue::from_static("DENY");
+const NO_REFERRER: HeaderValue = HeaderValue::from_static("no-referrer");
+/// What a CORS answer varies with: the full list, as caches between browsers and the API
+/// have always seen it, on every response (tower-http would name only what varies with
+/// the configuration, and build the value anew for each response).
+const CORS_VARY: HeaderValue =
+    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+
 /// Wraps `router` (routes and fallback already added) in the full stack.
 pub fn apply<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
@@ -73,28 +85,20 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
     metrics: &Metrics,
     db_health: &DbHealth,
 ) -> Router<S> {
-    let mut security = vec![
-        (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")).into(),
-        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")).into(),
-        (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")).into(),
-    ];
-    if settings.hsts_enabled {
-        security.push(
-            (
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static("max-age=31536000; includeSubDomains"),
-            )
-                .into(),
-        );
-    }
+    let hsts = settings.hsts_enabled.then(|| HeaderValue::from_static("max-age=31536000; includeSubDomains"));
     // One `layer` call: axum boxes the service of each call separately for every route.
     router.layer(
         ServiceBuilder::new()
             .layer(request_id::DropInsaneLayer)
             .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), RandomUuid))
             .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
-            .layer(SetMultipleResponseHeadersLayer::if_not_present(security))
-            .layer(from_fn_with_state(metrics.clone(), edge))
+            // One layer per header: each holds a static value, so the per-request clone
+            // of the stack copies nothing (a list of headers would be copied each time).
+            .layer(SetResponseHeaderLayer::if_not_present(header::X_CONTENT_TYPE_OPTIONS, NOSNIFF))
+            .layer(SetResponseHeaderLayer::if_not_present(header::X_FRAME_OPTIONS, DENY))
+            .layer(SetResponseHeaderLayer::if_not_present(header::REFERRER_POLICY, NO_REFERRER))
+            .layer(SetResponseHeaderLayer::if_not_present(header::STRICT_TRANSPORT_SECURITY, hsts))
+            .layer(SetResponseHeaderLayer::appending(header::VARY, CORS_VARY))
             .layer(
                 TraceLayer::new_for_http()
                     .make_span_with(make_span)
@@ -104,8 +108,12 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
             )
             .layer(cors(settings))
             .layer(from_fn_with_state(
-                Guard { limiter: limiter.clone(), db_health: db_health.clone() },
-                guard,
+                Edge(Arc::new(EdgeParts {
+                    metrics: metrics.clone(),
+                    limiter: limiter.clone(),
+                    db_health: db_health.clone(),
+                })),
+                edge,
             ))
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
@@ -115,16 +123,19 @@ pub fn apply<S: Clone + Send + Sync + 'static>(
 
 /// CORS from `CORS_ORIGIN`: the listed origins (or `*` for any), the methods and headers
 /// the API uses, no credentials. Preflights (`OPTIONS` with
-/// `Access-Control-Request-Method`) are answered here with 200 and an empty body; every
-/// response gets `Vary: origin, access-control-request-method,
-/// access-control-request-headers`.
-pub fn cors(settings: &Settings) -> CorsLayer {
+/// `Access-Control-Request-Method`) are answered here with 200 and an empty body. `Vary`
+/// comes from the stack around it ([`CORS_VARY`]).
+fn cors(settings: &Settings) -> CorsLayer {
     let origins = &settings.cors_origin;
     let allow_origin = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        // Entries that are not valid header values are refused by config validation.
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        // Entries that are not valid header values are refused by config validation. A
+        // predicate over a shared list, not `AllowOrigin::list`: the stack is cloned for
+        // every request, and a list would be copied each time.
+        let allowed: Arc<[HeaderValue]> =
+            origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        AllowOrigin::predicate(move |origin, _| allowed.contains(origin))
     };
     let name = HeaderName::from_static;
     CorsLayer::new()
@@ -146,48 +157,47 @@ pub fn cors(settings: &Settings) -> CorsLayer {
             name("idempotent-replayed"),
         ])
         .max_age(Duration::from_secs(600))
-        // The full list, as caches between browsers and the API have always seen it
-        // (tower-http would name only what varies with this configuration).
-        .vary([header::ORIGIN, header::ACCESS_CONTROL_REQUEST_METHOD, header::ACCESS_CONTROL_REQUEST_HEADERS])
+        // `Vary` is set by the stack ([`CORS_VARY`]) on every response, preflights included.
+        .vary([])
 }
 
-/// Runs the rest with the request id as the current one (the error envelope reads it),
-/// counted in the metrics by route template, and rewrites a bare error status into the
-/// envelope.
-async fn edge(State(metrics): State<Metrics>, req: Request, next: Next) -> Response<Body> {
-    let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
-    let work =
-        crate::platform::metrics::track(&metrics, req, |req| async { envelope::ensure(next.run(req).await) });
-    match id {
-        Some(id) => request_id::scope(id, work).await,
-        None => work.await,
-    }
-}
-
-/// What [`guard`] needs.
+/// What [`edge`] needs, behind one `Arc` (the stack is cloned for every request).
 #[derive(Clone)]
-struct Guard {
+struct Edge(Arc<EdgeParts>);
+
+struct EdgeParts {
+    metrics: Metrics,
     limiter: rate_limit::RateLimiter,
     db_health: DbHealth,
 }
 
-/// The default per-IP limit (health probes exempt), then the database gate: while the
-/// database is known to be down, API requests answer 503 at once (health and docs are
-/// exempt); a response that failed for want of it starts the probe.
-async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response<Body> {
-    rate_limit::per_ip(&g.limiter, req, |req| async {
-        let path = req.uri().path();
-        let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
-        if g.db_health.is_down() && !exempt {
-            return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
-        }
-        let res = next.run(req).await;
-        if res.extensions().get::<DatabaseTrouble>().is_some() {
-            g.db_health.suspect();
-        }
-        res
-    })
-    .await
+/// Our own steps, in one middleware: runs the rest with the request id as the current
+/// one (the error envelope reads it), counted in the metrics by route template; then the
+/// default per-IP limit (health probes exempt) and the database gate (while the database
+/// is known to be down, API requests answer 503 at once, health and docs exempt; a
+/// response that failed for want of it starts the probe); and rewrites a bare error
+/// status from below into the envelope.
+async fn edge(State(edge): State<Edge>, req: Request, next: Next) -> Response<Body> {
+    let e = &*edge.0;
+    let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
+    let work = crate::platform::metrics::track(&e.metrics, req, |req| {
+        rate_limit::per_ip(&e.limiter, req, |req| async {
+            let path = req.uri().path();
+            let exempt = path.starts_with("/health") || path.starts_with("/api-docs");
+            if e.db_health.is_down() && !exempt {
+                return AppError::ServiceUnavailable(DB_UNAVAILABLE.to_owned()).into_response();
+            }
+            let res = envelope::ensure(next.run(req).await);
+            if res.extensions().get::<DatabaseTrouble>().is_some() {
+                e.db_health.suspect();
+            }
+            res
+        })
+    });
+    match id {
+        Some(id) => request_id::scope(id, work).await,
+        None => work.await,
+    }
 }
 
 fn make_span(req: &Request) -> Span {
