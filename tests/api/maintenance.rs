@@ -227,3 +227,45 @@ async fn two_schedulers_every_second_run_each_tick_once(pool: PgPool) {
         assert!(slots.windows(2).all(|w| w[1] - w[0] >= TimeDelta::seconds(1)), "{task}: {slots:?}");
     }
 }
+
+/// `storefront run-task TASK` against the test database: exit status and output.
+fn run_task(app: &TestApp, task: &str) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_DOTENV", "1")
+        .env("APP_ENV", "test")
+        .env("DATABASE_URL", crate::helpers::url_of(&app.state.db))
+        .env("REDIS_URL", std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()))
+        .env("REDIS_PREFIX", app.state.redis.prefix())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run-task", task])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[sqlx::test]
+async fn run_task_runs_the_cleanup_and_the_roll_up_now_and_says_what_it_did(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    app.user().email("ann@example.com").signed_in().await;
+    exec(&app, "insert into idempotency_keys (user_id, key, request_hash, created_at) select id, 'old', '\\x00', now() - interval '25 hours' from users where email = 'ann@example.com'").await;
+    exec(&app, "insert into idempotency_keys (user_id, key, request_hash) select id, 'new', '\\x00' from users where email = 'ann@example.com'").await;
+
+    let (ok, out) = run_task(&app, "cleanup");
+    assert!(ok, "{out}");
+    assert!(out.contains("Cleanup done in") && out.contains("idempotency_keys: 1"), "{out}");
+    assert_eq!(count(&app, "select count(*) from idempotency_keys").await, 1);
+    assert_eq!(count(&app, "select count(*) from scheduled_runs where task = 'cleanup'").await, 1);
+
+    let (ok, out) = run_task(&app, "analytics");
+    assert!(ok, "{out}");
+    assert!(out.contains("Analytics done in") && out.contains("24 hours rolled up"), "{out}");
+    assert_eq!(count(&app, "select count(*) from analytics_hourly").await, 24);
+
+    let (ok, out) = run_task(&app, "nonsense");
+    assert!(!ok && out.contains("invalid value"), "{out}");
+}
