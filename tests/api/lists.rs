@@ -382,3 +382,35 @@ async fn filtered_catalogue_pages_are_bounded_in_depth_and_unfiltered_ones_are_n
     let (status, _, body) = send(app.request(Method::GET, "/api/v1/products?page=5000&limit=100")).await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[sqlx::test]
+async fn the_users_total_stays_exact_through_registrations_role_changes_and_deletions(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.user().admin().signed_in().await;
+    let mut people = Vec::new();
+    for _ in 0..6 {
+        people.push(app.user().signed_in().await);
+    }
+    let promote = format!("/api/v1/users/{}", people[0].id);
+    let (status, _, body) =
+        send(app.authed(Method::PATCH, &promote, &admin.token).json(&json!({"role": "admin"}))).await;
+    assert_eq!(status, 200, "{body}");
+    for who in &people[1..3] {
+        let (status, _, _) =
+            send(app.authed(Method::DELETE, &format!("/api/v1/users/{}", who.id), &admin.token)).await;
+        assert_eq!(status, 204);
+    }
+    for (filter, sql) in [
+        ("", "select count(*) from users where deleted_at is null"),
+        ("?role=user", "select count(*) from users where deleted_at is null and role = 'user'"),
+        ("?role=admin", "select count(*) from users where deleted_at is null and role = 'admin'"),
+    ] {
+        let want: i64 = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+        let (page, _) = get(&app, &admin, &format!("/api/v1/users{filter}")).await;
+        assert_eq!(page["pagination"]["total"], want, "{filter}");
+    }
+    // A search counts its matches.
+    let (page, _) = get(&app, &admin, &format!("/api/v1/users?q={}", people[4].email)).await;
+    assert_eq!(page["pagination"]["total"], 1, "{page}");
+    assert!(page["pagination"].get("totalCapped").is_none(), "{page}");
+}

@@ -94,7 +94,11 @@ pub async fn list_users(
     let (rows, total) = users.list(&page, after, filter.role, filter.q.as_deref()).await?;
     let (rows, next) =
         split_page(rows, page.limit, |last| cursors.encode(LIST, &filters, &(last.created_at, last.id)));
-    let pagination = Pagination::of(&page, total);
+    let pagination = match total {
+        Some((total, true)) => Pagination::new(page.number(), page.limit, total).capped(),
+        Some((total, false)) => Pagination::new(page.number(), page.limit, total),
+        None => Pagination::cursor(page.limit),
+    };
     Ok(ApiList::new(rows.into_iter().map(Into::into).collect(), pagination.next(next)).linked(&uri))
 }
 

@@ -176,26 +176,46 @@ pub async fn lock_active_admins(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<Uui
     .await
 }
 
-/// One page of live users, newest first, optionally filtered by role and a search term
-/// (matched against e-mail and names; the trigram index serves it).
-/// Live users matching the filters, every one of them.
-pub async fn count(pool: &PgPool, role: Option<Role>, q: Option<&str>) -> sqlx::Result<i64> {
-    let pattern = q.map(crate::platform::db::contains_pattern);
-    sqlx::query_scalar!(
-        r#"select count(*) as "count!" from users
-           where deleted_at is null
-             and ($1::user_role is null or role = $1)
-             and ($2::text is null
-                  or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)"#,
+/// Matches of a search counted at most; past it the list's `total` is this cap.
+pub const SEARCH_TOTAL_CAP: i64 = 1000;
+
+/// Live users matching the filters, and whether that is the cap rather than a count:
+/// without a search, from `user_counts` (kept exact by a trigger), at the same cost for
+/// any number of users; a search counts its matches up to [`SEARCH_TOTAL_CAP`].
+pub async fn count(pool: &PgPool, role: Option<Role>, q: Option<&str>) -> sqlx::Result<(i64, bool)> {
+    let Some(q) = q else {
+        let live = sqlx::query_scalar!(
+            r#"select coalesce(sum(live), 0)::bigint as "live!" from user_counts
+               where $1::user_role is null or role = $1"#,
+            role as Option<Role>,
+        )
+        .fetch_one(pool)
+        .await?;
+        return Ok((live, false));
+    };
+    let pattern = crate::platform::db::contains_pattern(q);
+    let n = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from (
+               select 1 from users
+               where deleted_at is null
+                 and ($1::user_role is null or role = $1)
+                 and (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2
+               limit $3
+           ) matches"#,
         role as Option<Role>,
-        pattern.as_deref(),
+        pattern,
+        SEARCH_TOTAL_CAP + 1,
     )
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((n.min(SEARCH_TOTAL_CAP), n > SEARCH_TOTAL_CAP))
 }
 
-/// A page of live users, newest first: after `offset` rows, or after the user at `after`
-/// (`created_at`, `id`: a keyset seek on the `(created_at desc, id desc)` indexes).
+/// A page of live users, newest first, optionally filtered by role and a search term
+/// (matched against e-mail and names; the trigram index serves it): after `offset` rows,
+/// or after the user at `after` (`created_at`, `id`: a keyset seek on the
+/// `(created_at desc, id desc)` indexes). The page's ids are chosen first (an index-only
+/// scan over the rows an offset skips), then only those rows are read.
 pub async fn list(
     pool: &PgPool,
     role: Option<Role>,
@@ -208,15 +228,20 @@ pub async fn list(
     let (after_at, after_id) = after.unzip();
     sqlx::query_as!(
         UserRow,
-        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
-           from users
-           where deleted_at is null
-             and ($1::user_role is null or role = $1)
-             and ($2::text is null
-                  or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)
-             and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
-           order by created_at desc, id desc
-           limit $3 offset $4"#,
+        r#"select u.id as "id!", u.email as "email!", u.first_name, u.last_name, u.phone,
+                  u.role as "role!: Role", u.created_at as "created_at!", u.updated_at as "updated_at!"
+           from (
+               select id from users
+               where deleted_at is null
+                 and ($1::user_role is null or role = $1)
+                 and ($2::text is null
+                      or (email || ' ' || coalesce(first_name, '') || ' ' || coalesce(last_name, '')) ilike $2)
+                 and ($5::timestamptz is null or (created_at, id) < ($5, $6::uuid))
+               order by created_at desc, id desc
+               limit $3 offset $4
+           ) page
+           join users u using (id)
+           order by u.created_at desc, u.id desc"#,
         role as Option<Role>,
         pattern.as_deref(),
         limit,

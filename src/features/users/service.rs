@@ -75,7 +75,7 @@ impl UserService {
         after: Option<(DateTime<Utc>, Uuid)>,
         role: Option<Role>,
         q: Option<&str>,
-    ) -> AppResult<(Vec<UserRow>, Option<i64>)> {
+    ) -> AppResult<(Vec<UserRow>, Option<(i64, bool)>)> {
         let q = q.map(str::trim).filter(|q| !q.is_empty());
         let offset = if after.is_some() { 0 } else { page.offset() };
         let rows = repository::list(&self.db, role, q, i64::from(page.limit) + 1, offset, after).await?;

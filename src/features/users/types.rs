@@ -135,7 +135,8 @@ pub struct AdminUpdateUserRequest {
 #[derive(Debug, Deserialize, Validate, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UserFilter {
-    /// Case-insensitive match on e-mail, first and last name.
+    /// Case-insensitive match on e-mail, first and last name. The total counts at most
+    /// 1000 matches (`pagination.totalCapped`).
     #[validate(length(min = 1, max = 100, message = "must be 1 to 100 characters"))]
     #[param(min_length = 1, max_length = 100)]
     pub q: Option<String>,
