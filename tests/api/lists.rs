@@ -400,6 +400,20 @@ async fn the_users_total_stays_exact_through_registrations_role_changes_and_dele
             send(app.authed(Method::DELETE, &format!("/api/v1/users/{}", who.id), &admin.token)).await;
         assert_eq!(status, 204);
     }
+    // Bulk statements (an import, a purge) count every row they write.
+    sqlx::query(
+        "insert into users (email, password_hash, role)
+         select 'bulk-' || g || '@example.com', 'x', (case when g % 10 = 0 then 'admin' else 'user' end)::user_role
+         from generate_series(1, 40) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("update users set deleted_at = now() where email like 'bulk-1%' or email like 'bulk-2%'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("delete from users where email like 'bulk-3%'").execute(&pool).await.unwrap();
     for (filter, sql) in [
         ("", "select count(*) from users where deleted_at is null"),
         ("?role=user", "select count(*) from users where deleted_at is null and role = 'user'"),
