@@ -2,6 +2,7 @@
 login, wrk runs that report one parsable line, and a process's RSS and CPU."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -113,3 +114,15 @@ def settle(pid, limit=120):
         time.sleep(1)
         quiet = quiet + 1 if (cpu_ticks(pid) - before) / hz < 0.03 else 0
     return time.monotonic() - started
+
+
+def drop_redis_prefix(redis_url, prefix):
+    """Deletes every Redis key under `prefix`, a benchmark run's own (its job data would
+    otherwise stay behind, and every later SCAN of the keyspace would walk it)."""
+    if not shutil.which("redis-cli"):
+        return
+    scan = subprocess.Popen(["redis-cli", "-u", redis_url, "--scan", "--pattern", f"{prefix}*"],
+                            stdout=subprocess.PIPE)
+    subprocess.run(["xargs", "-r", "-n", "1000", "redis-cli", "-u", redis_url, "unlink"],
+                   stdin=scan.stdout, stdout=subprocess.DEVNULL, check=False)
+    scan.wait()
