@@ -255,6 +255,27 @@ async fn security_headers_are_on_every_response(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn answers_to_requests_with_credentials_are_never_stored_and_public_ones_may_be(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().create().await;
+    // Successes and failures alike, whatever the token's fate.
+    for (path, token) in [
+        ("/api/v1/users/profile", ann.token.as_str()),
+        ("/api/v1/orders", ann.token.as_str()),
+        ("/api/v1/users", ann.token.as_str()),
+        ("/api/v1/users/profile", "not-a-token"),
+    ] {
+        let res = app.authed(Method::GET, path, token).send().await.unwrap();
+        assert_eq!(res.headers()["cache-control"], "no-store", "{path} ({})", res.status());
+    }
+    // A product read without credentials stays cacheable (its ETag serves revalidation).
+    let res = app.get(&format!("/api/v1/products/{}", mug.id)).await;
+    assert_eq!(res.status(), 200);
+    assert!(!res.headers().contains_key("cache-control"), "{:?}", res.headers());
+}
+
+#[sqlx::test]
 async fn cors_preflight_allows_only_configured_origins(pool: PgPool) {
     let app =
         TestApp::spawn_with(pool, |s| s.cors_origin = vec!["https://shop.example".into()], Router::new())

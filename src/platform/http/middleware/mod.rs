@@ -21,7 +21,8 @@
 //!    with the request id in scope (error bodies carry it), counts the request in the
 //!    metrics by route template, applies the default rate limit per client IP (health
 //!    probes exempt) and the database gate (503 at once while Postgres is known to be
-//!    down), and rewrites a bare error status from the layers below into the envelope
+//!    down), rewrites a bare error status from the layers below into the envelope, and
+//!    marks every answer to a request with credentials `Cache-Control: no-store`
 //! 6. [`CatchPanicLayer`] (a panic becomes a 500 in the envelope, without the panic text)
 //!    around [`TimeoutLayer`] (a request running too long becomes a 503)
 //! 7. the body limit (extractors answer 413 beyond it)
@@ -71,6 +72,7 @@ use crate::platform::{
 const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
 const DENY: HeaderValue = HeaderValue::from_static("DENY");
 const NO_REFERRER: HeaderValue = HeaderValue::from_static("no-referrer");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 /// What a CORS answer varies with: the full list, as caches between browsers and the API
 /// have always seen it, on every response (tower-http would name only what varies with
 /// the configuration, and build the value anew for each response).
@@ -180,6 +182,8 @@ struct EdgeParts {
 async fn edge(State(edge): State<Edge>, req: Request, next: Next) -> Response<Body> {
     let e = &*edge.0;
     let id = req.extensions().get::<RequestId>().map(|id| id.header_value().clone());
+    // What a caller sees with its credentials is theirs alone: no cache keeps it.
+    let authenticated = req.headers().contains_key(header::AUTHORIZATION);
     let work = crate::platform::metrics::track(&e.metrics, req, |req| {
         rate_limit::per_ip(&e.limiter, req, |req| async {
             let path = req.uri().path();
@@ -194,10 +198,14 @@ async fn edge(State(edge): State<Edge>, req: Request, next: Next) -> Response<Bo
             res
         })
     });
-    match id {
+    let mut res = match id {
         Some(id) => request_id::scope(id, work).await,
         None => work.await,
+    };
+    if authenticated && !res.headers().contains_key(header::CACHE_CONTROL) {
+        res.headers_mut().insert(header::CACHE_CONTROL, NO_STORE);
     }
+    res
 }
 
 fn make_span(req: &Request) -> Span {
