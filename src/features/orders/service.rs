@@ -25,7 +25,7 @@ use crate::{
             cursor::Cursors,
             error::{AppError, AppResult, FieldErrors},
             extract::{parse_json, validation_error},
-            response::{PageParams, Pagination},
+            response::{PageParams, Pagination, split_page},
         },
         jobs::outbox::{self, Wakeup},
     },
@@ -298,13 +298,10 @@ impl OrderService {
             return Ok((Vec::new(), pagination));
         }
         // One row more than the page: whether there is a next page, without a count.
-        let mut orders = repository::list(&self.db, owner, filter.status, limit + 1, start).await?;
-        let more = orders.len() as i64 > limit;
-        orders.truncate(page.limit as usize);
-        let next = match orders.last() {
-            Some(last) if more => Some(self.cursors.encode(LIST, &filters, &(last.created_at, last.id))),
-            _ => None,
-        };
+        let orders = repository::list(&self.db, owner, filter.status, limit + 1, start).await?;
+        let (orders, next) = split_page(orders, page.limit, |last| {
+            self.cursors.encode(LIST, &filters, &(last.created_at, last.id))
+        });
         let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
         let mut items_by_order: HashMap<Uuid, Vec<OrderItemRow>> = HashMap::new();
         for item in repository::items_of(&self.db, &ids).await? {

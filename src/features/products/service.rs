@@ -22,7 +22,7 @@ use crate::platform::{
     http::{
         cursor::{self, Cursors},
         error::{AppError, AppResult},
-        response::{PageParams, Pagination},
+        response::{PageParams, Pagination, split_page},
     },
 };
 
@@ -147,9 +147,8 @@ impl ProductService {
         };
         // What a cursor is bound to: the filters and sort as this request gives them.
         let filters = (filter.q.as_deref(), filter.min_price, filter.max_price, filter.in_stock, filter.sort);
-        let next = |rows: &[ProductRow]| {
-            rows.last().map(|last| self.0.cursors.encode(LIST, &filters, &Position::of(last, filter.sort)))
-        };
+        let cursor_of =
+            |last: &ProductRow| self.0.cursors.encode(LIST, &filters, &Position::of(last, filter.sort));
         if let Some(given) = &page.cursor {
             let after: Position = self.0.cursors.decode(LIST, &filters, given)?;
             if !after.fits(filter.sort) {
@@ -157,7 +156,7 @@ impl ProductService {
             }
             // One row more than the page: whether there is a next one.
             let query = ListQuery { after: Some(after), offset: 0, limit: query.limit + 1, ..query };
-            let mut rows = self
+            let rows = self
                 .0
                 .reads
                 .read(&move |conn| {
@@ -165,9 +164,7 @@ impl ProductService {
                     Box::pin(async move { repository::list_after(conn, &query).await })
                 })
                 .await?;
-            let more = rows.len() > page.limit as usize;
-            rows.truncate(page.limit as usize);
-            let next = if more { next(&rows) } else { None };
+            let (rows, next) = split_page(rows, page.limit, cursor_of);
             return Ok((rows, Pagination::cursor(page.limit).next(next)));
         }
         if !repository::unfiltered(&query) {
@@ -177,7 +174,7 @@ impl ProductService {
         let list = self.page(query).await?;
         // A search's pages end at its cap; its cursor goes on past it.
         let more = offset + (list.rows.len() as i64) < list.total || (list.capped && !list.rows.is_empty());
-        let next = if more { next(&list.rows) } else { None };
+        let next = if more { list.rows.last().map(cursor_of) } else { None };
         let pagination = Pagination::new(page.number(), page.limit, list.total);
         let pagination = if list.capped { pagination.capped() } else { pagination };
         Ok((list.rows, pagination.next(next)))
