@@ -61,8 +61,9 @@ pub enum Command {
     /// (after an outage, or to time it on real data). It is claimed like a scheduled run,
     /// so an instance whose scheduler fires in the same second does not run it twice.
     RunTask {
-        /// `cleanup` (the nightly cleanup) or `analytics` (the roll-up of the last 24
-        /// complete hours).
+        /// `cleanup` (the nightly cleanup), `analytics` (the roll-up of the last 24
+        /// complete hours) or `order-expiry` (cancel the unpaid orders whose time ran
+        /// out; needs ORDER_PAYMENT_TIMEOUT).
         #[arg(value_enum)]
         task: ScheduledTask,
     },
@@ -73,6 +74,7 @@ pub enum Command {
 pub enum ScheduledTask {
     Cleanup,
     Analytics,
+    OrderExpiry,
 }
 
 /// Loads `.env` and the configuration, then runs the chosen command.
@@ -159,6 +161,15 @@ async fn run_task(settings: Settings, task: ScheduledTask) -> anyhow::Result<()>
             .map(|report| format!("{report:?}")),
         ScheduledTask::Analytics => {
             analytics::rollup(&state.db, slot).await?.map(|hours| format!("{hours} hours rolled up"))
+        }
+        ScheduledTask::OrderExpiry => {
+            let timeout = state.config.order_expiry().ok_or_else(|| {
+                anyhow::anyhow!("order expiry is off (ORDER_PAYMENT_TIMEOUT is 0 or unset)")
+            })?;
+            let wakeup = crate::platform::jobs::outbox::Wakeup::new(state.db.clone());
+            maintenance::expire_orders(&state.db, &wakeup, timeout, slot)
+                .await?
+                .map(|report| format!("{report:?}"))
         }
     };
     let ms = started.elapsed().as_millis();

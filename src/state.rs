@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use crate::{
     features::{
         auth::{AuthService, AuthStore, PasswordResetService},
-        orders::OrderService,
+        orders::{OrderRules, OrderService},
         products::ProductService,
         reports::ReportService,
         users::UserService,
@@ -156,6 +156,10 @@ impl AppState {
             &config.currency,
             config.request_timeout * 2,
             cursors.clone(),
+            OrderRules {
+                expires_in: config.order_expiry(),
+                max_pending: Some(i64::from(config.order_max_pending_per_user)).filter(|&n| n > 0),
+            },
         );
         let limiter = RateLimiter::new(redis.clone(), &config);
         let metrics = Metrics::default();

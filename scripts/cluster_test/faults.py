@@ -39,6 +39,8 @@ COMMON = {
     "LOG_FORMAT": "json",
     "RATE_LIMIT_DEFAULT_PER_MINUTE": "1000000",
     "RATE_LIMIT_AUTH_PER_MINUTE": "100000",
+    # The load places many unpaid orders per user.
+    "ORDER_MAX_PENDING_PER_USER": "0",
     "REQUEST_TIMEOUT": f"{int(REQUEST_TIMEOUT)}s",
     # The first requests of a database outage wait DB_ACQUIRE_TIMEOUT before their 503
     # (README, Operations; 5 s by default); "503 within about a second" needs it at 1 s.

@@ -34,6 +34,8 @@ COMMON = {
     "LOG_FORMAT": "json",
     "RATE_LIMIT_DEFAULT_PER_MINUTE": "1000000",
     "RATE_LIMIT_AUTH_PER_MINUTE": "100000",
+    # The load places many unpaid orders per user.
+    "ORDER_MAX_PENDING_PER_USER": "0",
     "SCHEDULER_ENABLED": "true",
     "SCHEDULE_CLEANUP": SCHEDULE,
     "SCHEDULE_ANALYTICS": SCHEDULE,

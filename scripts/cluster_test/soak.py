@@ -32,6 +32,8 @@ LABELS = {
 COMMON = {
     "LOG_FORMAT": "json",
     "JOBS_DONE_RETENTION": f"{DONE_RETENTION_S}s",
+    # Each client places an order every few seconds and pays none.
+    "ORDER_MAX_PENDING_PER_USER": "0",
 }
 PASSWORD = "soak-password-1"
 

@@ -152,6 +152,14 @@ settings! {
     schedule_cleanup: String = "0 0 2 * * *",
     /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.
     schedule_analytics: String = "0 5 * * * *",
+    /// How long an unpaid order stays pending before the expiry task cancels it and
+    /// restocks; `0` turns expiry off; blank: the payment provider's default (`0` with
+    /// `manual`, where money arrives offline).
+    order_payment_timeout: Option<Duration> = "",
+    /// Pending (unpaid) orders one user may hold at once; `0`: no limit.
+    order_max_pending_per_user: u32 = 5,
+    /// Cron expression (seconds first, UTC) of the expiry of unpaid orders.
+    schedule_order_expiry: String = "0 * * * * *",
 }
 
 /// How a setting's type is read: from which raw (deserialisable) form, converted how.
@@ -193,6 +201,14 @@ impl Setting for Option<SecretString> {
     type Raw = String;
     fn from_raw(raw: String) -> Self {
         Some(raw).filter(|s| !s.trim().is_empty()).map(Into::into)
+    }
+}
+
+/// A duration, or blank for unset.
+impl Setting for Option<Duration> {
+    type Raw = OptionalDuration;
+    fn from_raw(raw: OptionalDuration) -> Self {
+        raw.0
     }
 }
 
@@ -278,17 +294,40 @@ impl FromStr for HumanDuration {
     }
 }
 
+/// A duration as a configuration layer holds it: a number of seconds or text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl HumanDuration {
+    fn deserialize_raw(raw: RawDuration) -> Result<Self, String> {
+        match raw {
+            RawDuration::Seconds(s) => Ok(Self(Duration::from_secs(s))),
+            RawDuration::Text(t) => t.parse(),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Seconds(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Seconds(s) => Ok(Self(Duration::from_secs(s))),
-            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        Self::deserialize_raw(RawDuration::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A [`HumanDuration`] or blank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+impl<'de> Deserialize<'de> for OptionalDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match RawDuration::deserialize(d)? {
+            RawDuration::Text(t) if t.trim().is_empty() => Ok(Self(None)),
+            raw => {
+                HumanDuration::deserialize_raw(raw).map(|h| Self(Some(h.0))).map_err(serde::de::Error::custom)
+            }
         }
     }
 }
@@ -442,9 +481,11 @@ impl Settings {
         if self.body_limit_bytes < 1024 {
             p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());
         }
-        for (name, expression) in
-            [("SCHEDULE_CLEANUP", &self.schedule_cleanup), ("SCHEDULE_ANALYTICS", &self.schedule_analytics)]
-        {
+        for (name, expression) in [
+            ("SCHEDULE_CLEANUP", &self.schedule_cleanup),
+            ("SCHEDULE_ANALYTICS", &self.schedule_analytics),
+            ("SCHEDULE_ORDER_EXPIRY", &self.schedule_order_expiry),
+        ] {
             if super::schedule::parse(expression).is_err() {
                 p.push(format!(
                     "{name}: `{expression}` is not a cron expression (seconds first, e.g. 0 0 2 * * *)"
@@ -452,6 +493,11 @@ impl Settings {
             }
         }
         p
+    }
+
+    /// How long an unpaid order may stay pending; `None` when expiry is off.
+    pub fn order_expiry(&self) -> Option<Duration> {
+        self.order_payment_timeout.filter(|t| !t.is_zero())
     }
 
     /// `host:port` to bind.

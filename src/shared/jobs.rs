@@ -22,6 +22,9 @@ pub enum Job {
     Welcome { user_id: Uuid },
     /// The confirmation of a placed order.
     OrderConfirmation { order_id: Uuid, user_id: Uuid },
+    /// Telling an owner their order was cancelled by someone else (`reason`: `expired`
+    /// when it was not paid in time, `cancelled` by staff).
+    OrderCancelled { order_id: Uuid, user_id: Uuid, reason: &'static str },
     /// A password-reset link (the job mints the token when it sends).
     ResetPassword { user_id: Uuid },
     /// Generating a requested report.
@@ -44,6 +47,7 @@ impl Job {
         match self {
             Self::Welcome { .. } => "welcome",
             Self::OrderConfirmation { .. } => "order-confirmation",
+            Self::OrderCancelled { .. } => "order-cancelled",
             Self::ResetPassword { .. } => "reset-password",
             Self::Report { .. } => "report",
             Self::ReportReady { .. } => "report-ready",
@@ -55,6 +59,9 @@ impl Job {
         match self {
             Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
             Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
+            Self::OrderCancelled { order_id, user_id, reason } => {
+                json!({"orderId": order_id, "userId": user_id, "reason": reason})
+            }
             Self::Report { report_id } | Self::ReportReady { report_id } => json!({"reportId": report_id}),
         }
     }

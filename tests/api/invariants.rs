@@ -88,7 +88,7 @@ async fn the_invariants_hold_through_orders_cancels_restocks_and_retries(pool: P
     assert_eq!(broken(&pool).await, vec![]);
     let (ok, out) = run_check(&pool);
     assert!(ok, "{out}");
-    assert!(out.contains("ok    stock-conserved") && out.contains("all 7 invariants hold"), "{out}");
+    assert!(out.contains("ok    stock-conserved") && out.contains("all 9 invariants hold"), "{out}");
 }
 
 #[sqlx::test]
@@ -108,6 +108,7 @@ async fn each_broken_invariant_is_reported_with_the_rows_that_break_it(pool: PgP
     let tamper = [
         "update products set stock = stock + 2".to_owned(),
         format!("update orders set total_cents = total_cents + 1 where id = '{order_id}'"),
+        format!("update orders set status = 'shipped' where id = '{order_id}'"),
         format!(
             "insert into orders (user_id, total_cents, currency, idempotency_key) values ('{}', 0, 'USD', 'key-1')",
             buyer.id
@@ -130,7 +131,8 @@ async fn each_broken_invariant_is_reported_with_the_rows_that_break_it(pool: PgP
             "order-totals",
             "orders-have-items",
             "outbox-drained",
-            "idempotency-keys-single-order"
+            "idempotency-keys-single-order",
+            "history-follows-status"
         ]
     );
     assert!(found[0].2[0].contains(&format!("product {}: stock 6, expected 4", p.id)), "{:?}", found[0].2);
@@ -140,10 +142,11 @@ async fn each_broken_invariant_is_reported_with_the_rows_that_break_it(pool: PgP
         found[1].2
     );
     let counts: Vec<i64> = found.iter().map(|f| f.1).collect();
-    assert_eq!(counts, [1, 1, 1, 1, 2], "{found:?}");
+    assert_eq!(counts, [1, 1, 1, 1, 2, 1], "{found:?}");
     assert!(found[4].2.iter().any(|v| v.contains("key key-1: orders")), "{:?}", found[4].2);
+    assert_eq!(found[5].2, [format!("order {order_id} is shipped; its history last says pending")]);
 
     let (ok, out) = run_check(&pool);
     assert!(!ok, "{out}");
-    assert!(out.contains("FAIL  order-totals") && out.contains("5 of 7 invariants broken"), "{out}");
+    assert!(out.contains("FAIL  order-totals") && out.contains("6 of 9 invariants broken"), "{out}");
 }

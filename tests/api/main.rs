@@ -13,6 +13,7 @@ mod jobs;
 mod lists;
 mod mail;
 mod maintenance;
+mod order_history;
 mod orders;
 mod pipeline;
 mod products;

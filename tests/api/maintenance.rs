@@ -230,6 +230,11 @@ async fn two_schedulers_every_second_run_each_tick_once(pool: PgPool) {
 
 /// `storefront run-task TASK` against the test database: exit status and output.
 fn run_task(app: &TestApp, task: &str) -> (bool, String) {
+    run_task_with(app, task, &[])
+}
+
+/// [`run_task`] with extra environment variables.
+pub fn run_task_with(app: &TestApp, task: &str, env: &[(&str, &str)]) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_storefront"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -238,6 +243,7 @@ fn run_task(app: &TestApp, task: &str) -> (bool, String) {
         .env("DATABASE_URL", crate::helpers::url_of(&app.state.db))
         .env("REDIS_URL", std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned()))
         .env("REDIS_PREFIX", app.state.redis.prefix())
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["run-task", task])
         .output()

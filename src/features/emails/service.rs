@@ -38,6 +38,7 @@ use crate::{
 enum Kind {
     Welcome,
     OrderConfirmation,
+    OrderCancelled,
     ResetPassword,
     ReportReady,
 }
@@ -47,6 +48,7 @@ impl Kind {
         match kind {
             "welcome" => Some(Self::Welcome),
             "order-confirmation" => Some(Self::OrderConfirmation),
+            "order-cancelled" => Some(Self::OrderCancelled),
             "reset-password" => Some(Self::ResetPassword),
             "report-ready" => Some(Self::ReportReady),
             _ => None,
@@ -57,6 +59,7 @@ impl Kind {
         match self {
             Self::Welcome => "welcome",
             Self::OrderConfirmation => "order-confirmation",
+            Self::OrderCancelled => "order-cancelled",
             Self::ResetPassword => "reset-password",
             Self::ReportReady => "report-ready",
         }
@@ -73,6 +76,9 @@ struct UserPayload {
 #[serde(rename_all = "camelCase")]
 struct OrderPayload {
     order_id: Uuid,
+    /// `order-cancelled`: `expired` or `cancelled`.
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,18 +134,21 @@ impl EmailJobs {
                     .map_err(transient)?
                     .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": auth::RESET_TOKEN_TTL_MINUTES})))
             }
-            Kind::OrderConfirmation => {
+            Kind::OrderConfirmation | Kind::OrderCancelled => {
                 let p: OrderPayload = payload(&job.payload)?;
                 repository::claim_for_order(&mut *conn, job.outbox_id, template, p.order_id)
                     .await
                     .map_err(transient)?
                     .map(|order| {
                         let context = json!({
-                            "order_number": order.id.simple().to_string()[..8].to_ascii_uppercase(),
+                            // The id's last 8 hex digits: random in a time-ordered (v7) id, whose
+                            // first ones are its time and alike for orders of the same minute.
+                            "order_number": order.id.simple().to_string()[24..].to_ascii_uppercase(),
                             "order_url": format!("{}/orders/{}", self.public_url, order.id),
                             "total_cents": order.total_cents,
                             "currency": order.currency,
                             "placed_at": order.created_at,
+                            "reason": p.reason.as_deref().unwrap_or("cancelled"),
                             "lines": order.lines,
                             "address": order.shipping_address.map(|a| json!({
                                 "line1": a.line1, "line2": a.line2, "city": a.city,
@@ -222,7 +231,7 @@ mod tests {
 
     #[test]
     fn every_email_kind_has_its_template() {
-        for kind in ["welcome", "order-confirmation", "reset-password", "report-ready"] {
+        for kind in ["welcome", "order-confirmation", "order-cancelled", "reset-password", "report-ready"] {
             let parsed = Kind::parse(kind).unwrap();
             assert_eq!(parsed.template(), kind);
             assert!(crate::platform::mail::templates::NAMES.contains(&kind));

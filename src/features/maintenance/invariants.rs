@@ -94,6 +94,25 @@ pub static INVARIANTS: &[Invariant] = &[
               where k.response_status = 201
                 and (o.id is null or o.user_id <> k.user_id or o.idempotency_key is distinct from k.key)",
     },
+    Invariant {
+        name: "history-follows-status",
+        promise: "every order with a history (placed since history is kept) has a history row for each status it reached, the last one naming its status",
+        sql: "select format('order %s is %s; its history last says %s', o.id, o.status,
+                            coalesce(last.to_status::text, 'nothing'))
+              from orders o
+              cross join lateral (select e.to_status from order_events e
+                                  where e.order_id = o.id and e.to_status is not null
+                                  order by e.seq desc limit 1) last
+              where last.to_status <> o.status",
+    },
+    Invariant {
+        name: "expiry-only-while-pending",
+        promise: "an order that was cancelled for want of payment was pending until then, and was restocked once (one expiry row per order)",
+        sql: "select format('order %s: %s expiry rows, first from %s', order_id, count(*), min(from_status::text))
+              from order_events where type = 'expired'
+              group by order_id
+              having count(*) > 1 or bool_or(from_status <> 'pending')",
+    },
 ];
 
 /// Runs every invariant's query (read-only, one at a time).

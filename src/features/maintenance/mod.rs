@@ -7,7 +7,7 @@ mod invariants;
 mod tasks;
 
 pub use invariants::{Finding, check as check_invariants};
-pub use tasks::{CleanupReport, cleanup};
+pub use tasks::{CleanupReport, cleanup, expire_orders};
 
 use std::sync::Arc;
 
@@ -17,7 +17,11 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::{
     features::analytics,
-    platform::{config::Settings, jobs::Queues, schedule},
+    platform::{
+        config::Settings,
+        jobs::{Queues, outbox::Wakeup},
+        schedule,
+    },
 };
 
 /// Starts the scheduler; keep the handle and `shutdown` it on exit.
@@ -41,6 +45,21 @@ pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow:
             })
         })?)
         .await?;
+    if let Some(timeout) = settings.order_expiry() {
+        let (db, wakeup) = (pool.clone(), Wakeup::new(pool.clone()));
+        let expiry_tick = Arc::new(schedule::parse(&settings.schedule_order_expiry)?);
+        scheduler
+            .add(Job::new_async(settings.schedule_order_expiry.as_str(), move |_, _| {
+                let (db, wakeup, expiry_tick) = (db.clone(), wakeup.clone(), expiry_tick.clone());
+                Box::pin(async move {
+                    let slot = schedule::tick(&expiry_tick, Utc::now());
+                    if let Err(e) = tasks::expire_orders(&db, &wakeup, timeout, slot).await {
+                        tracing::error!(task = "order-expiry", error = %e, "scheduled task failed");
+                    }
+                })
+            })?)
+            .await?;
+    }
     let db = pool;
     scheduler
         .add(Job::new_async(settings.schedule_analytics.as_str(), move |_, _| {
@@ -57,6 +76,7 @@ pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow:
     tracing::info!(
         cleanup = %settings.schedule_cleanup,
         analytics = %settings.schedule_analytics,
+        order_expiry = %settings.order_expiry().map_or("off".to_owned(), |_| settings.schedule_order_expiry.clone()),
         "scheduler started (UTC)"
     );
     Ok(scheduler)

@@ -14,7 +14,11 @@ use crate::{
     features::{auth, emails, orders, reports},
     platform::{
         config::Settings,
-        jobs::{Queues, outbox, store},
+        jobs::{
+            Queues,
+            outbox::{self, Wakeup},
+            store,
+        },
         schedule,
     },
     shared::sessions,
@@ -98,4 +102,29 @@ async fn step(table: &'static str, work: impl Future<Output = sqlx::Result<u64>>
             0
         }
     }
+}
+
+/// Every minute while expiry is on: cancels the unpaid orders whose time ran out
+/// ([`orders::expire_unpaid`]). `None` when another instance has the slot.
+pub async fn expire_orders(
+    pool: &PgPool,
+    wakeup: &Wakeup,
+    timeout: std::time::Duration,
+    slot: DateTime<Utc>,
+) -> sqlx::Result<Option<orders::ExpiryReport>> {
+    let started = Instant::now();
+    if !schedule::claim_slot(pool, "order-expiry", slot).await? {
+        return Ok(None);
+    }
+    let report = orders::expire_unpaid(pool, wakeup, timeout).await?;
+    if report.expired > 0 || report.stamped > 0 {
+        tracing::info!(
+            task = "order-expiry",
+            expired = report.expired,
+            stamped = report.stamped,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "unpaid orders expired"
+        );
+    }
+    Ok(Some(report))
 }

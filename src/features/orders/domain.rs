@@ -55,6 +55,65 @@ impl OrderStatus {
     }
 }
 
+/// Where an order's payment at the provider is. It only moves forward:
+/// `requires_payment → failed ⇄ requires_payment → succeeded → refund_pending → refunded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "payment_status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    RequiresPayment,
+    Succeeded,
+    Failed,
+    RefundPending,
+    Refunded,
+}
+
+/// What an entry of an order's history records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "order_event_type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Created,
+    StatusChanged,
+    AddressChanged,
+    PaymentStarted,
+    PaymentSucceeded,
+    PaymentFailed,
+    PaymentMismatch,
+    RefundRequested,
+    Refunded,
+    Expired,
+}
+
+/// Who made a change: the order's owner, staff, the payment provider (a webhook) or the
+/// system (scheduled tasks and jobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::Type)]
+#[sqlx(type_name = "actor_kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum ActorKind {
+    User,
+    Admin,
+    System,
+    Provider,
+}
+
+/// The author of a change, as its history entry names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub user_id: Option<uuid::Uuid>,
+}
+
+impl Actor {
+    /// A signed-in caller: `admin` for staff (on their own orders too), else `user`.
+    pub fn caller(user_id: uuid::Uuid, staff: bool) -> Self {
+        Self { kind: if staff { ActorKind::Admin } else { ActorKind::User }, user_id: Some(user_id) }
+    }
+
+    /// A scheduled task or a job.
+    pub const SYSTEM: Self = Self { kind: ActorKind::System, user_id: None };
+}
+
 /// `unit × quantity` for each line and their sum, or `None` on overflow (impossible within
 /// the SPEC bounds: 100 lines × 1000 × 100 000 000 fits easily, but money is never
 /// computed unchecked).

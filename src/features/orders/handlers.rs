@@ -10,8 +10,8 @@ use super::{
     idempotency::Answer,
     service::{OrderService, Placed},
     types::{
-        CreateOrderRequest, IdempotencyKeyHeader, OrderFilter, OrderIdPath, OrderResponse,
-        UpdateOrderRequest, UpdateStatusRequest,
+        CreateOrderRequest, IdempotencyKeyHeader, OrderEventResponse, OrderFilter, OrderIdPath,
+        OrderResponse, UpdateOrderRequest, UpdateStatusRequest,
     },
 };
 use crate::{
@@ -64,7 +64,7 @@ fn replay(Answer { status, body }: Answer) -> Response {
         (status = 400, description = "Invalid body, unknown or archived product (`fields.items[i].productId`)", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
-        (status = 409, description = "INSUFFICIENT_STOCK (with `details.products`) or IDEMPOTENCY_KEY_IN_USE", body = ErrorEnvelope),
+        (status = 409, description = "INSUFFICIENT_STOCK (with `details.products`), TOO_MANY_PENDING_ORDERS (the caller already holds the most unpaid orders allowed; `details.pending`) or IDEMPOTENCY_KEY_IN_USE", body = ErrorEnvelope),
         (status = 422, description = "IDEMPOTENCY_KEY_MISMATCH", body = ErrorEnvelope),
     ))]
 pub async fn create_order(
@@ -75,8 +75,8 @@ pub async fn create_order(
     // over the bytes when they are not one.
     JsonBytes(body): JsonBytes,
 ) -> AppResult<Response> {
-    Ok(match orders.place_idempotent(user.id, key, &body).await? {
-        Placed::Created(order) => created(order),
+    Ok(match orders.place_idempotent(&user, key, &body).await? {
+        Placed::Created(order) => created(*order),
         Placed::Replayed(answer) => replay(answer),
     })
 }
@@ -174,4 +174,25 @@ pub async fn update_order_status(
     JsonBody(body): JsonBody<UpdateStatusRequest>,
 ) -> AppResult<ApiOk<OrderResponse>> {
     Ok(ApiOk::new(orders.set_status(&user, path.id, body.status).await?))
+}
+
+/// An order's history, oldest first: every status, payment and address change, who made
+/// it and when. The owner or staff; anyone else gets a 404.
+#[utoipa::path(get, path = "/orders/{id}/events", tag = "orders", security(("bearer" = [])),
+    params(("id" = uuid::Uuid, Path), PageParams),
+    responses(
+        (status = 200, body = ApiList<OrderEventResponse>),
+        (status = 400, body = ErrorEnvelope),
+        (status = 401, body = ErrorEnvelope),
+        (status = 404, body = ErrorEnvelope),
+    ))]
+pub async fn list_order_events(
+    State(orders): State<OrderService>,
+    Require(user, _): Require<perm::OrdersRead>,
+    OriginalUri(uri): OriginalUri,
+    PathParam(path): PathParam<OrderIdPath>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> AppResult<ApiList<OrderEventResponse>> {
+    let (data, pagination) = orders.events(&user, path.id, &page).await?;
+    Ok(ApiList::new(data, pagination).linked(&uri))
 }

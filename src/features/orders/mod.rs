@@ -1,8 +1,10 @@
 //! Orders: placing orders against live stock with snapshots and an outbox row, idempotent
 //! retries, ownership-scoped reads (page and cursor mode, with counts that cost the same
-//! at any size), and the status machine with restocking.
+//! at any size), the status machine with restocking, each order's history, the cap on
+//! unpaid orders per user, and the expiry of unpaid orders.
 
 mod domain;
+mod events;
 mod handlers;
 mod idempotency;
 mod repository;
@@ -17,7 +19,7 @@ use tokio::sync::watch;
 
 pub use idempotency::delete_expired as delete_expired_idempotency_keys;
 pub use routes::router;
-pub use service::OrderService;
+pub use service::{ExpiryReport, OrderRules, OrderService, expire_unpaid};
 
 /// Delta rows one fold statement takes at most.
 const FOLD_BATCH: i64 = 10_000;

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Postgres, QueryBuilder, types::Json};
 use uuid::Uuid;
 
-use super::domain::{OrderStatus, ShippingAddress};
+use super::domain::{Actor, ActorKind, OrderStatus, PaymentStatus, ShippingAddress};
 use crate::shared::domain::MAX_STOCK;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -17,6 +17,14 @@ pub struct OrderRow {
     pub shipping_address: Option<Json<ShippingAddress>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The current payment (the order's newest), when there is one.
+    pub payment_status: Option<PaymentStatus>,
+    pub payment_provider: Option<String>,
+    pub payment_provider_id: Option<String>,
+    pub payment_amount_cents: Option<i64>,
+    pub payment_currency: Option<String>,
+    pub payment_updated_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +124,23 @@ pub struct NewOrder<'a> {
     /// The key it is placed with (kept for `storefront check`, which proves no key placed
     /// two orders within the replay window).
     pub idempotency_key: Option<&'a str>,
+    /// Who places it, for its `created` event.
+    pub actor: Actor,
+    /// How long it may stay unpaid (`None`: expiry is off).
+    pub expires_in: Option<std::time::Duration>,
+    /// The most pending orders its owner may hold, this one included (`None`: no limit).
+    /// The caller holds the owner's [`lock_owner`] lock.
+    pub max_pending: Option<i64>,
+}
+
+/// Serialises the placements of one user until the transaction ends, so that two cannot
+/// both pass the pending-order cap. A transaction-scoped advisory lock on the user's id:
+/// no row is written, and it is released by the commit or rollback.
+pub async fn lock_owner(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!("select pg_advisory_xact_lock(hashtextextended($1::uuid::text, 7301))", user_id)
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 /// How a placement's transaction begins: with generic plans. The planner keeps choosing a
@@ -130,11 +155,14 @@ pub const PLACE_BEGIN: &str = "begin; set local plan_cache_mode = force_generic_
 #[derive(Debug)]
 pub enum Placement {
     /// The order, its lines and its outbox row are written.
-    Placed(OrderRow),
+    Placed(Box<OrderRow>),
     /// Nothing is written: a product is gone, archived, short of stock, or no longer
     /// what the lines snapshotted (SKU, name, price). Here are the order's products as
     /// they were under their locks, to explain or to price the order again.
     Refused(Vec<StockRow>),
+    /// Nothing is written: the owner already holds this many pending orders, the most
+    /// [`NewOrder::max_pending`] allows.
+    TooManyPending(i64),
 }
 
 /// Places an order in one statement, so its products stay locked for one round trip
@@ -168,8 +196,17 @@ pub async fn place(
            ), locked as (
                select id, sku, name, price_cents, stock, archived_at is not null as archived
                from products where id = any($2) order by id for update
+           ), pending as (
+               -- Only counted under a cap (the caller then holds the owner's lock), and
+               -- only up to it: the count costs at most the cap's rows.
+               select count(*) as n from (
+                   select 1 from orders
+                   where $18::bigint is not null and user_id = $9 and status = 'pending'
+                   limit $18
+               ) mine
            ), verdict as (
-               select count(*) = cardinality($2::uuid[]) as ok
+               select count(*) = cardinality($2::uuid[])
+                      and ($18::bigint is null or (select n from pending) < $18) as ok
                from wanted w join locked l on l.id = w.product_id
                where not l.archived and l.stock >= w.quantity
                  and l.sku = w.sku and l.name = w.name and l.price_cents = w.unit_price_cents
@@ -181,16 +218,20 @@ pub async fn place(
                insert into order_items (order_id, product_id, position, sku, name, unit_price_cents, quantity, line_total_cents)
                select $1, w.* from wanted w where (select ok from verdict)
            ), placed as (
-               insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key)
-               select $1, $9, $10, $11, $12, $13 where (select ok from verdict)
-               returning id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at
+               insert into orders (id, user_id, total_cents, currency, shipping_address, idempotency_key, expires_at)
+               select $1, $9, $10, $11, $12, $13, now() + make_interval(secs => $17::float8)
+               where (select ok from verdict)
+               returning id, user_id, status, total_cents, currency, shipping_address, created_at, updated_at, expires_at
+           ), created as (
+               insert into order_events (id, order_id, type, to_status, actor_kind, actor_user_id)
+               select $14, id, 'created', status, $15, $16 from placed
            )
            select l.id as "id!", l.sku as "sku!", l.name as "name!", l.price_cents as "price_cents!",
-                  l.stock as "stock!", l.archived as "archived!",
+                  l.stock as "stock!", l.archived as "archived!", (select n from pending) as "pending",
                   o.id as "order_id?", o.user_id as "user_id?", o.status as "status?: OrderStatus",
                   o.total_cents as "total_cents?", o.currency as "currency?",
                   o.shipping_address as "shipping_address?: Json<ShippingAddress>",
-                  o.created_at as "created_at?", o.updated_at as "updated_at?"
+                  o.created_at as "created_at?", o.updated_at as "updated_at?", o.expires_at
            from locked l left join placed o on true"#,
         order.id,
         &c.product_ids,
@@ -205,9 +246,19 @@ pub async fn place(
         order.currency,
         order.address.map(Json) as Option<Json<&ShippingAddress>>,
         order.idempotency_key,
+        Uuid::now_v7(),
+        order.actor.kind as ActorKind,
+        order.actor.user_id,
+        order.expires_in.map(|d| d.as_secs_f64()),
+        order.max_pending,
     )
     .fetch_all(db)
     .await?;
+    if let (Some(max), Some(pending)) = (order.max_pending, rows.first().and_then(|r| r.pending))
+        && pending >= max
+    {
+        return Ok(Placement::TooManyPending(pending));
+    }
     let placed = rows.first().and_then(|r| {
         Some(OrderRow {
             id: r.order_id?,
@@ -218,10 +269,17 @@ pub async fn place(
             shipping_address: r.shipping_address.clone(),
             created_at: r.created_at?,
             updated_at: r.updated_at?,
+            expires_at: r.expires_at,
+            payment_status: None,
+            payment_provider: None,
+            payment_provider_id: None,
+            payment_amount_cents: None,
+            payment_currency: None,
+            payment_updated_at: None,
         })
     });
     Ok(match placed {
-        Some(order) => Placement::Placed(order),
+        Some(order) => Placement::Placed(Box::new(order)),
         None => Placement::Refused(
             rows.into_iter()
                 .map(|r| StockRow {
@@ -273,26 +331,39 @@ impl<'a> ItemColumns<'a> {
     }
 }
 
+/// An order with its current payment.
 pub async fn find(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
     sqlx::query_as!(
         OrderRow,
-        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
-                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
-           from orders where id = $1"#,
+        r#"select o.id, o.user_id, o.status as "status: OrderStatus", o.total_cents, o.currency,
+                  o.shipping_address as "shipping_address: Json<ShippingAddress>", o.created_at, o.updated_at,
+                  o.expires_at, p.status as "payment_status?: PaymentStatus", p.provider as "payment_provider?",
+                  p.provider_payment_id as "payment_provider_id?", p.amount_cents as "payment_amount_cents?",
+                  p.currency as "payment_currency?", p.updated_at as "payment_updated_at?"
+           from orders o
+           left join lateral (select * from payments where order_id = o.id
+                              order by created_at desc, id desc limit 1) p on true
+           where o.id = $1"#,
         id
     )
     .fetch_optional(db)
     .await
 }
 
-/// Like [`find`], holding the row lock until the transaction ends: status changes of one
-/// order serialise here, so a cancel restocks exactly once.
-pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<OrderRow>> {
+/// What a status change needs of an order, read under its row lock.
+#[derive(Debug, Clone)]
+pub struct LockedOrder {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub status: OrderStatus,
+}
+
+/// Locks an order's row until the transaction ends: status changes of one order
+/// serialise here, so a cancel restocks exactly once.
+pub async fn lock(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<LockedOrder>> {
     sqlx::query_as!(
-        OrderRow,
-        r#"select id, user_id, status as "status: OrderStatus", total_cents, currency,
-                  shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at
-           from orders where id = $1 for update"#,
+        LockedOrder,
+        r#"select id, user_id, status as "status: OrderStatus" from orders where id = $1 for update"#,
         id
     )
     .fetch_optional(db)
@@ -377,7 +448,9 @@ pub async fn list(
     // scan over the rows an offset skips; then only those rows are read.
     let mut q = QueryBuilder::<Postgres>::new(
         "select o.id, o.user_id, o.status, o.total_cents, o.currency, o.shipping_address, o.created_at,
-                o.updated_at
+                o.updated_at, o.expires_at, p.status as payment_status, p.provider as payment_provider,
+                p.provider_payment_id as payment_provider_id, p.amount_cents as payment_amount_cents,
+                p.currency as payment_currency, p.updated_at as payment_updated_at
          from (select id from orders where true",
     );
     if let Some(user_id) = user_id {
@@ -393,7 +466,12 @@ pub async fn list(
     if let Start::Offset(offset) = start {
         q.push(" offset ").push_bind(offset);
     }
-    q.push(") page join orders o using (id) order by o.created_at desc, o.id desc");
+    q.push(
+        ") page join orders o using (id)
+         left join lateral (select * from payments where order_id = o.id
+                            order by created_at desc, id desc limit 1) p on true
+         order by o.created_at desc, o.id desc",
+    );
     q.build_query_as::<OrderRow>().fetch_all(db).await
 }
 
@@ -401,27 +479,71 @@ pub async fn set_address(
     db: impl PgExecutor<'_>,
     id: Uuid,
     address: Option<&ShippingAddress>,
-) -> sqlx::Result<OrderRow> {
-    sqlx::query_as!(
-        OrderRow,
-        r#"update orders set shipping_address = $2 where id = $1
-           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
-                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update orders set shipping_address = $2 where id = $1",
         id,
         address.map(Json) as Option<Json<&ShippingAddress>>,
     )
-    .fetch_one(db)
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Sets the status; an order that leaves `pending` no longer expires.
+pub async fn set_status(db: impl PgExecutor<'_>, id: Uuid, status: OrderStatus) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update orders set status = $2, expires_at = case when $2::order_status = 'pending' then expires_at end
+         where id = $1",
+        id,
+        status as OrderStatus,
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Gives up to `batch` pending orders without an expiry time one, `timeout` from now;
+/// how many.
+pub async fn stamp_expiry(
+    db: impl PgExecutor<'_>,
+    timeout: std::time::Duration,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    sqlx::query!(
+        "update orders set expires_at = now() + make_interval(secs => $1)
+         where id = any(array(select id from orders where status = 'pending' and expires_at is null
+                              limit $2 for update skip locked))",
+        timeout.as_secs_f64(),
+        batch
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+/// Up to `batch` pending orders whose time to pay has run out, soonest first.
+pub async fn expired(db: impl PgExecutor<'_>, batch: i64) -> sqlx::Result<Vec<Uuid>> {
+    sqlx::query_scalar!(
+        "select id from orders
+         where status = 'pending' and expires_at <= now()
+         order by expires_at limit $1",
+        batch
+    )
+    .fetch_all(db)
     .await
 }
 
-pub async fn set_status(db: impl PgExecutor<'_>, id: Uuid, status: OrderStatus) -> sqlx::Result<OrderRow> {
-    sqlx::query_as!(
-        OrderRow,
-        r#"update orders set status = $2 where id = $1
-           returning id, user_id, status as "status: OrderStatus", total_cents, currency,
-                     shipping_address as "shipping_address: Json<ShippingAddress>", created_at, updated_at"#,
-        id,
-        status as OrderStatus,
+/// Whether a pending order is due to expire: its time ran out and no payment of it
+/// succeeded (a succeeded payment is being applied, or refunded, by the webhook).
+pub async fn is_due(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists (
+               select 1 from orders o
+               where o.id = $1 and o.expires_at <= now()
+                 and not exists (select 1 from payments p where p.order_id = o.id and p.status = 'succeeded')
+           ) as "due!""#,
+        id
     )
     .fetch_one(db)
     .await

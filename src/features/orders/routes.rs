@@ -8,6 +8,7 @@
 //! | PATCH | `/api/v1/orders/{id}` | `handlers::update_order` | orders:update |
 //! | POST | `/api/v1/orders/{id}/cancel` | `handlers::cancel_order` | orders:update |
 //! | PATCH | `/api/v1/orders/{id}/status` | `handlers::update_order_status` | orders:manage (admin) |
+//! | GET | `/api/v1/orders/{id}/events` | `handlers::list_order_events` | orders:read (own; staff all) |
 
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -21,4 +22,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::get_order, handlers::update_order))
         .routes(routes!(handlers::cancel_order))
         .routes(routes!(handlers::update_order_status))
+        .routes(routes!(handlers::list_order_events))
 }

@@ -12,10 +12,13 @@ use uuid::Uuid;
 use validator::Validate;
 
 use super::{
-    domain::{self, OrderStatus, ShippingAddress},
+    domain::{self, Actor, EventType, OrderStatus, ShippingAddress},
+    events::{self, NewEvent},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
-    repository::{self, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, Start, StockRow},
-    types::{CreateOrderRequest, OrderFilter, OrderResponse},
+    repository::{
+        self, LockedOrder, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, Start, StockRow,
+    },
+    types::{CreateOrderRequest, OrderEventResponse, OrderFilter, OrderResponse},
 };
 use crate::shared::jobs::Job;
 use crate::{
@@ -36,7 +39,7 @@ use crate::{
 #[derive(Debug)]
 pub enum Placed {
     /// A new order.
-    Created(OrderResponse),
+    Created(Box<OrderResponse>),
     /// A retry: the first request's stored answer, unchanged.
     Replayed(Answer),
 }
@@ -56,10 +59,22 @@ pub struct OrderService {
     abandoned_after: Duration,
     /// Signs the lists' cursors.
     cursors: Cursors,
+    rules: OrderRules,
+}
+
+/// The order settings the service applies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderRules {
+    /// How long an order may stay unpaid (`None`: expiry is off).
+    pub expires_in: Option<Duration>,
+    /// Pending orders one user may hold (`None`: no limit).
+    pub max_pending: Option<i64>,
 }
 
 /// The list's name inside its cursors.
 const LIST: &str = "orders";
+/// The history list's name inside its cursors.
+const EVENTS: &str = "order-events";
 
 /// How many times an order is priced and written before giving up, when its products
 /// keep changing between the read it is priced from and the write.
@@ -130,8 +145,9 @@ impl OrderService {
         currency: &str,
         abandoned_after: Duration,
         cursors: Cursors,
+        rules: OrderRules,
     ) -> Self {
-        Self { db, reads, wakeup, currency: Arc::from(currency), abandoned_after, cursors }
+        Self { db, reads, wakeup, currency: Arc::from(currency), abandoned_after, cursors, rules }
     }
 
     /// Places an order from a raw JSON body, honouring an `Idempotency-Key`: the first
@@ -139,7 +155,14 @@ impl OrderService {
     /// answer back (201 or a final 4xx, never a second order); the same key with another
     /// body is a 422; a key whose first request still runs is a 409. A server error
     /// frees the key so that the client's retry can run.
-    pub async fn place_idempotent(&self, user: Uuid, key: Option<String>, body: &[u8]) -> AppResult<Placed> {
+    pub async fn place_idempotent(
+        &self,
+        caller: &AuthUser,
+        key: Option<String>,
+        body: &[u8],
+    ) -> AppResult<Placed> {
+        let user = caller.id;
+        let actor = Actor::caller(caller.id, staff(caller));
         // Parsed straight into the typed request (no `Value` of the whole body first).
         let parsed = parse_json::<CreateOrderRequest>(body);
         let valid = |req: CreateOrderRequest| -> AppResult<CreateOrderRequest> {
@@ -148,7 +171,7 @@ impl OrderService {
         };
         let Some(key) = key else {
             let req = valid(parsed?)?;
-            return self.place(user, &req, None).await.map(Placed::Created);
+            return self.place(actor, &req, None).await.map(|o| Placed::Created(Box::new(o)));
         };
         let key = match &parsed {
             Ok(req) => IdempotencyKey::for_request(key, req),
@@ -161,11 +184,11 @@ impl OrderService {
             Claim::InFlight => return Err(AppError::IdempotencyKeyInUse),
         };
         let placed = match parsed.and_then(valid) {
-            Ok(req) => self.place(user, &req, Some(&claim)).await,
+            Ok(req) => self.place(actor, &req, Some(&claim)).await,
             Err(e) => Err(e),
         };
         let error = match placed {
-            Ok(order) => return Ok(Placed::Created(order)),
+            Ok(order) => return Ok(Placed::Created(Box::new(order))),
             Err(e) => e,
         };
         if error.status().is_server_error() || error.depends_on_the_callers_state() {
@@ -198,13 +221,19 @@ impl OrderService {
     /// [`PLACE_ATTEMPTS`] times (then a 409). The statement runs in a transaction with
     /// generic plans ([`repository::PLACE_BEGIN`]); with a claimed key the stored 201
     /// answer joins it, so an order and its replayable answer exist together or not at all.
-    #[tracing::instrument(skip_all, fields(user.id = %user))]
+    ///
+    /// Under a pending-order cap the transaction first takes the owner's lock
+    /// ([`repository::lock_owner`]), so the count the statement checks cannot be passed
+    /// by a parallel placement of the same user.
+    #[tracing::instrument(skip_all, fields(user.id = ?actor.user_id))]
     async fn place(
         &self,
-        user: Uuid,
+        actor: Actor,
         req: &CreateOrderRequest,
         claim: Option<&ClaimedKey>,
     ) -> AppResult<OrderResponse> {
+        let user =
+            actor.user_id.ok_or_else(|| AppError::Internal(anyhow::anyhow!("an order needs an owner")))?;
         let ids: Vec<Uuid> = req.items.iter().map(|i| i.product_id).collect();
         let mut products = self
             .reads
@@ -225,15 +254,21 @@ impl OrderService {
                 currency: &self.currency,
                 address: req.shipping_address.as_ref(),
                 idempotency_key: claim.map(|c| c.key.as_str()),
+                actor,
+                expires_in: self.rules.expires_in,
+                max_pending: self.rules.max_pending,
             };
             let mut tx = self.db.begin_with(repository::PLACE_BEGIN).await?;
+            if self.rules.max_pending.is_some() {
+                repository::lock_owner(&mut *tx, user).await?;
+            }
             let placement = repository::place(&mut *tx, &new, &lines).await?;
             match &placement {
                 Placement::Placed(order) => {
                     let job = Job::OrderConfirmation { order_id: new.id, user_id: user };
                     outbox::push(&mut *tx, &job.into()).await?;
                     if let Some(claim) = claim {
-                        let response = OrderResponse::placed(order.clone(), lines.clone());
+                        let response = OrderResponse::placed((**order).clone(), lines.clone());
                         if !idempotency::complete(&mut *tx, user, claim, &Answer::created(&response)).await? {
                             // Our claim was taken over while we ran: the new owner answers; roll back.
                             return Err(AppError::IdempotencyKeyInUse);
@@ -242,17 +277,18 @@ impl OrderService {
                     tx.commit().await?;
                 }
                 // Frees the row locks now, not when the connection is next used.
-                Placement::Refused(_) => tx.rollback().await?,
+                Placement::Refused(_) | Placement::TooManyPending(_) => tx.rollback().await?,
             }
             match placement {
                 Placement::Placed(order) => {
                     self.wakeup.committed();
                     // The snapshot just written is the answer: no need to read it back.
-                    let response = OrderResponse::placed(order, lines);
+                    let response = OrderResponse::placed(*order, lines);
                     tracing::info!(order.id = %response.id, order.total_cents = total, "order placed");
                     return Ok(response);
                 }
                 Placement::Refused(now) => products = now,
+                Placement::TooManyPending(pending) => return Err(AppError::TooManyPendingOrders { pending }),
             }
         }
         Err(AppError::Conflict("the products changed while the order was placed; try again".to_owned()))
@@ -333,7 +369,17 @@ impl OrderService {
         if !order.status.address_editable_by(staff(caller)) {
             return Err(transition_error(order.status, "change the address of"));
         }
-        let order = repository::set_address(&mut *tx, id, address).await?;
+        repository::set_address(&mut *tx, id, address).await?;
+        let event = NewEvent {
+            order_id: id,
+            kind: EventType::AddressChanged,
+            from: None,
+            to: None,
+            actor: Actor::caller(caller.id, staff(caller)),
+            detail: json!({"cleared": address.is_none()}),
+        };
+        events::record(&mut *tx, &event).await?;
+        let order = self.reread(&mut tx, id).await?;
         tx.commit().await?;
         self.with_items(order).await
     }
@@ -346,8 +392,11 @@ impl OrderService {
         if !order.status.cancellable_by(staff(caller)) {
             return Err(transition_error(order.status, "cancel"));
         }
-        let order = self.transition(&mut tx, order, OrderStatus::Cancelled).await?;
+        let actor = Actor::caller(caller.id, staff(caller));
+        let order =
+            self.transition(&mut tx, &order, OrderStatus::Cancelled, EventType::StatusChanged, actor).await?;
         tx.commit().await?;
+        self.wakeup.committed();
         self.with_items(order).await
     }
 
@@ -364,26 +413,35 @@ impl OrderService {
         if !order.status.can_become(next) {
             return Err(transition_error(order.status, &format!("mark as {}", next.as_str())));
         }
-        let order = self.transition(&mut tx, order, next).await?;
+        let actor = Actor::caller(caller.id, staff(caller));
+        let order = self.transition(&mut tx, &order, next, EventType::StatusChanged, actor).await?;
         tx.commit().await?;
+        self.wakeup.committed();
         self.with_items(order).await
     }
 
-    /// Applies an allowed transition on a locked order. The row lock makes the check and
-    /// the restock atomic: a second cancel sees `cancelled` and is refused.
+    /// Applies an allowed transition on a locked order and records it as `kind` by
+    /// `actor`. The row lock makes the check and the restock atomic: a second cancel sees
+    /// `cancelled` and is refused. A cancel by anyone but the owner (staff, expiry) tells
+    /// the owner by e-mail, through the outbox.
     async fn transition(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
-        order: OrderRow,
+        order: &LockedOrder,
         next: OrderStatus,
+        kind: EventType,
+        actor: Actor,
     ) -> AppResult<OrderRow> {
-        let updated = repository::set_status(&mut **tx, order.id, next).await?;
-        if next == OrderStatus::Cancelled {
-            repository::lock_order_products(&mut **tx, order.id).await?;
-            let lines = repository::restock(&mut **tx, order.id).await?;
-            tracing::info!(order.id = %order.id, restocked.lines = lines, "order cancelled and restocked");
-        }
-        Ok(updated)
+        transition(tx, order, next, kind, actor).await?;
+        self.reread(tx, order.id).await
+    }
+
+    async fn reread(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        id: Uuid,
+    ) -> AppResult<OrderRow> {
+        repository::find(&mut **tx, id).await?.ok_or_else(|| AppError::not_found("order"))
     }
 
     async fn lock_visible(
@@ -391,15 +449,124 @@ impl OrderService {
         tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
         caller: &AuthUser,
         id: Uuid,
-    ) -> AppResult<OrderRow> {
+    ) -> AppResult<LockedOrder> {
         repository::lock(&mut **tx, id)
             .await?
             .filter(|o| o.user_id == caller.id || staff(caller))
             .ok_or_else(|| AppError::not_found("order"))
     }
 
+    /// An order's history, oldest first (owner or staff; anyone else gets a 404).
+    pub async fn events(
+        &self,
+        caller: &AuthUser,
+        id: Uuid,
+        page: &PageParams,
+    ) -> AppResult<(Vec<OrderEventResponse>, Pagination)> {
+        let order = repository::find(&self.db, id).await?.filter(|o| o.user_id == caller.id || staff(caller));
+        if order.is_none() {
+            return Err(AppError::not_found("order"));
+        }
+        let after = self.cursors.start::<i64>(EVENTS, &id, page)?;
+        let pagination = match page.cursor {
+            Some(_) => Pagination::cursor(page.limit),
+            None => Pagination::new(page.number(), page.limit, events::count(&self.db, id).await?),
+        };
+        let offset = if after.is_some() { 0 } else { page.offset() };
+        let rows = events::list(&self.db, id, i64::from(page.limit) + 1, offset, after).await?;
+        let (rows, next) = split_page(rows, page.limit, |last| self.cursors.encode(EVENTS, &id, &last.seq));
+        Ok((rows.into_iter().map(OrderEventResponse::from).collect(), pagination.next(next)))
+    }
+
     async fn with_items(&self, order: OrderRow) -> AppResult<OrderResponse> {
         let items = repository::items_of(&self.db, &[order.id]).await?;
         Ok(OrderResponse::new(order, items))
     }
+}
+
+/// Applies an allowed transition on a locked order, in the caller's transaction: the new
+/// status, its history row, the restock of a cancel (exactly once: the row lock makes a
+/// second cancel see `cancelled`), and the owner's `order-cancelled` e-mail when someone
+/// else cancelled.
+async fn transition(
+    tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+    order: &LockedOrder,
+    next: OrderStatus,
+    kind: EventType,
+    actor: Actor,
+) -> AppResult<()> {
+    repository::set_status(&mut **tx, order.id, next).await?;
+    let mut event = NewEvent::status(order.id, kind, order.status, next, actor);
+    if next == OrderStatus::Cancelled {
+        repository::lock_order_products(&mut **tx, order.id).await?;
+        let lines = repository::restock(&mut **tx, order.id).await?;
+        tracing::info!(order.id = %order.id, restocked.lines = lines, "order cancelled and restocked");
+        let reason = if kind == EventType::Expired { "expired" } else { "cancelled" };
+        event.detail = json!({"reason": reason});
+        if actor.user_id != Some(order.user_id) {
+            let job = Job::OrderCancelled { order_id: order.id, user_id: order.user_id, reason };
+            outbox::push(&mut **tx, &job.into()).await?;
+        }
+    }
+    events::record(&mut **tx, &event).await?;
+    Ok(())
+}
+
+/// What one run of the expiry did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// Pending orders that had no expiry time (placed while expiry was off) and got one.
+    pub stamped: u64,
+    /// Orders cancelled and restocked.
+    pub expired: u64,
+}
+
+/// Orders one statement of the expiry reads or stamps at most.
+const EXPIRY_BATCH: i64 = 500;
+
+/// Cancels and restocks every pending order whose time to pay ran out (and whose payment
+/// has not succeeded), each in its own transaction under its row lock, with an `expired`
+/// history row and the owner's `order-cancelled` e-mail. Pending orders without an
+/// expiry time get one, `timeout` from now, first: turning expiry on never cancels the
+/// orders already waiting at once. Safe to run in several processes at once: an order
+/// is expired by whichever locks it first, and the other sees it is no longer pending.
+pub async fn expire_unpaid(db: &PgPool, wakeup: &Wakeup, timeout: Duration) -> sqlx::Result<ExpiryReport> {
+    let mut report = ExpiryReport::default();
+    loop {
+        let stamped = repository::stamp_expiry(db, timeout, EXPIRY_BATCH).await?;
+        report.stamped += stamped;
+        if stamped < EXPIRY_BATCH as u64 {
+            break;
+        }
+    }
+    loop {
+        let due = repository::expired(db, EXPIRY_BATCH).await?;
+        for &id in &due {
+            match expire_one(db, id).await {
+                Ok(true) => report.expired += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(order.id = %id, error = %e, "expiring an order failed; the next run retries")
+                }
+            }
+        }
+        if report.expired > 0 {
+            wakeup.committed();
+        }
+        if (due.len() as i64) < EXPIRY_BATCH {
+            return Ok(report);
+        }
+    }
+}
+
+/// Expires one order if it is still pending, due and unpaid; whether it did.
+async fn expire_one(db: &PgPool, id: Uuid) -> AppResult<bool> {
+    let mut tx = db.begin().await?;
+    let Some(order) = repository::lock(&mut *tx, id).await? else { return Ok(false) };
+    if order.status != OrderStatus::Pending || !repository::is_due(&mut *tx, id).await? {
+        return Ok(false);
+    }
+    transition(&mut tx, &order, OrderStatus::Cancelled, EventType::Expired, Actor::SYSTEM).await?;
+    tx.commit().await?;
+    Ok(true)
 }

@@ -11,7 +11,8 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use validator::{Validate, ValidationErrors};
 
 use super::{
-    domain::{OrderStatus, ShippingAddress},
+    domain::{ActorKind, EventType, OrderStatus, PaymentStatus, ShippingAddress},
+    events::EventRow,
     repository::{NewOrderLine, OrderItemRow, OrderRow},
 };
 use crate::platform::http::{
@@ -166,8 +167,68 @@ pub struct OrderResponse {
     pub total_cents: i64,
     pub currency: String,
     pub shipping_address: Option<ShippingAddress>,
+    /// The current payment at the provider; null when none was started.
+    pub payment: Option<PaymentResponse>,
+    /// When this order is cancelled unless paid; null when it is not pending or expiry
+    /// is off.
+    pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// An order's current payment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentResponse {
+    pub status: PaymentStatus,
+    /// `stripe`.
+    pub provider: String,
+    /// The provider's id of the payment (a Stripe PaymentIntent `pi_…`).
+    pub provider_payment_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Who made a change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActorResponse {
+    pub kind: ActorKind,
+    /// The user, for `user` and `admin`; null for `system` and `provider`.
+    pub user_id: Option<Uuid>,
+}
+
+/// One entry of an order's history.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderEventResponse {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    /// The status before the change (status changes only).
+    pub from_status: Option<OrderStatus>,
+    /// The status after the change (status changes and `created`).
+    pub to_status: Option<OrderStatus>,
+    pub actor: ActorResponse,
+    /// Facts about the change (amounts, provider ids, a reason).
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<EventRow> for OrderEventResponse {
+    fn from(e: EventRow) -> Self {
+        Self {
+            id: e.id,
+            kind: e.kind,
+            from_status: e.from_status,
+            to_status: e.to_status,
+            actor: ActorResponse { kind: e.actor_kind, user_id: e.actor_user_id },
+            detail: e.detail.0,
+            created_at: e.created_at,
+        }
+    }
 }
 
 impl OrderResponse {
@@ -189,6 +250,31 @@ impl OrderResponse {
     }
 
     pub fn new(order: OrderRow, items: Vec<OrderItemRow>) -> Self {
+        let payment = match (
+            order.payment_status,
+            order.payment_provider,
+            order.payment_provider_id,
+            order.payment_amount_cents,
+            order.payment_currency,
+            order.payment_updated_at,
+        ) {
+            (
+                Some(status),
+                Some(provider),
+                Some(provider_payment_id),
+                Some(amount_cents),
+                Some(currency),
+                Some(updated_at),
+            ) => Some(PaymentResponse {
+                status,
+                provider,
+                provider_payment_id,
+                amount_cents,
+                currency,
+                updated_at,
+            }),
+            _ => None,
+        };
         Self {
             id: order.id,
             user_id: order.user_id,
@@ -207,6 +293,8 @@ impl OrderResponse {
             total_cents: order.total_cents,
             currency: order.currency,
             shipping_address: order.shipping_address.map(|a| a.0),
+            payment,
+            expires_at: order.expires_at.filter(|_| order.status == OrderStatus::Pending),
             created_at: order.created_at,
             updated_at: order.updated_at,
         }

@@ -61,6 +61,9 @@ pub enum AppError {
     InsufficientStock(Value),
     #[error("{0}")]
     InvalidStatusTransition(String),
+    /// The caller already holds the most unpaid orders allowed; `pending` is how many.
+    #[error("too many unpaid orders; pay or cancel one first")]
+    TooManyPendingOrders { pending: i64 },
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyKeyInUse,
     #[error("{0}")]
@@ -121,7 +124,7 @@ impl AppError {
     /// state changed is served afresh.
     pub fn depends_on_the_callers_state(&self) -> bool {
         match self {
-            Self::RateLimited { .. } => true,
+            Self::RateLimited { .. } | Self::TooManyPendingOrders { .. } => true,
             Self::WithCause { public, .. } => public.depends_on_the_callers_state(),
             _ => false,
         }
@@ -143,6 +146,7 @@ impl AppError {
             Self::Conflict(_) => "CONFLICT",
             Self::InsufficientStock(_) => "INSUFFICIENT_STOCK",
             Self::InvalidStatusTransition(_) => "INVALID_STATUS_TRANSITION",
+            Self::TooManyPendingOrders { .. } => "TOO_MANY_PENDING_ORDERS",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::PreconditionFailed(_) => "PRECONDITION_FAILED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
@@ -166,6 +170,7 @@ impl AppError {
             Self::Conflict(_)
             | Self::InsufficientStock(_)
             | Self::InvalidStatusTransition(_)
+            | Self::TooManyPendingOrders { .. }
             | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -305,6 +310,7 @@ impl AppError {
             }
             Self::Validation { fields, .. } if !fields.is_empty() => (Some(fields.clone()), None),
             Self::InsufficientStock(details) => (None, Some(details.clone())),
+            Self::TooManyPendingOrders { pending } => (None, Some(serde_json::json!({"pending": pending}))),
             _ => (None, None),
         };
         ErrorEnvelope {
@@ -449,6 +455,7 @@ mod tests {
             (AppError::Conflict("x".into()), 409, "CONFLICT"),
             (AppError::InsufficientStock(Value::Null), 409, "INSUFFICIENT_STOCK"),
             (AppError::InvalidStatusTransition("x".into()), 409, "INVALID_STATUS_TRANSITION"),
+            (AppError::TooManyPendingOrders { pending: 5 }, 409, "TOO_MANY_PENDING_ORDERS"),
             (AppError::IdempotencyKeyInUse, 409, "IDEMPOTENCY_KEY_IN_USE"),
             (AppError::PreconditionFailed("x".into()), 412, "PRECONDITION_FAILED"),
             (AppError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),
@@ -505,6 +512,7 @@ mod tests {
         use super::AppError;
         let limited = AppError::RateLimited { retry_after_secs: 1, limit: 10 };
         assert!(limited.depends_on_the_callers_state());
+        assert!(AppError::TooManyPendingOrders { pending: 5 }.depends_on_the_callers_state());
         assert!(
             AppError::RateLimited { retry_after_secs: 1, limit: 0 }
                 .because("x")

@@ -6,7 +6,8 @@ use minijinja::{Environment, Value};
 use serde::Serialize;
 
 /// Every message Storefront sends, by template name.
-pub const NAMES: &[&str] = &["welcome", "reset-password", "order-confirmation", "report-ready"];
+pub const NAMES: &[&str] =
+    &["welcome", "reset-password", "order-confirmation", "order-cancelled", "report-ready"];
 
 macro_rules! embedded {
     ($($file:literal),* $(,)?) => {
@@ -25,6 +26,9 @@ const FILES: &[(&str, &str)] = embedded!(
     "order-confirmation.subject.txt",
     "order-confirmation.txt",
     "order-confirmation.html",
+    "order-cancelled.subject.txt",
+    "order-cancelled.txt",
+    "order-cancelled.html",
     "report-ready.subject.txt",
     "report-ready.txt",
     "report-ready.html",
