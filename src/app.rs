@@ -24,7 +24,7 @@ use crate::{
         mail::{LettreMailer, templates::Templates},
         redis::Redis,
     },
-    shared::jobs::{EMAILS, REPORTS},
+    shared::jobs::{EMAILS, PAYMENTS, REPORTS},
 };
 
 use crate::state::AppState;
@@ -184,6 +184,24 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 state.metrics.clone(),
                 stop.subscribe(),
             ),
+            worker::spawn(
+                PAYMENTS,
+                queue(state, PAYMENTS)?,
+                Arc::new(features::payments::PaymentJobs::new(
+                    state.db.clone(),
+                    state.payments.provider(),
+                    c.payment_retry_window,
+                )),
+                // Retried until PAYMENT_RETRY_WINDOW has passed (the handler decides), an
+                // hour apart at most.
+                worker::WorkerOptions {
+                    attempts: usize::MAX,
+                    max_backoff: std::time::Duration::from_secs(3600),
+                    ..worker_options(c)
+                },
+                state.metrics.clone(),
+                stop.subscribe(),
+            ),
             tokio::spawn(jobs::trim_periodically(
                 state.queues.clone(),
                 c.jobs_done_retention,
@@ -227,6 +245,8 @@ pub fn worker_options(c: &Settings) -> worker::WorkerOptions {
         poll_interval: c.jobs_poll_interval,
         timeout: c.jobs_timeout,
         yield_max: c.jobs_yield_max,
+        attempts: worker::MAX_ATTEMPTS,
+        max_backoff: worker::MAX_BACKOFF,
     }
 }
 

@@ -14,6 +14,7 @@ use crate::{
     features::{
         auth::{AuthService, AuthStore, PasswordResetService},
         orders::{OrderRules, OrderService},
+        payments::PaymentService,
         products::ProductService,
         reports::ReportService,
         users::UserService,
@@ -71,6 +72,7 @@ parts!(
     users: UserService,
     products: ProductService,
     orders: OrderService,
+    payments: PaymentService,
     limiter: RateLimiter,
     metrics: Metrics,
     resets: PasswordResetService,
@@ -92,6 +94,7 @@ pub struct AppParts {
     pub users: UserService,
     pub products: ProductService,
     pub orders: OrderService,
+    pub payments: PaymentService,
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub resets: PasswordResetService,
@@ -161,7 +164,11 @@ impl AppState {
                 max_pending: Some(i64::from(config.order_max_pending_per_user)).filter(|&n| n > 0),
             },
         );
-        let limiter = RateLimiter::new(redis.clone(), &config);
+        let provider = crate::features::payments::provider_from(&config)
+            .expect("the payment provider's HTTP client builds (its settings were validated)");
+        let payments = PaymentService::new(db.clone(), wakeup.clone(), provider);
+        let limiter =
+            RateLimiter::new(redis.clone(), &config).exempting(&[crate::features::payments::WEBHOOK_PATH]);
         let metrics = Metrics::default();
         let queues = Queues::new(&redis, &config, jobs::QUEUES);
         let reports = ReportService::new(db.clone(), wakeup.clone());
@@ -175,6 +182,7 @@ impl AppState {
             users,
             products,
             orders,
+            payments,
             limiter,
             metrics,
             resets,

@@ -3,6 +3,13 @@ Postgres, one Redis."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import os
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,6 +46,13 @@ COMMON = {
     "SCHEDULER_ENABLED": "true",
     "SCHEDULE_CLEANUP": SCHEDULE,
     "SCHEDULE_ANALYTICS": SCHEDULE,
+}
+# Payments through the Stripe stand-in (scripts/stripe-standin), on loopback.
+WEBHOOK_SECRET = "whsec_cluster_test_secret"
+PAYMENTS = {
+    "PAYMENT_PROVIDER": "stripe",
+    "STRIPE_SECRET_KEY": "sk_test_cluster",
+    "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
 }
 # scripts/cluster turns the scheduler off on the API instances; here all three run it.
 API = {"SCHEDULER_ENABLED": "true"}
@@ -258,13 +272,134 @@ def emails_once(cluster: Cluster) -> Test:
     return t
 
 
+class Standin:
+    """scripts/stripe-standin on a free loopback port, stopped by `stop`."""
+
+    def __init__(self) -> None:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        self.dir = tempfile.mkdtemp(prefix="cluster-stripe-")
+        script = os.path.join(os.path.dirname(__file__), "..", "stripe-standin")
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", script, "--port", str(self.port), "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("the Stripe stand-in did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def signed(event: dict) -> dict[str, str]:
+    """The headers Stripe would send with `event` (as `Client` encodes it)."""
+    body = json.dumps(event).encode()
+    t = int(time.time())
+    mac = hmac.new(WEBHOOK_SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Stripe-Signature": f"t={t},v1={mac}"}
+
+
+def payments(cluster: Cluster, admin: str) -> Test:
+    n, cancels = 40, 10
+    t = Test(
+        f"multi: {n} orders paid by webhooks delivered to api1 and api2 at the same instant, "
+        f"{cancels} of them cancelled by their owner at that instant too",
+        "each event applies once (one duplicate answer per pair); each order ends paid with its payment "
+        "succeeded, or cancelled and restocked with its money being refunded, never both; one "
+        "payment-received e-mail per paid order; invariants hold",
+    )
+    product = create_product(cluster.url, admin, stock=10_000)
+    users = register_many(cluster.url, 10, "pay")
+    orders = []
+    for i in range(n):
+        c = Client(cluster.url, token=users[i % len(users)][1])
+        order = expect(c.post("/api/v1/orders", {"items": [{"productId": product, "quantity": 3}]}, label="POST /orders"), 201)
+        oid = order.data()["id"]
+        pay = expect(c.post(f"/api/v1/orders/{oid}/payment", label="POST /orders/{id}/payment"), 201)
+        orders.append((oid, pay.data()["providerPaymentId"], pay.data()["amountCents"], users[i % len(users)][1]))
+        c.close()
+    duplicates = Counter()
+    bad: list[str] = []
+    for k, (oid, intent, amount, token) in enumerate(orders):
+        event = {"id": unique("evt_"), "type": "payment_intent.succeeded",
+                 "data": {"object": {"id": intent, "object": "payment_intent", "amount_received": amount, "currency": "usd"}}}
+        clients = [Client(cluster.api_urls["api1"]), Client(cluster.api_urls["api2"])]
+        owner = Client(cluster.url, token=token)
+        for c in clients + [owner]:
+            c.get("/health")
+        barrier = threading.Barrier(3 if k < cancels else 2)
+        res: dict = {}
+
+        def deliver(name, c, event=event):
+            barrier.wait()
+            res[name] = c.post("/api/v1/payments/stripe/webhook", event, headers=signed(event), label="webhook")
+
+        def cancel(oid=oid):
+            barrier.wait()
+            res["cancel"] = owner.post(f"/api/v1/orders/{oid}/cancel", label="cancel")
+
+        ths = [threading.Thread(target=deliver, args=(f"api{i + 1}", c)) for i, c in enumerate(clients)]
+        if k < cancels:
+            ths.append(threading.Thread(target=cancel))
+        for th in ths:
+            th.start()
+        for th in ths:
+            th.join()
+        for c in clients + [owner]:
+            c.close()
+        answers = [res["api1"], res["api2"]]
+        if any(r.status != 200 for r in answers):
+            bad.append(f"{oid}: webhook answers {[r.outcome for r in answers]}")
+            continue
+        dup = sorted(bool(r.data()["duplicate"]) for r in answers)
+        duplicates[str(dup)] += 1
+        if dup != [False, True]:
+            bad.append(f"{oid}: duplicate flags {dup}")
+    t.did(f"{n} orders of 3 units by {len(users)} users, each payment started through nginx; per order one signed "
+          f"payment_intent.succeeded sent to api1 and api2 directly, released by a barrier; for the first {cancels} "
+          "the owner's cancel released with them")
+    rows = cluster.sql("select o.status::text, p.status::text, count(*) from orders o join payments p on p.order_id = o.id "
+                       f"where p.provider_payment_id in ({','.join(repr(o[1]) for o in orders)}) group by 1, 2")
+    t.saw("; ".join(f"{r[2]} x order {r[0]} / payment {r[1]}" for r in rows) + f"; duplicate flags {dict(duplicates)}")
+    allowed = {("paid", "succeeded"), ("cancelled", "refund_pending"), ("cancelled", "refunded")}
+    t.require(not bad, f"each event applied once ({len(bad)} bad{': ' + bad[0] if bad else ''})")
+    t.require(all((r[0], r[1]) in allowed for r in rows), "every order paid, or cancelled with its money going back")
+    paid = sum(int(r[2]) for r in rows if r[0] == "paid")
+    mails = int(cluster.sql1("select count(*) from outbox where kind = 'payment-received'"))
+    t.require(mails == paid, f"{mails} payment-received e-mails for {paid} paid orders")
+    stock = int(cluster.sql1(f"select stock from products where id = '{product}'"))
+    t.require(stock == 10_000 - 3 * paid, f"stock {stock} = 10000 - 3 x {paid} paid orders (cancelled ones restocked once)")
+    t.run_check(cluster)
+    return t
+
+
 def run(cluster: Cluster) -> list[Test]:
     log("multi: starting the cluster (schedules every 2 s on all three processes)")
-    cluster.up(COMMON, api=API)
+    standin = Standin()
+    try:
+        return run_with(cluster, standin)
+    finally:
+        standin.stop()
+
+
+def run_with(cluster: Cluster, standin: Standin) -> list[Test]:
+    cluster.up({**COMMON, **PAYMENTS, "STRIPE_API_BASE": standin.url}, api=API)
     tests: list[Test] = []
     admin = admin_token(cluster, cluster.url)
     w0 = time.time()
-    for fn in (oversell, idempotency_race):
+    for fn in (oversell, idempotency_race, payments):
         try:
             tests.append(fn(cluster, admin))
         except Exception as e:  # noqa: BLE001

@@ -7,6 +7,7 @@ pub mod health;
 pub mod jobs;
 pub mod maintenance;
 pub mod orders;
+pub mod payments;
 pub mod products;
 pub mod reports;
 pub mod users;
@@ -22,6 +23,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(products::router())
         .merge(orders::router())
+        .merge(payments::router())
         .merge(analytics::router())
         .merge(jobs::router())
         .merge(reports::router())

@@ -152,9 +152,23 @@ settings! {
     schedule_cleanup: String = "0 0 2 * * *",
     /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.
     schedule_analytics: String = "0 5 * * * *",
+    /// How orders are paid: `manual` (staff mark them paid) or `stripe`.
+    payment_provider: PaymentProvider = "manual",
+    /// With `stripe`: the secret (`sk_…`) or restricted (`rk_…`) API key.
+    stripe_secret_key: Option<SecretString> = "",
+    /// With `stripe`: the webhook endpoint's signing secret (`whsec_…`).
+    stripe_webhook_secret: Option<SecretString> = "",
+    /// Where Stripe's API is (a stand-in in tests and local development).
+    stripe_api_base: String = "https://api.stripe.com",
+    /// Oldest (or furthest in the future) a webhook signature's timestamp may be.
+    stripe_webhook_tolerance: Duration = "300s",
+    /// Longest one call to the payment provider may take.
+    payment_provider_timeout: Duration = "10s",
+    /// How long a refund or an intent cancel is retried before it is dead-lettered.
+    payment_retry_window: Duration = "24h",
     /// How long an unpaid order stays pending before the expiry task cancels it and
-    /// restocks; `0` turns expiry off; blank: the payment provider's default (`0` with
-    /// `manual`, where money arrives offline).
+    /// restocks; `0` turns expiry off; blank: the payment provider's default (`30m` with
+    /// `stripe`, `0` with `manual`, where money arrives offline).
     order_payment_timeout: Option<Duration> = "",
     /// Pending (unpaid) orders one user may hold at once; `0`: no limit.
     order_max_pending_per_user: u32 = 5,
@@ -179,7 +193,7 @@ macro_rules! plain_settings {
     )*};
 }
 
-plain_settings!(String, u16, u32, usize, bool, AppEnv, LogFormat, EmailTransport);
+plain_settings!(String, u16, u32, usize, bool, AppEnv, LogFormat, EmailTransport, PaymentProvider);
 
 /// `500ms`, `30s`, `15m`, `2h`, `7d` or a bare number of seconds.
 impl Setting for Duration {
@@ -270,6 +284,16 @@ pub enum EmailTransport {
     Smtp,
     File,
     Log,
+}
+
+/// How orders are paid (`PAYMENT_PROVIDER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PaymentProvider {
+    /// No online payment: staff mark orders paid when the money arrived.
+    Manual,
+    /// Stripe PaymentIntents and webhooks.
+    Stripe,
 }
 
 /// A duration as `humantime` reads it (`500ms`, `30s`, `15m`, `2h`, `7d`, `1h 30m`), or a
@@ -478,6 +502,31 @@ impl Settings {
                 ));
             }
         }
+        if self.payment_provider == PaymentProvider::Stripe {
+            let key = self.stripe_secret_key.as_ref().map(|k| k.expose_secret().to_owned());
+            match key {
+                None => p.push("STRIPE_SECRET_KEY: required when PAYMENT_PROVIDER=stripe".to_owned()),
+                Some(k) if !(k.starts_with("sk_") || k.starts_with("rk_")) => {
+                    p.push("STRIPE_SECRET_KEY: must be a secret (sk_…) or restricted (rk_…) key".to_owned());
+                }
+                Some(_) => {}
+            }
+            match self.stripe_webhook_secret.as_ref().map(|k| k.expose_secret().starts_with("whsec_")) {
+                None => p.push("STRIPE_WEBHOOK_SECRET: required when PAYMENT_PROVIDER=stripe".to_owned()),
+                Some(false) => {
+                    p.push("STRIPE_WEBHOOK_SECRET: must be a webhook signing secret (whsec_…)".to_owned())
+                }
+                Some(true) => {}
+            }
+            if !is_http_url(&self.stripe_api_base) {
+                p.push("STRIPE_API_BASE: must be an http(s) URL".to_owned());
+            }
+        }
+        if self.payment_provider_timeout.is_zero() || self.stripe_webhook_tolerance.is_zero() {
+            p.push(
+                "PAYMENT_PROVIDER_TIMEOUT and STRIPE_WEBHOOK_TOLERANCE: must be greater than zero".to_owned(),
+            );
+        }
         if self.body_limit_bytes < 1024 {
             p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());
         }
@@ -497,7 +546,11 @@ impl Settings {
 
     /// How long an unpaid order may stay pending; `None` when expiry is off.
     pub fn order_expiry(&self) -> Option<Duration> {
-        self.order_payment_timeout.filter(|t| !t.is_zero())
+        let default = match self.payment_provider {
+            PaymentProvider::Manual => Duration::ZERO,
+            PaymentProvider::Stripe => Duration::from_secs(30 * 60),
+        };
+        Some(self.order_payment_timeout.unwrap_or(default)).filter(|t| !t.is_zero())
     }
 
     /// `host:port` to bind.

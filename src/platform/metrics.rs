@@ -78,6 +78,8 @@ pub struct Gauges {
     pub queues: Vec<QueueGauge>,
     /// Age in seconds of the oldest outbox row not yet moved to Redis (0 when none).
     pub outbox_lag_seconds: Option<f64>,
+    /// Refunds whose job gave up: money owed to customers that staff must refund by hand.
+    pub refunds_dead: Option<i64>,
 }
 
 /// One queue's job counts.
@@ -104,6 +106,7 @@ struct Inner {
     pool_max: Gauge,
     queue_jobs: Family<QueueLabels, Gauge>,
     outbox_lag: Family<NoLabels, Gauge<f64, AtomicU64>>,
+    refunds_dead: Family<NoLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -147,6 +150,12 @@ impl Default for Metrics {
             "Age of the oldest outbox row not yet moved to Redis",
             outbox_lag.clone(),
         );
+        let refunds_dead = Family::<NoLabels, Gauge>::default();
+        registry.register(
+            "payment_refunds_dead",
+            "Refunds the provider kept refusing for the whole retry window: refund them by hand",
+            refunds_dead.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             requests,
@@ -158,6 +167,7 @@ impl Default for Metrics {
             pool_max,
             queue_jobs,
             outbox_lag,
+            refunds_dead,
         }))
     }
 }
@@ -233,6 +243,10 @@ impl Metrics {
         if let Some(lag) = gauges.outbox_lag_seconds {
             m.outbox_lag.get_or_create(&NoLabels {}).set(lag);
         }
+        m.refunds_dead.clear();
+        if let Some(n) = gauges.refunds_dead {
+            m.refunds_dead.get_or_create(&NoLabels {}).set(n);
+        }
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &m.registry);
@@ -304,6 +318,7 @@ mod tests {
         let gauges = Gauges {
             queues: vec![QueueGauge { queue: "emails", pending: 3, running: 1, dead: 2 }],
             outbox_lag_seconds: Some(1.5),
+            refunds_dead: Some(2),
         };
         let text = m.render(&pool, &gauges);
         let labels = r#"method="GET",route="/api/v1/products",status="200""#;
@@ -324,6 +339,7 @@ mod tests {
         assert!(text.contains(r#"emails_total{template="welcome",outcome="failed"} 1"#), "{text}");
         assert!(text.contains(r#"jobs{queue="emails",state="dead"} 2"#), "{text}");
         assert!(text.contains("outbox_lag_seconds 1.5"), "{text}");
+        assert!(text.contains("payment_refunds_dead 2"), "{text}");
 
         // A source that stops answering drops its gauges instead of showing stale ones.
         let text = m.render(&pool, &Gauges::default());

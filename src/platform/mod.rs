@@ -9,6 +9,7 @@ pub mod http;
 pub mod jobs;
 pub mod mail;
 pub mod metrics;
+pub mod outbound;
 pub mod redis;
 pub mod schedule;
 pub mod telemetry;

@@ -12,8 +12,10 @@ use crate::platform::jobs::outbox::OutboxJob;
 pub const EMAILS: &str = "emails";
 /// Queue of report jobs.
 pub const REPORTS: &str = "reports";
+/// Queue of calls to the payment provider (refunds, intent cancels).
+pub const PAYMENTS: &str = "payments";
 /// Every queue, in the order the job workers are started.
-pub const QUEUES: &[&str] = &[EMAILS, REPORTS];
+pub const QUEUES: &[&str] = &[EMAILS, REPORTS, PAYMENTS];
 
 /// Every job a business change can cause.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +29,14 @@ pub enum Job {
     OrderCancelled { order_id: Uuid, user_id: Uuid, reason: &'static str },
     /// A password-reset link (the job mints the token when it sends).
     ResetPassword { user_id: Uuid },
+    /// Telling an owner their payment was received and the order is paid.
+    PaymentReceived { order_id: Uuid, user_id: Uuid },
+    /// Giving back a payment that pays nothing (a cancelled or already paid order, a
+    /// mismatch) at the provider.
+    Refund { payment_id: Uuid },
+    /// Cancelling an intent that can still be paid, so its order's customer cannot pay
+    /// for a cancelled order.
+    CancelIntent { payment_id: Uuid },
     /// Generating a requested report.
     Report { report_id: Uuid },
     /// Telling the requester their report is ready.
@@ -38,6 +48,7 @@ impl Job {
     pub fn queue(&self) -> &'static str {
         match self {
             Self::Report { .. } => REPORTS,
+            Self::Refund { .. } | Self::CancelIntent { .. } => PAYMENTS,
             _ => EMAILS,
         }
     }
@@ -48,6 +59,9 @@ impl Job {
             Self::Welcome { .. } => "welcome",
             Self::OrderConfirmation { .. } => "order-confirmation",
             Self::OrderCancelled { .. } => "order-cancelled",
+            Self::PaymentReceived { .. } => "payment-received",
+            Self::Refund { .. } => "refund",
+            Self::CancelIntent { .. } => "cancel-intent",
             Self::ResetPassword { .. } => "reset-password",
             Self::Report { .. } => "report",
             Self::ReportReady { .. } => "report-ready",
@@ -58,7 +72,12 @@ impl Job {
     pub fn payload(&self) -> Value {
         match self {
             Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
-            Self::OrderConfirmation { order_id, user_id } => json!({"orderId": order_id, "userId": user_id}),
+            Self::OrderConfirmation { order_id, user_id } | Self::PaymentReceived { order_id, user_id } => {
+                json!({"orderId": order_id, "userId": user_id})
+            }
+            Self::Refund { payment_id } | Self::CancelIntent { payment_id } => {
+                json!({"paymentId": payment_id})
+            }
             Self::OrderCancelled { order_id, user_id, reason } => {
                 json!({"orderId": order_id, "userId": user_id, "reason": reason})
             }

@@ -341,3 +341,14 @@ pub const PRODUCT_SORTS: [(&str, &str); 6] = [
     ("createdAt", "created_at asc, id asc"),
     ("-createdAt", "created_at desc, id desc"),
 ];
+
+/// Every broken data invariant (`storefront check`), described; empty when all hold.
+pub async fn broken_invariants(pool: &PgPool) -> Vec<String> {
+    storefront::features::maintenance::check_invariants(pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.count > 0)
+        .map(|f| format!("{}: {:?}", f.invariant.name, f.sample))
+        .collect()
+}

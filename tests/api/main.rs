@@ -15,6 +15,7 @@ mod mail;
 mod maintenance;
 mod order_history;
 mod orders;
+mod payments;
 mod pipeline;
 mod products;
 mod rate_limit;

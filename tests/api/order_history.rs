@@ -6,13 +6,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use storefront::{
-    features::{maintenance, orders},
-    platform::jobs::outbox::Wakeup,
-};
+use storefront::{features::orders, platform::jobs::outbox::Wakeup};
 use uuid::Uuid;
 
-use crate::helpers::{Session, TestApp, expect_error, send};
+use crate::helpers::{Session, TestApp, broken_invariants, expect_error, send};
 
 const ORDERS: &str = "/api/v1/orders";
 
@@ -60,16 +57,6 @@ async fn outbox_kinds(app: &TestApp, order: &str) -> Vec<String> {
         .fetch_all(&app.state.db)
         .await
         .unwrap()
-}
-
-async fn broken_invariants(pool: &PgPool) -> Vec<String> {
-    maintenance::check_invariants(pool)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|f| f.count > 0)
-        .map(|f| format!("{}: {:?}", f.invariant.name, f.sample))
-        .collect()
 }
 
 #[sqlx::test]

@@ -39,6 +39,7 @@ enum Kind {
     Welcome,
     OrderConfirmation,
     OrderCancelled,
+    PaymentReceived,
     ResetPassword,
     ReportReady,
 }
@@ -49,6 +50,7 @@ impl Kind {
             "welcome" => Some(Self::Welcome),
             "order-confirmation" => Some(Self::OrderConfirmation),
             "order-cancelled" => Some(Self::OrderCancelled),
+            "payment-received" => Some(Self::PaymentReceived),
             "reset-password" => Some(Self::ResetPassword),
             "report-ready" => Some(Self::ReportReady),
             _ => None,
@@ -60,6 +62,7 @@ impl Kind {
             Self::Welcome => "welcome",
             Self::OrderConfirmation => "order-confirmation",
             Self::OrderCancelled => "order-cancelled",
+            Self::PaymentReceived => "payment-received",
             Self::ResetPassword => "reset-password",
             Self::ReportReady => "report-ready",
         }
@@ -134,7 +137,7 @@ impl EmailJobs {
                     .map_err(transient)?
                     .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": auth::RESET_TOKEN_TTL_MINUTES})))
             }
-            Kind::OrderConfirmation | Kind::OrderCancelled => {
+            Kind::OrderConfirmation | Kind::OrderCancelled | Kind::PaymentReceived => {
                 let p: OrderPayload = payload(&job.payload)?;
                 repository::claim_for_order(&mut *conn, job.outbox_id, template, p.order_id)
                     .await
@@ -231,7 +234,14 @@ mod tests {
 
     #[test]
     fn every_email_kind_has_its_template() {
-        for kind in ["welcome", "order-confirmation", "order-cancelled", "reset-password", "report-ready"] {
+        for kind in [
+            "welcome",
+            "order-confirmation",
+            "order-cancelled",
+            "payment-received",
+            "reset-password",
+            "report-ready",
+        ] {
             let parsed = Kind::parse(kind).unwrap();
             assert_eq!(parsed.template(), kind);
             assert!(crate::platform::mail::templates::NAMES.contains(&kind));

@@ -113,6 +113,24 @@ pub static INVARIANTS: &[Invariant] = &[
               group by order_id
               having count(*) > 1 or bool_or(from_status <> 'pending')",
     },
+    Invariant {
+        name: "paid-orders-not-restocked",
+        promise: "no order is both paid (or shipped, delivered) and cancelled with its stock given back",
+        sql: "select format('order %s is %s but its history cancels it', o.id, o.status)
+              from orders o
+              where o.status in ('paid', 'shipped', 'delivered')
+                and exists (select 1 from order_events e where e.order_id = o.id and e.to_status = 'cancelled')",
+    },
+    Invariant {
+        name: "money-taken-pays-or-goes-back",
+        promise: "money taken (a succeeded payment) pays its order, once; any other taken money is being refunded",
+        sql: "select format('order %s is %s with payment %s succeeded and no refund asked for', o.id, o.status, p.provider_payment_id)
+              from payments p join orders o on o.id = p.order_id
+              where p.status = 'succeeded' and o.status not in ('paid', 'shipped', 'delivered')
+              union all
+              select format('order %s has %s succeeded payments kept', order_id, count(*))
+              from payments where status = 'succeeded' group by order_id having count(*) > 1",
+    },
 ];
 
 /// Runs every invariant's query (read-only, one at a time).

@@ -7,6 +7,7 @@ mod domain;
 mod events;
 mod handlers;
 mod idempotency;
+mod payments;
 mod repository;
 mod routes;
 mod service;
@@ -17,7 +18,15 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+pub use domain::{Actor, OrderStatus, PaymentStatus};
 pub use idempotency::delete_expired as delete_expired_idempotency_keys;
+/// The order side of payments, for the payment provider's feature: each call locks the
+/// order's row before it reads or writes the payment.
+pub use payments::{
+    PayableOrder, PaymentRow, charge_refunded, dead_refunds, find as find_payment, lock_payable,
+    next_call_key, next_payment_key, payment_failed, payment_succeeded, record_intent, refund_confirmed,
+    refund_failed, reopen as reopen_payment,
+};
 pub use routes::router;
 pub use service::{ExpiryReport, OrderRules, OrderService, expire_unpaid};
 

@@ -15,6 +15,7 @@ use super::{
     domain::{self, Actor, EventType, OrderStatus, ShippingAddress},
     events::{self, NewEvent},
     idempotency::{self, Answer, Claim, ClaimedKey, IdempotencyKey},
+    payments,
     repository::{
         self, LockedOrder, NewOrder, NewOrderLine, OrderItemRow, OrderRow, Placement, Start, StockRow,
     },
@@ -503,10 +504,14 @@ async fn transition(
         tracing::info!(order.id = %order.id, restocked.lines = lines, "order cancelled and restocked");
         let reason = if kind == EventType::Expired { "expired" } else { "cancelled" };
         event.detail = json!({"reason": reason});
+        // Recorded before the refund it may cause, so the history reads in order.
+        events::record(&mut **tx, &event).await?;
+        payments::on_cancel(tx, order.id, actor).await?;
         if actor.user_id != Some(order.user_id) {
             let job = Job::OrderCancelled { order_id: order.id, user_id: order.user_id, reason };
             outbox::push(&mut **tx, &job.into()).await?;
         }
+        return Ok(());
     }
     events::record(&mut **tx, &event).await?;
     Ok(())

@@ -61,6 +61,15 @@ pub enum AppError {
     InsufficientStock(Value),
     #[error("{0}")]
     InvalidStatusTransition(String),
+    /// Online payment is off (`PAYMENT_PROVIDER=manual`).
+    #[error("online payment is not enabled; orders are paid offline")]
+    PaymentsDisabled,
+    /// A webhook whose signature is missing, malformed, wrong or stale.
+    #[error("the signature is missing, malformed, wrong or too old")]
+    InvalidSignature,
+    /// The payment provider did not answer, answered too late, or answered an error.
+    #[error("the payment provider could not be reached or refused the request; try again")]
+    PaymentProviderError,
     /// The caller already holds the most unpaid orders allowed; `pending` is how many.
     #[error("too many unpaid orders; pay or cancel one first")]
     TooManyPendingOrders { pending: i64 },
@@ -147,6 +156,9 @@ impl AppError {
             Self::InsufficientStock(_) => "INSUFFICIENT_STOCK",
             Self::InvalidStatusTransition(_) => "INVALID_STATUS_TRANSITION",
             Self::TooManyPendingOrders { .. } => "TOO_MANY_PENDING_ORDERS",
+            Self::PaymentsDisabled => "PAYMENTS_DISABLED",
+            Self::InvalidSignature => "INVALID_SIGNATURE",
+            Self::PaymentProviderError => "PAYMENT_PROVIDER_ERROR",
             Self::IdempotencyKeyInUse => "IDEMPOTENCY_KEY_IN_USE",
             Self::PreconditionFailed(_) => "PRECONDITION_FAILED",
             Self::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
@@ -171,7 +183,10 @@ impl AppError {
             | Self::InsufficientStock(_)
             | Self::InvalidStatusTransition(_)
             | Self::TooManyPendingOrders { .. }
+            | Self::PaymentsDisabled
             | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Self::InvalidSignature => StatusCode::BAD_REQUEST,
+            Self::PaymentProviderError => StatusCode::BAD_GATEWAY,
             Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -456,6 +471,9 @@ mod tests {
             (AppError::InsufficientStock(Value::Null), 409, "INSUFFICIENT_STOCK"),
             (AppError::InvalidStatusTransition("x".into()), 409, "INVALID_STATUS_TRANSITION"),
             (AppError::TooManyPendingOrders { pending: 5 }, 409, "TOO_MANY_PENDING_ORDERS"),
+            (AppError::PaymentsDisabled, 409, "PAYMENTS_DISABLED"),
+            (AppError::InvalidSignature, 400, "INVALID_SIGNATURE"),
+            (AppError::PaymentProviderError, 502, "PAYMENT_PROVIDER_ERROR"),
             (AppError::IdempotencyKeyInUse, 409, "IDEMPOTENCY_KEY_IN_USE"),
             (AppError::PreconditionFailed("x".into()), 412, "PRECONDITION_FAILED"),
             (AppError::PayloadTooLarge, 413, "PAYLOAD_TOO_LARGE"),

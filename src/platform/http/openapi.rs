@@ -29,6 +29,7 @@ use crate::platform::http::response::Pagination;
         (name = "users", description = "Profiles and user administration"),
         (name = "products", description = "The catalogue"),
         (name = "orders", description = "Orders and their status machine"),
+        (name = "payments", description = "Paying orders through the payment provider, and its webhook"),
         (name = "reports", description = "Sales and inventory CSV reports (admin)"),
         (name = "admin", description = "Operations for administrators"),
         (name = "health", description = "Liveness and readiness probes"),
@@ -47,6 +48,16 @@ impl Modify for BearerScheme {
             SecurityScheme::Http(
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
             ),
+        );
+        // The payment provider's webhook authenticates with a signature over the body.
+        components.add_security_scheme(
+            "stripeSignature",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "Stripe-Signature",
+                    "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\" keyed with the webhook secret>",
+                ),
+            )),
         );
     }
 }

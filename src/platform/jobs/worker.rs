@@ -45,11 +45,12 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::platform::jobs::{QueuedJob, store::FIRST_ATTEMPT_FIELD};
 use crate::platform::metrics::Metrics;
 
-/// Runs of a job before it is dead.
+/// Runs of a job before it is dead (unless its queue says otherwise).
 pub const MAX_ATTEMPTS: usize = 3;
 /// Delay before the second attempt; each later one doubles it (plus jitter).
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest delay between two attempts (unless its queue says otherwise).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Random extra delay, as a fraction of the backoff, so failed jobs do not retry in step.
 const JITTER: f64 = 0.5;
 const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(5);
@@ -88,6 +89,10 @@ pub struct WorkerOptions {
     pub timeout: Duration,
     /// Longest a job waits for the HTTP load to drop before it starts (zero: never).
     pub yield_max: Duration,
+    /// Runs of a job before it is dead.
+    pub attempts: usize,
+    /// Longest delay between two attempts.
+    pub max_backoff: Duration,
 }
 
 #[derive(Clone)]
@@ -96,6 +101,7 @@ struct Context {
     timeout: Duration,
     yield_max: Duration,
     busy_above: u64,
+    attempts: usize,
     handler: Arc<dyn JobHandler>,
     metrics: Metrics,
     conn: ConnectionManager,
@@ -108,11 +114,12 @@ fn worker_name(queue: &str) -> String {
     format!("{queue}-{host}-{}-{}", std::process::id(), ulid::Ulid::generate())
 }
 
-fn retry_policy() -> BackoffRetryPolicy<ExponentialBackoff<HasherRng>> {
-    let backoff = ExponentialBackoffMaker::new(FIRST_BACKOFF, MAX_BACKOFF, JITTER, HasherRng::default())
-        .expect("constant backoff bounds are valid")
+fn retry_policy(options: &WorkerOptions) -> BackoffRetryPolicy<ExponentialBackoff<HasherRng>> {
+    let max_backoff = options.max_backoff.max(FIRST_BACKOFF);
+    let backoff = ExponentialBackoffMaker::new(FIRST_BACKOFF, max_backoff, JITTER, HasherRng::default())
+        .expect("backoff bounds are valid: the maximum is at least the first")
         .make_backoff();
-    RetryPolicy::retries(MAX_ATTEMPTS - 1).with_backoff(backoff)
+    RetryPolicy::retries(options.attempts.max(1) - 1).with_backoff(backoff)
 }
 
 /// Starts the worker of `queue` on `storage`, restarting it (under a new name) when
@@ -131,6 +138,7 @@ pub fn spawn(
         timeout: options.timeout,
         yield_max: options.yield_max,
         busy_above: 2 * cpus,
+        attempts: options.attempts.max(1),
         handler,
         metrics,
         conn: storage.clone().get_connection().clone(),
@@ -146,7 +154,7 @@ pub fn spawn(
                 .data(context.clone())
                 .concurrency(options.concurrency)
                 .parallelize(tokio::spawn)
-                .retry(retry_policy())
+                .retry(retry_policy(&options))
                 // Last resort (`run` catches its handler's panics itself): a panic is logged
                 // and counts as a failed attempt.
                 .layer(CatchPanicLayer::with_panic_handler(|panic: &Box<dyn Any + Send + 'static>| {
@@ -224,7 +232,7 @@ async fn run(
             context.handler.dead(&job, &e).await;
             Err(AbortError::new(e).into())
         }
-        Err(JobError::Transient(e)) if n >= MAX_ATTEMPTS => {
+        Err(JobError::Transient(e)) if n >= context.attempts => {
             tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job failed its last attempt; dead");
             context.handler.dead(&job, &e).await;
             Err(AbortError::new(e).into())

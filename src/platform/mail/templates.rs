@@ -6,8 +6,14 @@ use minijinja::{Environment, Value};
 use serde::Serialize;
 
 /// Every message Storefront sends, by template name.
-pub const NAMES: &[&str] =
-    &["welcome", "reset-password", "order-confirmation", "order-cancelled", "report-ready"];
+pub const NAMES: &[&str] = &[
+    "welcome",
+    "reset-password",
+    "order-confirmation",
+    "order-cancelled",
+    "payment-received",
+    "report-ready",
+];
 
 macro_rules! embedded {
     ($($file:literal),* $(,)?) => {
@@ -29,6 +35,9 @@ const FILES: &[(&str, &str)] = embedded!(
     "order-cancelled.subject.txt",
     "order-cancelled.txt",
     "order-cancelled.html",
+    "payment-received.subject.txt",
+    "payment-received.txt",
+    "payment-received.html",
     "report-ready.subject.txt",
     "report-ready.txt",
     "report-ready.html",

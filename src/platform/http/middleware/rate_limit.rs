@@ -337,6 +337,8 @@ pub struct Limits {
     breaker: Arc<Breaker>,
     pub enabled: bool,
     pub trust_proxy: bool,
+    /// Paths the default per-IP limit leaves alone (besides the health probes).
+    exempt: Vec<&'static str>,
     pub default: Quota,
     pub auth: Quota,
     pub login_email: Quota,
@@ -346,6 +348,15 @@ pub struct Limits {
 }
 
 impl RateLimiter {
+    /// The same limiter, with `paths` exempt from the default per-IP limit (a provider's
+    /// webhook, sent from a few addresses and retried for days when refused).
+    pub fn exempting(self, paths: &[&'static str]) -> Self {
+        let mut limits =
+            Arc::try_unwrap(self.0).unwrap_or_else(|_| unreachable!("called once, at construction"));
+        limits.exempt.extend_from_slice(paths);
+        Self(Arc::new(limits))
+    }
+
     pub fn new(redis: Redis, settings: &Settings) -> Self {
         Self(Arc::new(Limits {
             redis,
@@ -356,6 +367,7 @@ impl RateLimiter {
             breaker: Arc::default(),
             enabled: settings.rate_limit_enabled,
             trust_proxy: settings.trust_proxy,
+            exempt: Vec::new(),
             default: Quota {
                 scope: "ip",
                 max: settings.rate_limit_default_per_minute,
@@ -578,7 +590,8 @@ fn ip_key(ip: IpAddr) -> String {
 }
 
 /// Middleware: the default per-IP limit. Health probes and metrics are exempt (load
-/// balancers and scrapers poll them from one address). The limiter rides along in the request extensions for
+/// balancers and scrapers poll them from one address), and the paths given to
+/// [`RateLimiter::exempting`]. The limiter rides along in the request extensions for
 /// the stricter route layers below.
 pub async fn per_ip<F: Future<Output = Response>>(
     limiter: &RateLimiter,
@@ -586,7 +599,7 @@ pub async fn per_ip<F: Future<Output = Response>>(
     next: impl FnOnce(Request) -> F,
 ) -> Response {
     let path = req.uri().path();
-    if path.starts_with("/health") || path == "/metrics" {
+    if path.starts_with("/health") || path == "/metrics" || limiter.exempt.contains(&path) {
         return next(req).await;
     }
     req.extensions_mut().insert(limiter.clone());
