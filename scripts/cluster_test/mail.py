@@ -3,8 +3,8 @@
 
 lettre's file transport names each file `<random uuid>.eml` and writes the message as
 sent (headers, then a multipart text + HTML body), so a file is mapped back to its outbox
-row through what it shows: an order confirmation links `/orders/<order id>` (the outbox
-payload's `orderId`); a welcome e-mail goes to the account's address (payload `userId`,
+row through what it shows: an e-mail about an order (confirmation, cancellation, payment
+received) links `/orders/<order id>` (the outbox payload's `orderId`); a welcome e-mail goes to the account's address (payload `userId`,
 one welcome per account); other kinds are grouped by template and recipient."""
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ from pathlib import Path
 
 from .common import Cluster
 
+# E-mails about one order, told apart by the order they link.
+ORDER_MAILS = ("order-confirmation", "order-cancelled", "payment-received")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 ORDER_LINK = re.compile(r"/orders/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})")
 SUBJECTS = [
     ("welcome", re.compile(r"^Welcome to Storefront")),
     ("order-confirmation", re.compile(r"^Your order \S+ is confirmed")),
+    ("order-cancelled", re.compile(r"^Your order \S+ was cancelled")),
+    ("payment-received", re.compile(r"^Payment received for your order")),
     ("reset-password", re.compile(r"^Reset your Storefront password")),
     ("report-ready", re.compile(r"^Your \S+ report is ready")),
 ]
@@ -47,9 +51,9 @@ def parse_file(path: Path) -> tuple[str, str | None, str]:
         return "unreadable", None, ""
     if not raw.strip() or template == "unknown":
         return "unreadable", None, to
-    if template == "order-confirmation":
+    if template in ORDER_MAILS:
         m = ORDER_LINK.search(text)
-        return template, (f"order:{m.group(1)}" if m else None), to
+        return template, (f"{template}:{m.group(1)}" if m else None), to
     return template, f"{template}:{to}", to
 
 
@@ -72,7 +76,7 @@ def outbox_emails(cluster: Cluster, since: str | None = None) -> list[dict]:
     )
     out = []
     for oid, kind, order_id, to, relayed, ledger in rows:
-        key = f"order:{order_id}" if kind == "order-confirmation" else f"{kind}:{to}"
+        key = f"{kind}:{order_id}" if kind in ORDER_MAILS else f"{kind}:{to}"
         out.append({"id": oid, "kind": kind, "key": key, "relayed": relayed == "t", "ledger": int(ledger)})
     return out
 
