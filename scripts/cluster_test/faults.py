@@ -1,8 +1,10 @@
 """The fault tests: Postgres and Redis restarted under load, kill -9 of an API
-instance during an order storm and of the worker mid-job, MAIL_DIR full or read-only."""
+instance during an order storm and of the worker mid-job, MAIL_DIR full or read-only,
+refunds through a failing payment provider and a killed worker."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -12,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import mail
+from .multi import PAYMENTS, Standin, signed
 from .common import (
     Client,
     Cluster,
@@ -566,9 +569,77 @@ def mail_dir_fault(cluster: Cluster, users, product, admin: str, mode: str) -> T
     return t
 
 
+# --- refunds through a failing provider and a killed worker ---------------------------
+
+
+def refunds(cluster: Cluster, users, product, admin: str, standin: Standin) -> Test:
+    n = 20
+    t = Test(
+        f"faults: {n} paid orders cancelled by staff while the payment provider answers 500, then kill -9 of the worker",
+        "every refund is retried (a fresh Idempotency-Key after each error answer) and ends refunded, once per "
+        "payment at the provider, after the provider is back and a new worker started; invariants hold",
+    )
+    staff = Client(cluster.url, token=admin)
+    intents = []
+    for k in range(n):
+        c = Client(cluster.url, token=users[k % len(users)][1])
+        oid = expect(c.post("/api/v1/orders", ORDER_BODY(product), label="POST /orders"), 201).data()["id"]
+        pay = expect(c.post(f"/api/v1/orders/{oid}/payment", label="POST /orders/{id}/payment"), 201).data()
+        event = {"id": unique("evt_"), "type": "payment_intent.succeeded",
+                 "data": {"object": {"id": pay["providerPaymentId"], "object": "payment_intent",
+                                     "amount_received": pay["amountCents"], "currency": "usd"}}}
+        expect(c.post("/api/v1/payments/stripe/webhook", event, headers=signed(event), label="webhook"), 200)
+        intents.append((oid, pay["providerPaymentId"]))
+        c.close()
+    paid = int(cluster.sql1("select count(*) from orders where status = 'paid' and id in (%s)"
+                            % ",".join(f"'{o}'" for o, _ in intents)))
+    t.require(paid == n, f"{paid} of {n} orders paid by their webhook")
+    (Path(standin.dir) / "fail").write_text("500")
+    for oid, _ in intents:
+        expect(staff.post(f"/api/v1/orders/{oid}/cancel", label="cancel"), 200)
+    time.sleep(3)
+    pid = cluster.pid("worker")
+    cluster.kill("worker")
+    (Path(standin.dir) / "fail").unlink()
+    cluster.start("worker")
+    t.did(f"{n} orders paid through their webhook, then cancelled by staff with the stand-in answering 500; 3 s later "
+          f"`scripts/cluster kill worker` (SIGKILL to pid {pid}), the stand-in answering again, `scripts/cluster start worker`")
+    ids = ",".join(f"'{p}'" for _, p in intents)
+    t0 = now()
+    while now() - t0 < 90:
+        left = int(cluster.sql1(f"select count(*) from payments where provider_payment_id in ({ids}) and status <> 'refunded'"))
+        if left == 0:
+            break
+        time.sleep(1)
+    t.saw(f"all refunded {now() - t0:.0f} s after the restart" if left == 0 else f"{left} not refunded after 90 s")
+    t.require(left == 0, "every payment refunded")
+    calls = []
+    with open(Path(standin.dir) / "requests.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["path"] == "/v1/refunds":
+                calls.append(r)
+    by_intent = Counter(r["form"].get("payment_intent") for r in calls)
+    keys = {r["idempotencyKey"] for r in calls}
+    fresh = sum(1 for k in keys if k and k.count("-") >= 1 and not k.endswith(tuple(p for _, p in intents)))
+    t.saw(f"{len(calls)} refund calls for {len(by_intent)} intents, {len(keys)} distinct keys ({fresh} fresh after an error)")
+    t.require(set(by_intent) == {p for _, p in intents}, "each payment's refund was asked of the provider")
+    t.require(fresh > 0, "error answers were followed by fresh keys")
+    t.run_check(cluster)
+    return t
+
+
 def run(cluster: Cluster) -> list[Test]:
     log("faults: starting the cluster")
-    cluster.up(COMMON)
+    standin = Standin()
+    try:
+        return run_with(cluster, standin)
+    finally:
+        standin.stop()
+
+
+def run_with(cluster: Cluster, standin: Standin) -> list[Test]:
+    cluster.up({**COMMON, **PAYMENTS, "STRIPE_API_BASE": standin.url})
     admin = admin_token(cluster, cluster.url)
     product = create_product(cluster.url, admin, stock=1_000_000)
     users = register_many(cluster.url, 20, "faults")
@@ -580,6 +651,7 @@ def run(cluster: Cluster) -> list[Test]:
         ("kill -9 of the worker", lambda: kill_worker(cluster, users, product)),
         ("MAIL_DIR full", lambda: mail_dir_fault(cluster, users, product, admin, "full")),
         ("MAIL_DIR read-only", lambda: mail_dir_fault(cluster, users, product, admin, "ro")),
+        ("refunds through a failing provider", lambda: refunds(cluster, users, product, admin, standin)),
     ]
     for title, fn in steps:
         try:

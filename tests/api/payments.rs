@@ -716,3 +716,35 @@ fn the_signer_the_tests_use_passes_stripes_own_verifier() {
     let wrong = check("whsec_another");
     assert!(!wrong.status.success(), "Stripe's verifier refuses another secret");
 }
+
+/// docs/payments.md, "Without Stripe: the local stand-in", step by step: the documented
+/// event, signed by the stand-in's `--sign-event`, pays the order.
+#[sqlx::test]
+async fn the_documented_local_walkthrough_pays_an_order(pool: PgPool) {
+    let standin = Standin::start();
+    let app = spawn(pool.clone(), &standin).await;
+    let ann = app.user().signed_in().await;
+    let mug = app.product().price_cents(1250).stock(10).create().await.id;
+    let order = place(&app, &ann, mug).await;
+    let (status, started) = pay(&app, &ann, &order).await;
+    assert_eq!(status, 201);
+    let pi = started["data"]["providerPaymentId"].as_str().unwrap();
+    let event = format!(
+        r#"{{"id":"evt_1","type":"payment_intent.succeeded","data":{{"object":{{"id":"{pi}","amount_received":2500,"currency":"usd"}}}}}}"#
+    );
+    let file = standin.dir.join("event.json");
+    std::fs::write(&file, format!("{event}\n")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stripe-standin");
+    let out = Command::new("/usr/bin/python3")
+        .arg(script)
+        .args(["--sign-event"])
+        .arg(&file)
+        .args(["--secret", SECRET])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let header = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (status, body) = deliver_raw(&app, std::fs::read(&file).unwrap(), Some(header)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(order_of(&app, &ann, &order).await["status"], "paid");
+}
