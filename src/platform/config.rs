@@ -672,6 +672,39 @@ mod tests {
     }
 
     #[test]
+    fn stripe_needs_both_keys_of_the_right_kind_and_turns_expiry_on() {
+        let err = with(&[("payment_provider", "stripe")]).unwrap_err();
+        for key in ["STRIPE_SECRET_KEY: required", "STRIPE_WEBHOOK_SECRET: required"] {
+            assert!(err.0.iter().any(|p| p.starts_with(key)), "{key}: {:?}", err.0);
+        }
+        let wrong = with(&[
+            ("payment_provider", "stripe"),
+            ("stripe_secret_key", "pk_test_x"),
+            ("stripe_webhook_secret", "x"),
+        ])
+        .unwrap_err();
+        assert_eq!(wrong.0.len(), 2, "{:?}", wrong.0);
+        assert!(wrong.0.iter().all(|p| !p.contains("pk_test_x")), "a key is never echoed: {:?}", wrong.0);
+        let ok = with(&[
+            ("payment_provider", "stripe"),
+            ("stripe_secret_key", "rk_test_x"),
+            ("stripe_webhook_secret", "whsec_x"),
+        ])
+        .unwrap();
+        assert_eq!(ok.order_expiry(), Some(Duration::from_secs(1800)), "30m by default with stripe");
+        let manual = with(&[]).unwrap();
+        assert_eq!(manual.order_expiry(), None, "off by default with manual payments");
+        let off = with(&[
+            ("payment_provider", "stripe"),
+            ("stripe_secret_key", "sk_x"),
+            ("stripe_webhook_secret", "whsec_x"),
+            ("order_payment_timeout", "0"),
+        ])
+        .unwrap();
+        assert_eq!(off.order_expiry(), None);
+    }
+
+    #[test]
     fn durations_parse_in_every_unit() {
         let d = |s: &str| s.parse::<HumanDuration>().map(|h| h.0);
         assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));

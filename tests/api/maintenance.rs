@@ -52,6 +52,7 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     exec(&app, "insert into reports (type, range_from, range_to, requested_by, created_at) select 'sales', now() - interval '40 days', now() - interval '35 days', id, now() - interval '31 days' from users where email = 'ann@example.com'").await;
     exec(&app, "insert into report_chunks (report_id, seq, data) select id, 0, '\\x00' from reports").await;
     exec(&app, "insert into reports (type, range_from, range_to, requested_by) select 'inventory', now() - interval '1 day', now(), id from users where email = 'ann@example.com'").await;
+    exec(&app, "insert into payment_events (provider, event_id, type, received_at) values ('stripe', 'evt_old', 'charge.refunded', now() - interval '31 days'), ('stripe', 'evt_new', 'charge.refunded', now() - interval '2 days')").await;
     // An unsent job is never deleted, however old.
     exec(&app, "insert into outbox (queue, kind, payload, created_at) values ('emails', 'reset-password', '{}', now() - interval '20 days')").await;
     let outbox_before = outbox_before + 1;
@@ -73,6 +74,8 @@ async fn cleanup_removes_dead_rows_keeps_live_ones_and_runs_once_per_slot(pool: 
     assert_eq!(report.reports, 1, "the report older than 30 days");
     assert_eq!(count(&app, "select count(*) from reports").await, 1);
     assert_eq!(count(&app, "select count(*) from report_chunks").await, 0, "its file went with it");
+    assert_eq!(report.payment_events, 1, "the provider event older than 30 days");
+    assert_eq!(count(&app, "select count(*) from payment_events where event_id = 'evt_new'").await, 1);
     assert_eq!(count(&app, "select count(*) from sent_emails").await, 1);
     assert_eq!((report.jobs_done, report.jobs_dead), (Some(0), Some(0)), "Redis answered; nothing to trim");
 
