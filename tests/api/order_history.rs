@@ -351,6 +351,19 @@ async fn orders_waiting_when_expiry_is_turned_on_expire_one_timeout_later(pool: 
         body["data"]["expiresAt"].as_str().unwrap().parse().unwrap();
     let left = expires_at - chrono::Utc::now();
     assert!(left > chrono::Duration::minutes(14) && left <= chrono::Duration::minutes(15), "{left}");
+
+    // Turned off again: the time is cleared (it would not happen); turned on later, a
+    // full timeout from then, never an expiry at once for the time it had before.
+    sqlx::query("update orders set expires_at = now() - interval '1 hour' where id = $1::uuid")
+        .bind(old_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(orders::clear_expiry(&pool).await.unwrap(), 1);
+    let (_, _, body) = send(app.authed(Method::GET, &format!("{ORDERS}/{old_id}"), &ann.token)).await;
+    assert_eq!(body["data"]["expiresAt"], Value::Null);
+    let report = orders::expire_unpaid(&pool, &Wakeup::new(pool.clone()), timeout).await.unwrap();
+    assert_eq!((report.stamped, report.expired), (1, 0));
 }
 
 #[sqlx::test]

@@ -78,6 +78,16 @@ impl Standin {
         self.requests().into_iter().filter(|r| r["method"] == method && r["path"] == path).collect()
     }
 
+    /// A call as the customer's side would make it (confirm, cancel); whether it succeeded.
+    pub async fn call(&self, path: &str) -> bool {
+        let res = reqwest::Client::new()
+            .post(format!("{}{path}", self.url()))
+            .bearer_auth("sk_test_standin")
+            .send()
+            .await;
+        res.is_ok_and(|r| r.status().is_success())
+    }
+
     /// Answers every request with `status code` while set.
     pub fn fail(&self, how: Option<&str>) {
         self.flag("fail", how);
@@ -276,21 +286,26 @@ async fn starting_a_payment_creates_one_intent_and_asking_again_returns_it(pool:
     .unwrap();
     assert_eq!(stored, 0);
 
-    // A cancelled intent cannot be paid: asking again makes a new one, with a new key.
-    let cancel = reqwest::Client::new()
-        .post(format!("{}/v1/payment_intents/{intent}/cancel", standin.url()))
-        .bearer_auth("sk_test_standin")
-        .send()
-        .await
-        .unwrap();
-    assert!(cancel.status().is_success());
-    let (status, again) = pay(&app, &ann, &order).await;
-    assert_eq!(status, 201, "{again}");
-    assert_ne!(again["data"]["providerPaymentId"], intent);
-    assert_eq!(
-        standin.calls("POST", "/v1/payment_intents")[1]["idempotencyKey"],
-        format!("order-{order}-payment-1")
-    );
+    // A cancelled intent cannot be paid: asking again (twice at once) makes one new
+    // intent, under one new key.
+    assert!(standin.call(&format!("/v1/payment_intents/{intent}/cancel")).await);
+    let (a, b) = tokio::join!(pay(&app, &ann, &order), pay(&app, &ann, &order));
+    let mut statuses = [a.0, b.0];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 201], "{a:?} {b:?}");
+    let renewed = a.1["data"]["providerPaymentId"].as_str().unwrap().to_owned();
+    assert_eq!(b.1["data"]["providerPaymentId"], renewed);
+    assert_ne!(renewed, intent);
+    let keys: Vec<Value> =
+        standin.calls("POST", "/v1/payment_intents").iter().map(|r| r["idempotencyKey"].clone()).collect();
+    assert!(keys[1..].iter().all(|k| *k == format!("order-{order}-payment-1")), "{keys:?}");
+    let intents: i64 = sqlx::query_scalar("select count(*) from payments").fetch_one(&pool).await.unwrap();
+    assert_eq!(intents, 2);
+    // Paid at the provider, its webhook not here yet: asked again, the same intent (a new
+    // one would be paid twice).
+    assert!(standin.call(&format!("/v1/payment_intents/{renewed}/confirm")).await);
+    let (status, same) = pay(&app, &ann, &order).await;
+    assert_eq!((status, same["data"]["providerPaymentId"].as_str()), (200, Some(renewed.as_str())));
 
     // Someone else's order does not exist for them; a paid one cannot be paid.
     let bob = app.user().signed_in().await;
@@ -406,6 +421,10 @@ async fn missing_malformed_wrong_stale_future_and_altered_signatures_are_400_and
         sqlx::query_scalar("select count(*) from payment_events").fetch_one(&pool).await.unwrap();
     assert_eq!(ledger, 0);
     assert_eq!(order_of(&app, &ann, &order).await["status"], "pending");
+    // Signed but not an event this server reads: 200, nothing (a non-2xx is retried for days).
+    let odd = b"[1, 2, 3]".to_vec();
+    let (status, answer) = deliver_raw(&app, odd.clone(), Some(sign(&odd, SECRET, now))).await;
+    assert_eq!((status, answer["data"]["duplicate"].as_bool()), (200, Some(false)), "{answer}");
     // Exempt from the per-IP limit, and signed right it passes.
     let (status, answer) = deliver_raw(&app, body.clone(), Some(sign(&body, SECRET, now))).await;
     assert_eq!((status, &answer["data"]), (200, &json!({"received": true, "duplicate": false})));
@@ -620,7 +639,15 @@ async fn failures_partial_refunds_and_dashboard_refunds_are_recorded_without_mov
     );
     assert_eq!(
         history(&app, &ann, &order).await,
-        ["created", "payment_started", "payment_failed", "payment_succeeded", "refunded", "refunded"]
+        [
+            "created",
+            "payment_started",
+            "payment_failed",
+            "payment_started",
+            "payment_succeeded",
+            "refunded",
+            "refunded"
+        ]
     );
 }
 

@@ -45,6 +45,19 @@ pub async fn start(pool: PgPool, queues: Queues, settings: &Settings) -> anyhow:
             })
         })?)
         .await?;
+    if settings.order_expiry().is_none() {
+        // Expiry is off: no pending order shows an expiry time that will not happen.
+        let db = pool.clone();
+        tokio::spawn(async move {
+            match crate::features::orders::clear_expiry(&db).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(cleared = n, "order expiry is off; pending orders' expiry times cleared")
+                }
+                Err(e) => tracing::warn!(error = %e, "clearing the expiry times of pending orders failed"),
+            }
+        });
+    }
     if let Some(timeout) = settings.order_expiry() {
         let (db, wakeup) = (pool.clone(), Wakeup::new(pool.clone()));
         let expiry_tick = Arc::new(schedule::parse(&settings.schedule_order_expiry)?);

@@ -28,7 +28,7 @@ pub use payments::{
     refund_failed, reopen as reopen_payment,
 };
 pub use routes::router;
-pub use service::{ExpiryReport, OrderRules, OrderService, expire_unpaid};
+pub use service::{ExpiryReport, OrderRules, OrderService, clear_expiry, expire_unpaid};
 
 /// Delta rows one fold statement takes at most.
 const FOLD_BATCH: i64 = 10_000;

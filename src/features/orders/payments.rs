@@ -92,13 +92,19 @@ pub async fn lock_payable(conn: &mut PgConnection, order_id: Uuid) -> sqlx::Resu
     }))
 }
 
-/// Moves the order's intent key on: after the provider answered an error (it would replay
-/// that error for the same key), or when a new intent is needed.
-pub async fn next_payment_key(db: impl PgExecutor<'_>, order_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!("update orders set payment_key_seq = payment_key_seq + 1 where id = $1", order_id)
-        .execute(db)
-        .await
-        .map(|_| ())
+/// Moves the order's intent key on from `seen`: after the provider answered an error (it
+/// would replay that error for the same key), or when a new intent is needed. A compare
+/// and set: of requests that saw the same key, one moves it on, once, and all then use
+/// the new one (the provider answers one key with one intent).
+pub async fn next_payment_key(db: impl PgExecutor<'_>, order_id: Uuid, seen: i32) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update orders set payment_key_seq = payment_key_seq + 1 where id = $1 and payment_key_seq = $2",
+        order_id,
+        seen
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
 }
 
 /// Moves a payment's call key on, after the provider answered a refund or cancel with an
@@ -143,15 +149,29 @@ pub async fn record_intent(
     events::record(&mut *conn, &event).await
 }
 
-/// A failed intent asked for again: it can be paid once more.
-pub async fn reopen(db: impl PgExecutor<'_>, payment_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
+/// A failed intent asked for again: it can be paid once more (`payment_started` again,
+/// with `retry: true`).
+pub async fn reopen(conn: &mut PgConnection, payment: &PaymentRow, actor: Actor) -> sqlx::Result<()> {
+    let reopened = sqlx::query!(
         "update payments set status = 'requires_payment' where id = $1 and status = 'failed'",
-        payment_id
+        payment.id
     )
-    .execute(db)
-    .await
-    .map(|_| ())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if reopened == 0 {
+        return Ok(());
+    }
+    let event = NewEvent {
+        order_id: payment.order_id,
+        kind: EventType::PaymentStarted,
+        from: None,
+        to: None,
+        actor,
+        detail: json!({"provider": payment.provider, "providerPaymentId": payment.provider_payment_id,
+                       "amountCents": payment.amount_cents, "currency": payment.currency, "retry": true}),
+    };
+    events::record(&mut *conn, &event).await
 }
 
 /// A payment by the provider's id, with its order's row locked first (then the payment's).

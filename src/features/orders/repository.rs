@@ -548,3 +548,16 @@ pub async fn is_due(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
     .fetch_one(db)
     .await
 }
+
+/// Takes the expiry time off up to `batch` pending orders (expiry is off); how many.
+pub async fn clear_expiry(db: impl PgExecutor<'_>, batch: i64) -> sqlx::Result<u64> {
+    sqlx::query!(
+        "update orders set expires_at = null
+         where id = any(array(select id from orders where status = 'pending' and expires_at is not null
+                              limit $1 for update skip locked))",
+        batch
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected())
+}

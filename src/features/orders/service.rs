@@ -546,20 +546,38 @@ pub async fn expire_unpaid(db: &PgPool, wakeup: &Wakeup, timeout: Duration) -> s
     }
     loop {
         let due = repository::expired(db, EXPIRY_BATCH).await?;
+        let mut this_batch = 0;
         for &id in &due {
             match expire_one(db, id).await {
-                Ok(true) => report.expired += 1,
+                Ok(true) => this_batch += 1,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(order.id = %id, error = %e, "expiring an order failed; the next run retries")
                 }
             }
         }
-        if report.expired > 0 {
+        report.expired += this_batch;
+        if this_batch > 0 {
             wakeup.committed();
         }
-        if (due.len() as i64) < EXPIRY_BATCH {
+        // A short batch is the last; a full one that expired nothing would come back the
+        // same (its orders failed, or are being paid): the next run tries them again.
+        if (due.len() as i64) < EXPIRY_BATCH || this_batch == 0 {
             return Ok(report);
+        }
+    }
+}
+
+/// While expiry is off, pending orders carry no expiry time: what they showed while it
+/// was on is cleared (in batches), so turning it on again gives them a full timeout from
+/// then. How many were cleared.
+pub async fn clear_expiry(db: &PgPool) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = repository::clear_expiry(db, EXPIRY_BATCH).await?;
+        total += n;
+        if n < EXPIRY_BATCH as u64 {
+            return Ok(total);
         }
     }
 }

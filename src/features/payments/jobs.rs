@@ -74,11 +74,14 @@ impl JobHandler for PaymentJobs {
     async fn handle(&self, job: &QueuedJob) -> Result<(), JobError> {
         let p: Payload = serde_json::from_value(job.payload.clone())
             .map_err(|e| JobError::Permanent(format!("malformed payload: {e}")))?;
-        let provider = self.provider.as_ref().ok_or_else(|| {
-            JobError::Transient("no payment provider is configured in this process".to_owned())
-        })?;
         let Some(payment) = find_payment(&self.db, p.payment_id).await.map_err(transient)? else {
             return Ok(());
+        };
+        let Some(provider) = self.provider.as_ref() else {
+            // Misconfigured (PAYMENT_PROVIDER differs between processes): retried, then
+            // dead-lettered like a provider that does not answer.
+            let e = ProviderError::NoAnswer("no payment provider is configured in this process".to_owned());
+            return Err(self.failed(&payment, e).await);
         };
         match job.kind.as_str() {
             "refund" => {

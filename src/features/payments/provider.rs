@@ -39,9 +39,10 @@ pub struct Intent {
 }
 
 impl Intent {
-    /// Whether the customer can still pay it.
-    pub fn payable(&self) -> bool {
-        !matches!(self.status.as_str(), "succeeded" | "canceled")
+    /// Whether it still stands: it can be paid, or it is paid and its webhook is on the
+    /// way. Only a cancelled intent is replaced by a new one.
+    pub fn standing(&self) -> bool {
+        self.status != "canceled"
     }
 }
 

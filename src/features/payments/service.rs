@@ -114,19 +114,23 @@ impl PaymentService {
         }) {
             let intent =
                 provider.get_intent(&current.provider_payment_id).await.map_err(|e| provider_failed(&e))?;
-            if intent.payable() {
+            if intent.standing() {
+                // Payable (or paid, its webhook on the way: never a second intent then).
                 if current.status == PaymentStatus::Failed {
-                    reopen_payment(&self.db, current.id).await?;
+                    let mut tx = self.db.begin().await?;
+                    reopen_payment(&mut tx, current, Actor::caller(caller.id, staff)).await?;
+                    tx.commit().await?;
                 }
                 return Ok((Started::Existing, answer(&order, provider.name(), intent)));
             }
-            // Cancelled (or paid, and refunded) at the provider: a new intent, new key.
-            next_payment_key(&self.db, order.id).await?;
+            // Cancelled at the provider: a new intent, under a new key. Requests racing
+            // here move the key on once (compare and set), so they share the new intent.
+            next_payment_key(&self.db, order.id, order.payment_key_seq).await?;
             return self.create(online, order.id, Actor::caller(caller.id, staff)).await;
         }
         if order.current.is_some() {
             // Its money was taken and is being given back (a mismatch): a new intent.
-            next_payment_key(&self.db, order.id).await?;
+            next_payment_key(&self.db, order.id, order.payment_key_seq).await?;
         }
         self.create(online, order.id, Actor::caller(caller.id, staff)).await
     }
@@ -153,7 +157,7 @@ impl PaymentService {
             Err(e) => {
                 if let ProviderError::Answered { .. } = e {
                     // The provider keeps that error for this key: the next try takes a new one.
-                    next_payment_key(&self.db, order.id).await?;
+                    next_payment_key(&self.db, order.id, order.payment_key_seq).await?;
                 }
                 return Err(provider_failed(&e));
             }
@@ -194,8 +198,12 @@ impl PaymentService {
         let now = chrono::Utc::now().timestamp();
         signature::verify(header, body, secret, tolerance, now)
             .map_err(|e: SignatureError| AppError::InvalidSignature.because(e))?;
-        let event: Event = serde_json::from_slice(body)
-            .map_err(|_| AppError::bad_request("the event is not a provider event"))?;
+        let Ok(event) = serde_json::from_slice::<Event>(body) else {
+            // Signed, so it is the provider's; not an event this server reads. A non-2xx
+            // would only make the provider retry it for days.
+            tracing::warn!("a signed webhook body that is not an event; ignored");
+            return Ok(false);
+        };
         let provider = online.provider.name();
         let mut tx = self.db.begin().await?;
         if !repository::record_event(&mut *tx, provider, &event.id, &event.kind).await? {
