@@ -51,7 +51,7 @@ async fn a_stopped_redis_makes_readiness_503_while_liveness_stays_200(pool: PgPo
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
     assert_eq!(body["checks"]["database"], "ok");
-    assert!(body["checks"]["redis"].as_str().unwrap().starts_with("error"), "{body}");
+    assert_eq!(body["checks"]["redis"], "unavailable", "a generic word; the error is logged");
     assert_eq!(live.status(), 200);
 }
 
@@ -63,7 +63,7 @@ async fn a_stopped_postgres_makes_readiness_503_naming_the_database(pool: PgPool
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
-    assert!(body["checks"]["database"].as_str().unwrap().starts_with("error"), "{body}");
+    assert_eq!(body["checks"]["database"], "unavailable", "a generic word; the error is logged");
     assert_eq!(body["checks"]["redis"], "ok");
     assert_eq!(app.get("/health").await.status(), 200);
 }

@@ -20,35 +20,39 @@ pub async fn live() -> Json<HealthResponse> {
     Json(HealthResponse { status: "ok", version: env!("CARGO_PKG_VERSION") })
 }
 
-/// Readiness: Postgres and Redis both answer. 503 names the failing dependency.
+/// Readiness: Postgres and Redis both answer. A 503 names the failing dependency with a
+/// generic word; the error itself goes to the log (it may name hosts and users).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Every dependency answers", body = ReadyResponse),
-        (status = 503, description = "A dependency is down; its check holds the error", body = ReadyResponse),
+        (status = 503, description = "A dependency is down: its check says `unavailable` (the error is logged)", body = ReadyResponse),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let database = check(crate::platform::db::ping(&state.db));
     let redis = check(state.redis.ping());
     let (database, redis) = tokio::join!(database, redis);
-    let healthy = database == "ok" && redis == "ok";
+    let healthy = database.is_ok() && redis.is_ok();
     let (status, label) = if healthy {
         (StatusCode::OK, "ok")
     } else {
-        tracing::warn!(database = %database, redis = %redis, "readiness check failed");
+        let why = |r: &Result<(), String>| r.as_ref().err().cloned().unwrap_or_else(|| "ok".to_owned());
+        tracing::warn!(database = %why(&database), redis = %why(&redis), "readiness check failed");
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let mut res = (status, Json(ReadyResponse { status: label, checks: ReadyChecks { database, redis } }))
-        .into_response();
+    let word = |r: &Result<(), String>| if r.is_ok() { "ok" } else { "unavailable" }.to_owned();
+    let checks = ReadyChecks { database: word(&database), redis: word(&redis) };
+    let mut res = (status, Json(ReadyResponse { status: label, checks })).into_response();
     // The probe's 503 is its own ops-convention body, not an API error.
     res.extensions_mut().insert(Enveloped);
     res
 }
 
-async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>) -> String {
+/// `Ok`, or why not (for the log only).
+async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>) -> Result<(), String> {
     match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-        Ok(Ok(())) => "ok".to_owned(),
-        Ok(Err(e)) => format!("error: {e}"),
-        Err(_) => format!("error: no answer within {}s", CHECK_TIMEOUT.as_secs()),
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
     }
 }
 

@@ -18,7 +18,7 @@ pub struct ReadyResponse {
     pub checks: ReadyChecks,
 }
 
-/// Per-dependency result: `ok`, or the error that made the check fail.
+/// Per-dependency result: `ok` or `unavailable` (why is in the log, never here).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReadyChecks {
     #[schema(example = "ok")]
