@@ -115,6 +115,10 @@ settings! {
     rate_limit_login_per_email: u32 = 10,
     /// Take the client IP from the right-most `X-Forwarded-For` entry.
     trust_proxy: bool = false,
+    /// In production, allow backends without transport security: Postgres below
+    /// `sslmode=verify-full`, plain `redis://` to another host, plain SMTP with
+    /// credentials, the `file` and `log` mail transports.
+    allow_insecure_backends: bool = false,
     /// Serve `GET /metrics` on the metrics listener.
     metrics_enabled: bool = true,
     /// Address of the metrics listener (`/metrics` and `/health`), apart from the API.
@@ -436,6 +440,16 @@ impl Settings {
         {
             p.push("JWT_SECRET: the development default and the .env.example placeholder are refused in production".to_owned());
         }
+        if self.app_env == AppEnv::Production && !strong_secret(secret) {
+            p.push(
+                "JWT_SECRET: in production, at least 64 hex characters, or base64/base64url of at least 32 bytes \
+                 (e.g. `openssl rand -base64 48`)"
+                    .to_owned(),
+            );
+        }
+        if self.app_env == AppEnv::Production && !self.allow_insecure_backends {
+            p.extend(self.insecure_backends());
+        }
         if self.jwt_expires_in < Duration::from_secs(1) {
             p.push("JWT_EXPIRES_IN: must be at least 1s".to_owned());
         }
@@ -553,6 +567,46 @@ impl Settings {
         Some(self.order_payment_timeout.unwrap_or(default)).filter(|t| !t.is_zero())
     }
 
+    /// What production refuses without `ALLOW_INSECURE_BACKENDS=true`. No URL is echoed
+    /// (they hold passwords): each problem names its setting.
+    fn insecure_backends(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let allow = "(or set ALLOW_INSECURE_BACKENDS=true)";
+        let db = url::Url::parse(self.database_url.expose_secret()).ok();
+        let sslmode = db
+            .as_ref()
+            .and_then(|u| u.query_pairs().find(|(k, _)| k == "sslmode").map(|(_, v)| v.into_owned()));
+        if sslmode.as_deref() != Some("verify-full") {
+            p.push(format!(
+                "DATABASE_URL: production needs sslmode=verify-full (the server's certificate checked) {allow}"
+            ));
+        }
+        let redis = url::Url::parse(self.redis_url.expose_secret()).ok();
+        if let Some(r) = redis.filter(|r| r.scheme() == "redis")
+            && !loopback(r.host_str().unwrap_or(""))
+        {
+            p.push(format!("REDIS_URL: plain redis:// to another host is refused in production {allow}"));
+        }
+        match self.email_transport {
+            EmailTransport::File | EmailTransport::Log => p.push(format!(
+                "EMAIL_TRANSPORT: `file` and `log` send nothing; production needs smtp {allow}"
+            )),
+            EmailTransport::Smtp => {
+                let smtp = self.smtp_url.as_ref().and_then(|u| url::Url::parse(u.expose_secret()).ok());
+                if let Some(u) = smtp
+                    && u.scheme() == "smtp"
+                    && !u.username().is_empty()
+                    && !u.query_pairs().any(|(k, v)| k == "tls" && v == "required")
+                {
+                    p.push(format!(
+                        "SMTP_URL: credentials over plain SMTP are refused in production; use smtps:// or ?tls=required {allow}"
+                    ));
+                }
+            }
+        }
+        p
+    }
+
     /// `host:port` to bind.
     pub fn bind_address(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -566,6 +620,29 @@ impl Settings {
             LogFormat::Auto => self.app_env == AppEnv::Production,
         }
     }
+}
+
+/// A production token secret: 64+ hex characters, or base64 / base64url (padded or not)
+/// of 32+ bytes.
+fn strong_secret(secret: &str) -> bool {
+    use base64::{Engine, engine::general_purpose};
+    if secret.len() >= 64 && secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return true;
+    }
+    [
+        general_purpose::STANDARD,
+        general_purpose::URL_SAFE,
+        general_purpose::STANDARD_NO_PAD,
+        general_purpose::URL_SAFE_NO_PAD,
+    ]
+    .iter()
+    .any(|engine| engine.decode(secret).is_ok_and(|bytes| bytes.len() >= 32))
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1.
+fn loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_database_url(url: &str) -> Result<(), String> {
@@ -649,8 +726,59 @@ mod tests {
     fn production_refuses_the_development_secret() {
         let err = with(&[("app_env", "production")]).unwrap_err();
         assert!(err.0.iter().any(|p| p.contains("refused in production")));
-        let ok = with(&[("app_env", "production"), ("jwt_secret", &"x".repeat(40))]);
-        assert!(ok.is_ok());
+        let ok = with(&[
+            ("app_env", "production"),
+            ("jwt_secret", &"ab".repeat(32)),
+            ("allow_insecure_backends", "true"),
+        ]);
+        assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.0));
+    }
+
+    #[test]
+    fn production_wants_a_strong_secret_and_secure_backends_unless_told_otherwise() {
+        let strong = "ab".repeat(32);
+        let weak = with(&[
+            ("app_env", "production"),
+            ("jwt_secret", &"x".repeat(40)),
+            ("allow_insecure_backends", "true"),
+        ])
+        .unwrap_err();
+        assert!(weak.0.iter().any(|p| p.starts_with("JWT_SECRET: in production")), "{:?}", weak.0);
+        for secret in [
+            strong.as_str(),
+            "3q2+7w3q2+7w3q2+7w3q2+7w3q2+7w3q2+7w3q2+7w3q2+7w",
+            "3q2-7w3q2-7w3q2-7w3q2-7w3q2-7w3q2-7w3q2-7w3q2-7w",
+        ] {
+            let ok = with(&[
+                ("app_env", "production"),
+                ("jwt_secret", secret),
+                ("allow_insecure_backends", "true"),
+            ]);
+            assert!(ok.is_ok(), "{secret}: {:?}", ok.err().map(|e| e.0));
+        }
+        // The built-in defaults: no TLS to Postgres, the file transport.
+        let err = with(&[("app_env", "production"), ("jwt_secret", &strong)]).unwrap_err();
+        let problems: Vec<&str> = err.0.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(problems, ["DATABASE_URL", "EMAIL_TRANSPORT"], "{:?}", err.0);
+        let secure = [
+            ("app_env", "production"),
+            ("jwt_secret", strong.as_str()),
+            ("database_url", "postgres://app:secret-pw@db.internal:5432/shop?sslmode=verify-full"),
+            ("redis_url", "redis://127.0.0.1:6379"),
+            ("email_transport", "smtp"),
+            ("smtp_url", "smtps://mailer:secret-pw@smtp.example.com:465"),
+        ];
+        assert!(with(&secure).is_ok(), "{:?}", with(&secure).err().map(|e| e.0));
+        let mut insecure = secure.to_vec();
+        insecure[2].1 = "postgres://app:secret-pw@db.internal:5432/shop?sslmode=require";
+        insecure[3].1 = "redis://:secret-pw@cache.internal:6379";
+        insecure[5].1 = "smtp://mailer:secret-pw@smtp.example.com:25";
+        let err = with(&insecure).unwrap_err();
+        let problems: Vec<&str> = err.0.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert_eq!(problems, ["DATABASE_URL", "REDIS_URL", "SMTP_URL"], "{:?}", err.0);
+        assert!(err.0.iter().all(|p| !p.contains("secret-pw")), "no URL is echoed: {:?}", err.0);
+        insecure.push(("allow_insecure_backends", "true"));
+        assert!(with(&insecure).is_ok());
     }
 
     #[test]
