@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from . import mail
-from .multi import PAYMENTS, Standin, signed
+from .multi import Standin, signed, succeeded
 from .common import (
     Client,
     Cluster,
@@ -585,9 +585,7 @@ def refunds(cluster: Cluster, users, product, admin: str, standin: Standin) -> T
         c = Client(cluster.url, token=users[k % len(users)][1])
         oid = expect(c.post("/api/v1/orders", ORDER_BODY(product), label="POST /orders"), 201).data()["id"]
         pay = expect(c.post(f"/api/v1/orders/{oid}/payment", label="POST /orders/{id}/payment"), 201).data()
-        event = {"id": unique("evt_"), "type": "payment_intent.succeeded",
-                 "data": {"object": {"id": pay["providerPaymentId"], "object": "payment_intent",
-                                     "amount_received": pay["amountCents"], "currency": "usd"}}}
+        event = succeeded(pay["providerPaymentId"], pay["amountCents"])
         expect(c.post("/api/v1/payments/stripe/webhook", event, headers=signed(event), label="webhook"), 200)
         intents.append((oid, pay["providerPaymentId"]))
         c.close()
@@ -631,15 +629,12 @@ def refunds(cluster: Cluster, users, product, admin: str, standin: Standin) -> T
 
 def run(cluster: Cluster) -> list[Test]:
     log("faults: starting the cluster")
-    standin = Standin()
-    try:
-        return run_with(cluster, standin)
-    finally:
-        standin.stop()
+    with Standin() as standin:
+        cluster.up({**COMMON, **standin.env()})
+        return run_tests(cluster, standin)
 
 
-def run_with(cluster: Cluster, standin: Standin) -> list[Test]:
-    cluster.up({**COMMON, **PAYMENTS, "STRIPE_API_BASE": standin.url})
+def run_tests(cluster: Cluster, standin: Standin) -> list[Test]:
     admin = admin_token(cluster, cluster.url)
     product = create_product(cluster.url, admin, stock=1_000_000)
     users = register_many(cluster.url, 20, "faults")

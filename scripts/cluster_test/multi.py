@@ -294,13 +294,22 @@ class Standin:
                 time.sleep(0.05)
         raise RuntimeError("the Stripe stand-in did not start")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def env(self) -> dict[str, str]:
+        """The settings of processes that take payments through this stand-in."""
+        return {**PAYMENTS, "STRIPE_API_BASE": f"http://127.0.0.1:{self.port}"}
 
-    def stop(self) -> None:
+    def __enter__(self) -> "Standin":
+        return self
+
+    def __exit__(self, *_) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def succeeded(intent: str, amount: int) -> dict:
+    """A `payment_intent.succeeded` event, with a fresh id."""
+    return {"id": unique("evt_"), "type": "payment_intent.succeeded",
+            "data": {"object": {"id": intent, "object": "payment_intent", "amount_received": amount, "currency": "usd"}}}
 
 
 def signed(event: dict) -> dict[str, str]:
@@ -333,8 +342,7 @@ def payments(cluster: Cluster, admin: str) -> Test:
     duplicates = Counter()
     bad: list[str] = []
     for k, (oid, intent, amount, token) in enumerate(orders):
-        event = {"id": unique("evt_"), "type": "payment_intent.succeeded",
-                 "data": {"object": {"id": intent, "object": "payment_intent", "amount_received": amount, "currency": "usd"}}}
+        event = succeeded(intent, amount)
         clients = [Client(cluster.api_urls["api1"]), Client(cluster.api_urls["api2"])]
         owner = Client(cluster.url, token=token)
         for c in clients + [owner]:
@@ -387,15 +395,12 @@ def payments(cluster: Cluster, admin: str) -> Test:
 
 def run(cluster: Cluster) -> list[Test]:
     log("multi: starting the cluster (schedules every 2 s on all three processes)")
-    standin = Standin()
-    try:
-        return run_with(cluster, standin)
-    finally:
-        standin.stop()
+    with Standin() as standin:
+        cluster.up({**COMMON, **standin.env()}, api=API)
+        return run_tests(cluster)
 
 
-def run_with(cluster: Cluster, standin: Standin) -> list[Test]:
-    cluster.up({**COMMON, **PAYMENTS, "STRIPE_API_BASE": standin.url}, api=API)
+def run_tests(cluster: Cluster) -> list[Test]:
     tests: list[Test] = []
     admin = admin_token(cluster, cluster.url)
     w0 = time.time()

@@ -352,3 +352,51 @@ pub async fn broken_invariants(pool: &PgPool) -> Vec<String> {
         .map(|f| format!("{}: {:?}", f.invariant.name, f.sample))
         .collect()
 }
+
+/// A server a test starts on a free loopback port with a fresh directory (the SMTP
+/// server, the Stripe stand-in): files in the directory steer it; killed and its
+/// directory removed on drop.
+pub struct LocalServer {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl LocalServer {
+    /// Runs `command(port, dir)` (output discarded) and waits until it listens.
+    pub fn start(what: &str, command: impl FnOnce(u16, &std::path::Path) -> std::process::Command) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("storefront-{what}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = command(port, &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} runs: {e}"));
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{what} did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { port, dir, child }
+    }
+
+    /// Writes the control file `name` (`Some`), or removes it (`None`).
+    pub fn flag(&self, name: &str, content: Option<&str>) {
+        let path = self.dir.join(name);
+        match content {
+            Some(c) => std::fs::write(path, c).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -3,9 +3,8 @@
 //! transport.
 
 use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,25 +14,21 @@ use storefront::platform::{
     mail::{LettreMailer, MailError, OutgoingMail, templates::Templates},
 };
 
-use crate::helpers::test_settings;
+use crate::helpers::{LocalServer, test_settings};
 
 /// A real SMTP server (aiosmtpd with `tests/support/smtp_handler.py`) storing every
 /// message it accepts in a Maildir; killed on drop. [`Self::fail`] and [`Self::slow`]
 /// make it refuse or stall, as a broken or overloaded server would.
 pub struct SmtpServer {
-    pub port: u16,
-    pub dir: PathBuf,
-    child: Child,
+    server: LocalServer,
 }
 
 impl SmtpServer {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("storefront-smtp-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
         let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
-        let child = Command::new("/usr/bin/python3")
-            .args([
+        let server = LocalServer::start("smtp", |port, dir| {
+            let mut c = Command::new("/usr/bin/python3");
+            c.args([
                 "-m",
                 "aiosmtpd",
                 "-n",
@@ -42,27 +37,20 @@ impl SmtpServer {
                 "-c",
                 "smtp_handler.ControlledMailbox",
             ])
-            .arg(&dir)
-            .env("PYTHONPATH", support)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("aiosmtpd runs (scripts/services installs python3-aiosmtpd)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { port, dir, child }
+            .arg(dir)
+            .env("PYTHONPATH", support);
+            c
+        });
+        Self { server }
     }
 
     pub fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
+        format!("smtp://127.0.0.1:{}", self.server.port)
     }
 
     /// Every message received so far, as raw RFC 5322 text.
     pub fn messages(&self) -> Vec<String> {
-        read_dir_texts(&self.dir.join("maildir/new"))
+        read_dir_texts(&self.server.dir.join("maildir/new"))
     }
 
     /// Waits until at least `n` messages arrived (panics after `within`); returns them all.
@@ -94,25 +82,11 @@ impl SmtpServer {
 
     /// How many RCPT commands the server has seen (sends begun).
     pub fn recipients_seen(&self) -> usize {
-        std::fs::read_to_string(self.dir.join("rcpt.log")).map(|s| s.lines().count()).unwrap_or(0)
+        std::fs::read_to_string(self.server.dir.join("rcpt.log")).map(|s| s.lines().count()).unwrap_or(0)
     }
 
     fn flag(&self, name: &str, content: Option<&str>) {
-        let path = self.dir.join(name);
-        match content {
-            Some(c) => std::fs::write(path, c).unwrap(),
-            None => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.flag(name, content);
     }
 }
 

@@ -3,9 +3,8 @@
 //! intent cancels, and the race of a late payment with the expiry.
 
 use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -25,7 +24,7 @@ use storefront::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{Session, TestApp, expect_error, send};
+use crate::helpers::{LocalServer, Session, TestApp, expect_error, send};
 
 const ORDERS: &str = "/api/v1/orders";
 const WEBHOOK: &str = "/api/v1/payments/stripe/webhook";
@@ -33,40 +32,27 @@ const SECRET: &str = "whsec_test_standin_secret";
 
 /// The Stripe stand-in, killed on drop.
 pub struct Standin {
-    pub port: u16,
-    dir: PathBuf,
-    child: Child,
+    server: LocalServer,
 }
 
 impl Standin {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = std::env::temp_dir().join(format!("storefront-stripe-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stripe-standin");
-        let child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .args(["--port", &port.to_string(), "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the stand-in runs");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "the stand-in did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, dir, child }
+        let server = LocalServer::start("stripe", |port, dir| {
+            let mut c = Command::new("/usr/bin/python3");
+            c.arg(script).args(["--port", &port.to_string(), "--dir"]).arg(dir);
+            c
+        });
+        Self { server }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.server.port)
     }
 
     /// Every request so far.
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.dir.join("requests.jsonl"))
+        std::fs::read_to_string(self.server.dir.join("requests.jsonl"))
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
@@ -99,21 +85,7 @@ impl Standin {
     }
 
     fn flag(&self, name: &str, content: Option<&str>) {
-        let path = self.dir.join(name);
-        match content {
-            Some(c) => std::fs::write(path, c).unwrap(),
-            None => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-}
-
-impl Drop for Standin {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.server.flag(name, content);
     }
 }
 
@@ -149,6 +121,16 @@ async fn pay(app: &TestApp, who: &Session, order: &str) -> (u16, Value) {
     let (status, _, body) =
         send(app.authed(Method::POST, &format!("{ORDERS}/{order}/payment"), &who.token)).await;
     (status.as_u16(), body)
+}
+
+/// Starts the payment of `order` (201); its intent id and amount.
+async fn started(app: &TestApp, who: &Session, order: &str) -> (String, i64) {
+    let (status, body) = pay(app, who, order).await;
+    assert_eq!(status, 201, "{body}");
+    (
+        body["data"]["providerPaymentId"].as_str().unwrap().to_owned(),
+        body["data"]["amountCents"].as_i64().unwrap(),
+    )
 }
 
 async fn order_of(app: &TestApp, who: &Session, order: &str) -> Value {
@@ -437,9 +419,7 @@ async fn a_success_pays_the_order_once_even_delivered_twenty_times_at_once(pool:
     let ann = app.user().signed_in().await;
     let mug = app.product().stock(10).create().await.id;
     let order = place(&app, &ann, mug).await;
-    let (_, started) = pay(&app, &ann, &order).await;
-    let intent = started["data"]["providerPaymentId"].as_str().unwrap().to_owned();
-    let total = started["data"]["amountCents"].as_i64().unwrap();
+    let (intent, total) = started(&app, &ann, &order).await;
     let paid = succeeded(&intent, total, "usd");
     let answers = futures::future::join_all((0..20).map(|_| deliver(&app, &paid))).await;
     assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
@@ -486,12 +466,8 @@ async fn money_that_pays_nothing_goes_back(pool: PgPool) {
     let start = |order: String| {
         let (app, ann) = (&app, &ann);
         async move {
-            let (_, started) = pay(app, ann, &order).await;
-            (
-                order,
-                started["data"]["providerPaymentId"].as_str().unwrap().to_owned(),
-                started["data"]["amountCents"].as_i64().unwrap(),
-            )
+            let (intent, total) = started(app, ann, &order).await;
+            (order, intent, total)
         }
     };
     // 1. The owner cancels, then the money arrives.
@@ -552,9 +528,7 @@ async fn refunds_are_retried_with_fresh_keys_after_errors_and_dead_after_the_win
     let admin = app.user().admin().signed_in().await;
     let mug = app.product().stock(100).create().await.id;
     let order = place(&app, &ann, mug).await;
-    let (_, started) = pay(&app, &ann, &order).await;
-    let intent = started["data"]["providerPaymentId"].as_str().unwrap().to_owned();
-    let total = started["data"]["amountCents"].as_i64().unwrap();
+    let (intent, total) = started(&app, &ann, &order).await;
     assert_eq!(deliver(&app, &succeeded(&intent, total, "usd")).await.0, 200);
     // Staff cancel the paid order: its money goes back.
     let (status, _, _) =
@@ -588,9 +562,7 @@ async fn refunds_are_retried_with_fresh_keys_after_errors_and_dead_after_the_win
 
     // A refund the provider keeps refusing past the window is dead: staff are told.
     let order = place(&app, &ann, mug).await;
-    let (_, started) = pay(&app, &ann, &order).await;
-    let intent = started["data"]["providerPaymentId"].as_str().unwrap().to_owned();
-    let total = started["data"]["amountCents"].as_i64().unwrap();
+    let (intent, total) = started(&app, &ann, &order).await;
     assert_eq!(deliver(&app, &succeeded(&intent, total + 5, "usd")).await.0, 200);
     standin.fail(Some("500"));
     let results = run_payment_jobs(&app, &pool, Duration::ZERO).await;
@@ -607,9 +579,7 @@ async fn failures_partial_refunds_and_dashboard_refunds_are_recorded_without_mov
     let ann = app.user().signed_in().await;
     let mug = app.product().stock(100).create().await.id;
     let order = place(&app, &ann, mug).await;
-    let (_, started) = pay(&app, &ann, &order).await;
-    let intent = started["data"]["providerPaymentId"].as_str().unwrap().to_owned();
-    let total = started["data"]["amountCents"].as_i64().unwrap();
+    let (intent, total) = started(&app, &ann, &order).await;
     let failed = event("payment_intent.payment_failed", json!({"id": intent, "object": "payment_intent"}));
     assert_eq!(deliver(&app, &failed).await.0, 200);
     let now = order_of(&app, &ann, &order).await;
@@ -759,7 +729,7 @@ async fn the_documented_local_walkthrough_pays_an_order(pool: PgPool) {
     let event = format!(
         r#"{{"id":"evt_1","type":"payment_intent.succeeded","data":{{"object":{{"id":"{pi}","amount_received":2500,"currency":"usd"}}}}}}"#
     );
-    let file = standin.dir.join("event.json");
+    let file = standin.server.dir.join("event.json");
     std::fs::write(&file, format!("{event}\n")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stripe-standin");
     let out = Command::new("/usr/bin/python3")
