@@ -115,7 +115,7 @@ impl AppState {
     /// Builds the state and its services from already-created connections (tests pass
     /// their own pool).
     pub fn new(config: Settings, db: PgPool, redis: Redis) -> Self {
-        let hasher = PasswordHasher::new();
+        let hasher = PasswordHasher::new().with_queue_max(config.password_hash_queue_max);
         // List cursors are signed with a key derived from the token secret: every instance
         // of a deployment reads every other's.
         let cursors = Cursors::new(config.jwt_secret.expose_secret().as_bytes());

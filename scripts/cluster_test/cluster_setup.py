@@ -269,7 +269,7 @@ def write_env_files(c: Ctl) -> None:
         f"MAIL_DIR={c.dir}/mail",
         f"PUBLIC_URL={c.url}",
         "RUN_MIGRATIONS=false",
-        "TRUST_PROXY=true",
+        "TRUSTED_PROXIES=127.0.0.1",
     ]
     if setting("CLUSTER_ENV_FILE"):
         lines += env_lines(setting("CLUSTER_ENV_FILE"))

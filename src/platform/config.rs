@@ -12,6 +12,7 @@ use figment::{
     Figment,
     providers::{Env, Format, Toml},
 };
+use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, de::DeserializeOwned};
 
@@ -113,8 +114,15 @@ settings! {
     rate_limit_auth_per_minute: u32 = 20,
     /// Failed logins (and, apart, forgot requests) per e-mail address per 15 minutes.
     rate_limit_login_per_email: u32 = 10,
-    /// Take the client IP from the right-most `X-Forwarded-For` entry.
-    trust_proxy: bool = false,
+    /// Proxies whose `X-Forwarded-For` is believed (comma-separated CIDRs or addresses);
+    /// the client is the right-most entry that is not one of them. Empty: the socket peer.
+    trusted_proxies: Vec<IpNet> = "",
+    /// Failed current-password checks of `POST /users/profile/password` per account per
+    /// 15 minutes.
+    rate_limit_password_change_failures: u32 = 5,
+    /// Password hashes queued or running at once before new ones answer 503 at once; `0`:
+    /// four per hashing thread.
+    password_hash_queue_max: usize = 0,
     /// In production, allow backends without transport security: Postgres below
     /// `sslmode=verify-full`, plain `redis://` to another host, plain SMTP with
     /// credentials, the `file` and `log` mail transports.
@@ -236,6 +244,76 @@ impl Setting for Vec<String> {
     fn from_raw(raw: String) -> Self {
         raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
     }
+}
+
+/// A comma-separated list of CIDRs (`10.0.0.0/8`) or addresses (`127.0.0.1`, one host).
+impl Setting for Vec<IpNet> {
+    type Raw = CidrList;
+    fn from_raw(raw: CidrList) -> Self {
+        raw.0
+    }
+}
+
+/// [`Vec<IpNet>`]'s raw form: fails on the first entry that is neither a CIDR nor an address.
+pub struct CidrList(Vec<IpNet>);
+
+impl<'de> Deserialize<'de> for CidrList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        let shown: String = entry.chars().take(64).collect();
+                        serde::de::Error::custom(format!(
+                            "`{shown}` is not a CIDR or an address (e.g. 10.0.0.0/8, 127.0.0.1)"
+                        ))
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+/// Settings that were replaced: present anywhere, they stop the start with what to use.
+const RETIRED: &[(&str, &str)] = &[(
+    "trust_proxy",
+    "TRUST_PROXY: replaced by TRUSTED_PROXIES, the comma-separated CIDRs of the proxies in front \
+     (e.g. TRUSTED_PROXIES=10.0.0.0/8); remove TRUST_PROXY",
+)];
+
+/// Secrets that may be given as a file instead (`JWT_SECRET_FILE=/run/secrets/jwt`): the
+/// value is the file's content without its trailing newline.
+pub const SECRET_FILES: &[&str] =
+    &["database_url", "redis_url", "jwt_secret", "smtp_url", "stripe_secret_key", "stripe_webhook_secret"];
+
+/// Reads every `NAME_FILE` of [`SECRET_FILES`] set in the environment; a problem for a
+/// file that cannot be read or a secret given both ways. The path is named, never the
+/// content.
+fn secret_files(
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    problems: &mut Vec<String>,
+) -> Vec<(&'static str, String)> {
+    let mut values = Vec::new();
+    for key in SECRET_FILES {
+        let name = key.to_ascii_uppercase();
+        let Some(path) = var(&format!("{name}_FILE")) else { continue };
+        if var(&name).is_some() {
+            problems.push(format!("{name} and {name}_FILE: set one of them, not both"));
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(content) => values.push((*key, content.trim_end_matches(['\r', '\n']).to_owned())),
+            Err(e) => {
+                problems.push(format!("{name}_FILE: cannot read {}: {}", path.to_string_lossy(), e.kind()))
+            }
+        }
+    }
+    values
 }
 
 /// Reads `key` as `T`; on failure notes the problem and falls back to the built-in
@@ -384,18 +462,31 @@ impl Settings {
 
     /// Loads defaults < `config/default.toml` < `config/{env}.toml` < environment.
     pub fn load_for(app_env: AppEnv) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Toml::string(BUILTIN_DEFAULTS))
+        let retired: Vec<&str> = RETIRED.iter().map(|(key, _)| *key).collect();
+        let mut problems = Vec::new();
+        let mut figment = Figment::from(Toml::string(BUILTIN_DEFAULTS))
             .merge(Toml::file("config/default.toml"))
             .merge(Toml::file(format!("config/{}.toml", app_env.as_str())))
             .merge(Env::raw().only(KEYS))
-            .merge(("app_env", app_env.as_str()));
-        Self::from_figment(&figment)
+            .merge(Env::raw().only(&retired));
+        for (key, value) in secret_files(|name| std::env::var_os(name), &mut problems) {
+            figment = figment.merge((key, value));
+        }
+        Self::from_figment_with(&figment.merge(("app_env", app_env.as_str())), problems)
     }
 
     /// Extracts and validates every key of `figment`, collecting all problems.
     pub fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        Self::from_figment_with(figment, Vec::new())
+    }
+
+    fn from_figment_with(figment: &Figment, mut problems: Vec<String>) -> Result<Self, ConfigError> {
         let builtin = Figment::from(Toml::string(BUILTIN_DEFAULTS));
-        let mut problems = Vec::new();
+        for (key, problem) in RETIRED {
+            if figment.find_value(key).is_ok() {
+                problems.push((*problem).to_owned());
+            }
+        }
         let settings = Self::extract(figment, &builtin, &mut problems);
         problems.extend(settings.problems());
         if problems.is_empty() { Ok(settings) } else { Err(ConfigError(problems)) }
@@ -509,6 +600,7 @@ impl Settings {
             ("RATE_LIMIT_DEFAULT_PER_MINUTE", self.rate_limit_default_per_minute),
             ("RATE_LIMIT_AUTH_PER_MINUTE", self.rate_limit_auth_per_minute),
             ("RATE_LIMIT_LOGIN_PER_EMAIL", self.rate_limit_login_per_email),
+            ("RATE_LIMIT_PASSWORD_CHANGE_FAILURES", self.rate_limit_password_change_failures),
         ] {
             if value == 0 {
                 p.push(format!(
@@ -846,6 +938,56 @@ mod tests {
         assert!(d("5 fortnights").is_err());
         assert!(d("m").is_err());
         assert!(d("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn the_retired_trust_proxy_is_refused_naming_its_replacement() {
+        let problems = with(&[("trust_proxy", "true")]).unwrap_err().0;
+        assert!(
+            problems.iter().any(|p| p.contains("TRUST_PROXY") && p.contains("TRUSTED_PROXIES")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_or_addresses() {
+        let s = with(&[("trusted_proxies", "10.0.0.0/8, 127.0.0.1,::1")]).unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        assert!(with(&[]).unwrap().trusted_proxies.is_empty());
+        let problems = with(&[("trusted_proxies", "10.0.0.0/8,true")]).unwrap_err().0;
+        assert!(
+            problems.iter().any(|p| p.starts_with("TRUSTED_PROXIES") && p.contains("`true`")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_can_be_read_from_files() {
+        let dir = std::env::temp_dir().join(format!("storefront-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("jwt");
+        std::fs::write(&file, "from-a-file-0123456789abcdef0123456789\n").unwrap();
+        let vars = |set: &'static [(&'static str, bool)]| {
+            let file = file.clone();
+            move |name: &str| {
+                set.iter().find(|(n, _)| *n == name).map(|(_, is_file)| {
+                    if *is_file { file.clone().into_os_string() } else { "direct".into() }
+                })
+            }
+        };
+        let mut problems = Vec::new();
+        let values = secret_files(vars(&[("JWT_SECRET_FILE", true)]), &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(values, [("jwt_secret", "from-a-file-0123456789abcdef0123456789".to_owned())]);
+        // Both ways at once, and a file that is not there: each named, no content shown.
+        let values = secret_files(vars(&[("JWT_SECRET_FILE", true), ("JWT_SECRET", false)]), &mut problems);
+        assert!(values.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+        secret_files(vars(&[("REDIS_URL_FILE", true)]), &mut problems);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("JWT_SECRET and JWT_SECRET_FILE"));
+        assert!(problems[1].starts_with("REDIS_URL_FILE: cannot read"));
     }
 
     #[test]

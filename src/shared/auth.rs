@@ -267,8 +267,8 @@ where
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        // The same client address the rate limits count (with TRUST_PROXY, the address
-        // the trusted proxy forwarded), not the proxy's.
+        // The same client address the rate limits count (behind TRUSTED_PROXIES, the address
+        // the proxies forwarded), not the proxy's.
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| *addr);
         let ip = RateLimiter::from_ref(state).client_ip(&parts.headers, peer).map(|ip| ip.to_string());
         let user_agent = parts

@@ -16,7 +16,10 @@
 //! limits and priorities, or `rayon` with a bounded pool is measured to keep RSS under
 //! 64 MB through `scripts/bench`'s login flood, move to it.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use anyhow::Context;
 use argon2::{
@@ -24,6 +27,8 @@ use argon2::{
     password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
 use tokio::sync::{OnceCell, oneshot};
+
+use crate::platform::http::error::Overloaded;
 
 /// The cost every new hash gets.
 const M_COST_KIB: u32 = 19_456;
@@ -41,6 +46,9 @@ const KEEP_BLOCKS_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct PasswordHasher {
     jobs: flume::Sender<Job>,
     threads: usize,
+    /// Hashes queued or running now, and how many may be.
+    admitted: Arc<AtomicUsize>,
+    queue_max: usize,
     dummy_hash: Arc<OnceCell<String>>,
 }
 
@@ -72,7 +80,8 @@ fn params() -> Params {
 }
 
 impl PasswordHasher {
-    /// One hashing thread per CPU: more concurrent hashes would only thrash.
+    /// One hashing thread per CPU: more concurrent hashes would only thrash. Four hashes
+    /// per thread may wait or run at once (see [`Self::with_queue_max`]).
     pub fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let (jobs, queue) = flume::unbounded::<Job>();
@@ -96,7 +105,23 @@ impl PasswordHasher {
                 })
                 .expect("spawning a password hashing thread");
         }
-        Self { jobs, threads, dummy_hash: Arc::new(OnceCell::new()) }
+        Self {
+            jobs,
+            threads,
+            admitted: Arc::default(),
+            queue_max: 4 * threads,
+            dummy_hash: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// Admission control: at most `max` hashes queued or running at once (`0`: four per
+    /// hashing thread); past it a hash fails at once with [`Overloaded`] (a 503), instead
+    /// of waiting behind the others until the request times out.
+    pub fn with_queue_max(mut self, max: usize) -> Self {
+        if max > 0 {
+            self.queue_max = max;
+        }
+        self
     }
 
     /// How many hashes can run at once.
@@ -131,14 +156,29 @@ impl PasswordHasher {
         &self,
         work: impl FnOnce(&mut Vec<Block>) -> anyhow::Result<T> + Send + 'static,
     ) -> anyhow::Result<T> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.queue_max {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return Err(Overloaded("too many password checks are waiting; try again shortly").into());
+        }
+        let admission = Admission(self.admitted.clone());
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |blocks| {
+            let _admission = admission;
             if !done.is_closed() {
                 let _ = done.send(work(blocks));
             }
         });
         self.jobs.send(job).ok().context("password hashing threads stopped")?;
         result.await.context("password hashing thread failed")?
+    }
+}
+
+/// One admitted hash; its place is given back when the job has run (or was skipped).
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -78,7 +78,7 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_counted(pool: PgPool) {
         pool,
         |s| {
             s.rate_limit_default_per_minute = 1;
-            s.trust_proxy = true;
+            s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         },
         Router::new(),
     )
@@ -91,8 +91,141 @@ async fn behind_a_trusted_proxy_the_forwarded_address_is_counted(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn a_forged_forwarded_address_from_an_untrusted_peer_is_ignored(pool: PgPool) {
+    // The proxies are elsewhere: this loopback client is not one of them.
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.rate_limit_default_per_minute = 1;
+            s.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+        },
+        Router::new(),
+    )
+    .await;
+    let forged = |ip: &str| app.request(Method::GET, PRODUCTS).header("x-forwarded-for", ip.to_owned());
+    assert_eq!(send(forged("203.0.113.1")).await.0, 200);
+    // Another forged address is still the same client: the socket peer.
+    expect_error(forged("203.0.113.2"), 429, "RATE_LIMITED").await;
+}
+
+#[sqlx::test]
+async fn parallel_wrong_logins_get_no_more_guesses_than_the_per_email_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.rate_limit_login_per_email = 3;
+            s.rate_limit_auth_per_minute = 1000;
+        },
+        Router::new(),
+    )
+    .await;
+    app.user().email("ann@example.com").signed_in().await;
+    let attempts = (0..50).map(|i| {
+        let req = app
+            .request(Method::POST, LOGIN)
+            .json(&json!({"email": "ann@example.com", "password": format!("guess-{i:04}")}));
+        async move { req.send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures::future::join_all(attempts).await;
+    let wrong = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(wrong <= 3, "{wrong} passwords were checked: {statuses:?}");
+    assert_eq!(wrong + limited, 50, "{statuses:?}");
+}
+
+#[sqlx::test]
+async fn only_wrong_passwords_use_the_per_email_limit_up(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.rate_limit_login_per_email = 2, Router::new()).await;
+    app.user().email("ann@example.com").signed_in().await;
+    let wrong = json!({"email": "ann@example.com", "password": "guess-guess"});
+    assert_eq!(app.post_json(LOGIN, &wrong).await.status(), 401);
+    // Each success gives its reserved place back.
+    for _ in 0..4 {
+        app.login("ann@example.com", "password123").await;
+    }
+    assert_eq!(app.post_json(LOGIN, &wrong).await.status(), 401);
+    crate::helpers::assert_error(app.post_json(LOGIN, &wrong).await, 429, "RATE_LIMITED").await;
+}
+
+#[sqlx::test]
+async fn wrong_current_passwords_are_limited_per_account(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.rate_limit_password_change_failures = 5;
+            s.rate_limit_auth_per_minute = 1000;
+        },
+        Router::new(),
+    )
+    .await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    let bob = app.user().email("bob@example.com").signed_in().await;
+    const CHANGE: &str = "/api/v1/users/profile/password";
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        let body = json!({"currentPassword": format!("guess-{i:04}"), "newPassword": "new-password-1"});
+        statuses.push(send(app.authed(Method::POST, CHANGE, &ann.token).json(&body)).await.0);
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 400), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Even the right password waits now; another account does not.
+    let right = json!({"currentPassword": "password123", "newPassword": "new-password-1"});
+    expect_error(app.authed(Method::POST, CHANGE, &ann.token).json(&right), 429, "RATE_LIMITED").await;
+    assert_eq!(send(app.authed(Method::POST, CHANGE, &bob.token).json(&right)).await.0, 204);
+}
+
+#[sqlx::test]
+async fn the_password_change_is_under_the_strict_per_ip_limit(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |s| s.rate_limit_auth_per_minute = 2, Router::new()).await;
+    let ann = app.user().email("ann@example.com").signed_in().await;
+    const CHANGE: &str = "/api/v1/users/profile/password";
+    let body = json!({"currentPassword": "guess-guess", "newPassword": "new-password-1"});
+    // The sign-in above was one of the two.
+    assert_eq!(send(app.authed(Method::POST, CHANGE, &ann.token).json(&body)).await.0, 400);
+    expect_error(app.authed(Method::POST, CHANGE, &ann.token).json(&body), 429, "RATE_LIMITED").await;
+}
+
+#[sqlx::test]
+async fn past_the_hashing_queue_a_login_answers_503_at_once(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.password_hash_queue_max = 1;
+            s.rate_limit_auth_per_minute = 1000;
+            s.rate_limit_login_per_email = 1000;
+        },
+        Router::new(),
+    )
+    .await;
+    app.user().email("ann@example.com").signed_in().await;
+    let attempts = (0..12).map(|_| {
+        let req = app
+            .request(Method::POST, LOGIN)
+            .json(&json!({"email": "ann@example.com", "password": "password123"}));
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (status, body["error"]["code"].as_str().unwrap_or("").to_owned())
+        }
+    });
+    let answers = futures::future::join_all(attempts).await;
+    assert!(
+        answers.iter().all(|(s, c)| *s == 200 || (*s == 503 && c == "SERVICE_UNAVAILABLE")),
+        "{answers:?}"
+    );
+    assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
+    assert!(answers.iter().any(|(s, _)| *s == 503), "{answers:?}");
+}
+
+#[sqlx::test]
 async fn sessions_record_the_client_address_the_limits_count(pool: PgPool) {
-    let behind_proxy = TestApp::spawn_with(pool.clone(), |s| s.trust_proxy = true, Router::new()).await;
+    let behind_proxy = TestApp::spawn_with(
+        pool.clone(),
+        |s| s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()],
+        Router::new(),
+    )
+    .await;
     behind_proxy.user().email("ann@example.com").signed_in().await;
     let res = behind_proxy
         .request(Method::POST, LOGIN)

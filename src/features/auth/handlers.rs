@@ -56,20 +56,20 @@ pub async fn login(
 ) -> AppResult<ApiOk<AuthResponse>> {
     // Per address, whatever IPs the attempts come from. A string that is no address
     // matches no account, so it fails like an unknown one (and has no quota to spend).
-    // Only failures count (brute-force protection): signing in often is no attack.
+    // The attempt is counted before the password is checked, so parallel guesses cannot
+    // outrun the count; a success (or a failure that checked nothing) gives it back, so
+    // only wrong passwords use the quota up.
     let email = Email::parse(&body.email).ok();
-    if let Some(email) = &email {
-        limiter.check_failures(limiter.login_email, email.as_str()).await?;
+    let reserved = match &email {
+        Some(email) => limiter.reserve(limiter.login_email, email.as_str()).await?,
+        None => None,
+    };
+    let result = auth.login(email.as_ref(), &body.password, &meta).await;
+    if !matches!(result, Err(AppError::Unauthorized(_))) {
+        limiter.release(reserved).await;
     }
-    match auth.login(email.as_ref(), &body.password, &meta).await {
-        Ok((user, tokens)) => Ok(ApiOk::new(AuthResponse::new(tokens, user.into()))),
-        Err(e) => {
-            if let (Some(email), AppError::Unauthorized(_)) = (&email, &e) {
-                limiter.hit(limiter.login_email, email.as_str()).await;
-            }
-            Err(e)
-        }
-    }
+    let (user, tokens) = result?;
+    Ok(ApiOk::new(AuthResponse::new(tokens, user.into())))
 }
 
 /// Rotates a refresh token. Presenting an already-rotated token revokes its family.

@@ -17,8 +17,9 @@ use super::{
 use crate::{
     platform::http::{
         cursor::Cursors,
-        error::{AppResult, ErrorEnvelope},
+        error::{AppError, AppResult, ErrorEnvelope},
         extract::{JsonBody, PathParam, QueryParams, ValidJson},
+        middleware::rate_limit::RateLimiter,
         response::{ApiList, ApiOk, PageParams, Pagination, split_page},
     },
     shared::auth::{Require, perm},
@@ -61,14 +62,29 @@ pub async fn update_profile(
         (status = 204, description = "Password changed"),
         (status = 400, description = "Wrong current password (`fields.currentPassword`) or invalid new one", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts from this IP, or too many wrong current passwords for this account; see Retry-After", body = ErrorEnvelope),
+        (status = 503, description = "Too many password checks queued; try again shortly", body = ErrorEnvelope),
     ))]
 pub async fn change_password(
     State(users): State<UserService>,
+    State(limiter): State<RateLimiter>,
     Require(user, _): Require<perm::ProfileUpdate>,
     ValidJson(body): ValidJson<ChangePasswordRequest>,
 ) -> AppResult<StatusCode> {
-    users.change_password(&user, &body.current_password, &body.new_password).await?;
+    // A stolen access token must not become a password oracle: wrong current passwords
+    // are limited per account, counted before the check (as logins are).
+    let reserved = limiter.reserve(limiter.password_change, &user.id.to_string()).await?;
+    let result = users.change_password(&user, &body.current_password, &body.new_password).await;
+    if !matches!(&result, Err(e) if wrong_current_password(e)) {
+        limiter.release(reserved).await;
+    }
+    result?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The refusal of a wrong current password (the one failure the per-account limit counts).
+fn wrong_current_password(e: &AppError) -> bool {
+    matches!(e, AppError::Validation { fields, .. } if fields.contains_key("currentPassword"))
 }
 
 /// Lists live users, newest first (admin).

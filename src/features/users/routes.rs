@@ -4,7 +4,7 @@
 //! | --- | --- | --- | --- |
 //! | GET | `/api/v1/users/profile` | `handlers::get_profile` | profile:read |
 //! | PATCH | `/api/v1/users/profile` | `handlers::update_profile` | profile:update |
-//! | POST | `/api/v1/users/profile/password` | `handlers::change_password` | profile:update |
+//! | POST | `/api/v1/users/profile/password` | `handlers::change_password` | profile:update, strict per-IP + per-account failure limit |
 //! | GET | `/api/v1/users` | `handlers::list_users` | users:read (admin) |
 //! | GET | `/api/v1/users/{id}` | `handlers::get_user` | users:read (admin) |
 //! | PATCH | `/api/v1/users/{id}` | `handlers::update_user` | users:write (admin) |
@@ -13,13 +13,18 @@
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::handlers;
-use crate::state::AppState;
+use crate::{platform::http::middleware::rate_limit, state::AppState};
 
 /// `/users/...`
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(handlers::get_profile, handlers::update_profile))
-        .routes(routes!(handlers::change_password))
+        // A password check: under the strict per-IP limit of the auth routes.
+        .merge(
+            OpenApiRouter::new()
+                .routes(routes!(handlers::change_password))
+                .route_layer(axum::middleware::from_fn(rate_limit::auth_per_ip)),
+        )
         .routes(routes!(handlers::list_users))
         .routes(routes!(handlers::get_user, handlers::update_user, handlers::delete_user))
 }

@@ -273,9 +273,18 @@ impl From<sqlx::Error> for AppError {
 
 impl From<anyhow::Error> for AppError {
     fn from(e: anyhow::Error) -> Self {
-        Self::Internal(e)
+        match e.downcast_ref::<Overloaded>() {
+            Some(Overloaded(message)) => Self::ServiceUnavailable((*message).to_owned()),
+            None => Self::Internal(e),
+        }
     }
 }
+
+/// A resource at its capacity (the password hashing queue): answered 503 with this
+/// message, so the client retries later instead of waiting out a timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Overloaded(pub &'static str);
 
 /// Marker on a response whose body is already in the SPEC shape (or deliberately not JSON);
 /// the envelope middleware leaves such responses alone.

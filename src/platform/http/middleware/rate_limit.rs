@@ -34,6 +34,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use ipnet::IpNet;
 use redis::Script;
 
 use crate::platform::{config::Settings, http::error::AppError, redis::Redis};
@@ -62,6 +63,28 @@ if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1])
 return {count, ttl}
 ";
 
+/// Counts one attempt only while the window has room (`ARGV[2]` = the limit): returns the
+/// count, the milliseconds until the window ends, and 1 when admitted (0 when refused:
+/// the refused attempt is not counted, so the count never passes the limit).
+const RESERVE: &str = r"
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+if count > tonumber(ARGV[2]) then
+  redis.call('DECR', KEYS[1])
+  return {count - 1, ttl, 0}
+end
+return {count, ttl, 1}
+";
+
+/// Gives one reserved attempt back (never below zero, never into a new window).
+const RELEASE: &str = r"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 0 then redis.call('DECR', KEYS[1]) end
+return 0
+";
+
 /// Longest a request waits for Redis on the limiter's behalf.
 pub const REDIS_BUDGET: Duration = Duration::from_millis(50);
 /// Failures in a row that open the breaker.
@@ -71,18 +94,25 @@ pub const COOL_DOWN: Duration = Duration::from_secs(5);
 /// Keys the in-process counts hold at most (expired ones are dropped first).
 const LOCAL_MAX_KEYS: usize = 100_000;
 
-/// Keeps an in-process map under [`LOCAL_MAX_KEYS`]: drops the entries `live` says are
-/// over, and if that is not enough starts over (bounded memory over precision).
-fn bound<K, V>(map: &mut HashMap<K, V>, live: impl Fn(&V) -> bool) {
+/// Keeps an in-process map under [`LOCAL_MAX_KEYS`] before an insert: drops the entries
+/// whose window has ended (`ends`), and if that is not enough, the tenth whose windows end
+/// soonest. Live counts of other keys are never reset wholesale, so flooding the map with
+/// fresh keys cannot wipe an address's failed attempts.
+fn bound<K, V>(map: &mut HashMap<K, V>, now: Instant, ends: impl Fn(&V) -> Instant) {
+    if map.len() < LOCAL_MAX_KEYS {
+        return;
+    }
+    map.retain(|_, v| ends(v) > now);
     if map.len() >= LOCAL_MAX_KEYS {
-        map.retain(|_, v| live(v));
-        if map.len() >= LOCAL_MAX_KEYS {
-            map.clear();
-        }
+        let mut ends_at: Vec<Instant> = map.values().map(&ends).collect();
+        let tenth = ends_at.len() / 10;
+        let (_, cutoff, _) = ends_at.select_nth_unstable(tenth);
+        let cutoff = *cutoff;
+        map.retain(|_, v| ends(v) > cutoff);
     }
 }
 
-/// Per (scope, key): the hits counted and when the window began.
+/// Per (scope, key): the hits counted and when the window ends.
 type Windows = HashMap<(&'static str, String), (u64, Instant)>;
 
 /// Fixed-window counts in this process: the fallback while Redis is out.
@@ -92,20 +122,34 @@ struct LocalCounts {
 }
 
 impl LocalCounts {
-    /// Counts one hit (when `count`) or only reads; returns the count and the time left.
-    fn touch(&self, quota: Quota, key: &str, count: bool) -> (u64, Duration) {
+    /// Counts one hit; with `reserve`, only while the window has room (a refused hit is
+    /// not counted). Returns the count and the time left.
+    fn hit(&self, quota: Quota, key: &str, reserve: bool) -> (u64, Duration) {
         let now = Instant::now();
         let Ok(mut windows) = self.windows.lock() else { return (0, quota.window) };
-        // No quota's window is longer than 15 minutes.
-        bound(&mut windows, |(_, start)| now.duration_since(*start) < Duration::from_secs(15 * 60));
-        let entry = windows.entry((quota.scope, key.to_owned())).or_insert((0, now));
-        if now.duration_since(entry.1) >= quota.window {
-            *entry = (0, now);
+        bound(&mut windows, now, |(_, end)| *end);
+        let entry = windows.entry((quota.scope, key.to_owned())).or_insert((0, now + quota.window));
+        if now >= entry.1 {
+            *entry = (0, now + quota.window);
         }
-        if count {
+        if !reserve || entry.0 < u64::from(quota.max) {
             entry.0 += 1;
+        } else {
+            // Refused: reported as one over the limit, and not counted.
+            return (entry.0 + 1, entry.1 - now);
         }
-        (entry.0, quota.window.saturating_sub(now.duration_since(entry.1)))
+        (entry.0, entry.1 - now)
+    }
+
+    /// Gives one hit back, within the window it was counted in.
+    fn release(&self, quota: Quota, key: &str) {
+        let now = Instant::now();
+        let Ok(mut windows) = self.windows.lock() else { return };
+        if let Some(entry) = windows.get_mut(&(quota.scope, key.to_owned()))
+            && now < entry.1
+        {
+            entry.0 = entry.0.saturating_sub(1);
+        }
     }
 }
 
@@ -174,7 +218,7 @@ impl Leases {
         let mut allowed = false;
         let mut left = 0;
         if let Ok(mut shard) = self.shard(key).lock() {
-            bound(&mut shard, |l| now < l.window_end);
+            bound(&mut shard, now, |l| l.window_end);
             let lease = shard.entry(key.to_owned()).or_insert(Lease {
                 left: 0,
                 beyond,
@@ -332,11 +376,14 @@ pub struct Limits {
     redis: Redis,
     script: Arc<Script>,
     lease_script: Script,
+    reserve_script: Script,
+    release_script: Script,
     leases: Leases,
     local: Arc<LocalCounts>,
     breaker: Arc<Breaker>,
     pub enabled: bool,
-    pub trust_proxy: bool,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
     /// Paths the default per-IP limit leaves alone (besides the health probes).
     exempt: Vec<&'static str>,
     pub default: Quota,
@@ -345,6 +392,17 @@ pub struct Limits {
     /// Same size as `login_email`, counted apart: forgot requests must not lock the owner
     /// out of logging in.
     pub forgot_email: Quota,
+    /// Failed current-password checks per account.
+    pub password_change: Quota,
+}
+
+/// An attempt counted by [`RateLimiter::reserve`]; [`RateLimiter::release`] gives it back.
+#[derive(Debug)]
+pub struct Reservation {
+    quota: Quota,
+    key: String,
+    /// Counted in this process (Redis was out), so given back here too.
+    local: bool,
 }
 
 impl RateLimiter {
@@ -362,11 +420,13 @@ impl RateLimiter {
             redis,
             script: Arc::new(Script::new(HIT)),
             lease_script: Script::new(LEASE),
+            reserve_script: Script::new(RESERVE),
+            release_script: Script::new(RELEASE),
             leases: Leases::default(),
             local: Arc::default(),
             breaker: Arc::default(),
             enabled: settings.rate_limit_enabled,
-            trust_proxy: settings.trust_proxy,
+            trusted_proxies: settings.trusted_proxies.clone(),
             exempt: Vec::new(),
             default: Quota {
                 scope: "ip",
@@ -388,15 +448,19 @@ impl RateLimiter {
                 max: settings.rate_limit_login_per_email,
                 window: Duration::from_secs(15 * 60),
             },
+            password_change: Quota {
+                scope: "password-change",
+                max: settings.rate_limit_password_change_failures,
+                window: Duration::from_secs(15 * 60),
+            },
         }))
     }
 
-    /// The decision for `count` hits so far with `ttl` left in the window.
-    fn decide(quota: Quota, count: u64, ttl: Duration, counting: bool) -> Decision {
+    /// The decision for `count` hits so far (this one included) with `ttl` left.
+    fn decide(quota: Quota, count: u64, ttl: Duration) -> Decision {
         let max = u64::from(quota.max);
         Decision {
-            // Counting: this hit is included; peeking: one more would be.
-            allowed: if counting { count <= max } else { count < max },
+            allowed: count <= max,
             limit: quota.max,
             remaining: u32::try_from(max.saturating_sub(count)).unwrap_or(0),
             reset_secs: ttl.as_millis().div_ceil(1000).max(1) as u64,
@@ -405,47 +469,87 @@ impl RateLimiter {
 
     /// Counts one hit of `key` against `quota`; `None` when limits are disabled.
     pub async fn hit(&self, quota: Quota, key: &str) -> Option<Decision> {
-        self.touch(quota, key, true).await
-    }
-
-    /// Whether `key` has used up `quota`, without counting this request (failure-only
-    /// quotas: [`Self::hit`] is called only for a failed attempt); `None` when disabled.
-    pub async fn peek(&self, quota: Quota, key: &str) -> Option<Decision> {
-        self.touch(quota, key, false).await
-    }
-
-    async fn touch(&self, quota: Quota, key: &str, counting: bool) -> Option<Decision> {
         if !self.enabled {
             return None;
         }
         if self.breaker.allows() {
             let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
             let mut conn = self.redis.conn();
-            let call = async {
-                if counting {
-                    let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
-                    self.script.key(&redis_key).arg(window_ms).invoke_async::<(u64, i64)>(&mut conn).await
-                } else {
-                    redis::pipe()
-                        .get(&redis_key)
-                        .pttl(&redis_key)
-                        .query_async::<(Option<u64>, i64)>(&mut conn)
-                        .await
-                        .map(|(count, ttl)| (count.unwrap_or(0), ttl))
-                }
-            };
+            let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
+            let mut invocation = self.script.key(&redis_key);
+            invocation.arg(window_ms);
+            let call = invocation.invoke_async::<(u64, i64)>(&mut conn);
             match tokio::time::timeout(REDIS_BUDGET, call).await {
                 Ok(Ok((count, ttl_ms))) => {
                     self.breaker.success();
                     let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
-                    return Some(Self::decide(quota, count, ttl, counting));
+                    return Some(Self::decide(quota, count, ttl));
                 }
                 Ok(Err(e)) => self.breaker.failure(&e.to_string()),
                 Err(_) => self.breaker.failure("no answer within the budget"),
             }
         }
-        let (count, ttl) = self.local.touch(quota, key, counting);
-        Some(Self::decide(quota, count, ttl, counting))
+        let (count, ttl) = self.local.hit(quota, key, false);
+        Some(Self::decide(quota, count, ttl))
+    }
+
+    /// Counts an attempt of `key` against `quota` before the work it guards (a password
+    /// check), atomically: of any number of parallel attempts at most `quota.max` are
+    /// admitted per window. A 429 when the window is full; `None` when limits are off.
+    /// Keep the reservation for a failed attempt; [`Self::release`] it after a success, so
+    /// only failures use the quota up.
+    pub async fn reserve(&self, quota: Quota, key: &str) -> Result<Option<Reservation>, AppError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let mut local = true;
+        let mut outcome = None;
+        if self.breaker.allows() {
+            let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
+            let mut conn = self.redis.conn();
+            let window_ms = u64::try_from(quota.window.as_millis()).unwrap_or(u64::MAX);
+            let mut invocation = self.reserve_script.key(&redis_key);
+            invocation.arg(window_ms).arg(quota.max);
+            let call = invocation.invoke_async::<(u64, i64, u8)>(&mut conn);
+            match tokio::time::timeout(REDIS_BUDGET, call).await {
+                Ok(Ok((count, ttl_ms, admitted))) => {
+                    self.breaker.success();
+                    let ttl = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+                    let count = if admitted == 1 { count } else { u64::from(quota.max) + 1 };
+                    outcome = Some(Self::decide(quota, count, ttl));
+                    local = false;
+                }
+                Ok(Err(e)) => self.breaker.failure(&e.to_string()),
+                Err(_) => self.breaker.failure("no answer within the budget"),
+            }
+        }
+        let decision = outcome.unwrap_or_else(|| {
+            let (count, ttl) = self.local.hit(quota, key, true);
+            Self::decide(quota, count, ttl)
+        });
+        if !decision.allowed {
+            return Err(decision.error());
+        }
+        Ok(Some(Reservation { quota, key: key.to_owned(), local }))
+    }
+
+    /// Gives a reserved attempt back (it succeeded). Best effort: if Redis fails now,
+    /// the attempt stays counted until its window ends.
+    pub async fn release(&self, reservation: Option<Reservation>) {
+        let Some(Reservation { quota, key, local }) = reservation else { return };
+        if local {
+            self.local.release(quota, &key);
+            return;
+        }
+        let redis_key = self.redis.key(&format!("rl:{}:{key}", quota.scope));
+        let mut conn = self.redis.conn();
+        let invocation = self.release_script.key(&redis_key);
+        let call = invocation.invoke_async::<i64>(&mut conn);
+        match tokio::time::timeout(REDIS_BUDGET, call).await {
+            Ok(Ok(_)) => self.breaker.success(),
+            Ok(Err(e)) => self.breaker.failure(&e.to_string()),
+            Err(_) => self.breaker.failure("no answer within the budget"),
+        }
     }
 
     /// Counts one hit of `key` against `quota` from this process's lease (see [`Leases`]):
@@ -472,8 +576,8 @@ impl RateLimiter {
             Local::AskRedis => match self.fetch_lease(quota, key).await {
                 Some((count, ttl)) => Some(self.leases.add(quota, key, quota.lease(), count, ttl, true)),
                 None => {
-                    let (count, ttl) = self.local.touch(quota, key, true);
-                    Some(Self::decide(quota, count, ttl, true))
+                    let (count, ttl) = self.local.hit(quota, key, false);
+                    Some(Self::decide(quota, count, ttl))
                 }
             },
         }
@@ -507,14 +611,6 @@ impl RateLimiter {
         }
     }
 
-    /// Refuses with 429 when `key` has used up a failure-only `quota` (see [`Self::peek`]).
-    pub async fn check_failures(&self, quota: Quota, key: &str) -> Result<(), AppError> {
-        match self.peek(quota, key).await {
-            Some(d) if !d.allowed => Err(d.error()),
-            _ => Ok(()),
-        }
-    }
-
     /// Refuses with 429 when `key` has used up `quota`.
     pub async fn check(&self, quota: Quota, key: &str) -> Result<(), AppError> {
         match self.hit(quota, key).await {
@@ -523,18 +619,33 @@ impl RateLimiter {
         }
     }
 
-    /// The client's address: the socket peer, or with `TRUST_PROXY` (one trusted proxy in
-    /// front) the right-most `X-Forwarded-For` entry, the one that proxy appended. Only
-    /// that entry counts: anything left of it is client-supplied and forgeable. If it does
-    /// not parse, the peer (the proxy) is used, which is strict rather than forgeable.
+    /// The client's address: the socket peer, unless that peer is a trusted proxy
+    /// (`TRUSTED_PROXIES`). Then the `X-Forwarded-For` entries are walked from the right,
+    /// past every trusted address, and the first untrusted one is the client: entries
+    /// further left were written by whoever sent the request to that hop and are
+    /// forgeable. An entry that does not parse stops the walk at the last trusted hop
+    /// (strict rather than forgeable). From any other peer the header is ignored.
     pub fn client_ip(&self, headers: &HeaderMap, peer: Option<SocketAddr>) -> Option<IpAddr> {
-        if self.trust_proxy
-            && let Some(last) = headers.get_all("x-forwarded-for").iter().next_back()
-            && let Some(ip) = last.to_str().ok().and_then(|v| v.rsplit(',').next()).and_then(parse_forwarded)
-        {
-            return Some(ip);
+        let peer = peer.map(|p| p.ip().to_canonical())?;
+        if !self.trusted(peer) {
+            return Some(peer);
         }
-        peer.map(|p| p.ip())
+        let mut client = peer;
+        for value in headers.get_all("x-forwarded-for").iter().rev() {
+            let Ok(value) = value.to_str() else { return Some(client) };
+            for entry in value.rsplit(',') {
+                let Some(ip) = parse_forwarded(entry) else { return Some(client) };
+                client = ip.to_canonical();
+                if !self.trusted(client) {
+                    return Some(client);
+                }
+            }
+        }
+        Some(client)
+    }
+
+    fn trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
     }
 
     async fn limit<F: Future<Output = Response>>(
@@ -621,40 +732,91 @@ mod tests {
     use super::*;
     use crate::platform::config::{AppEnv, Settings};
 
-    fn limiter(trust_proxy: bool) -> RateLimiter {
+    fn limiter(trusted: &str) -> RateLimiter {
         let mut settings = Settings::load_for(AppEnv::Test).unwrap();
-        settings.trust_proxy = trust_proxy;
+        settings.trusted_proxies =
+            trusted.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
         RateLimiter::new(Redis::connect_lazy(&settings).unwrap(), &settings)
     }
 
-    fn xff(value: &str) -> HeaderMap {
+    fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        for value in values {
+            h.append("x-forwarded-for", HeaderValue::from_str(value).unwrap());
+        }
         h
     }
 
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[tokio::test]
-    async fn the_client_ip_is_the_peer_unless_the_proxy_is_trusted() {
-        let peer: SocketAddr = "10.0.0.9:5000".parse().unwrap();
-        let headers = xff("203.0.113.7, 198.51.100.2");
-        assert_eq!(limiter(false).client_ip(&headers, Some(peer)), Some("10.0.0.9".parse().unwrap()));
-        assert_eq!(limiter(true).client_ip(&headers, Some(peer)), Some("198.51.100.2".parse().unwrap()));
-        // A client-supplied garbage entry cannot hide the proxy's own.
+    async fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let proxy: SocketAddr = "10.0.0.9:5000".parse().unwrap();
+        let stranger: SocketAddr = "203.0.113.50:5000".parse().unwrap();
+        let headers = xff(&["203.0.113.7, 198.51.100.2"]);
+        // No trusted proxies: the peer, whatever the header says.
+        assert_eq!(limiter("").client_ip(&headers, Some(proxy)), ip("10.0.0.9"));
+        let one = limiter("10.0.0.0/8");
+        // From an untrusted peer the header is ignored.
+        assert_eq!(one.client_ip(&headers, Some(stranger)), ip("203.0.113.50"));
+        // From a trusted peer: the right-most untrusted entry.
+        assert_eq!(one.client_ip(&headers, Some(proxy)), ip("198.51.100.2"));
+        // Trusted hops on the right are walked past (two proxies in a row).
         assert_eq!(
-            limiter(true).client_ip(&xff("spoofed, 198.51.100.2"), Some(peer)),
-            Some("198.51.100.2".parse().unwrap())
+            one.client_ip(&xff(&["203.0.113.7, 198.51.100.2, 10.1.2.3"]), Some(proxy)),
+            ip("198.51.100.2")
         );
-        // Nor can a proxy entry with a port let a forged one through.
+        // Several header lines read as one list, the last line right-most.
+        assert_eq!(one.client_ip(&xff(&["198.51.100.2", "10.1.2.3"]), Some(proxy)), ip("198.51.100.2"));
+        // A client-supplied garbage entry left of the client's cannot hide it.
+        assert_eq!(one.client_ip(&xff(&["spoofed, 198.51.100.2"]), Some(proxy)), ip("198.51.100.2"));
+        // An entry with a port is read without it.
         assert_eq!(
-            limiter(true).client_ip(&xff("203.0.113.66, 198.51.100.2:4711"), Some(peer)),
-            Some("198.51.100.2".parse().unwrap())
+            one.client_ip(&xff(&["203.0.113.66, 198.51.100.2:4711"]), Some(proxy)),
+            ip("198.51.100.2")
         );
-        // An unparseable proxy entry falls back to the peer, never to a client entry.
-        assert_eq!(
-            limiter(true).client_ip(&xff("203.0.113.66, junk"), Some(peer)),
-            Some("10.0.0.9".parse().unwrap())
-        );
-        assert_eq!(limiter(true).client_ip(&HeaderMap::new(), Some(peer)), Some("10.0.0.9".parse().unwrap()));
+        // An unparseable entry stops the walk at the last trusted hop, never a client entry.
+        assert_eq!(one.client_ip(&xff(&["203.0.113.66, junk"]), Some(proxy)), ip("10.0.0.9"));
+        assert_eq!(one.client_ip(&xff(&["203.0.113.66, junk, 10.1.2.3"]), Some(proxy)), ip("10.1.2.3"));
+        assert_eq!(one.client_ip(&HeaderMap::new(), Some(proxy)), ip("10.0.0.9"));
+        // IPv4-mapped IPv6 peers match IPv4 ranges.
+        let mapped: SocketAddr = "[::ffff:10.0.0.9]:5000".parse().unwrap();
+        assert_eq!(one.client_ip(&headers, Some(mapped)), ip("198.51.100.2"));
+    }
+
+    #[test]
+    fn a_reserve_in_process_admits_no_more_than_the_limit_and_gives_back() {
+        let local = LocalCounts::default();
+        let quota = Quota { scope: "t", max: 3, window: Duration::from_secs(60) };
+        let admitted = (0..10).filter(|_| local.hit(quota, "k", true).0 <= 3).count();
+        assert_eq!(admitted, 3);
+        local.release(quota, "k");
+        assert_eq!(local.hit(quota, "k", true).0, 3, "a released attempt frees one place");
+        assert_eq!(local.hit(quota, "k", true).0, 4, "then the window is full again");
+    }
+
+    #[test]
+    fn a_full_map_drops_ended_windows_then_the_soonest_ending_never_all() {
+        let now = Instant::now();
+        let mut map: HashMap<u32, Instant> = HashMap::new();
+        for i in 0..LOCAL_MAX_KEYS as u32 {
+            let end = if i % 2 == 0 {
+                now - Duration::from_secs(1)
+            } else {
+                now + Duration::from_secs(u64::from(i))
+            };
+            map.insert(i, end);
+        }
+        bound(&mut map, now, |end| *end);
+        assert_eq!(map.len(), LOCAL_MAX_KEYS / 2, "only the ended windows went");
+        for i in 0..LOCAL_MAX_KEYS as u32 {
+            map.insert(LOCAL_MAX_KEYS as u32 + i, now + Duration::from_secs(10_000_000));
+        }
+        bound(&mut map, now, |end| *end);
+        assert!(map.len() >= LOCAL_MAX_KEYS * 8 / 10, "a tenth went, not everything: {}", map.len());
+        assert!(!map.contains_key(&1), "the soonest-ending went first");
     }
 }
 
