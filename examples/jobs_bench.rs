@@ -38,6 +38,7 @@ use storefront::{
     app,
     platform::{
         config::{AppEnv, EmailTransport, Settings},
+        http::server,
         jobs::{QueuedJob, relay},
     },
     state::AppState,
@@ -205,7 +206,8 @@ async fn serve(state: &AppState) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let router = app::build_router(state.clone());
-    tokio::spawn(app::run(listener, router, std::future::pending(), Duration::from_secs(1)));
+    let limits = server::ServerLimits::from(&*state.config);
+    tokio::spawn(server::run(listener, router, std::future::pending(), Duration::from_secs(1), limits));
     Ok(url)
 }
 

@@ -19,6 +19,7 @@ use crate::{
             error::AppError,
             middleware,
             openapi::{self, ApiDoc},
+            server::{self, ServerLimits},
         },
         jobs::{self, relay, worker},
         mail::{LettreMailer, templates::Templates},
@@ -105,7 +106,8 @@ pub async fn serve(state: AppState) -> anyhow::Result<()> {
     let drain = state.config.shutdown_timeout;
     let pool = state.db.clone();
     let scheduler = start_background(&state).await?;
-    run(listener, build_router(state), signal, drain).await?;
+    let limits = ServerLimits::from(&*state.config);
+    server::run(listener, build_router(state), signal, drain, limits).await?;
     metrics.abort();
     stop_background(scheduler).await;
     pool.close().await;
@@ -271,34 +273,6 @@ pub async fn stop_background(background: Background) {
         && let Err(e) = scheduler.shutdown().await
     {
         tracing::warn!(error = %e, "scheduler did not stop cleanly");
-    }
-}
-
-/// Runs `router` on `listener` until `signal` resolves, then allows `drain` for
-/// in-flight requests before giving up on them.
-pub async fn run(
-    listener: TcpListener,
-    router: Router,
-    signal: impl Future<Output = ()> + Send + 'static,
-    drain: std::time::Duration,
-) -> anyhow::Result<()> {
-    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            signal.await;
-            tracing::info!("shutdown requested: draining in-flight requests");
-            let _ = stopping_tx.send(true);
-        });
-    let deadline = async move {
-        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        result = server => result.context("HTTP server failed"),
-        () = deadline => {
-            tracing::warn!(seconds = drain.as_secs(), "drain deadline passed; dropping remaining connections");
-            Ok(())
-        }
     }
 }
 

@@ -134,6 +134,7 @@ impl AppState {
                 acquire_timeout: config.db_acquire_timeout,
                 idle_timeout: config.db_idle_timeout,
                 max_lifetime: READ_POOL_MAX_LIFETIME,
+                statement_timeout: config.db_read_statement_timeout,
             },
         );
         let pipeline = (config.db_pipeline_connections > 0).then(|| {
@@ -142,7 +143,7 @@ impl AppState {
                 PipelineOptions {
                     connections: config.db_pipeline_connections,
                     connect_timeout: config.db_acquire_timeout,
-                    statement_timeout: config.db_statement_timeout,
+                    statement_timeout: config.db_read_statement_timeout,
                     slow_threshold: config.db_slow_query_threshold,
                     max_lifetime: READ_POOL_MAX_LIFETIME,
                 },

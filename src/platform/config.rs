@@ -76,6 +76,9 @@ settings! {
     db_acquire_timeout: Duration = "5s",
     db_idle_timeout: Duration = "10m",
     db_statement_timeout: Duration = "10s",
+    /// Statement timeout of the reads that serve public and list pages (the read pool
+    /// and the pipelined product reads): a read that runs longer is cancelled (503).
+    db_read_statement_timeout: Duration = "2s",
     db_slow_query_threshold: Duration = "500ms",
     run_migrations: bool = true,
     redis_url: SecretString = "redis://127.0.0.1:6379",
@@ -104,6 +107,12 @@ settings! {
     /// Pooled SMTP connections per process.
     smtp_pool_size: u32 = 4,
     request_timeout: Duration = "30s",
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle; then it is closed (a proxy in front must close idle
+    /// upstream connections sooner).
+    http_header_read_timeout: Duration = "30s",
+    /// Connections served at once; past it new ones wait in the accept queue.
+    http_max_connections: usize = 4096,
     body_limit_bytes: usize = 1048576,
     shutdown_timeout: Duration = "30s",
     hsts_enabled: bool = false,
@@ -592,6 +601,9 @@ impl Settings {
                 "JOBS_CONCURRENCY ({}) must be below DB_POOL_MAX ({}): every running e-mail job holds a connection",
                 self.jobs_concurrency, self.db_pool_max
             ));
+        }
+        if self.http_header_read_timeout.is_zero() || self.http_max_connections == 0 {
+            p.push("HTTP_HEADER_READ_TIMEOUT and HTTP_MAX_CONNECTIONS: must be greater than zero".to_owned());
         }
         if self.request_timeout.is_zero() {
             p.push("REQUEST_TIMEOUT: must be greater than zero".to_owned());

@@ -11,6 +11,7 @@ use storefront::{
     features::products::{NewProduct, ProductRow},
     platform::{
         config::{AppEnv, EmailTransport, Settings},
+        http::server::{self, ServerLimits},
         redis::Redis,
     },
     shared::email::Email,
@@ -82,7 +83,14 @@ impl TestApp {
         let router = app::build_router_with(state.clone(), extra);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("local addr");
-        tokio::spawn(app::run(listener, router, std::future::pending(), std::time::Duration::from_secs(1)));
+        let limits = ServerLimits::from(&*state.config);
+        tokio::spawn(server::run(
+            listener,
+            router,
+            std::future::pending(),
+            std::time::Duration::from_secs(1),
+            limits,
+        ));
         let (metrics_address, _) = app::start_metrics_listener(&state).await.expect("metrics listener");
         let client =
             reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");

@@ -21,4 +21,5 @@ mod products;
 mod rate_limit;
 mod read_pool;
 mod reports;
+mod server;
 mod users;

@@ -108,13 +108,35 @@ async fn an_old_connection_is_replaced_and_a_decode_failure_is_a_500(main: PgPoo
 }
 
 #[sqlx::test]
-async fn a_statement_without_an_answer_closes_its_connection(main: PgPool) {
-    // The pool of this test sets no statement timeout, so pg_sleep outlives the
-    // pipeline's deadline (statement timeout + connect timeout = 1.7 s).
+async fn a_slow_statement_is_cancelled_by_the_read_timeout(main: PgPool) {
+    // The pipeline's connections carry its statement timeout (200 ms here): Postgres
+    // cancels the statement, the read answers 503, and the connection stays in use.
     let p = pipeline(&main, 1);
     let pid = backend_pid(&p).await;
     let started = std::time::Instant::now();
-    let silent = p.query_opt("select pg_sleep(5)", &[]).await;
+    let slow = p.query_opt("select pg_sleep(5)", &[]).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(AppError::from(slow).status(), 503);
+    assert_eq!(backend_pid(&p).await, pid, "a cancelled statement leaves the connection usable");
+}
+
+#[sqlx::test]
+async fn a_statement_without_an_answer_closes_its_connection(main: PgPool) {
+    // A backend that stops answering (stopped with SIGSTOP: a hung server or a cut
+    // network): the pipeline gives up at its deadline (statement timeout + connect
+    // timeout = 1.7 s) and opens a new connection. Signalling Postgres's backend needs
+    // root or the postgres user; elsewhere the case is skipped.
+    let p = pipeline(&main, 1);
+    let pid = backend_pid(&p).await;
+    // SAFETY: kill only sends a signal to the given process.
+    if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
+        eprintln!("skipped: cannot signal the Postgres backend ({})", std::io::Error::last_os_error());
+        return;
+    }
+    let started = std::time::Instant::now();
+    let silent = p.query_opt("select 1", &[]).await;
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(matches!(silent, Err(PipelineError::NoAnswer)), "{silent:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(AppError::from(PipelineError::NoAnswer).status(), 503);
@@ -199,4 +221,12 @@ async fn a_product_reads_the_same_through_the_pipeline_and_the_read_pool(main: P
     for app in [&piped, &pooled] {
         crate::helpers::assert_error(app.get(&path).await, 404, "NOT_FOUND").await;
     }
+}
+
+#[sqlx::test]
+async fn pipelined_reads_run_under_the_read_statement_timeout(main: PgPool) {
+    let p = pipeline(&main, 1);
+    let shown: String =
+        p.query_opt("show statement_timeout", &[]).await.expect("read").expect("a row").get(0);
+    assert_eq!(shown, "200ms");
 }

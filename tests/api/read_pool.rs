@@ -15,6 +15,7 @@ fn pool(main: &PgPool, max_connections: u32) -> ReadPool {
             acquire_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),
             max_lifetime: Duration::from_secs(600),
+            statement_timeout: Duration::from_secs(2),
         },
     )
 }
@@ -111,4 +112,23 @@ async fn closing_the_main_pool_closes_the_read_pool(main: PgPool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!alive, "backend {pid} still connected");
+}
+
+#[sqlx::test]
+async fn reads_run_under_the_short_read_statement_timeout(main: PgPool) {
+    let reads = pool(&main, 1);
+    let shown: String = reads
+        .read(&|c: &mut PgConnection| {
+            Box::pin(async move { sqlx::query_scalar("show statement_timeout").fetch_one(c).await })
+        })
+        .await
+        .unwrap();
+    assert_eq!(shown, "2s");
+    let slow = reads
+        .read(&|c: &mut PgConnection| {
+            Box::pin(async move { sqlx::query("select pg_sleep(3)").execute(c).await })
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(slow.as_database_error().and_then(|d| d.code()).as_deref(), Some("57014"), "{slow}");
 }

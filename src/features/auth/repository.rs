@@ -49,6 +49,25 @@ pub async fn lock_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::
     Ok(())
 }
 
+/// Whether `user_id` has a live reset token minted less than `seconds` ago.
+pub async fn has_fresh_reset_token(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    seconds: i32,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists(
+             select 1 from password_reset_tokens
+              where user_id = $1 and used_at is null and expires_at > now()
+                and created_at > now() - make_interval(secs => $2)
+           ) as "fresh!""#,
+        user_id,
+        f64::from(seconds)
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Marks every unused reset token of `user_id` used: a new request supersedes older links.
 pub async fn supersede_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<u64> {
     sqlx::query!(

@@ -76,17 +76,30 @@ impl PasswordResetService {
     }
 }
 
+/// How long a mailed link is safe from being superseded by a newer request: someone
+/// repeating "forgot password" for another's address cannot keep cancelling the link
+/// its owner is about to use.
+pub const KEEP_LINK_SECONDS: i32 = 60;
+
 /// Mints the single-use token of a reset e-mail about to be sent, inside the sending
 /// transaction: it supersedes the user's older links (a newer e-mail wins) and stores only
-/// the token's hash. Returns the raw token, for the e-mail alone, and when it expires.
-pub async fn mint_token(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<(String, DateTime<Utc>)> {
+/// the token's hash. Returns the raw token, for the e-mail alone, and when it expires;
+/// `None` when a live link was minted less than [`KEEP_LINK_SECONDS`] ago: that one stays,
+/// and this request sends no e-mail.
+pub async fn mint_token(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> sqlx::Result<Option<(String, DateTime<Utc>)>> {
     let (token, token_hash) = new_token();
     let expires_at = Utc::now() + Duration::minutes(TOKEN_TTL_MINUTES);
     // Serialise mints for this user, so exactly one link stays live. The lock is held
     // while the e-mail is sent; it is not the user-row lock, so sign-ins and refreshes
     // do not wait on an SMTP server.
     repository::lock_reset_tokens(&mut *conn, user_id).await?;
+    if repository::has_fresh_reset_token(&mut *conn, user_id, KEEP_LINK_SECONDS).await? {
+        return Ok(None);
+    }
     repository::supersede_reset_tokens(&mut *conn, user_id).await?;
     repository::insert_reset_token(&mut *conn, user_id, &token_hash, expires_at).await?;
-    Ok((token, expires_at))
+    Ok(Some((token, expires_at)))
 }

@@ -201,8 +201,16 @@ impl JobHandler for EmailJobs {
         context["name"] = json!(recipient.first_name);
         if kind == Kind::ResetPassword {
             // Minted inside this transaction: it exists only if the e-mail was accepted.
-            let (token, _expires_at) =
-                auth::mint_reset_token(&mut tx, recipient.user_id).await.map_err(transient)?;
+            let Some((token, _expires_at)) =
+                auth::mint_reset_token(&mut tx, recipient.user_id).await.map_err(transient)?
+            else {
+                tracing::info!(
+                    template,
+                    outbox_id = %job.outbox_id,
+                    "a reset link was mailed less than a minute ago; it stays, and this request sends none"
+                );
+                return Ok(());
+            };
             context["reset_url"] = json!(format!("{}/reset-password?token={token}", self.public_url));
         }
         let content = self

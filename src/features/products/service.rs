@@ -306,6 +306,7 @@ mod tests {
                 acquire_timeout: Duration::from_secs(5),
                 idle_timeout: Duration::from_secs(60),
                 max_lifetime: Duration::from_secs(600),
+                statement_timeout: Duration::from_secs(2),
             },
         );
         let products = ProductService::new(db.clone(), reads, None, "EUR", Cursors::new(b"a test secret"));

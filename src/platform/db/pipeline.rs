@@ -173,10 +173,13 @@ impl Pipeline {
         if let Some(db) = options.get_database() {
             config.dbname(db);
         }
-        // The pool's options string carries the statement timeout and the URL's `options`.
-        if let Some(o) = options.get_options() {
-            config.options(o);
-        }
+        // The pool's options string carries its statement timeout and the URL's `options`;
+        // the read timeout, given last, wins over the pool's.
+        let read_timeout = format!("-c statement_timeout={}", bounds.statement_timeout.as_millis());
+        match options.get_options() {
+            Some(o) => config.options(format!("{o} {read_timeout}")),
+            None => config.options(read_timeout),
+        };
         let root_cert = url.query_pairs().find(|(k, _)| k == "sslrootcert").map(|(_, v)| {
             let v = v.into_owned();
             v.strip_prefix("file: ").map(str::to_owned).unwrap_or(v)

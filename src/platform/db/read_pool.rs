@@ -41,6 +41,8 @@ pub struct ReadPoolOptions {
     pub idle_timeout: Duration,
     /// A connection older than this is closed when it comes back.
     pub max_lifetime: Duration,
+    /// Statement timeout of these connections (instead of the main pool's).
+    pub statement_timeout: Duration,
 }
 
 /// A bounded set of connections for reads; cheap to clone.
@@ -75,7 +77,10 @@ impl ReadPool {
     pub fn new(main: &PgPool, bounds: ReadPoolOptions) -> Self {
         let permits = Semaphore::new(bounds.max_connections.max(1) as usize);
         let pool = Self(Arc::new(Inner {
-            options: (*main.connect_options()).clone(),
+            // The main pool's options, its statement timeout overridden (given last, wins).
+            options: (*main.connect_options())
+                .clone()
+                .options([("statement_timeout", bounds.statement_timeout.as_millis().to_string())]),
             bounds,
             permits,
             main: main.clone(),

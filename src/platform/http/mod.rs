@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by every route: the error type and its envelope, the success
 //! envelope, extractors that answer in the envelope, the middleware stack and the
-//! OpenAPI document's common parts.
+//! OpenAPI document's common parts, and the server loop that runs the router.
 
 pub mod cursor;
 pub mod error;
@@ -8,3 +8,4 @@ pub mod extract;
 pub mod middleware;
 pub mod openapi;
 pub mod response;
+pub mod server;
