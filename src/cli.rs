@@ -26,8 +26,17 @@ pub struct Cli {
 pub enum Command {
     /// Serve the HTTP API, plus the background roles enabled by config (the default).
     Serve,
-    /// Run only the background roles (scheduled tasks), no HTTP.
+    /// Run the background roles enabled by config (job workers, outbox relay, scheduled
+    /// tasks), no API.
     Worker,
+    /// Probe this machine's running process: GET /health on 127.0.0.1 at PORT (with
+    /// `--metrics`, at METRICS_PORT: a worker's). Exits 0 on a 200, 1 otherwise. For
+    /// container health checks, without curl in the image.
+    Healthcheck {
+        /// Probe the metrics listener instead of the API.
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Create an admin. The password comes from ADMIN_PASSWORD or the first line of
@@ -97,6 +106,10 @@ pub async fn run(cli: Cli) -> i32 {
             return 2;
         }
     };
+    if let Some(Command::Healthcheck { metrics }) = cli.command {
+        let port = if metrics { settings.metrics_port } else { settings.port };
+        return healthcheck(port).await;
+    }
     telemetry::init(&settings);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings).await,
@@ -106,12 +119,33 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Seed { products, users, force } => seed(settings, products, users, force).await,
         Command::Check => check(settings).await,
         Command::RunTask { task } => run_task(settings, task).await,
+        Command::Healthcheck { .. } => unreachable!("answered before telemetry starts"),
     };
     match result {
         Ok(()) => 0,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "fatal error");
             eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// `GET http://127.0.0.1:{port}/health` within 5 s: 0 on a 200, else 1 (said on stderr).
+async fn healthcheck(port: u16) -> i32 {
+    let url = format!("http://127.0.0.1:{port}/health");
+    let answer = match crate::platform::outbound::client(std::time::Duration::from_secs(5)) {
+        Ok(client) => client.get(&url).send().await.map(|r| r.status()).map_err(anyhow::Error::from),
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(status) if status == reqwest::StatusCode::OK => 0,
+        Ok(status) => {
+            eprintln!("unhealthy: {url} answered {status}");
+            1
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {url}: {e}");
             1
         }
     }

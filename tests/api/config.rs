@@ -114,12 +114,20 @@ async fn the_server_answers_health_and_stops_cleanly_on_sigterm() {
     let metrics_status = metrics.status();
     let text = metrics.text().await.unwrap();
     let api_metrics = client.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().status();
+    // The container health check: the binary probes itself, no curl needed.
+    let probe = |port: u16| {
+        storefront().env("APP_ENV", "test").env("PORT", port.to_string()).arg("healthcheck").output().unwrap()
+    };
+    let (healthy, nobody) = (probe(port), probe(free_port()));
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     // Assert
     assert_eq!(status, 200);
     assert_eq!(metrics_status, 200);
     assert!(text.contains(r#"http_requests_total{method="GET",route="/health",status="200"} 1"#), "{text}");
     assert_eq!(api_metrics, 404);
+    assert!(healthy.status.success(), "{}", String::from_utf8_lossy(&healthy.stderr));
+    assert_eq!(nobody.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&nobody.stderr).starts_with("unhealthy: http://127.0.0.1:"));
     assert!(killed.success());
     assert_clean_exit(&mut child);
 }
@@ -146,6 +154,13 @@ async fn the_worker_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     assert_eq!(health, 200);
     assert_eq!(metrics_status, 200);
     assert!(text.contains("# TYPE db_pool_max_connections gauge"), "{text}");
+    let probe = storefront()
+        .env("APP_ENV", "test")
+        .env("METRICS_PORT", metrics_port.to_string())
+        .args(["healthcheck", "--metrics"])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
     assert_clean_exit(&mut child);
 }
