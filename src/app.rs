@@ -237,6 +237,10 @@ pub fn email_jobs(state: &AppState) -> anyhow::Result<features::emails::EmailJob
         Arc::new(Templates::new(&c.currency)?),
         &c.public_url,
         state.metrics.clone(),
+        features::emails::MailPolicy {
+            require_verified: c.require_verified_email,
+            budget: features::emails::MailBudget::new(state.redis.clone(), c.mail_max_per_recipient_per_hour),
+        },
     ))
 }
 

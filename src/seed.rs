@@ -53,10 +53,10 @@ async fn fill(conn: &mut PgConnection, products: u32, users: u32) -> anyhow::Res
         // One hash for all: argon2 per row would take minutes for no benefit here.
         let hash = PasswordHasher::new().hash(SEED_PASSWORD).await?;
         let inserted = sqlx::query!(
-            "insert into users (email, password_hash, first_name, last_name)
+            "insert into users (email, password_hash, first_name, last_name, email_verified_at)
              select format('seed-%s-%s@example.com', $1::text, g), $3,
                     (array['Ann','Bob','Carla','Dmitri','Eve','Farid','Grace','Hiro'])[1 + g % 8],
-                    (array['Lee','Novak','Okafor','Silva','Schmidt','Tanaka'])[1 + g % 6]
+                    (array['Lee','Novak','Okafor','Silva','Schmidt','Tanaka'])[1 + g % 6], now()
              from generate_series(1, $2::int) as g",
             batch,
             i32::try_from(users).context("--users is too large")?,

@@ -12,7 +12,7 @@ use sqlx::PgPool;
 
 use crate::{
     features::{
-        auth::{AuthService, AuthStore, PasswordResetService},
+        auth::{AuthService, AuthStore, EmailVerificationService, PasswordResetService},
         orders::{OrderRules, OrderService},
         payments::PaymentService,
         products::ProductService,
@@ -76,6 +76,7 @@ parts!(
     limiter: RateLimiter,
     metrics: Metrics,
     resets: PasswordResetService,
+    verification: EmailVerificationService,
     queues: Queues,
     reports: ReportService,
     db_health: DbHealth,
@@ -98,6 +99,7 @@ pub struct AppParts {
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub resets: PasswordResetService,
+    pub verification: EmailVerificationService,
     /// The Redis job queues (the outbox relay pushes to them).
     pub queues: Queues,
     pub reports: ReportService,
@@ -126,6 +128,7 @@ impl AppState {
             .with_family_max_age(config.refresh_family_max_age);
         let users = UserService::new(db.clone(), hasher.clone());
         let resets = PasswordResetService::new(db.clone(), hasher, wakeup.clone());
+        let verification = EmailVerificationService::new(db.clone(), wakeup.clone());
         // The read pool reaches the database the given pool does (tests pass their own).
         let reads = ReadPool::new(
             &db,
@@ -187,6 +190,7 @@ impl AppState {
             limiter,
             metrics,
             resets,
+            verification,
             queues,
             reports,
             db_health,

@@ -102,6 +102,13 @@ settings! {
     smtp_url: Option<SecretString> = "",
     mail_from: String = "Storefront <no-reply@storefront.local>",
     mail_dir: String = "var/mail",
+    /// E-mails one address may get an hour (past it they are suppressed, counted and
+    /// logged with a hash of the address); `0`: no limit. Reset and verification mails
+    /// have their own budget of 5.
+    mail_max_per_recipient_per_hour: u32 = 30,
+    /// Unverified accounts may not order, and get no mail but the welcome, verification
+    /// and reset ones.
+    require_verified_email: bool = false,
     /// Longest an SMTP (or file) send may take before it counts as failed.
     smtp_timeout: Duration = "10s",
     /// Pooled SMTP connections per process.

@@ -224,6 +224,14 @@ impl Metrics {
         self.0.emails.get_or_create(&EmailLabels { template: template.to_owned(), outcome }).inc();
     }
 
+    /// Counts one e-mail not sent because its address's hourly budget was spent.
+    pub fn count_email_suppressed(&self, template: &str) {
+        self.0
+            .emails
+            .get_or_create(&EmailLabels { template: template.to_owned(), outcome: "suppressed" })
+            .inc();
+    }
+
     /// The OpenMetrics text exposition, with the pool and `gauges` read just now.
     pub fn render(&self, pool: &PgPool, gauges: &Gauges) -> String {
         let m = &self.0;

@@ -1,5 +1,6 @@
 //! [`Email`]: an e-mail address in the one form it is stored, compared and rate-limited
-//! in (trimmed, lower-cased, syntactically valid, at most 254 characters). Every entry
+//! in (trimmed, lower-cased, valid for the validator and for the mailer, at most 254
+//! characters). Every entry
 //! point that takes an address (register, login, forgot, create-admin) parses it here,
 //! so no path can look up or store an address in another form.
 
@@ -23,7 +24,10 @@ impl Email {
     /// Trims, lower-cases and validates `raw`.
     pub fn parse(raw: &str) -> Result<Self, InvalidEmail> {
         let email = raw.trim().to_lowercase();
-        if email.len() <= Self::MAX_LEN && email.validate_email() {
+        // Both checks: the validator's, and the parser of the mailer that will send to it,
+        // so an address that registers can always be mailed (no dead-lettered welcome).
+        if email.len() <= Self::MAX_LEN && email.validate_email() && email.parse::<lettre::Address>().is_ok()
+        {
             Ok(Self(email))
         } else {
             Err(InvalidEmail)
@@ -66,7 +70,17 @@ mod tests {
 
     #[test]
     fn invalid_addresses_are_refused() {
-        for raw in ["", "   ", "ann", "ann@", "@example.com", "ann@@example.com", "a b@example.com"] {
+        for raw in [
+            "",
+            "   ",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@@example.com",
+            "a b@example.com",
+            // The validator takes a bracketed IP literal with text before it; the mailer does not.
+            "a@x y[1.2.3.4]",
+        ] {
             assert_eq!(Email::parse(raw), Err(InvalidEmail), "{raw:?}");
         }
     }

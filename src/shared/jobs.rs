@@ -29,6 +29,8 @@ pub enum Job {
     OrderCancelled { order_id: Uuid, user_id: Uuid, reason: &'static str },
     /// A password-reset link (the job mints the token when it sends).
     ResetPassword { user_id: Uuid },
+    /// A new e-mail verification link, asked for by its account (the job mints it).
+    VerifyEmail { user_id: Uuid },
     /// Telling an owner their payment was received and the order is paid.
     PaymentReceived { order_id: Uuid, user_id: Uuid },
     /// Giving back a payment that pays nothing (a cancelled or already paid order, a
@@ -63,6 +65,7 @@ impl Job {
             Self::Refund { .. } => "refund",
             Self::CancelIntent { .. } => "cancel-intent",
             Self::ResetPassword { .. } => "reset-password",
+            Self::VerifyEmail { .. } => "verify-email",
             Self::Report { .. } => "report",
             Self::ReportReady { .. } => "report-ready",
         }
@@ -71,7 +74,9 @@ impl Job {
     /// The job's arguments, as stored in `outbox.payload`.
     pub fn payload(&self) -> Value {
         match self {
-            Self::Welcome { user_id } | Self::ResetPassword { user_id } => json!({"userId": user_id}),
+            Self::Welcome { user_id } | Self::ResetPassword { user_id } | Self::VerifyEmail { user_id } => {
+                json!({"userId": user_id})
+            }
             Self::OrderConfirmation { order_id, user_id } | Self::PaymentReceived { order_id, user_id } => {
                 json!({"orderId": order_id, "userId": user_id})
             }

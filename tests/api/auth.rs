@@ -393,7 +393,7 @@ async fn reset_tokens(smtp: &SmtpServer, email: &str, expected: usize) -> Vec<St
             .map(|m| {
                 let text = part(m, "text/plain");
                 let link =
-                    text.split_whitespace().find(|w| w.contains("/reset-password?token=")).expect("a link");
+                    text.split_whitespace().find(|w| w.contains("/reset-password#token=")).expect("a link");
                 link.split("token=").nth(1).unwrap().to_owned()
             })
             .collect();
@@ -425,7 +425,7 @@ async fn forgot_password_answers_202_whether_or_not_the_account_exists(pool: PgP
     assert!(token.len() >= 43);
     let reset_mail =
         smtp.messages().into_iter().find(|m| m.contains("Reset your Storefront password")).unwrap();
-    let link = format!("{}/reset-password?token={token}", app.state.config.public_url);
+    let link = format!("{}/reset-password#token={token}", app.state.config.public_url);
     assert!(part(&reset_mail, "text/plain").contains(&link), "{reset_mail}");
     assert!(part(&reset_mail, "text/html").replace("&#x2f;", "/").replace("&#x3d;", "=").contains(&token));
     // The unknown address got nothing; nothing queued names it.

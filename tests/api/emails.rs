@@ -114,7 +114,7 @@ async fn forgot_sends_a_working_link_that_no_table_or_queue_holds(pool: PgPool) 
     let messages = smtp.wait_for(2, Duration::from_secs(10)).await;
     let mail = messages.iter().find(|m| subject(m) == "Reset your Storefront password").unwrap();
     let text = part(mail, "text/plain");
-    let link = text.split_whitespace().find(|w| w.contains("/reset-password?token=")).unwrap();
+    let link = text.split_whitespace().find(|w| w.contains("/reset-password#token=")).unwrap();
     let token = link.split("token=").nth(1).unwrap().to_owned();
     // Assert: the token appears in no outbox row, ledger row or Redis value.
     let in_db: i64 = sqlx::query_scalar(

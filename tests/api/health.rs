@@ -99,6 +99,7 @@ async fn openapi_documents_every_endpoint_with_errors_and_security(pool: PgPool)
         ("post", "/api/v1/auth/logout"),
         ("post", "/api/v1/auth/password/forgot"),
         ("post", "/api/v1/auth/password/reset"),
+        ("post", "/api/v1/auth/verify-email"),
         ("get", "/api/v1/products"),
         ("get", "/api/v1/products/{id}"),
     ];

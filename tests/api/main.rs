@@ -23,3 +23,4 @@ mod read_pool;
 mod reports;
 mod server;
 mod users;
+mod verification;

@@ -7,8 +7,9 @@ use super::{
     service::AuthService,
     types::{
         AuthResponse, ForgotPasswordRequest, LoginRequest, RefreshRequest, RegisterRequest,
-        ResetPasswordRequest, TokenResponse,
+        ResetPasswordRequest, TokenResponse, VerifyEmailRequest,
     },
+    verification::EmailVerificationService,
 };
 use crate::{
     platform::http::{
@@ -150,4 +151,37 @@ pub async fn reset_password(
 ) -> AppResult<StatusCode> {
     resets.reset(&body.token, &body.password).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Confirms the account's address with the token of its verification link.
+#[utoipa::path(post, path = "/auth/verify-email", tag = "auth", request_body = VerifyEmailRequest,
+    responses(
+        (status = 204, description = "Address verified"),
+        (status = 400, description = "Unknown, used or expired token (`fields.token`)", body = ErrorEnvelope),
+        (status = 429, description = "Too many attempts from this IP; see Retry-After", body = ErrorEnvelope),
+    ))]
+pub async fn verify_email(
+    State(verification): State<EmailVerificationService>,
+    ValidJson(body): ValidJson<VerifyEmailRequest>,
+) -> AppResult<StatusCode> {
+    verification.verify(&body.token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Mails the caller a new verification link (the older ones stop working); nothing is
+/// sent when the address is verified already. At most 3 an hour.
+#[utoipa::path(post, path = "/auth/verify-email/resend", tag = "auth", security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Accepted; a link follows unless the address is verified already"),
+        (status = 401, body = ErrorEnvelope),
+        (status = 429, description = "3 requests an hour per account; see Retry-After", body = ErrorEnvelope),
+    ))]
+pub async fn resend_verification(
+    State(verification): State<EmailVerificationService>,
+    State(limiter): State<RateLimiter>,
+    user: AuthUser,
+) -> AppResult<StatusCode> {
+    limiter.check(limiter.verify_resend, &user.id.to_string()).await?;
+    verification.resend(user.id).await?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -209,3 +209,72 @@ pub async fn delete_spent_reset_tokens(pool: &PgPool) -> sqlx::Result<u64> {
     })
     .await
 }
+
+/// Nightly cleanup: used or expired e-mail verification tokens, in batches; how many.
+pub async fn delete_spent_verification_tokens(pool: &PgPool) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from email_verification_tokens where id = any(array(
+                 select id from email_verification_tokens
+                 where used_at is not null or expires_at < now() limit $1))",
+            n
+        )
+    })
+    .await
+}
+
+/// Takes the transaction-scoped lock serialising verification mints for `user_id`.
+pub async fn lock_verification_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "select pg_advisory_xact_lock(hashtextextended('verification-token:' || $1::text, 0))",
+        user_id.to_string()
+    )
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Stores a new verification token of `user_id`, superseding its older ones (the newest
+/// e-mail's link is the one that works).
+pub async fn replace_verification_token(
+    db: impl PgExecutor<'_>,
+    user_id: Uuid,
+    token_hash: &[u8],
+    expires_at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "with old as (
+             update email_verification_tokens set used_at = now()
+             where user_id = $1 and used_at is null)
+         insert into email_verification_tokens (user_id, token_hash, expires_at) values ($1, $2, $3)",
+        user_id,
+        token_hash,
+        expires_at
+    )
+    .execute(db)
+    .await
+    .map(|_| ())
+}
+
+/// Consumes a verification token (one conditional update); its live owner when it was
+/// still valid.
+pub async fn consume_verification_token(
+    db: impl PgExecutor<'_>,
+    token_hash: &[u8],
+) -> sqlx::Result<Option<Uuid>> {
+    sqlx::query_scalar!(
+        "update email_verification_tokens t set used_at = now()
+         from users u
+         where t.token_hash = $1 and t.used_at is null and t.expires_at > now()
+           and u.id = t.user_id and u.deleted_at is null
+         returning t.user_id",
+        token_hash
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Writes the `verify-email` outbox job for `user_id`.
+pub async fn queue_verification_email(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+    outbox::push(db, &(&Job::VerifyEmail { user_id }).into()).await.map(|_| ())
+}

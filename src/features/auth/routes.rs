@@ -9,6 +9,8 @@
 //! | POST | `/api/v1/auth/refresh` | `handlers::refresh` | anyone |
 //! | POST | `/api/v1/auth/logout` | `handlers::logout` | anyone |
 //! | POST | `/api/v1/auth/logout-all` | `handlers::logout_all` | signed in |
+//! | POST | `/api/v1/auth/verify-email` | `handlers::verify_email` | anyone, strict per-IP limit |
+//! | POST | `/api/v1/auth/verify-email/resend` | `handlers::resend_verification` | signed in, 3 an hour |
 
 use axum::http::{HeaderValue, header};
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -25,12 +27,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(handlers::login))
         .routes(routes!(handlers::forgot_password))
         .routes(routes!(handlers::reset_password))
+        .routes(routes!(handlers::verify_email))
         .route_layer(axum::middleware::from_fn(rate_limit::auth_per_ip));
     OpenApiRouter::new()
         .merge(guarded)
         .routes(routes!(handlers::refresh))
         .routes(routes!(handlers::logout))
         .routes(routes!(handlers::logout_all))
+        .routes(routes!(handlers::resend_verification))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

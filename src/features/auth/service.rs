@@ -81,6 +81,8 @@ impl AuthService {
             first_name: reg.first_name.as_deref(),
             last_name: reg.last_name.as_deref(),
             role: Role::User,
+            // Confirmed through the link its welcome e-mail carries.
+            email_verified: false,
         };
         // The account and its welcome e-mail commit together or not at all.
         let welcome = Job::Welcome { user_id: new.id };

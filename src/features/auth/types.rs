@@ -81,6 +81,16 @@ pub struct ForgotPasswordRequest {
     pub email: String,
 }
 
+/// `POST /auth/verify-email`.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifyEmailRequest {
+    /// The token from the e-mailed link (the part after `#token=`).
+    #[validate(length(min = 1, max = 512, message = "is required"))]
+    #[schema(min_length = 1, max_length = 512)]
+    pub token: String,
+}
+
 /// `POST /auth/password/reset`.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -1,13 +1,15 @@
 //! E-mail jobs (SPEC §7): what the `emails` queue's worker does with each job the outbox
-//! relay queued: `welcome`, `order-confirmation` and `reset-password`. The recipient and
+//! relay queued (welcome, verification, reset, order and report mails). The recipient and
 //! every detail are read when the job runs (payloads hold ids only), the message is
 //! rendered from `templates/email/` and sent through the configured transport, and a
 //! ledger keyed by outbox id makes a job delivered twice send once.
 
+mod budget;
 mod repository;
 mod service;
 
-pub use service::EmailJobs;
+pub use budget::MailBudget;
+pub use service::{EmailJobs, MailPolicy};
 
 /// How long the ledger remembers a sent outbox id: longer than a job can live in Redis
 /// (dead jobs are retryable for `JOBS_DEAD_RETENTION`, 14 days by default), so a retried

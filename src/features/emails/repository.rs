@@ -15,6 +15,8 @@ pub struct Recipient {
     pub user_id: Uuid,
     pub email: String,
     pub first_name: Option<String>,
+    /// Whether the account verified its address.
+    pub verified: bool,
 }
 
 /// An order as its confirmation shows it, with its recipient.
@@ -26,6 +28,8 @@ pub struct OrderMail {
     pub currency: String,
     pub shipping_address: Option<ShippingAddress>,
     pub created_at: DateTime<Utc>,
+    /// The order's status when the job runs.
+    pub status: String,
     pub lines: Vec<OrderMailLine>,
 }
 
@@ -52,7 +56,8 @@ pub async fn claim_for_user(
         r#"with claim as (
                insert into sent_emails (outbox_id, template) values ($1, $2)
                on conflict (outbox_id) do nothing returning outbox_id)
-           select exists (select 1 from claim) as "claimed!", u.id, u.email, u.first_name
+           select exists (select 1 from claim) as "claimed!", u.id, u.email, u.first_name,
+                  u.email_verified_at is not null as "verified!"
            from users u where u.id = $3 and u.deleted_at is null"#,
         outbox_id,
         template,
@@ -60,7 +65,13 @@ pub async fn claim_for_user(
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|r| Recipient { claimed: r.claimed, user_id: r.id, email: r.email, first_name: r.first_name }))
+    Ok(row.map(|r| Recipient {
+        claimed: r.claimed,
+        user_id: r.id,
+        email: r.email,
+        first_name: r.first_name,
+        verified: r.verified,
+    }))
 }
 
 /// [`claim_for_user`] for an order confirmation: claims `outbox_id` and reads order
@@ -76,7 +87,8 @@ pub async fn claim_for_order(
                insert into sent_emails (outbox_id, template) values ($1, $2)
                on conflict (outbox_id) do nothing returning outbox_id)
            select exists (select 1 from claim) as "claimed!", u.id as user_id, u.email, u.first_name,
-                  o.id, o.total_cents, o.currency, o.created_at,
+                  u.email_verified_at is not null as "verified!",
+                  o.id, o.total_cents, o.currency, o.created_at, o.status::text as "status!",
                   o.shipping_address as "shipping_address: Json<ShippingAddress>",
                   (select coalesce(json_agg(json_build_object(
                               'sku', i.sku, 'name', i.name, 'quantity', i.quantity,
@@ -97,12 +109,14 @@ pub async fn claim_for_order(
             user_id: r.user_id,
             email: r.email,
             first_name: r.first_name,
+            verified: r.verified,
         },
         id: r.id,
         total_cents: r.total_cents,
         currency: r.currency,
         shipping_address: r.shipping_address.map(|a| a.0),
         created_at: r.created_at,
+        status: r.status,
         lines: r.lines.0,
     }))
 }
@@ -131,7 +145,7 @@ pub async fn claim_for_report(
                insert into sent_emails (outbox_id, template) values ($1, $2)
                on conflict (outbox_id) do nothing returning outbox_id)
            select exists (select 1 from claim) as "claimed!", u.id as user_id, u.email, u.first_name,
-                  r.id, r.type::text as "kind!", r.range_from, r.range_to, r.row_count
+                  u.email_verified_at is not null as "verified!", r.id, r.type::text as "kind!", r.range_from, r.range_to, r.row_count
            from reports r join users u on u.id = r.requested_by and u.deleted_at is null
            where r.id = $3"#,
         outbox_id,
@@ -146,6 +160,7 @@ pub async fn claim_for_report(
             user_id: r.user_id,
             email: r.email,
             first_name: r.first_name,
+            verified: r.verified,
         },
         id: r.id,
         kind: r.kind,

@@ -20,7 +20,10 @@ use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::repository::{self, Recipient};
+use super::{
+    budget::{Bucket, MailBudget, Spend, address_hash},
+    repository::{self, Recipient},
+};
 use crate::{
     features::auth,
     platform::{
@@ -41,6 +44,7 @@ enum Kind {
     OrderCancelled,
     PaymentReceived,
     ResetPassword,
+    VerifyEmail,
     ReportReady,
 }
 
@@ -52,6 +56,7 @@ impl Kind {
             "order-cancelled" => Some(Self::OrderCancelled),
             "payment-received" => Some(Self::PaymentReceived),
             "reset-password" => Some(Self::ResetPassword),
+            "verify-email" => Some(Self::VerifyEmail),
             "report-ready" => Some(Self::ReportReady),
             _ => None,
         }
@@ -64,8 +69,14 @@ impl Kind {
             Self::OrderCancelled => "order-cancelled",
             Self::PaymentReceived => "payment-received",
             Self::ResetPassword => "reset-password",
+            Self::VerifyEmail => "verify-email",
             Self::ReportReady => "report-ready",
         }
+    }
+
+    /// The account mails: sent to unverified addresses too, from their own budget.
+    fn is_account_mail(self) -> bool {
+        matches!(self, Self::Welcome | Self::ResetPassword | Self::VerifyEmail)
     }
 }
 
@@ -90,6 +101,15 @@ struct ReportPayload {
     report_id: Uuid,
 }
 
+/// Who gets which mail.
+#[derive(Clone)]
+pub struct MailPolicy {
+    /// Only account mails (welcome, verification, reset) go to unverified addresses.
+    pub require_verified: bool,
+    /// The hourly budgets per address.
+    pub budget: MailBudget,
+}
+
 /// Sends the e-mail of each job; cheap to clone.
 #[derive(Clone)]
 pub struct EmailJobs {
@@ -98,6 +118,7 @@ pub struct EmailJobs {
     templates: Arc<Templates>,
     public_url: Arc<str>,
     metrics: Metrics,
+    policy: MailPolicy,
 }
 
 fn transient(e: sqlx::Error) -> JobError {
@@ -115,8 +136,16 @@ impl EmailJobs {
         templates: Arc<Templates>,
         public_url: &str,
         metrics: Metrics,
+        policy: MailPolicy,
     ) -> Self {
-        Self { db, mailer, templates, public_url: Arc::from(public_url.trim_end_matches('/')), metrics }
+        Self {
+            db,
+            mailer,
+            templates,
+            public_url: Arc::from(public_url.trim_end_matches('/')),
+            metrics,
+            policy,
+        }
     }
 
     /// Claims the job's outbox id and reads its recipient and the message's details,
@@ -130,12 +159,19 @@ impl EmailJobs {
     ) -> Result<Option<(Recipient, Value)>, JobError> {
         let template = kind.template();
         Ok(match kind {
-            Kind::Welcome | Kind::ResetPassword => {
+            Kind::Welcome | Kind::ResetPassword | Kind::VerifyEmail => {
                 let p: UserPayload = payload(&job.payload)?;
                 repository::claim_for_user(&mut *conn, job.outbox_id, template, p.user_id)
                     .await
                     .map_err(transient)?
-                    .map(|r| (r, json!({"public_url": &*self.public_url, "valid_minutes": auth::RESET_TOKEN_TTL_MINUTES})))
+                    .map(|r| {
+                        let context = json!({
+                            "public_url": &*self.public_url,
+                            "valid_minutes": auth::RESET_TOKEN_TTL_MINUTES,
+                            "valid_hours": auth::VERIFICATION_TOKEN_TTL_HOURS,
+                        });
+                        (r, context)
+                    })
             }
             Kind::OrderConfirmation | Kind::OrderCancelled | Kind::PaymentReceived => {
                 let p: OrderPayload = payload(&job.payload)?;
@@ -152,6 +188,7 @@ impl EmailJobs {
                             "currency": order.currency,
                             "placed_at": order.created_at,
                             "reason": p.reason.as_deref().unwrap_or("cancelled"),
+                            "status": order.status,
                             "lines": order.lines,
                             "address": order.shipping_address.map(|a| json!({
                                 "line1": a.line1, "line2": a.line2, "city": a.city,
@@ -182,6 +219,22 @@ impl EmailJobs {
     }
 }
 
+impl EmailJobs {
+    /// Why this message should not go out now, if it should not.
+    fn not_wanted(&self, kind: Kind, recipient: &Recipient, context: &Value) -> Option<&'static str> {
+        if kind == Kind::VerifyEmail && recipient.verified {
+            return Some("the address is verified already");
+        }
+        if self.policy.require_verified && !recipient.verified && !kind.is_account_mail() {
+            return Some("the address is not verified");
+        }
+        if kind == Kind::OrderConfirmation && context["status"] == "cancelled" {
+            return Some("the order was cancelled before its confirmation went out");
+        }
+        None
+    }
+}
+
 #[async_trait]
 impl JobHandler for EmailJobs {
     async fn handle(&self, job: &QueuedJob) -> Result<(), JobError> {
@@ -197,21 +250,47 @@ impl JobHandler for EmailJobs {
             tracing::info!(template, outbox_id = %job.outbox_id, "e-mail already sent; skipped");
             return Ok(());
         }
+        if let Some(why) = self.not_wanted(kind, &recipient, &context) {
+            tracing::info!(template, outbox_id = %job.outbox_id, why, "e-mail not sent");
+            return Ok(());
+        }
+        let bucket =
+            if kind.is_account_mail() && kind != Kind::Welcome { Bucket::Account } else { Bucket::General };
+        if let Spend::Suppress { first } = self.policy.budget.spend(bucket, &recipient.email).await {
+            self.metrics.count_email_suppressed(template);
+            if first {
+                tracing::warn!(
+                    template,
+                    recipient.hash = %address_hash(&recipient.email),
+                    "hourly mail budget of this address spent: its mail is suppressed for the rest of the hour"
+                );
+            }
+            return Ok(());
+        }
         context["email"] = json!(recipient.email);
         context["name"] = json!(recipient.first_name);
-        if kind == Kind::ResetPassword {
+        match kind {
             // Minted inside this transaction: it exists only if the e-mail was accepted.
-            let Some((token, _expires_at)) =
-                auth::mint_reset_token(&mut tx, recipient.user_id).await.map_err(transient)?
-            else {
-                tracing::info!(
-                    template,
-                    outbox_id = %job.outbox_id,
-                    "a reset link was mailed less than a minute ago; it stays, and this request sends none"
-                );
-                return Ok(());
-            };
-            context["reset_url"] = json!(format!("{}/reset-password?token={token}", self.public_url));
+            Kind::ResetPassword => {
+                let Some((token, _expires_at)) =
+                    auth::mint_reset_token(&mut tx, recipient.user_id).await.map_err(transient)?
+                else {
+                    tracing::info!(
+                        template,
+                        outbox_id = %job.outbox_id,
+                        "a reset link was mailed less than a minute ago; it stays, and this request sends none"
+                    );
+                    return Ok(());
+                };
+                // In the fragment: the token reaches no server log and no Referer.
+                context["reset_url"] = json!(format!("{}/reset-password#token={token}", self.public_url));
+            }
+            Kind::Welcome | Kind::VerifyEmail if !recipient.verified => {
+                let token =
+                    auth::mint_verification_token(&mut tx, recipient.user_id).await.map_err(transient)?;
+                context["verify_url"] = json!(format!("{}/verify-email#token={token}", self.public_url));
+            }
+            _ => {}
         }
         let content = self
             .templates
@@ -248,6 +327,7 @@ mod tests {
             "order-cancelled",
             "payment-received",
             "reset-password",
+            "verify-email",
             "report-ready",
         ] {
             let parsed = Kind::parse(kind).unwrap();

@@ -29,6 +29,7 @@ use crate::{
 pub struct CleanupReport {
     pub sessions: u64,
     pub reset_tokens: u64,
+    pub verification_tokens: u64,
     pub idempotency_keys: u64,
     pub outbox: u64,
     pub sent_emails: u64,
@@ -41,7 +42,7 @@ pub struct CleanupReport {
 
 /// Daily: deletes sessions whose whole family is dead (revoked or expired throughout; a
 /// rotated session of a live family is kept, however old, so presenting a stolen rotated
-/// token is still recognised as reuse), used or expired reset tokens, idempotency records
+/// token is still recognised as reuse), used or expired reset and verification tokens, idempotency records
 /// older than 24 h, outbox rows sent more than 7 days ago, e-mail ledger rows and reports
 /// (with their files) older than 30 days. Then, in Redis, finished jobs older than
 /// `JOBS_DONE_RETENTION` and dead ones older than `JOBS_DEAD_RETENTION`. `None` when
@@ -59,6 +60,7 @@ pub async fn cleanup(
     let report = CleanupReport {
         sessions: step("sessions", sessions::delete_dead(pool)).await,
         reset_tokens: step("reset_tokens", auth::delete_spent_reset_tokens(pool)).await,
+        verification_tokens: step("verification_tokens", auth::delete_spent_verification_tokens(pool)).await,
         idempotency_keys: step("idempotency_keys", orders::delete_expired_idempotency_keys(pool)).await,
         outbox: step("outbox", outbox::delete_sent(pool)).await,
         sent_emails: step("sent_emails", emails::delete_expired(pool)).await,
@@ -83,6 +85,7 @@ pub async fn cleanup(
         task = "cleanup",
         deleted.sessions = report.sessions,
         deleted.reset_tokens = report.reset_tokens,
+        deleted.verification_tokens = report.verification_tokens,
         deleted.idempotency_keys = report.idempotency_keys,
         deleted.outbox = report.outbox,
         deleted.sent_emails = report.sent_emails,

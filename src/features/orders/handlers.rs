@@ -14,9 +14,15 @@ use super::{
         OrderResponse, UpdateOrderRequest, UpdateStatusRequest,
     },
 };
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
 use crate::{
+    features::users,
+    platform::config::Settings,
     platform::http::{
-        error::{AppResult, Enveloped, ErrorEnvelope},
+        error::{AppError, AppResult, Enveloped, ErrorEnvelope},
         extract::{JsonBody, JsonBytes, PathParam, QueryParams, ValidJson},
         response::{ApiList, ApiOk, PageParams},
     },
@@ -63,18 +69,25 @@ fn replay(Answer { status, body }: Answer) -> Response {
         (status = 201, body = ApiOk<OrderResponse>, headers(("Location" = String))),
         (status = 400, description = "Invalid body, unknown or archived product (`fields.items[i].productId`)", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope),
+        (status = 403, description = "FORBIDDEN, or EMAIL_NOT_VERIFIED: the caller has not confirmed its e-mail address (when verification is required)", body = ErrorEnvelope),
         (status = 409, description = "INSUFFICIENT_STOCK (with `details.products`), TOO_MANY_PENDING_ORDERS (the caller already holds the most unpaid orders allowed; `details.pending`) or IDEMPOTENCY_KEY_IN_USE", body = ErrorEnvelope),
         (status = 422, description = "IDEMPOTENCY_KEY_MISMATCH", body = ErrorEnvelope),
     ))]
 pub async fn create_order(
     State(orders): State<OrderService>,
+    State(config): State<Arc<Settings>>,
+    State(db): State<PgPool>,
     Require(user, _): Require<perm::OrdersCreate>,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     // Parsed by the service: the key's fingerprint is taken over the parsed request, or
     // over the bytes when they are not one.
     JsonBytes(body): JsonBytes,
 ) -> AppResult<Response> {
+    // A depends-on-state refusal: never stored against the key, so a retry after the
+    // address is confirmed is placed.
+    if config.require_verified_email && !users::email_verified(&db, user.id).await? {
+        return Err(AppError::EmailNotVerified);
+    }
     Ok(match orders.place_idempotent(&user, key, &body).await? {
         Placed::Created(order) => created(*order),
         Placed::Replayed(answer) => replay(answer),

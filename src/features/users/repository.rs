@@ -17,6 +17,8 @@ pub struct UserRow {
     pub role: Role,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// When the account proved it receives mail at its address; `None`: not yet.
+    pub email_verified_at: Option<DateTime<Utc>>,
 }
 
 /// A user for a login attempt: the row plus its password hash.
@@ -33,6 +35,9 @@ pub struct NewUser<'a> {
     pub first_name: Option<&'a str>,
     pub last_name: Option<&'a str>,
     pub role: Role,
+    /// Verified from the start (an admin made by the operator); otherwise the account
+    /// verifies through the link of its welcome e-mail.
+    pub email_verified: bool,
 }
 
 /// A partial profile update: `None` leaves a column alone, `Some(None)` clears it.
@@ -46,7 +51,7 @@ pub struct ProfileChanges {
 pub async fn find_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at
            from users where id = $1 and deleted_at is null"#,
         id
     )
@@ -58,7 +63,7 @@ pub async fn find_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Opti
 pub async fn lock_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as!(
         UserRow,
-        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at
            from users where id = $1 and deleted_at is null for update"#,
         id
     )
@@ -68,7 +73,7 @@ pub async fn lock_active(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Opti
 
 pub async fn find_login(db: impl PgExecutor<'_>, email: &Email) -> sqlx::Result<Option<LoginRow>> {
     let row = sqlx::query!(
-        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at,
+        r#"select id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at,
                   password_hash
            from users where email = $1 and deleted_at is null"#,
         email.as_str()
@@ -85,9 +90,34 @@ pub async fn find_login(db: impl PgExecutor<'_>, email: &Email) -> sqlx::Result<
             role: r.role,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            email_verified_at: r.email_verified_at,
         },
         password_hash: r.password_hash,
     }))
+}
+
+/// Marks live user `id` verified (once: a second call keeps the first time); whether
+/// such a user exists.
+pub async fn mark_email_verified(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query!(
+        "update users set email_verified_at = coalesce(email_verified_at, now())
+         where id = $1 and deleted_at is null",
+        id
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected() == 1)
+}
+
+/// Whether live user `id` has verified its address (`false` for no such user).
+pub async fn email_verified(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists(select 1 from users where id = $1 and deleted_at is null
+                         and email_verified_at is not null) as "verified!""#,
+        id
+    )
+    .fetch_one(db)
+    .await
 }
 
 pub async fn find_password_hash(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
@@ -100,15 +130,16 @@ pub async fn find_password_hash(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Resu
 pub async fn insert(db: impl PgExecutor<'_>, new: &NewUser<'_>) -> sqlx::Result<UserRow> {
     sqlx::query_as!(
         UserRow,
-        r#"insert into users (id, email, password_hash, first_name, last_name, role)
-           values ($1, $2, $3, $4, $5, $6)
-           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+        r#"insert into users (id, email, password_hash, first_name, last_name, role, email_verified_at)
+           values ($1, $2, $3, $4, $5, $6, case when $7 then now() end)
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at"#,
         new.id,
         new.email.as_str(),
         new.password_hash,
         new.first_name,
         new.last_name,
         new.role as Role,
+        new.email_verified,
     )
     .fetch_one(db)
     .await
@@ -127,7 +158,7 @@ pub async fn update_profile(
                last_name  = case when $4 then $5 else last_name end,
                phone      = case when $6 then $7 else phone end
            where id = $1 and deleted_at is null
-           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at"#,
         id,
         changes.first_name.is_some(),
         changes.first_name.clone().flatten(),
@@ -151,7 +182,7 @@ pub async fn set_role(db: impl PgExecutor<'_>, id: Uuid, role: Role) -> sqlx::Re
     sqlx::query_as!(
         UserRow,
         r#"update users set role = $2 where id = $1
-           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at"#,
+           returning id, email, first_name, last_name, phone, role as "role: Role", created_at, updated_at, email_verified_at"#,
         id,
         role as Role,
     )
@@ -229,7 +260,8 @@ pub async fn list(
     sqlx::query_as!(
         UserRow,
         r#"select u.id as "id!", u.email as "email!", u.first_name, u.last_name, u.phone,
-                  u.role as "role!: Role", u.created_at as "created_at!", u.updated_at as "updated_at!"
+                  u.role as "role!: Role", u.created_at as "created_at!", u.updated_at as "updated_at!",
+                  u.email_verified_at
            from (
                select id from users
                where deleted_at is null

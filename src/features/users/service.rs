@@ -160,6 +160,7 @@ impl UserService {
             let mut tx = self.db.begin().await?;
             sessions::lock_user_for_revocation(&mut *tx, login.user.id).await?;
             repository::set_role(&mut *tx, login.user.id, Role::Admin).await?;
+            repository::mark_email_verified(&mut *tx, login.user.id).await?;
             repository::set_password_hash(&mut *tx, login.user.id, &hash).await?;
             let revoked = sessions::revoke_all(&mut tx, login.user.id, None).await?;
             tx.commit().await?;
@@ -177,6 +178,7 @@ impl UserService {
                 first_name: None,
                 last_name: None,
                 role: Role::Admin,
+                email_verified: true,
             },
         )
         .await?;

@@ -25,6 +25,8 @@ pub struct UserResponse {
     pub last_name: Option<String>,
     pub phone: Option<String>,
     pub role: Role,
+    /// Whether the account confirmed its address through the link it was mailed.
+    pub email_verified: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -38,6 +40,7 @@ impl From<UserRow> for UserResponse {
             last_name: u.last_name,
             phone: u.phone,
             role: u.role,
+            email_verified: u.email_verified_at.is_some(),
             created_at: u.created_at,
             updated_at: u.updated_at,
         }

@@ -51,6 +51,9 @@ pub enum AppError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// The caller has not confirmed its e-mail address yet (`REQUIRE_VERIFIED_EMAIL`).
+    #[error("confirm your e-mail address first: open the link we mailed you, or ask for a new one")]
+    EmailNotVerified,
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -133,7 +136,7 @@ impl AppError {
     /// state changed is served afresh.
     pub fn depends_on_the_callers_state(&self) -> bool {
         match self {
-            Self::RateLimited { .. } | Self::TooManyPendingOrders { .. } => true,
+            Self::RateLimited { .. } | Self::TooManyPendingOrders { .. } | Self::EmailNotVerified => true,
             Self::WithCause { public, .. } => public.depends_on_the_callers_state(),
             _ => false,
         }
@@ -150,6 +153,7 @@ impl AppError {
             Self::Validation { .. } => "VALIDATION_ERROR",
             Self::Unauthorized(_) => "UNAUTHORIZED",
             Self::Forbidden(_) => "FORBIDDEN",
+            Self::EmailNotVerified => "EMAIL_NOT_VERIFIED",
             Self::NotFound(_) => "NOT_FOUND",
             Self::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             Self::Conflict(_) => "CONFLICT",
@@ -176,7 +180,7 @@ impl AppError {
         match self {
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::EmailNotVerified => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_)

@@ -9,6 +9,7 @@ use serde::Serialize;
 pub const NAMES: &[&str] = &[
     "welcome",
     "reset-password",
+    "verify-email",
     "order-confirmation",
     "order-cancelled",
     "payment-received",
@@ -29,6 +30,9 @@ const FILES: &[(&str, &str)] = embedded!(
     "reset-password.subject.txt",
     "reset-password.txt",
     "reset-password.html",
+    "verify-email.subject.txt",
+    "verify-email.txt",
+    "verify-email.html",
     "order-confirmation.subject.txt",
     "order-confirmation.txt",
     "order-confirmation.html",
@@ -120,7 +124,8 @@ mod tests {
         let t = Templates::new("USD").unwrap();
         let ctx = json!({
             "email": "ann@example.com", "name": "Ann", "public_url": "http://x",
-            "reset_url": "http://x/reset?token=abc", "valid_minutes": 60,
+            "reset_url": "http://x/reset#token=abc", "valid_minutes": 60,
+            "verify_url": "http://x/verify-email#token=abc", "valid_hours": 48,
             "order_number": "1234", "order_url": "http://x/o", "total_cents": 1250,
             "lines": [{"name": "Mug", "sku": "MUG", "quantity": 2, "unit_price_cents": 625, "line_total_cents": 1250}],
             "address": null, "report_type": "sales", "from": "2026-11-01", "to": "2026-11-30",

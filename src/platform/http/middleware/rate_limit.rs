@@ -394,6 +394,8 @@ pub struct Limits {
     pub forgot_email: Quota,
     /// Failed current-password checks per account.
     pub password_change: Quota,
+    /// Requests for a new verification e-mail per account.
+    pub verify_resend: Quota,
 }
 
 /// An attempt counted by [`RateLimiter::reserve`]; [`RateLimiter::release`] gives it back.
@@ -453,6 +455,7 @@ impl RateLimiter {
                 max: settings.rate_limit_password_change_failures,
                 window: Duration::from_secs(15 * 60),
             },
+            verify_resend: Quota { scope: "verify-resend", max: 3, window: Duration::from_secs(60 * 60) },
         }))
     }
 
