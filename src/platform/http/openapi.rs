@@ -290,7 +290,7 @@ fn header_components() -> Value {
             "description": "CORS: `*` or the request's `Origin` when `CORS_ORIGIN` allows it; absent \
                             for requests without an allowed `Origin`.",
             "required": false,
-            "schema": {"type": "string", "pattern": "^(\\*|https?://[^/]+)$"},
+            "schema": {"type": "string", "pattern": "^(\\*|https?://[^/\\s]\\S*)$"},
         },
         "RateLimit-Limit": {
             "description": "Requests the binding quota allows per window (absent while the rate \
@@ -512,5 +512,95 @@ fn collect_refs(value: &Value, out: &mut Vec<String>) {
         }
         Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_get_a_format_and_its_range_where_no_bound_is_declared() {
+        let mut v = json!({
+            "a": {"type": "integer"},
+            "b": {"type": ["integer", "null"], "format": "int32", "minimum": 0},
+            "c": {"type": "integer", "format": "int64", "exclusiveMinimum": 0, "maximum": 9},
+        });
+        bound(&mut v, false);
+        assert_eq!(
+            v["a"],
+            json!({"type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX})
+        );
+        assert_eq!((v["b"]["minimum"].clone(), v["b"]["maximum"].clone()), (json!(0), json!(i32::MAX)));
+        assert!(v["c"].get("minimum").is_none());
+        assert_eq!(v["c"]["maximum"], 9);
+    }
+
+    #[test]
+    fn uuids_get_their_length_and_date_times_only_where_the_server_writes_them() {
+        let schema = json!({
+            "id": {"type": "string", "format": "uuid"},
+            "at": {"type": ["string", "null"], "format": "date-time"},
+            "tag": {"type": "string", "format": "uuid", "enum": ["x"]},
+        });
+        let (mut input, mut output) = (schema.clone(), schema);
+        bound(&mut input, false);
+        bound(&mut output, true);
+        assert_eq!(input["id"]["maxLength"], UUID_LEN);
+        assert!(input["at"].get("maxLength").is_none(), "chrono reads any number of fraction digits");
+        assert_eq!(output["at"]["maxLength"], DATE_TIME_LEN);
+        assert!(output["tag"].get("maxLength").is_none());
+    }
+
+    #[test]
+    fn the_widest_date_times_chrono_writes_fit_the_bound() {
+        for t in [chrono::DateTime::<chrono::Utc>::MIN_UTC, chrono::DateTime::<chrono::Utc>::MAX_UTC] {
+            let text = serde_json::to_value(t).unwrap();
+            assert!(text.as_str().unwrap().chars().count() as u64 <= DATE_TIME_LEN, "{text}");
+        }
+    }
+
+    #[test]
+    fn output_only_schemas_are_those_no_parameter_or_body_reaches() {
+        let schema = |name: &str| json!({"schema": {"$ref": format!("#/components/schemas/{name}")}});
+        let doc = json!({
+            "paths": {"/x": {"post": {
+                "requestBody": {"content": {"application/json": schema("In")}},
+                "responses": {"200": {"content": {"application/json": schema("Out")}}},
+            }}},
+            "components": {"schemas": {
+                "In": {"properties": {"shared": schema("Both")["schema"]}},
+                "Out": {"properties": {"shared": schema("Both")["schema"], "own": schema("Deep")["schema"]}},
+                "Both": {},
+                "Deep": {},
+            }},
+        });
+        assert_eq!(output_only_schemas(&doc).into_iter().collect::<Vec<_>>(), ["Deep", "Out"]);
+    }
+
+    #[test]
+    fn responses_carry_the_middleware_headers() {
+        let mut doc = json!({"components": {}, "paths": {
+            "/api/v1/products/{id}": {"get": {"operationId": "get_product", "responses": {
+                "200": {"description": "OK", "headers": {"ETag": {"schema": {"type": "string"}}}},
+                "429": {"description": "Rate limited"},
+            }}},
+            "/health": {"get": {"responses": {"200": {"description": "OK"}}}},
+        }});
+        add_headers(&mut doc);
+        let header = |name: &str| json!({"$ref": format!("#/components/headers/{name}")});
+        let api = &doc["paths"]["/api/v1/products/{id}"]["get"]["responses"];
+        for name in ["X-Request-Id", "Access-Control-Allow-Origin", "RateLimit-Limit", "RateLimit-Reset"] {
+            assert_eq!(api["200"]["headers"][name], header(name));
+        }
+        assert_eq!(api["200"]["headers"]["ETag"]["schema"]["maxLength"], 12);
+        assert!(api["200"]["headers"].get("Retry-After").is_none());
+        assert_eq!(api["429"]["headers"]["Retry-After"], header("Retry-After"));
+        let health = &doc["paths"]["/health"]["get"]["responses"]["200"]["headers"];
+        assert_eq!(health["X-Request-Id"], header("X-Request-Id"));
+        assert!(health.get("RateLimit-Limit").is_none(), "health probes are not rate limited");
+        let components = &doc["components"]["headers"];
+        assert_eq!(components["RateLimit-Remaining"]["required"], false);
+        assert_eq!(components["X-Request-Id"]["required"], true);
     }
 }
