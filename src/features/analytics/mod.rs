@@ -9,4 +9,4 @@ mod service;
 mod types;
 
 pub use routes::router;
-pub use service::rollup;
+pub use service::{MAX_RANGE_HOURS, rollup};

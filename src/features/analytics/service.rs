@@ -14,6 +14,8 @@ use crate::platform::{
 
 /// The longest range one request may ask for.
 const MAX_RANGE_DAYS: i64 = 31;
+/// The most hours one answer lists: one per stored hour of the longest range.
+pub const MAX_RANGE_HOURS: usize = MAX_RANGE_DAYS as usize * 24;
 
 /// The hours in `[from, to)`, oldest first. Default `to`: now; default `from`: the 24
 /// hours before `to`, from the start of that first hour.

@@ -35,9 +35,13 @@ fn sane_years(range: &AnalyticsRange) -> Result<(), ValidationError> {
 pub struct HourlyAnalytics {
     pub hour: DateTime<Utc>,
     /// Orders placed in the hour and not cancelled.
+    #[schema(minimum = 0)]
     pub orders: i32,
+    #[schema(minimum = 0)]
     pub items: i32,
+    #[schema(minimum = 0)]
     pub revenue_cents: i64,
+    #[schema(minimum = 0)]
     pub new_users: i32,
 }
 

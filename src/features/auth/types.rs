@@ -112,8 +112,10 @@ pub struct AuthResponse {
     /// Access token (JWT) for `Authorization: Bearer`.
     pub token: String,
     /// Opaque refresh token; single use.
+    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     pub refresh_token: String,
     /// Seconds until `token` expires.
+    #[schema(minimum = 1)]
     pub expires_in: u64,
     pub user: UserResponse,
 }
@@ -123,7 +125,9 @@ pub struct AuthResponse {
 #[serde(rename_all = "camelCase")]
 pub struct TokenResponse {
     pub token: String,
+    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
     pub refresh_token: String,
+    #[schema(minimum = 1)]
     pub expires_in: u64,
 }
 

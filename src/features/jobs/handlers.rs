@@ -69,7 +69,8 @@ pub async fn dead_jobs(
 /// Runs a dead job again with fresh attempts (admin). E-mail jobs still send at most
 /// once per outbox id, so retrying one that did get through sends nothing.
 #[utoipa::path(post, path = "/admin/jobs/dead/{id}/retry", tag = "admin", security(("bearer" = [])),
-    params(("id" = String, Path, description = "The dead job's id")),
+    params(("id" = String, Path, description = "The dead job's id (a ULID; anything else is no dead job: 404)",
+        min_length = 26, max_length = 26, pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")),
     responses(
         (status = 202, description = "Queued again", body = ApiOk<RetriedJob>),
         (status = 401, body = ErrorEnvelope),

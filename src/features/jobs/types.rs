@@ -11,7 +11,7 @@ use crate::platform::jobs::store::{DeadJob, QueueCounts};
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QueueCountsResponse {
-    #[schema(example = "emails")]
+    #[schema(value_type = JobQueue, example = "emails")]
     pub queue: String,
     /// Due, waiting for a worker.
     pub pending: u64,
@@ -64,21 +64,48 @@ fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
+/// Every queue, as responses name it.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used
+enum JobQueue {
+    Emails,
+    Reports,
+    Payments,
+}
+
+/// A retried job's state.
+#[derive(ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)] // only its schema is used
+enum RetriedState {
+    Pending,
+}
+
 /// A dead job: what it was and how it failed. Never its payload.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeadJobResponse {
     /// The job's id (a ULID); retry it with `POST /admin/jobs/dead/{id}/retry`.
-    #[schema(example = "01JD5ZP8Y6M3W0Q9K2V7T4B1XC")]
+    #[schema(
+        example = "01JD5ZP8Y6M3W0Q9K2V7T4B1XC",
+        min_length = 26,
+        max_length = 26,
+        pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$"
+    )]
     pub id: String,
-    #[schema(example = "emails")]
+    #[schema(value_type = JobQueue, example = "emails")]
     pub queue: String,
-    /// The job kind (for e-mails, the template).
-    #[schema(example = "welcome")]
+    /// The job kind (for e-mails, the template): one of the kinds the code defines, the
+    /// longest 18 characters.
+    #[schema(example = "welcome", max_length = 32, pattern = "^[a-z]+(-[a-z]+)*$")]
     pub kind: Option<String>,
     /// The outbox row the job came from.
     pub outbox_id: Option<Uuid>,
+    #[schema(minimum = 0)]
     pub attempts: u32,
+    /// The last attempt's error, cut to 500 characters.
+    #[schema(max_length = 500)]
     pub last_error: Option<String>,
     pub enqueued_at: Option<DateTime<Utc>>,
     pub first_attempt_at: Option<DateTime<Utc>>,
@@ -105,9 +132,11 @@ impl From<DeadJob> for DeadJobResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetriedJob {
+    #[schema(min_length = 26, max_length = 26, pattern = "^[0-7][0-9A-HJKMNP-TV-Z]{25}$")]
     pub id: String,
+    #[schema(value_type = JobQueue)]
     pub queue: String,
     /// Always `pending`: the job is due again, with fresh attempts.
-    #[schema(example = "pending")]
+    #[schema(value_type = RetriedState, example = "pending")]
     pub status: &'static str,
 }

@@ -63,7 +63,8 @@ fn replay(Answer { status, body }: Answer) -> Response {
 /// Places an order for the caller. With `Idempotency-Key`, a retry gets the first answer
 /// back (`Idempotent-Replayed: true`) and never a second order.
 #[utoipa::path(post, path = "/orders", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 characters, scoped to the caller")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1..=255 characters, scoped to the caller",
+        min_length = 1, max_length = 255)),
     request_body = CreateOrderRequest,
     responses(
         (status = 201, body = ApiOk<OrderResponse>, headers(("Location" = String))),

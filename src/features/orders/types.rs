@@ -149,10 +149,18 @@ pub struct OrderFilter {
 #[serde(rename_all = "camelCase")]
 pub struct OrderItemResponse {
     pub product_id: Uuid,
+    /// The product's at purchase time.
+    #[schema(max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
+    /// The product's at purchase time.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(minimum = 0, maximum = 100_000_000)]
     pub unit_price_cents: i64,
+    #[schema(minimum = 1, maximum = 1000)]
     pub quantity: i32,
+    /// `unitPriceCents × quantity`.
+    #[schema(minimum = 0, maximum = 100_000_000_000_i64)]
     pub line_total_cents: i64,
 }
 
@@ -163,8 +171,12 @@ pub struct OrderResponse {
     pub id: Uuid,
     pub user_id: Uuid,
     pub status: OrderStatus,
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderItemResponse>,
+    /// The sum of the lines: at most 100 lines of 1000 × 100000000.
+    #[schema(minimum = 0, maximum = 10_000_000_000_000_i64)]
     pub total_cents: i64,
+    #[schema(min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub shipping_address: Option<ShippingAddress>,
     /// The current payment at the provider; null when none was started.
@@ -182,10 +194,14 @@ pub struct OrderResponse {
 pub struct PaymentResponse {
     pub status: PaymentStatus,
     /// `stripe`.
+    #[schema(max_length = 32, pattern = "^[a-z]+$")]
     pub provider: String,
     /// The provider's id of the payment (a Stripe PaymentIntent `pi_…`).
     pub provider_payment_id: String,
+    /// The order's total.
+    #[schema(minimum = 0, maximum = 10_000_000_000_000_i64)]
     pub amount_cents: i64,
+    #[schema(min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub updated_at: DateTime<Utc>,
 }

@@ -12,13 +12,17 @@ use crate::features::orders::PaymentStatus;
 pub struct PaymentAnswer {
     pub order_id: Uuid,
     /// `stripe`.
+    #[schema(max_length = 32, pattern = "^[a-z]+$")]
     pub provider: String,
     /// The provider's id of the payment (a Stripe PaymentIntent `pi_…`).
     pub provider_payment_id: String,
     /// For the client's SDK (Stripe.js `confirmPayment`); read from the provider on each
     /// request, never stored by this server.
     pub client_secret: String,
+    /// The order's total.
+    #[schema(minimum = 0, maximum = 10_000_000_000_000_i64)]
     pub amount_cents: i64,
+    #[schema(min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")]
     pub currency: String,
     pub status: PaymentStatus,
 }

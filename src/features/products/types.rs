@@ -17,16 +17,22 @@ use crate::platform::http::extract::{double_option, reject_null, struct_error};
 #[serde(rename_all = "camelCase")]
 pub struct ProductResponse {
     pub id: Uuid,
+    #[schema(max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(max_length = 5000)]
     pub description: Option<String>,
     /// Integer minor units of `currency`.
+    #[schema(minimum = 0, maximum = 100_000_000)]
     pub price_cents: i64,
     /// ISO 4217.
-    #[schema(example = "USD")]
+    #[schema(example = "USD", min_length = 3, max_length = 3, pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[schema(minimum = 0, maximum = 1_000_000)]
     pub stock: i32,
     /// Bumped on every change; the `ETag` is `"<version>"`.
+    #[schema(minimum = 1)]
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -55,7 +61,7 @@ impl ProductResponse {
 pub struct CreateProductRequest {
     /// 1..=64 of `[A-Za-z0-9._-]`, unique.
     #[validate(custom(function = "valid_sku"))]
-    #[schema(example = "MUG-001", pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(example = "MUG-001", min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
     #[schema(min_length = 1, max_length = 200)]
@@ -78,7 +84,7 @@ pub struct CreateProductRequest {
 pub struct UpdateProductRequest {
     #[validate(custom(function = "valid_sku"))]
     #[serde(default, deserialize_with = "reject_null")]
-    #[schema(nullable = false, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
+    #[schema(nullable = false, min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: Option<String>,
     #[validate(length(min = 1, max = 200, message = "must be 1 to 200 characters"))]
     #[serde(default, deserialize_with = "reject_null")]

@@ -75,14 +75,21 @@ pub struct ReportResponse {
     /// The admin who asked for it.
     pub requested_by: Uuid,
     /// Data rows in the CSV (the header not counted), once completed.
+    #[schema(minimum = 0)]
     pub row_count: Option<i32>,
-    /// Why it failed, in words.
+    /// Why it failed, in words: one fixed sentence (51 characters).
+    #[schema(max_length = 51)]
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
     /// Where to fetch the CSV once completed.
-    #[schema(example = "/api/v1/reports/5f0c.../download")]
+    #[schema(
+        example = "/api/v1/reports/5f0c3a52-8d2e-4c1b-9a77-0b6f4e1d2c3a/download",
+        min_length = 61,
+        max_length = 61,
+        pattern = "^/api/v1/reports/[0-9a-f-]{36}/download$"
+    )]
     pub download_url: String,
 }
 

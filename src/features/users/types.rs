@@ -20,9 +20,13 @@ use crate::{
 #[serde(rename_all = "camelCase")]
 pub struct UserResponse {
     pub id: Uuid,
+    #[schema(min_length = 3, max_length = 254)]
     pub email: String,
+    #[schema(min_length = 1, max_length = 100)]
     pub first_name: Option<String>,
+    #[schema(min_length = 1, max_length = 100)]
     pub last_name: Option<String>,
+    #[schema(max_length = 16, pattern = r"^\+?[1-9][0-9]{1,14}$")]
     pub phone: Option<String>,
     pub role: Role,
     /// Whether the account confirmed its address through the link it was mailed.

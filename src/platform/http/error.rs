@@ -308,7 +308,7 @@ pub struct ErrorEnvelope {
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `VALIDATION_ERROR`.
-    #[schema(example = "VALIDATION_ERROR")]
+    #[schema(example = "VALIDATION_ERROR", max_length = 32, pattern = "^[A-Z][A-Z_]*$")]
     pub code: &'static str,
     /// Human-readable message; never contains internals for 5xx.
     pub message: String,
@@ -321,6 +321,7 @@ pub struct ErrorBody {
     #[schema(value_type = Option<Object>)]
     pub details: Option<Value>,
     /// The request id, as in the `X-Request-Id` header.
+    #[schema(max_length = 128)]
     pub request_id: String,
 }
 

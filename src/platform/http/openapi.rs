@@ -1,10 +1,13 @@
 //! The OpenAPI document (SPEC §9): the base description, shared schemas and the bearer
 //! scheme. Each feature adds its paths through `utoipa_axum` routers.
 
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
 use utoipa::{
     Modify, OpenApi,
     openapi::{
-        Content, HeaderBuilder, ObjectBuilder, Ref, RefOr, Response, Type,
+        Content, Ref, RefOr, Response,
         link::LinkBuilder,
         path::{Operation, ParameterIn},
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -46,7 +49,15 @@ impl Modify for BearerScheme {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
-                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build(),
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from `POST /auth/login`, `/auth/register` or `/auth/refresh`: a JWS \
+                         signed with HS256 and verified as RFC8725 advises (the algorithm is fixed, never \
+                         taken from the token; signature, `exp`, `iss` and `aud` are checked).",
+                    ))
+                    .build(),
             ),
         );
         // The payment provider's webhook authenticates with a signature over the body.
@@ -67,9 +78,11 @@ impl Modify for BearerScheme {
 ///
 /// - every response has a `description` (the status's meaning when the handler gave none);
 /// - every error response carries the error envelope;
-/// - every API operation documents 429 (the per-IP limit) and 503 (Postgres or Redis
-///   unavailable, or the request timeout); an operation that takes a body documents 400,
-///   413 and 415; one with path or query parameters documents 400; a secured one 401;
+/// - every operation documents 500 (a panic or an unexpected error, in the envelope);
+///   every API operation 429 (the per-IP limit) and 503 (Postgres or Redis unavailable,
+///   or the request timeout); an operation that takes a body documents 400, 413 and 415;
+///   one with path or query parameters documents 400; a secured one 401;
+/// - an operation anyone may call says so with `security: []`;
 /// - `links` from a created resource to the operations on it, so a client (or a stateful
 ///   fuzzer) can follow real ids.
 pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
@@ -100,7 +113,10 @@ fn complete_operation(op: &mut Operation, api: bool) {
         p.iter().any(|p| matches!(p, RefOr::T(p) if !matches!(p.parameter_in, ParameterIn::Header)))
     });
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
-    let mut needed: Vec<&str> = Vec::new();
+    if !secured {
+        op.security = Some(Vec::new());
+    }
+    let mut needed: Vec<&str> = vec!["500"];
     if api {
         needed.extend(["429", "503"]);
         if has_body {
@@ -129,17 +145,6 @@ fn complete_operation(op: &mut Operation, api: bool) {
                 RefOr::T(Content::new(Some(Ref::from_schema_name("ErrorEnvelope")))),
             );
         }
-        if status == "429" && !response.headers.contains_key("Retry-After") {
-            response.headers.insert(
-                "Retry-After".to_owned(),
-                RefOr::T(
-                    HeaderBuilder::new()
-                        .schema(Some(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1))))
-                        .description(Some("Seconds until the limit resets"))
-                        .build(),
-                ),
-            );
-        }
     }
 }
 
@@ -160,6 +165,7 @@ fn default_description(status: &str) -> &'static str {
         "415" => "Body is not `application/json` (`UNSUPPORTED_MEDIA_TYPE`)",
         "422" => "Well-formed but not possible with the current data (see `code`)",
         "429" => "Rate limited (`RATE_LIMITED`); retry after `Retry-After` seconds",
+        "500" => "An unexpected error (`INTERNAL_SERVER_ERROR`); the message names no internals",
         "503" => {
             "A dependency (Postgres, Redis) is unavailable or the request timed out (`SERVICE_UNAVAILABLE`)"
         }
@@ -215,5 +221,386 @@ fn add_links(doc: &mut utoipa::openapi::OpenApi) {
                 );
             }
         }
+    }
+}
+
+/// The document as served: [`complete`]d, then, on its JSON form, what utoipa's types
+/// cannot say or what is shared by every operation:
+///
+/// - `servers`: the API is served at the root of the host that serves the document;
+/// - the response headers of the middleware on every response, as `components.headers`
+///   references: `X-Request-Id`, CORS's `Access-Control-Allow-Origin`, the
+///   `RateLimit-*` headers on API operations (health probes are exempt from the limits)
+///   and `Retry-After` on 429. A header a setting can turn off is `required: false`;
+/// - bounds: every integer states its format and range, every UUID and every date-time
+///   the server writes its longest length, every list its most items ([`bound_schemas`]);
+/// - no empty `license`, no schema nothing refers to.
+///
+/// `lists`: the most items of the lists whose element type is generic (an
+/// `ApiOk<Vec<T>>`, which the types cannot bound), by schema name.
+pub fn document(mut doc: utoipa::openapi::OpenApi, lists: &[(&str, usize)]) -> Value {
+    complete(&mut doc);
+    let mut doc = serde_json::to_value(&doc).expect("the OpenAPI document is JSON");
+    doc["servers"] = json!([{
+        "url": "/",
+        "description": "The host serving this document (local, staging or production alike)",
+        "x-internal": false,
+    }]);
+    // utoipa names the crate's license, and the crate declares none.
+    if doc["info"]["license"]["name"].as_str().is_some_and(str::is_empty) {
+        doc["info"].as_object_mut().map(|info| info.remove("license"));
+    }
+    add_headers(&mut doc);
+    bound_schemas(&mut doc, lists);
+    drop_unused_schemas(&mut doc);
+    doc
+}
+
+/// Removes the component schemas nothing refers to: utoipa registers each type that a
+/// generic envelope (`ApiOk<T>`, `ApiList<T>`) inlines, under its own name too.
+fn drop_unused_schemas(doc: &mut Value) {
+    loop {
+        let mut used = Vec::new();
+        collect_refs(doc, &mut used);
+        let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let before = schemas.len();
+        schemas.retain(|name, _| used.contains(name));
+        if schemas.len() == before {
+            return;
+        }
+    }
+}
+
+/// Longest `Retry-After` and `RateLimit-Reset`: no rate-limit window is longer than
+/// 15 minutes (the per-address login and password-reset windows).
+const LONGEST_WINDOW_SECS: u64 = 15 * 60;
+
+fn header_components() -> Value {
+    let reset = json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": LONGEST_WINDOW_SECS});
+    json!({
+        "X-Request-Id": {
+            "description": "The request's id: the client's own when it sent 1..=128 visible ASCII \
+                            characters, else a new UUID. Error bodies carry it as `requestId`.",
+            "required": true,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"},
+        },
+        "Access-Control-Allow-Origin": {
+            "description": "CORS: `*` or the request's `Origin` when `CORS_ORIGIN` allows it; absent \
+                            for requests without an allowed `Origin`.",
+            "required": false,
+            "schema": {"type": "string", "pattern": "^(\\*|https?://[^/\\s]\\S*)$"},
+        },
+        "RateLimit-Limit": {
+            "description": "Requests the binding quota allows per window (absent while the rate \
+                            limits are off).",
+            "required": false,
+            "schema": {"type": "integer", "format": "int64", "minimum": 1, "maximum": u32::MAX},
+        },
+        "RateLimit-Remaining": {
+            "description": "Requests left in the current window (absent while the rate limits are off).",
+            "required": false,
+            "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": u32::MAX},
+        },
+        "RateLimit-Reset": {
+            "description": "Seconds until the current window ends (absent while the rate limits are off).",
+            "required": false,
+            "schema": reset,
+        },
+        "Retry-After": {
+            "description": "Seconds until the limit resets.",
+            "required": true,
+            "schema": reset,
+        },
+    })
+}
+
+/// Response headers of single operations: `(operationId, status, header, schema)`.
+fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 7] {
+    // `"<version>"`: a positive i32 in quotes.
+    let etag = json!({"type": "string", "minLength": 3, "maxLength": 12, "pattern": "^\"[1-9][0-9]*\"$"});
+    let location = |prefix: &str| {
+        // The path of the new resource: a prefix and a hyphenated UUID.
+        let len = prefix.len() + 36;
+        json!({"type": "string", "format": "uri-reference", "minLength": len, "maxLength": len,
+               "pattern": format!("^{prefix}[0-9a-f-]{{36}}$")})
+    };
+    [
+        ("get_product", "200", "ETag", etag.clone()),
+        ("update_product", "200", "ETag", etag.clone()),
+        ("create_product", "201", "ETag", etag),
+        ("create_product", "201", "Location", location("/api/v1/products/")),
+        ("create_order", "201", "Location", location("/api/v1/orders/")),
+        ("create_report", "202", "Location", location("/api/v1/reports/")),
+        (
+            "download_report",
+            "200",
+            "Content-Disposition",
+            // `attachment; filename="<type>-<first day>-<last day>.csv"`: the longest type
+            // (`inventory`) and two dates of chrono's widest years (`+262143-12-31`); a name
+            // that is no header value falls back to `attachment`.
+            json!({"type": "string", "maxLength": 64, "pattern": "^attachment(; filename=\"[a-z]+-[-+0-9]+\\.csv\")?$"}),
+        ),
+    ]
+}
+
+fn operations_mut(doc: &mut Value) -> impl Iterator<Item = (&String, &mut Map<String, Value>)> {
+    doc["paths"].as_object_mut().into_iter().flat_map(|paths| {
+        paths.iter_mut().flat_map(|(path, item)| {
+            item.as_object_mut().into_iter().flat_map(|item| item.values_mut()).filter_map(move |op| {
+                op.as_object_mut().filter(|op| op.contains_key("responses")).map(|op| (path, op))
+            })
+        })
+    })
+}
+
+fn add_headers(doc: &mut Value) {
+    doc["components"]["headers"] = header_components();
+    let header_ref = |name: &str| json!({"$ref": format!("#/components/headers/{name}")});
+    let specific = operation_headers();
+    for (path, op) in operations_mut(doc) {
+        // The per-address limits count every API request; health probes are exempt.
+        let limited = path.starts_with("/api/");
+        let id = op.get("operationId").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+        for (status, response) in responses.iter_mut() {
+            let Some(response) = response.as_object_mut() else { continue };
+            let headers = response.entry("headers").or_insert_with(|| json!({}));
+            let Some(headers) = headers.as_object_mut() else { continue };
+            let mut names = vec!["X-Request-Id", "Access-Control-Allow-Origin"];
+            if limited {
+                names.extend(["RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"]);
+            }
+            if status == "429" {
+                names.push("Retry-After");
+            }
+            for name in names {
+                headers.insert(name.to_owned(), header_ref(name));
+            }
+            for (_, _, name, schema) in specific.iter().filter(|(o, s, ..)| *o == id && s == status) {
+                if let Some(header) = headers.get_mut(*name).and_then(Value::as_object_mut) {
+                    header.insert("schema".to_owned(), schema.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Longest UUID: the hyphenated form (the `uuid` format's only one).
+const UUID_LEN: u64 = 36;
+/// Longest date-time the server writes (chrono's RFC 3339 with `Z`): a signed six-digit
+/// year and nanoseconds, `+262143-12-31T23:59:59.999999999Z`.
+const DATE_TIME_LEN: u64 = 33;
+
+/// Bounds every schema the types leave open, where the bound is a fact:
+///
+/// - an integer without a format is `int64`, and a side of its range that no annotation
+///   narrowed is its format's (what the Rust type holds; a field with a narrower real
+///   bound declares it on the type);
+/// - a `uuid` string is at most 36 characters;
+/// - a `date-time` the server writes (in a schema only responses use) is at most
+///   [`DATE_TIME_LEN`]; one a client sends is parsed by chrono, which takes any number of
+///   fraction digits, so it has no such bound;
+/// - the generic `lists`, and the fields of an error.
+fn bound_schemas(doc: &mut Value, lists: &[(&str, usize)]) {
+    let output_only = output_only_schemas(doc);
+    for (name, max) in lists {
+        if let Some(data) = doc.pointer_mut(&format!("/components/schemas/{name}/properties/data")) {
+            data["maxItems"] = json!(max);
+        }
+    }
+    // An error lists at most this many fields (`details.omittedFieldErrors` counts the rest).
+    if let Some(fields) = doc.pointer_mut("/components/schemas/ErrorBody/properties/fields") {
+        fields["maxProperties"] = json!(crate::platform::http::error::MAX_FIELD_ERRORS);
+    }
+    if let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(Value::as_object_mut) {
+        for (name, schema) in schemas.iter_mut() {
+            bound(schema, output_only.contains(name));
+        }
+    }
+    for (_, op) in operations_mut(doc) {
+        for (key, part) in op.iter_mut() {
+            bound(part, key == "responses");
+        }
+    }
+}
+
+fn has_type(schema: &Map<String, Value>, name: &str) -> bool {
+    match schema.get("type") {
+        Some(Value::String(t)) => t == name,
+        Some(Value::Array(types)) => types.iter().any(|t| t == name),
+        _ => false,
+    }
+}
+
+/// Applies the bounds of [`bound_schemas`] to `value` and everything under it;
+/// `output`: only the server writes what it holds.
+fn bound(value: &mut Value, output: bool) {
+    match value {
+        Value::Object(map) => {
+            if has_type(map, "integer") {
+                let format = map.entry("format").or_insert_with(|| json!("int64"));
+                let (min, max) = match format.as_str() {
+                    Some("int32") => (json!(i32::MIN), json!(i32::MAX)),
+                    _ => (json!(i64::MIN), json!(i64::MAX)),
+                };
+                if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+                    map.insert("minimum".to_owned(), min);
+                }
+                if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+                    map.insert("maximum".to_owned(), max);
+                }
+            }
+            let open = !["maxLength", "enum", "const"].iter().any(|k| map.contains_key(*k));
+            if has_type(map, "string") && open {
+                match map.get("format").and_then(Value::as_str) {
+                    Some("uuid") => {
+                        map.insert("maxLength".to_owned(), json!(UUID_LEN));
+                    }
+                    Some("date-time") if output => {
+                        map.insert("maxLength".to_owned(), json!(DATE_TIME_LEN));
+                    }
+                    _ => {}
+                }
+            }
+            for child in map.values_mut() {
+                bound(child, output);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| bound(v, output)),
+        _ => {}
+    }
+}
+
+/// The component schemas that only responses reach (directly or through other
+/// schemas), never a parameter or a request body.
+fn output_only_schemas(doc: &Value) -> BTreeSet<String> {
+    let (mut input, mut output) = (Vec::new(), Vec::new());
+    if let Some(paths) = doc["paths"].as_object() {
+        for op in paths.values().filter_map(Value::as_object).flat_map(|item| item.values()) {
+            let Some(op) = op.as_object() else { continue };
+            for (key, part) in op {
+                let refs = if key == "responses" { &mut output } else { &mut input };
+                collect_refs(part, refs);
+            }
+        }
+    }
+    let reach = |mut todo: Vec<String>| {
+        let mut seen = BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if seen.insert(name.clone()) {
+                collect_refs(&doc["components"]["schemas"][&name], &mut todo);
+            }
+        }
+        seen
+    };
+    let input = reach(input);
+    reach(output).into_iter().filter(|name| !input.contains(name)).collect()
+}
+
+/// The names of the component schemas `value` refers to.
+fn collect_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) =
+                map.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/"))
+            {
+                out.push(name.to_owned());
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_get_a_format_and_its_range_where_no_bound_is_declared() {
+        let mut v = json!({
+            "a": {"type": "integer"},
+            "b": {"type": ["integer", "null"], "format": "int32", "minimum": 0},
+            "c": {"type": "integer", "format": "int64", "exclusiveMinimum": 0, "maximum": 9},
+        });
+        bound(&mut v, false);
+        assert_eq!(
+            v["a"],
+            json!({"type": "integer", "format": "int64", "minimum": i64::MIN, "maximum": i64::MAX})
+        );
+        assert_eq!((v["b"]["minimum"].clone(), v["b"]["maximum"].clone()), (json!(0), json!(i32::MAX)));
+        assert!(v["c"].get("minimum").is_none());
+        assert_eq!(v["c"]["maximum"], 9);
+    }
+
+    #[test]
+    fn uuids_get_their_length_and_date_times_only_where_the_server_writes_them() {
+        let schema = json!({
+            "id": {"type": "string", "format": "uuid"},
+            "at": {"type": ["string", "null"], "format": "date-time"},
+            "tag": {"type": "string", "format": "uuid", "enum": ["x"]},
+        });
+        let (mut input, mut output) = (schema.clone(), schema);
+        bound(&mut input, false);
+        bound(&mut output, true);
+        assert_eq!(input["id"]["maxLength"], UUID_LEN);
+        assert!(input["at"].get("maxLength").is_none(), "chrono reads any number of fraction digits");
+        assert_eq!(output["at"]["maxLength"], DATE_TIME_LEN);
+        assert!(output["tag"].get("maxLength").is_none());
+    }
+
+    #[test]
+    fn the_widest_date_times_chrono_writes_fit_the_bound() {
+        for t in [chrono::DateTime::<chrono::Utc>::MIN_UTC, chrono::DateTime::<chrono::Utc>::MAX_UTC] {
+            let text = serde_json::to_value(t).unwrap();
+            assert!(text.as_str().unwrap().chars().count() as u64 <= DATE_TIME_LEN, "{text}");
+        }
+    }
+
+    #[test]
+    fn output_only_schemas_are_those_no_parameter_or_body_reaches() {
+        let schema = |name: &str| json!({"schema": {"$ref": format!("#/components/schemas/{name}")}});
+        let doc = json!({
+            "paths": {"/x": {"post": {
+                "requestBody": {"content": {"application/json": schema("In")}},
+                "responses": {"200": {"content": {"application/json": schema("Out")}}},
+            }}},
+            "components": {"schemas": {
+                "In": {"properties": {"shared": schema("Both")["schema"]}},
+                "Out": {"properties": {"shared": schema("Both")["schema"], "own": schema("Deep")["schema"]}},
+                "Both": {},
+                "Deep": {},
+            }},
+        });
+        assert_eq!(output_only_schemas(&doc).into_iter().collect::<Vec<_>>(), ["Deep", "Out"]);
+    }
+
+    #[test]
+    fn responses_carry_the_middleware_headers() {
+        let mut doc = json!({"components": {}, "paths": {
+            "/api/v1/products/{id}": {"get": {"operationId": "get_product", "responses": {
+                "200": {"description": "OK", "headers": {"ETag": {"schema": {"type": "string"}}}},
+                "429": {"description": "Rate limited"},
+            }}},
+            "/health": {"get": {"responses": {"200": {"description": "OK"}}}},
+        }});
+        add_headers(&mut doc);
+        let header = |name: &str| json!({"$ref": format!("#/components/headers/{name}")});
+        let api = &doc["paths"]["/api/v1/products/{id}"]["get"]["responses"];
+        for name in ["X-Request-Id", "Access-Control-Allow-Origin", "RateLimit-Limit", "RateLimit-Reset"] {
+            assert_eq!(api["200"]["headers"][name], header(name));
+        }
+        assert_eq!(api["200"]["headers"]["ETag"]["schema"]["maxLength"], 12);
+        assert!(api["200"]["headers"].get("Retry-After").is_none());
+        assert_eq!(api["429"]["headers"]["Retry-After"], header("Retry-After"));
+        let health = &doc["paths"]["/health"]["get"]["responses"]["200"]["headers"];
+        assert_eq!(health["X-Request-Id"], header("X-Request-Id"));
+        assert!(health.get("RateLimit-Limit").is_none(), "health probes are not rate limited");
+        let components = &doc["components"]["headers"];
+        assert_eq!(components["RateLimit-Remaining"]["required"], false);
+        assert_eq!(components["X-Request-Id"]["required"], true);
     }
 }

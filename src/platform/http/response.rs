@@ -56,13 +56,17 @@ fn json(value: &impl Serialize) -> Response {
 pub struct Pagination {
     /// Page mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub page: Option<u32>,
+    #[schema(minimum = 1, maximum = 100)]
     pub limit: u32,
     /// Page mode only: every item the list's filters match.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub total: Option<i64>,
     /// Page mode only: `ceil(total / limit)`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
     pub pages: Option<i64>,
     /// Present (and `true`) only when `total` is a cap, not a count: more items match
     /// than a search counts (1000 for `GET /products?q=`), and pages end at the cap.
@@ -127,6 +131,8 @@ impl Pagination {
 pub struct ApiList<T> {
     /// Always `true`.
     pub success: bool,
+    /// At most `limit` items.
+    #[schema(max_items = 100)]
     pub data: Vec<T>,
     pub pagination: Pagination,
     /// The `Link` header's value, when there is a next page.
