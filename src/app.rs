@@ -217,6 +217,7 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 state.queues.clone(),
                 c.jobs_done_retention,
                 c.jobs_dead_retention,
+                c.jobs_dead_max,
                 stop.subscribe(),
             )),
         ],

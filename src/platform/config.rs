@@ -176,6 +176,9 @@ settings! {
     jobs_done_retention: Duration = "1h",
     /// How long dead jobs stay listed and retryable.
     jobs_dead_retention: Duration = "14d",
+    /// Dead jobs kept per queue at most; the oldest beyond are deleted at the next trim
+    /// (every 5 minutes), so a flood of failures cannot fill Redis.
+    jobs_dead_max: u64 = 10000,
     /// Cron expression (seconds first, UTC) of the nightly cleanup.
     schedule_cleanup: String = "0 0 2 * * *",
     /// Cron expression (seconds first, UTC) of the hourly analytics roll-up.
@@ -221,7 +224,7 @@ macro_rules! plain_settings {
     )*};
 }
 
-plain_settings!(String, u16, u32, usize, bool, AppEnv, LogFormat, EmailTransport, PaymentProvider);
+plain_settings!(String, u16, u32, u64, usize, bool, AppEnv, LogFormat, EmailTransport, PaymentProvider);
 
 /// `500ms`, `30s`, `15m`, `2h`, `7d` or a bare number of seconds.
 impl Setting for Duration {

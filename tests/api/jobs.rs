@@ -14,7 +14,7 @@ use storefront::platform::{
     redis::Redis,
 };
 
-use crate::helpers::{TestApp, send, test_settings};
+use crate::helpers::{TestApp, expect_error, send, test_settings};
 
 async fn unsent(app: &TestApp) -> i64 {
     sqlx::query_scalar("select count(*) from outbox where sent_at is null")
@@ -217,9 +217,10 @@ async fn trimming_removes_finished_and_dead_jobs_past_their_retention_only(pool:
     }
     // Act: done jobs kept a day, dead ones 14 days.
     let day = chrono::Duration::days(1);
-    let trimmed = store::trim(&app.state.queues, chrono::Utc::now() - day, chrono::Utc::now() - day * 14)
-        .await
-        .unwrap();
+    let trimmed =
+        store::trim(&app.state.queues, chrono::Utc::now() - day, chrono::Utc::now() - day * 14, u64::MAX)
+            .await
+            .unwrap();
     // Assert
     assert_eq!((trimmed.done, trimmed.dead), (1, 1));
     let done: Vec<String> = conn.smembers(config.done_jobs_set()).await.unwrap();
@@ -229,6 +230,74 @@ async fn trimming_removes_finished_and_dead_jobs_past_their_retention_only(pool:
     assert_eq!(data.len(), 2, "payloads of trimmed jobs are gone");
     let meta_left: bool = conn.exists(format!("{}:{}", config.job_meta_hash(), ids[0])).await.unwrap();
     assert!(!meta_left);
+}
+
+#[sqlx::test]
+async fn dead_jobs_are_capped_and_listed_page_by_page_or_by_cursor_from_redis(pool: PgPool) {
+    // Arrange: 25 dead e-mail jobs, written as apalis leaves them (the index knows none).
+    let app = TestApp::spawn(pool).await;
+    let admin = app.user().admin().signed_in().await;
+    let config = app.state.queues.get("emails").unwrap().get_config().clone();
+    let mut conn = app.state.redis.conn();
+    let now = chrono::Utc::now().timestamp();
+    let mut ids = Vec::new();
+    for _ in 0..25 {
+        let id = ulid::Ulid::generate().to_string();
+        let _: () = conn.sadd(config.dead_jobs_set(), &id).await.unwrap();
+        let job = serde_json::json!({"outboxId": uuid::Uuid::new_v4(), "kind": "welcome", "payload": {}});
+        let _: () = conn.hset(config.job_data_hash(), &id, job.to_string()).await.unwrap();
+        let _: () = conn.hset(format!("{}:{id}", config.job_meta_hash()), "done_at", now).await.unwrap();
+        ids.push(id);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Act: the trim indexes them and keeps the newest 20.
+    let trimmed = store::trim(
+        &app.state.queues,
+        chrono::Utc::now(),
+        chrono::Utc::now() - chrono::Duration::days(14),
+        20,
+    )
+    .await
+    .unwrap();
+    assert_eq!(trimmed.dead, 5);
+    let newest: Vec<String> = ids.iter().rev().take(20).cloned().collect();
+    // Page mode: the newest first, with the total.
+    let (status, _, body) =
+        send(app.authed(Method::GET, "/api/v1/admin/jobs/dead?limit=10&page=2", &admin.token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pagination"]["total"], 20);
+    let page_two: Vec<&str> =
+        body["data"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    assert_eq!(page_two, newest[10..20].iter().map(String::as_str).collect::<Vec<_>>());
+    // Cursor mode: the same order, the same cost at any depth, no total.
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/admin/jobs/dead?limit=8&cursor=".to_owned();
+    let (_, _, first) = send(app.authed(Method::GET, "/api/v1/admin/jobs/dead?limit=8", &admin.token)).await;
+    let mut body = first;
+    loop {
+        seen.extend(body["data"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        let Some(next) = body["pagination"]["nextCursor"].as_str() else { break };
+        path.truncate("/api/v1/admin/jobs/dead?limit=8&cursor=".len());
+        path.push_str(next);
+        let (status, _, next_body) = send(app.authed(Method::GET, &path, &admin.token)).await;
+        assert_eq!(status, 200, "{next_body}");
+        assert!(next_body["pagination"]["total"].is_null());
+        body = next_body;
+    }
+    assert_eq!(seen, newest);
+    // A cursor is bound to its filter.
+    let cursor = {
+        let (_, _, b) = send(app.authed(Method::GET, "/api/v1/admin/jobs/dead?limit=1", &admin.token)).await;
+        b["pagination"]["nextCursor"].as_str().unwrap().to_owned()
+    };
+    let other = format!("/api/v1/admin/jobs/dead?queue=reports&cursor={cursor}");
+    expect_error(app.authed(Method::GET, &other, &admin.token), 400, "VALIDATION_ERROR").await;
+    // Retried: off the list at once.
+    let retry = format!("/api/v1/admin/jobs/dead/{}/retry", newest[0]);
+    assert_eq!(send(app.authed(Method::POST, &retry, &admin.token)).await.0, 202);
+    let (_, _, body) = send(app.authed(Method::GET, "/api/v1/admin/jobs/dead?limit=1", &admin.token)).await;
+    assert_eq!(body["data"][0]["id"], newest[1].as_str());
+    assert_eq!(body["pagination"]["total"], 19);
 }
 
 #[sqlx::test]

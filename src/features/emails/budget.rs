@@ -8,9 +8,8 @@
 //! logged once an hour per address with a hash of the address, never the address.
 
 use redis::Script;
-use sha2::{Digest, Sha256};
 
-use crate::platform::redis::Redis;
+use crate::platform::{mail::address_hash, redis::Redis};
 
 /// Account mails (reset, verification) one address may get an hour.
 pub const ACCOUNT_MAILS_PER_HOUR: u32 = 5;
@@ -91,26 +90,5 @@ impl MailBudget {
             .map(|set| set.is_some())
             .unwrap_or(false);
         Spend::Suppress { first }
-    }
-}
-
-/// How logs name an address: the first 16 hex digits of its SHA-256 (enough to tell
-/// addresses apart in a log, not to read them).
-pub fn address_hash(address: &str) -> String {
-    let digest = Sha256::digest(address.trim().to_lowercase().as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_address_hash_is_stable_short_and_not_the_address() {
-        let a = address_hash("Ann@Example.com");
-        assert_eq!(a, address_hash("ann@example.com"));
-        assert_eq!(a.len(), 16);
-        assert!(!a.contains("ann"));
-        assert_ne!(a, address_hash("bob@example.com"));
     }
 }

@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    budget::{Bucket, MailBudget, Spend, address_hash},
+    budget::{Bucket, MailBudget, Spend},
     repository::{self, Recipient},
 };
 use crate::{
@@ -31,7 +31,7 @@ use crate::{
             QueuedJob,
             worker::{JobError, JobHandler},
         },
-        mail::{MailError, Mailer, OutgoingMail, templates::Templates},
+        mail::{MailError, Mailer, OutgoingMail, address_hash, templates::Templates},
         metrics::Metrics,
     },
 };

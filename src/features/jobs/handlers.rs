@@ -1,17 +1,24 @@
 //! HTTP handlers of `/admin/jobs` (SPEC §7). They read and change Redis; when Redis does
 //! not answer they answer 503.
 
-use axum::{extract::State, http::StatusCode};
+use axum::{
+    extract::{OriginalUri, State},
+    http::StatusCode,
+};
 
 use super::types::{DeadJobFilter, DeadJobResponse, QueueCountsResponse, RetriedJob};
 use crate::{
     platform::{
         http::{
+            cursor::Cursors,
             error::{AppError, AppResult, ErrorEnvelope},
             extract::{PathParam, QueryParams},
-            response::{ApiList, ApiOk, PageParams, Pagination},
+            response::{ApiList, ApiOk, PageParams, Pagination, split_page},
         },
-        jobs::{Queues, store},
+        jobs::{
+            Queues,
+            store::{self, DeadFrom},
+        },
     },
     shared::auth::{Require, perm},
 };
@@ -38,32 +45,38 @@ pub async fn job_counts(
 }
 
 /// Dead jobs, newest first, optionally of one queue (admin). Identifiers, attempts, the
-/// last error and times; never a payload.
+/// last error and times; never a payload. Page mode (with `total`) or cursor mode (follow
+/// `nextCursor`; the same cost at any depth).
 #[utoipa::path(get, path = "/admin/jobs/dead", tag = "admin", security(("bearer" = [])),
     params(PageParams, DeadJobFilter),
     responses(
         (status = 200, body = ApiList<DeadJobResponse>),
-        (status = 400, description = "Bad page, limit or queue", body = ErrorEnvelope),
+        (status = 400, description = "Bad page, limit, cursor or queue", body = ErrorEnvelope),
         (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope),
         (status = 503, description = "Redis is unavailable", body = ErrorEnvelope),
     ))]
 pub async fn dead_jobs(
     State(queues): State<Queues>,
+    State(cursors): State<Cursors>,
     _: Require<perm::JobsManage>,
+    OriginalUri(uri): OriginalUri,
     QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<DeadJobFilter>,
 ) -> AppResult<ApiList<DeadJobResponse>> {
-    page.page_mode_only()?;
+    const LIST: &str = "dead-jobs";
+    let filters = filter.queue.as_deref();
+    let from = match cursors.start::<String>(LIST, &filters, &page)? {
+        Some(after) => DeadFrom::After(after),
+        None => DeadFrom::Offset(u64::try_from(page.offset()).unwrap_or(0)),
+    };
+    let cursor_mode = page.cursor.is_some();
     let found =
-        store::dead_page(&queues, filter.queue.as_deref(), u64::from(page.number()), u64::from(page.limit))
-            .await
-            .map_err(unavailable)?;
-    let total = i64::try_from(found.total).unwrap_or(i64::MAX);
-    Ok(ApiList::new(
-        found.jobs.into_iter().map(Into::into).collect(),
-        Pagination::new(page.number(), page.limit, total),
-    ))
+        store::dead_page(&queues, filters, from, u64::from(page.limit) + 1).await.map_err(unavailable)?;
+    let (jobs, next) = split_page(found.jobs, page.limit, |last| cursors.encode(LIST, &filters, &last.id));
+    let total = (!cursor_mode).then(|| i64::try_from(found.total).unwrap_or(i64::MAX));
+    let pagination = Pagination::of(&page, total).next(next);
+    Ok(ApiList::new(jobs.into_iter().map(Into::into).collect(), pagination).linked(&uri))
 }
 
 /// Runs a dead job again with fresh attempts (admin). E-mail jobs still send at most

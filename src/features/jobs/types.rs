@@ -55,12 +55,15 @@ pub struct DeadJobFilter {
 enum QueueName {
     Emails,
     Reports,
+    Payments,
 }
 
 fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
-    match queue {
-        crate::shared::jobs::EMAILS | crate::shared::jobs::REPORTS => Ok(()),
-        _ => Err(validator::ValidationError::new("queue").with_message("must be emails or reports".into())),
+    if crate::shared::jobs::QUEUES.contains(&queue) {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("queue")
+            .with_message("must be emails, reports or payments".into()))
     }
 }
 

@@ -71,15 +71,20 @@ pub async fn cleanup(
     };
     let age =
         |d: std::time::Duration| Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
-    let (jobs_done, jobs_dead) =
-        match store::trim(queues, age(settings.jobs_done_retention), age(settings.jobs_dead_retention)).await
-        {
-            Ok(t) => (Some(t.done), Some(t.dead)),
-            Err(e) => {
-                tracing::warn!(task = "cleanup", error = %e, "trimming finished jobs in Redis failed");
-                (None, None)
-            }
-        };
+    let (jobs_done, jobs_dead) = match store::trim(
+        queues,
+        age(settings.jobs_done_retention),
+        age(settings.jobs_dead_retention),
+        settings.jobs_dead_max,
+    )
+    .await
+    {
+        Ok(t) => (Some(t.done), Some(t.dead)),
+        Err(e) => {
+            tracing::warn!(task = "cleanup", error = %e, "trimming finished jobs in Redis failed");
+            (None, None)
+        }
+    };
     let report = CleanupReport { jobs_done, jobs_dead, ..report };
     tracing::info!(
         task = "cleanup",

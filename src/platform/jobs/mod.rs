@@ -118,13 +118,15 @@ pub async fn gauges(queues: &Queues, db: &PgPool) -> Gauges {
 /// How often a process with job workers trims finished jobs (between the nightly runs).
 pub const TRIM_EVERY: Duration = Duration::from_secs(300);
 
-/// Trims finished and dead jobs past their retention every [`TRIM_EVERY`] until `stop`
+/// Trims finished and dead jobs past their retention (and dead ones past `dead_max` per
+/// queue) every [`TRIM_EVERY`] until `stop`
 /// (every worker process does; trimming twice is harmless), so `JOBS_DONE_RETENTION`
 /// holds between nightly cleanups.
 pub async fn trim_periodically(
     queues: Queues,
     done_retention: Duration,
     dead_retention: Duration,
+    dead_max: u64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let age =
@@ -134,7 +136,7 @@ pub async fn trim_periodically(
             () = tokio::time::sleep(TRIM_EVERY) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        match store::trim(&queues, age(done_retention), age(dead_retention)).await {
+        match store::trim(&queues, age(done_retention), age(dead_retention), dead_max).await {
             Ok(t) if t.done + t.dead > 0 => {
                 tracing::debug!(done = t.done, dead = t.dead, "finished jobs trimmed from Redis");
             }

@@ -122,6 +122,15 @@ fn connection(storage: &RedisStorage<QueuedJob>) -> ConnectionManager {
     storage.clone().get_connection().clone()
 }
 
+/// Our index of a queue's dead set, which apalis keeps as a plain set: the same ids in a
+/// sorted set of equal scores, ordered by the ids themselves (ULIDs: by time), so a page
+/// of the newest is one range read at any depth instead of reading the whole set. Written
+/// when a job dies (the worker), kept in step by the trim (every 5 minutes), which also
+/// adds dead jobs the index missed.
+pub fn dead_index(c: &Config) -> String {
+    format!("{}:index", c.dead_jobs_set())
+}
+
 /// Counts per state of every queue.
 pub async fn counts(queues: &Queues) -> redis::RedisResult<Vec<QueueCounts>> {
     let now = Utc::now().timestamp();
@@ -143,31 +152,58 @@ pub async fn counts(queues: &Queues) -> redis::RedisResult<Vec<QueueCounts>> {
     Ok(out)
 }
 
-/// Dead jobs of `queue` (or every queue), newest first.
+/// Where a page of dead jobs starts: page mode's offset, or after the id a cursor holds.
+#[derive(Debug, Clone)]
+pub enum DeadFrom {
+    Offset(u64),
+    After(String),
+}
+
+/// Up to `limit` dead jobs of `queue` (or every queue), newest first, from `from`; the
+/// total of dead jobs in page mode. Each queue's index is read as one range (`ZRANGE
+/// BYLEX REV` with a limit), the queues' pages merged; an id no longer in the dead set
+/// (retried or trimmed since) is left out.
 pub async fn dead_page(
     queues: &Queues,
     queue: Option<&str>,
-    page: u64,
+    from: DeadFrom,
     limit: u64,
 ) -> redis::RedisResult<DeadPage> {
-    let mut ids: Vec<(String, &'static str, &Config)> = Vec::new();
     let Some((_, first)) = queues.iter().next() else {
         return Ok(DeadPage { total: 0, jobs: Vec::new() });
     };
     let mut conn = connection(first);
+    let (offset, max) = match &from {
+        DeadFrom::Offset(offset) => (*offset, "+".to_owned()),
+        DeadFrom::After(id) => (0, format!("({id}")),
+    };
+    let mut ids: Vec<(String, &'static str, &Config)> = Vec::new();
+    let mut total = 0;
     for (name, storage) in storages(queues) {
         if queue.is_some_and(|q| q != name) {
             continue;
         }
         let config = storage.get_config();
-        let members: Vec<String> =
-            redis::cmd("SMEMBERS").arg(config.dead_jobs_set()).query_async(&mut conn).await?;
+        let (members, count): (Vec<String>, u64) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(dead_index(config))
+            .arg(&max)
+            .arg("-")
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(offset + limit)
+            .cmd("SCARD")
+            .arg(config.dead_jobs_set())
+            .query_async(&mut conn)
+            .await?;
+        total += count;
         ids.extend(members.into_iter().map(|id| (id, name, config)));
     }
-    let total = ids.len() as u64;
     // ULIDs sort by creation time; ties (same millisecond) by their random part.
     ids.sort_unstable_by(|a, b| b.0.cmp(&a.0));
-    let start = usize::try_from(page.saturating_sub(1).saturating_mul(limit)).unwrap_or(usize::MAX);
+    let start = usize::try_from(offset).unwrap_or(usize::MAX);
     let page_ids: Vec<_> = ids.into_iter().skip(start).take(limit as usize).collect();
     if page_ids.is_empty() {
         return Ok(DeadPage { jobs: Vec::new(), total });
@@ -176,12 +212,17 @@ pub async fn dead_page(
     for (id, _, config) in &page_ids {
         pipe.hgetall(format!("{}:{id}", config.job_meta_hash()));
         pipe.hget(config.job_data_hash(), id);
+        pipe.sismember(config.dead_jobs_set(), id);
     }
     let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
     let mut jobs = Vec::with_capacity(page_ids.len());
-    for ((id, queue, _), pair) in page_ids.into_iter().zip(replies.chunks(2)) {
-        let meta: HashMap<String, String> = redis::FromRedisValue::from_redis_value(pair[0].clone())?;
-        let data: Option<Vec<u8>> = redis::FromRedisValue::from_redis_value(pair[1].clone())?;
+    for ((id, queue, _), reply) in page_ids.into_iter().zip(replies.chunks(3)) {
+        let dead: bool = redis::FromRedisValue::from_redis_value(reply[2].clone())?;
+        if !dead {
+            continue;
+        }
+        let meta: HashMap<String, String> = redis::FromRedisValue::from_redis_value(reply[0].clone())?;
+        let data: Option<Vec<u8>> = redis::FromRedisValue::from_redis_value(reply[1].clone())?;
         jobs.push(dead_job(id, queue, &meta, data.as_deref()));
     }
     Ok(DeadPage { jobs, total })
@@ -240,6 +281,7 @@ pub async fn requeue_dead(queues: &Queues, id: &str) -> redis::RedisResult<Optio
             .invoke_async(&mut connection(storage))
             .await?;
         if moved == 1 {
+            redis::cmd("ZREM").arg(dead_index(c)).arg(id).query_async::<()>(&mut connection(storage)).await?;
             return Ok(Some(name));
         }
     }
@@ -247,12 +289,14 @@ pub async fn requeue_dead(queues: &Queues, id: &str) -> redis::RedisResult<Optio
 }
 
 /// Deletes done jobs finished before `done_before` and dead ones before `dead_before`
-/// (payload, meta and set entry), a bounded batch per round trip, plus the metadata
-/// hashes apalis leaves behind for workers that are gone.
+/// (payload, meta and set entry), a bounded batch per round trip, then the oldest dead
+/// jobs past `dead_max` per queue, plus the metadata hashes apalis leaves behind for
+/// workers that are gone. Keeps the dead-set index in step.
 pub async fn trim(
     queues: &Queues,
     done_before: DateTime<Utc>,
     dead_before: DateTime<Utc>,
+    dead_max: u64,
 ) -> redis::RedisResult<Trimmed> {
     let mut trimmed = Trimmed::default();
     for (_, storage) in storages(queues) {
@@ -260,9 +304,94 @@ pub async fn trim(
         let mut conn = connection(storage);
         trimmed.done += trim_set(&mut conn, c, &c.done_jobs_set(), done_before).await?;
         trimmed.dead += trim_set(&mut conn, c, &c.dead_jobs_set(), dead_before).await?;
+        sync_dead_index(&mut conn, c).await?;
+        trimmed.dead += cap_dead(&mut conn, c, dead_max).await?;
         forget_gone_workers(&mut conn, c).await?;
     }
     Ok(trimmed)
+}
+
+/// Adds to the index every dead job it lacks, and drops from it every id no longer dead.
+async fn sync_dead_index(conn: &mut ConnectionManager, c: &Config) -> redis::RedisResult<()> {
+    let (set, index) = (c.dead_jobs_set(), dead_index(c));
+    let mut cursor = 0u64;
+    loop {
+        let (next, ids): (u64, Vec<String>) =
+            redis::cmd("SSCAN").arg(&set).arg(cursor).arg("COUNT").arg(TRIM_BATCH).query_async(conn).await?;
+        if !ids.is_empty() {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&index).arg("NX");
+            for id in &ids {
+                zadd.arg(0).arg(id);
+            }
+            zadd.query_async::<()>(conn).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut cursor = 0u64;
+    loop {
+        let (next, pairs): (u64, Vec<String>) = redis::cmd("ZSCAN")
+            .arg(&index)
+            .arg(cursor)
+            .arg("COUNT")
+            .arg(TRIM_BATCH)
+            .query_async(conn)
+            .await?;
+        let ids: Vec<&String> = pairs.iter().step_by(2).collect();
+        if !ids.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &ids {
+                pipe.sismember(&set, *id);
+            }
+            let dead: Vec<bool> = pipe.query_async(conn).await?;
+            let gone: Vec<&&String> = ids.iter().zip(dead).filter(|(_, d)| !d).map(|(id, _)| id).collect();
+            if !gone.is_empty() {
+                redis::cmd("ZREM").arg(&index).arg(gone).query_async::<()>(conn).await?;
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Deletes the oldest dead jobs beyond `max` (data, meta, set and index entries); how many.
+async fn cap_dead(conn: &mut ConnectionManager, c: &Config, max: u64) -> redis::RedisResult<u64> {
+    let index = dead_index(c);
+    let count: u64 = redis::cmd("ZCARD").arg(&index).query_async(conn).await?;
+    let mut removed = 0;
+    let mut over = count.saturating_sub(max);
+    while over > 0 {
+        let batch = over.min(TRIM_BATCH as u64);
+        let ids: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&index)
+            .arg("-")
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(batch)
+            .query_async(conn)
+            .await?;
+        if ids.is_empty() {
+            break;
+        }
+        removed += redis::Script::new(TRIM)
+            .key(c.dead_jobs_set())
+            .key(c.job_data_hash())
+            .key(c.job_meta_hash())
+            .arg(i64::MAX)
+            .arg(&ids)
+            .invoke_async::<u64>(conn)
+            .await?;
+        redis::cmd("ZREM").arg(&index).arg(&ids).query_async::<()>(conn).await?;
+        over -= ids.len() as u64;
+    }
+    Ok(removed)
 }
 
 async fn trim_set(

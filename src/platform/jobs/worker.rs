@@ -106,6 +106,8 @@ struct Context {
     metrics: Metrics,
     conn: ConnectionManager,
     meta_prefix: Arc<str>,
+    /// The dead-set index ([`super::store::dead_index`]).
+    dead_index: Arc<str>,
 }
 
 /// The name of a new worker of `queue`: unique per process and per restart.
@@ -143,6 +145,7 @@ pub fn spawn(
         metrics,
         conn: storage.clone().get_connection().clone(),
         meta_prefix: Arc::from(storage.get_config().job_meta_hash()),
+        dead_index: Arc::from(super::store::dead_index(storage.get_config())),
     };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
@@ -230,11 +233,13 @@ async fn run(
         Err(JobError::Permanent(e)) => {
             tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job cannot succeed; dead");
             context.handler.dead(&job, &e).await;
+            note_dead(&context, &id).await;
             Err(AbortError::new(e).into())
         }
         Err(JobError::Transient(e)) if n >= context.attempts => {
             tracing::warn!(queue, kind, %outbox_id, task = %id, attempt = n, error = %e, "job failed its last attempt; dead");
             context.handler.dead(&job, &e).await;
+            note_dead(&context, &id).await;
             Err(AbortError::new(e).into())
         }
         Err(JobError::Transient(e)) => {
@@ -265,6 +270,17 @@ fn on_panic(panic: &Box<dyn Any + Send>) -> AbortError {
         .unwrap_or_else(|| "unknown panic".to_owned());
     tracing::error!(panic = %message, "job panicked");
     AbortError::new(format!("the job panicked: {message}"))
+}
+
+/// Adds the job to the dead-set index as it dies (apalis moves it to the dead set when
+/// this attempt's answer comes back). Best effort: the trim adds any the index missed.
+async fn note_dead(context: &Context, id: &TaskId) {
+    let mut conn = context.conn.clone();
+    let noted: redis::RedisResult<()> =
+        redis::cmd("ZADD").arg(&*context.dead_index).arg(0).arg(id.to_string()).query_async(&mut conn).await;
+    if let Err(e) = noted {
+        tracing::debug!(error = %e, "could not index the dead job");
+    }
 }
 
 /// Notes when the job first ran (the start of its first failed attempt), for the

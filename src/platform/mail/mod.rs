@@ -105,9 +105,49 @@ impl LettreMailer {
     }
 }
 
+/// How logs and stored errors name an address: the first 16 hex digits of its SHA-256
+/// (enough to tell addresses apart, not to read them).
+pub fn address_hash(address: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(address.trim().to_lowercase().as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// `error` with every spelling of `address` in it replaced by its hash: an SMTP server's
+/// refusal usually quotes the recipient, and the text goes to logs and the dead-job list.
+fn without_address(error: &str, address: &str) -> String {
+    let (lower, needle) = (error.to_lowercase(), address.trim().to_lowercase());
+    if needle.is_empty() || !lower.contains(&needle) {
+        return error.to_owned();
+    }
+    // Lower-casing keeps byte offsets for ASCII; an address is matched in ASCII form.
+    if !error.is_ascii() {
+        return lower.replace(&needle, &format!("<address {}>", address_hash(address)));
+    }
+    let mut out = String::with_capacity(error.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        out.push_str(&error[rest..at]);
+        out.push_str(&format!("<address {}>", address_hash(address)));
+        rest = at + needle.len();
+    }
+    out.push_str(&error[rest..]);
+    out
+}
+
 #[async_trait]
 impl Mailer for LettreMailer {
     async fn send(&self, mail: &OutgoingMail) -> Result<(), MailError> {
+        let scrub = |e: MailError| match e {
+            MailError::Permanent(m) => MailError::Permanent(without_address(&m, &mail.to)),
+            MailError::Transient(m) => MailError::Transient(without_address(&m, &mail.to)),
+        };
+        self.send_unscrubbed(mail).await.map_err(scrub)
+    }
+}
+
+impl LettreMailer {
+    async fn send_unscrubbed(&self, mail: &OutgoingMail) -> Result<(), MailError> {
         let message = self.message(mail)?;
         let sent = async {
             match &self.transport {
@@ -132,5 +172,21 @@ impl Mailer for LettreMailer {
             Ok(result) => result,
             Err(_) => Err(MailError::Transient(format!("no answer within {:?}", self.timeout))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_recipient_by_hash_only() {
+        let hash = address_hash("ann@example.com");
+        assert_eq!(hash.len(), 16);
+        assert_eq!(hash, address_hash(" Ann@Example.com"));
+        let scrubbed =
+            without_address("550 5.1.1 <Ann@Example.com>: Recipient address rejected", "ann@example.com");
+        assert_eq!(scrubbed, format!("550 5.1.1 <<address {hash}>>: Recipient address rejected"));
+        assert_eq!(without_address("421 try later", "ann@example.com"), "421 try later");
     }
 }
