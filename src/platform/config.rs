@@ -82,6 +82,9 @@ settings! {
     db_slow_query_threshold: Duration = "500ms",
     run_migrations: bool = true,
     redis_url: SecretString = "redis://127.0.0.1:6379",
+    /// With `rediss://`: a PEM file of the CA that signed the Redis server's certificate
+    /// (blank: the system's trust store).
+    redis_ca_file: String = "",
     /// Prefix of every Redis key this process writes (`{prefix}:...`); tests use a unique one.
     redis_prefix: String = "storefront",
     jwt_secret: SecretString = "development-only-secret-change-me-0123456789",
@@ -883,6 +886,9 @@ mod tests {
             ("smtp_url", "smtps://mailer:secret-pw@smtp.example.com:465"),
         ];
         assert!(with(&secure).is_ok(), "{:?}", with(&secure).err().map(|e| e.0));
+        let mut over_tls = secure.to_vec();
+        over_tls[3].1 = "rediss://:secret-pw@cache.internal:6380";
+        assert!(with(&over_tls).is_ok(), "rediss:// to another host: {:?}", with(&over_tls).err().map(|e| e.0));
         let mut insecure = secure.to_vec();
         insecure[2].1 = "postgres://app:secret-pw@db.internal:5432/shop?sslmode=require";
         insecure[3].1 = "redis://:secret-pw@cache.internal:6379";

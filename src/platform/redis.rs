@@ -19,9 +19,25 @@ pub struct Redis {
 impl Redis {
     /// Creates the handle without connecting; the first command connects, and a lost
     /// connection is re-established on the next command.
+    ///
+    /// `rediss://` connects over TLS (rustls, the server's certificate checked against the
+    /// system's trust store, or against `REDIS_CA_FILE` when set).
     pub fn connect_lazy(settings: &Settings) -> anyhow::Result<Self> {
-        let client =
-            redis::Client::open(settings.redis_url.expose_secret()).context("REDIS_URL is invalid")?;
+        let url = settings.redis_url.expose_secret();
+        let client = if url.starts_with("rediss://") {
+            // The process's TLS uses ring; redis's rustls takes the process default.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let root_cert = match Some(settings.redis_ca_file.as_str()).filter(|f| !f.is_empty()) {
+                Some(path) => {
+                    Some(std::fs::read(path).with_context(|| format!("reading REDIS_CA_FILE {path}"))?)
+                }
+                None => None,
+            };
+            redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls: None, root_cert })
+                .context("REDIS_URL is invalid")?
+        } else {
+            redis::Client::open(url).context("REDIS_URL is invalid")?
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))

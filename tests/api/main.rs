@@ -20,6 +20,7 @@ mod pipeline;
 mod products;
 mod rate_limit;
 mod read_pool;
+mod redis_tls;
 mod reports;
 mod server;
 mod users;
