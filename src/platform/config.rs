@@ -888,7 +888,11 @@ mod tests {
         assert!(with(&secure).is_ok(), "{:?}", with(&secure).err().map(|e| e.0));
         let mut over_tls = secure.to_vec();
         over_tls[3].1 = "rediss://:secret-pw@cache.internal:6380";
-        assert!(with(&over_tls).is_ok(), "rediss:// to another host: {:?}", with(&over_tls).err().map(|e| e.0));
+        assert!(
+            with(&over_tls).is_ok(),
+            "rediss:// to another host: {:?}",
+            with(&over_tls).err().map(|e| e.0)
+        );
         let mut insecure = secure.to_vec();
         insecure[2].1 = "postgres://app:secret-pw@db.internal:5432/shop?sslmode=require";
         insecure[3].1 = "redis://:secret-pw@cache.internal:6379";

@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod jobs;
+pub mod jwt_crypto;
 pub mod mail;
 pub mod metrics;
 pub mod outbound;

@@ -129,6 +129,7 @@ pub struct TokenKeys {
 
 impl TokenKeys {
     pub fn from_settings(settings: &Settings) -> Self {
+        crate::platform::jwt_crypto::install();
         let secret = settings.jwt_secret.expose_secret().as_bytes();
         // Pin HS256: a token claiming any other algorithm (`none` included) is rejected.
         let mut validation = Validation::new(Algorithm::HS256);
