@@ -289,3 +289,22 @@ async fn while_postgres_is_unreachable_requests_answer_503_at_once_and_recover_b
     app.state.db.close().await;
     forwarder.abort();
 }
+
+/// `openapi.json` at the repository's root is the contract clients generate from: it must
+/// be what the server serves. After changing the API, refresh it with
+/// `UPDATE_OPENAPI_JSON=1 cargo nextest run openapi_json` (or `scripts/openapi-export`).
+#[sqlx::test]
+async fn the_checked_in_openapi_json_is_what_the_server_serves(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let served: serde_json::Value = app.get("/api-docs/openapi.json").await.json().await.unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
+    if std::env::var_os("UPDATE_OPENAPI_JSON").is_some() {
+        std::fs::write(&path, &pretty).unwrap();
+    }
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        checked_in == pretty,
+        "openapi.json differs from the served document: run `scripts/openapi-export` and commit it"
+    );
+}

@@ -107,6 +107,31 @@ pub struct ErrorCause {
     pub unexpected: bool,
 }
 
+/// Every error code the API answers with (the `code` of the error envelope).
+pub const ERROR_CODES: &[&str] = &[
+    "VALIDATION_ERROR",
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "EMAIL_NOT_VERIFIED",
+    "NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "CONFLICT",
+    "INSUFFICIENT_STOCK",
+    "INVALID_STATUS_TRANSITION",
+    "TOO_MANY_PENDING_ORDERS",
+    "PAYMENTS_DISABLED",
+    "INVALID_SIGNATURE",
+    "PAYMENT_PROVIDER_ERROR",
+    "IDEMPOTENCY_KEY_IN_USE",
+    "PRECONDITION_FAILED",
+    "PAYLOAD_TOO_LARGE",
+    "UNSUPPORTED_MEDIA_TYPE",
+    "IDEMPOTENCY_KEY_MISMATCH",
+    "RATE_LIMITED",
+    "SERVICE_UNAVAILABLE",
+    "INTERNAL_SERVER_ERROR",
+];
+
 impl AppError {
     /// A 400 with one message for one field.
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -398,6 +423,43 @@ impl IntoResponse for AppError {
             res.extensions_mut().insert(cause);
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_codes_are_exactly_the_codes_errors_answer_with() {
+        let every_variant = [
+            AppError::bad_request("x"),
+            AppError::Unauthorized("x"),
+            AppError::Forbidden("x"),
+            AppError::EmailNotVerified,
+            AppError::NotFound("x".into()),
+            AppError::MethodNotAllowed,
+            AppError::Conflict("x".into()),
+            AppError::InsufficientStock(Value::Null),
+            AppError::InvalidStatusTransition("x".into()),
+            AppError::TooManyPendingOrders { pending: 1 },
+            AppError::PaymentsDisabled,
+            AppError::InvalidSignature,
+            AppError::PaymentProviderError,
+            AppError::IdempotencyKeyInUse,
+            AppError::PreconditionFailed("x".into()),
+            AppError::PayloadTooLarge,
+            AppError::UnsupportedMediaType("x".into()),
+            AppError::IdempotencyKeyMismatch,
+            AppError::RateLimited { retry_after_secs: 1, limit: 1 },
+            AppError::ServiceUnavailable("x".into()),
+            AppError::Internal(anyhow::anyhow!("x")),
+        ];
+        let mut codes: Vec<&str> = every_variant.iter().map(AppError::code).collect();
+        codes.sort_unstable();
+        let mut documented = ERROR_CODES.to_vec();
+        documented.sort_unstable();
+        assert_eq!(codes, documented);
     }
 }
 

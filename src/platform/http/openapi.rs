@@ -252,6 +252,10 @@ pub fn document(mut doc: utoipa::openapi::OpenApi, lists: &[(&str, usize)]) -> V
     }
     add_headers(&mut doc);
     bound_schemas(&mut doc, lists);
+    // The error codes a client can meet, as an enum: a typed client matches on them.
+    if let Some(code) = doc.pointer_mut("/components/schemas/ErrorBody/properties/code") {
+        code["enum"] = json!(super::error::ERROR_CODES);
+    }
     drop_unused_schemas(&mut doc);
     doc
 }
@@ -273,9 +277,9 @@ fn drop_unused_schemas(doc: &mut Value) {
     }
 }
 
-/// Longest `Retry-After` and `RateLimit-Reset`: no rate-limit window is longer than
-/// 15 minutes (the per-address login and password-reset windows).
-const LONGEST_WINDOW_SECS: u64 = 15 * 60;
+/// Longest `Retry-After` and `RateLimit-Reset`: no rate-limit window is longer than an
+/// hour (the verification e-mail's resend window; logins and resets count 15 minutes).
+const LONGEST_WINDOW_SECS: u64 = 60 * 60;
 
 fn header_components() -> Value {
     let reset = json!({"type": "integer", "format": "int32", "minimum": 1, "maximum": LONGEST_WINDOW_SECS});
