@@ -1,5 +1,5 @@
-//! Benchmarks of the job system (SPEC §7) against the local services, each with a
-//! baseline measured in the same run:
+//! Benchmarks of the job system (outbox relay, workers, e-mail, reports) against the local
+//! services, each with a baseline measured in the same run:
 //!
 //! ```sh
 //! eval "$(scripts/services env)"

@@ -1,4 +1,4 @@
-//! Typed settings (SPEC §9): built-in defaults < `config/default.toml` <
+//! Typed settings: built-in defaults < `config/default.toml` <
 //! `config/{APP_ENV}.toml` < environment variables (a `.env` file is read by `main`).
 //!
 //! Every key is flat and named after its environment variable, lower-cased
