@@ -1,5 +1,5 @@
-//! Benchmarks of the job system (SPEC §7) against the local services, each with a
-//! baseline measured in the same run:
+//! Benchmarks of the job system (outbox relay, workers, e-mail, reports) against the local
+//! services, each with a baseline measured in the same run:
 //!
 //! ```sh
 //! eval "$(scripts/services env)"
@@ -236,7 +236,7 @@ async fn customer(
 }
 
 /// Order `n`: two lines over the 500 products, spread so concurrent orders rarely wait
-/// on the same product row (as the README's `POST /orders` figures).
+/// on the same product row (as the `POST /orders` figures of `docs/benchmarks.md`).
 fn order_body(products: &[uuid::Uuid], n: usize) -> Value {
     let a = (n * 7) % products.len();
     let b = (a + 1 + n % 13) % products.len();

@@ -1,4 +1,4 @@
-//! Storefront: a REST API for orders, users, products and auth (see SPEC.md).
+//! Storefront: a REST API for orders, users, products and auth (see `README.md` and `docs/`).
 //!
 //! `main.rs` is a thin CLI over this library so integration tests can start the real
 //! application in-process.

@@ -46,9 +46,9 @@ COMMON = {
     "ORDER_MAX_PENDING_PER_USER": "0",
     "REQUEST_TIMEOUT": f"{int(REQUEST_TIMEOUT)}s",
     # The first requests of a database outage wait DB_ACQUIRE_TIMEOUT before their 503
-    # (README, Operations; 5 s by default); "503 within about a second" needs it at 1 s.
+    # (docs/operations.md, Shutdown and outages; 5 s by default); "503 within about a second" needs it at 1 s.
     "DB_ACQUIRE_TIMEOUT": ACQUIRE_TIMEOUT,
-    # Short heartbeats, so a killed worker's jobs are rescued within seconds (README:
+    # Short heartbeats, so a killed worker's jobs are rescued within seconds (docs/jobs.md:
     # JOBS_HEARTBEAT_INTERVAL x JOBS_MISSED_HEARTBEATS, 30 s by default).
     "JOBS_HEARTBEAT_INTERVAL": HEARTBEAT,
     "JOBS_MISSED_HEARTBEATS": str(MISSED),
@@ -224,7 +224,7 @@ def redis_restart(cluster: Cluster, users, product) -> Test:
     limit = 10
     t = Test(
         "faults: Redis restarted under load",
-        "no 5xx outside the outage (orders and reads need only Postgres); rate limits degrade as the README says "
+        "no 5xx outside the outage (orders and reads need only Postgres); rate limits degrade as docs/api.md says "
         "(counted in process per instance while Redis is down: weaker across instances, never no limit); the outbox drains "
         "afterwards; no e-mail lost or duplicated; invariants hold",
     )
@@ -399,7 +399,7 @@ def kill_worker(cluster: Cluster, users, product) -> Test:
     t = Test(
         "faults: kill -9 of the worker mid-job",
         f"with JOBS_HEARTBEAT_INTERVAL={HEARTBEAT} and JOBS_MISSED_HEARTBEATS={MISSED}, the killed worker's jobs are rescued by the "
-        "restarted worker; each e-mail's outbox id has one sent_emails row; each message one file (README: a copy is possible only "
+        "restarted worker; each e-mail's outbox id has one sent_emails row; each message one file (docs/jobs.md: a copy is possible only "
         "if the process died between the transport accepting the message and the commit)",
     )
     since, since_wall = mail.db_now(cluster), time.time()
@@ -468,7 +468,7 @@ def kill_worker(cluster: Cluster, users, product) -> Test:
                "writes the .eml in place, no temporary file and rename); the rescued job wrote a complete one. Whatever "
                "picks up MAIL_DIR sees the broken file too.")
     if a["duplicated"]:
-        t.note("a second file is the documented window (README, Jobs and e-mail: 'Send once'): the file transport had written "
+        t.note("a second file is the documented window (docs/jobs.md: 'Send once'): the file transport had written "
                "the message and the worker died before the transaction committing its sent_emails row; the rescued job "
                "found no ledger row and sent it again. The ledger still holds one row per outbox id.")
     t.run_check(cluster)

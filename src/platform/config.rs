@@ -1,4 +1,4 @@
-//! Typed settings (SPEC §9): built-in defaults < `config/default.toml` <
+//! Typed settings: built-in defaults < `config/default.toml` <
 //! `config/{APP_ENV}.toml` < environment variables (a `.env` file is read by `main`).
 //!
 //! Every key is flat and named after its environment variable, lower-cased
@@ -28,7 +28,8 @@ pub const EXAMPLE_JWT_SECRET: &str = "change-me-to-a-long-random-string-of-32+-c
 /// variable, lower-cased), its type, its built-in default (a TOML value) and its doc.
 /// From this one list come the struct, [`KEYS`] (the only variables read from the
 /// environment), the built-in defaults layer and the extraction. Adding a setting is one
-/// line here plus its entry in `.env.example` (a unit test checks that file).
+/// line here plus its entry in `.env.example` and its row in `docs/configuration.md` (unit
+/// tests check both files).
 macro_rules! settings {
     ($($(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:literal,)*) => {
         /// The validated configuration of one process.
@@ -1028,6 +1029,33 @@ mod tests {
         for key in KEYS {
             let var = format!("\n{}=", key.to_ascii_uppercase());
             assert!(example.contains(&var), "{} missing from .env.example", key.to_ascii_uppercase());
+        }
+    }
+
+    #[test]
+    fn configuration_doc_lists_every_key_and_no_other() {
+        let doc = include_str!("../../docs/configuration.md");
+        for key in KEYS {
+            let var = format!("`{}`", key.to_ascii_uppercase());
+            assert!(doc.contains(&var), "{var} missing from docs/configuration.md");
+        }
+        // The first cell of a table row names settings: each must be one (or the file form
+        // of a secret), so a removed or renamed setting cannot linger in the docs.
+        for row in doc.lines().filter(|l| l.starts_with('|')) {
+            let first = row.split('|').nth(1).unwrap_or_default();
+            for name in first.split('`').skip(1).step_by(2) {
+                let env_name = name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                if !env_name {
+                    continue;
+                }
+                let key = name.to_ascii_lowercase();
+                let secret_file = key.strip_suffix("_file").is_some_and(|k| SECRET_FILES.contains(&k));
+                assert!(
+                    KEYS.contains(&key.as_str()) || secret_file || name == "NAME_FILE",
+                    "docs/configuration.md has a row for `{name}`, which is not a setting"
+                );
+            }
         }
     }
 

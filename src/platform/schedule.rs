@@ -1,4 +1,4 @@
-//! Runs of scheduled tasks, claimed once across every instance (SPEC §8). A short task
+//! Runs of scheduled tasks, claimed once across every instance. A short task
 //! runs inside the transaction that claims its `scheduled_runs` slot ([`claim`]): a slot
 //! runs exactly once, and a failure leaves nothing half done (and the slot free for a
 //! retry). A long one claims its slot in a transaction of its own ([`claim_slot`]) and

@@ -1,4 +1,4 @@
-//! Logging (SPEC §9): JSON lines in production, readable text elsewhere, filtered by
+//! Logging: JSON lines in production, readable text elsewhere, filtered by
 //! `LOG_LEVEL`. Request lines come from the trace layer in `middleware`.
 
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};

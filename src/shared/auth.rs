@@ -1,4 +1,4 @@
-//! Authentication and authorisation (SPEC §3): access tokens (JWT, HS256 pinned), roles,
+//! Authentication and authorisation: access tokens (JWT, HS256 pinned), roles,
 //! the one permission table, and the extractors handlers use to state what they need:
 //!
 //! ```ignore
@@ -87,7 +87,7 @@ permissions!(
     AnalyticsRead,
 );
 
-/// The permission table (SPEC §3). Admin: everything. User: catalogue, own orders, own
+/// The permission table. Admin: everything. User: catalogue, own orders, own
 /// profile. Guest: catalogue only.
 pub fn can(role: Option<Role>, permission: Permission) -> bool {
     use Permission::*;

@@ -1,4 +1,4 @@
-//! Password hashing with argon2id (SPEC §3): OWASP parameters (m = 19456 KiB, t = 2,
+//! Password hashing with argon2id: OWASP parameters (m = 19456 KiB, t = 2,
 //! p = 1), PHC strings.
 //!
 //! A hash is CPU-bound for tens of milliseconds and needs 19 MiB of working memory. It runs

@@ -1,4 +1,4 @@
-//! Refresh sessions (SPEC §3): the one owner of the `sessions` table and of the user-row
+//! Refresh sessions: the one owner of the `sessions` table and of the user-row
 //! locks that order revocations against rotations. Auth (issue, rotate, revoke), users
 //! (password change, delete), password reset and the access-token extractor all call in
 //! here; nothing else writes session SQL.

@@ -1,4 +1,4 @@
-//! SPEC §3 over HTTP: register, login, refresh rotation and reuse detection, logout,
+//! Authentication over HTTP: register, login, refresh rotation and reuse detection, logout,
 //! token verification.
 
 use std::time::{Duration, Instant};

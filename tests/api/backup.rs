@@ -1,4 +1,4 @@
-//! `scripts/backup` and `scripts/restore` (SPEC §9): a dump restored into a fresh
+//! `scripts/backup` and `scripts/restore`: a dump restored into a fresh
 //! database holds the data.
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! SPEC §7 end to end, with real components only: a business change writes the outbox,
+//! Promised e-mails end to end, with real components only: a business change writes the outbox,
 //! the relay moves it to Redis, a worker sends the e-mail to a real SMTP server
 //! (aiosmtpd), and each promised e-mail arrives once: across a Redis outage, a failing
 //! transport (dead letters, admin retry), a worker killed mid-send, and SIGTERM.

@@ -1,4 +1,4 @@
-//! Every status a client can provoke answers in the SPEC envelope (SPEC §2).
+//! Every status a client can provoke answers in the error envelope.
 
 use std::time::Duration;
 

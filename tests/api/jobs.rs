@@ -1,4 +1,4 @@
-//! SPEC §7, the outbox relay: rows written by business transactions move to the Redis
+//! The outbox relay: rows written by business transactions move to the Redis
 //! queues, once, woken by LISTEN/NOTIFY sent after the writers' commits, and wait in
 //! Postgres while Redis is down. And
 //! the retention of finished jobs in Redis.

@@ -1,4 +1,4 @@
-//! SPEC §7 e-mail delivery through real transports: a real SMTP server (aiosmtpd, which
+//! E-mail delivery through real transports: a real SMTP server (aiosmtpd, which
 //! `scripts/services` installs; each test starts its own on a free port) and the file
 //! transport.
 

@@ -1,4 +1,4 @@
-//! SPEC §8: the scheduled tasks and the analytics endpoint.
+//! The scheduled tasks and the analytics endpoint.
 
 use std::time::Duration;
 

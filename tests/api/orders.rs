@@ -1,4 +1,4 @@
-//! SPEC §6 over HTTP: orders, stock, the status machine and idempotency.
+//! Orders over HTTP: orders, stock, the status machine and idempotency.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

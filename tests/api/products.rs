@@ -1,4 +1,4 @@
-//! SPEC §5 over HTTP: the catalogue.
+//! The catalogue over HTTP.
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -245,7 +245,7 @@ async fn the_list_filters_sorts_and_paginates_with_exact_totals(pool: PgPool) {
     }
 }
 
-/// Audit item 6: a search shorter than a trigram cannot use the search index, so it is a
+/// Search bounds: a search shorter than a trigram cannot use the search index, so it is a
 /// 400; a search counts at most 1000 matches and says so; it stays case-insensitive
 /// beyond ASCII and treats `%` and `_` literally.
 #[sqlx::test]

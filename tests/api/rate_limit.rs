@@ -1,4 +1,4 @@
-//! SPEC §9 rate limits over HTTP, counted in the test's own Redis namespace.
+//! Rate limits over HTTP, counted in the test's own Redis namespace.
 
 use axum::Router;
 use reqwest::Method;
@@ -400,7 +400,7 @@ async fn invented_methods_do_not_become_metric_labels(pool: PgPool) {
     assert!(text.contains(r#"method="OTHER",route="/api/v1/products",status="405"} 2"#), "{text}");
 }
 
-/// Issue 11: the default per-IP limit is taken from Redis in leases (5 hits at a time for
+/// Leases: the default per-IP limit is taken from Redis in leases (5 hits at a time for
 /// a limit of 100). Two instances sharing one Redis together never admit more than the
 /// limit, and refuse early by at most one unspent lease.
 #[sqlx::test]

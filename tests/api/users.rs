@@ -1,4 +1,4 @@
-//! SPEC §4 over HTTP: profile, password change, admin user management, create-admin.
+//! Users over HTTP: profile, password change, admin user management, create-admin.
 
 use std::{
     io::Write,

@@ -1,4 +1,4 @@
-//! HTTP handlers of `/admin/analytics` (SPEC §8).
+//! HTTP handlers of `/admin/analytics`.
 
 use axum::extract::State;
 use sqlx::PgPool;

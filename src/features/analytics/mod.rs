@@ -1,4 +1,4 @@
-//! Analytics (SPEC §8): the hourly roll-up of orders (cancelled excluded), items,
+//! Analytics: the hourly roll-up of orders (cancelled excluded), items,
 //! revenue and new users into `analytics_hourly`, run by the scheduler, and
 //! `GET /admin/analytics` serving it to admins.
 

@@ -1,4 +1,4 @@
-//! HTTP handlers of `/auth` (SPEC §3).
+//! HTTP handlers of `/auth`.
 
 use axum::{extract::State, http::StatusCode};
 

@@ -1,4 +1,4 @@
-//! Authentication (SPEC §3): register, login, refresh-token rotation with reuse
+//! Authentication: register, login, refresh-token rotation with reuse
 //! detection, logout. Tokens and permissions themselves live in `shared::auth`.
 
 mod domain;

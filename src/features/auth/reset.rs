@@ -1,4 +1,4 @@
-//! Password reset (SPEC §3, §7): `forgot` queues a `reset-password` job through the
+//! Password reset: `forgot` queues a `reset-password` job through the
 //! outbox; the job mints the single-use token (random, hashed, 1 h) when it sends the
 //! e-mail ([`mint_token`]), so the raw token exists only inside that e-mail. `reset`
 //! consumes the token, sets the password and revokes every session, in one transaction.

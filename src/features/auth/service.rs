@@ -1,4 +1,4 @@
-//! Registration, login, refresh-token rotation with reuse detection, logout (SPEC §3).
+//! Registration, login, refresh-token rotation with reuse detection, logout.
 
 use std::{sync::Arc, time::Duration};
 

@@ -1,4 +1,4 @@
-//! E-mail jobs (SPEC §7): what the `emails` queue's worker does with each job the outbox
+//! E-mail jobs: what the `emails` queue's worker does with each job the outbox
 //! relay queued (welcome, verification, reset, order and report mails). The recipient and
 //! every detail are read when the job runs (payloads hold ids only), the message is
 //! rendered from `templates/email/` and sent through the configured transport, and a

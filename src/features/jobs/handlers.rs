@@ -1,4 +1,4 @@
-//! HTTP handlers of `/admin/jobs` (SPEC §7). They read and change Redis; when Redis does
+//! HTTP handlers of `/admin/jobs`. They read and change Redis; when Redis does
 //! not answer they answer 503.
 
 use axum::{

@@ -1,4 +1,4 @@
-//! The job queues as admins see them (SPEC §7): counts per queue and state, the
+//! The job queues as admins see them: counts per queue and state, the
 //! dead-letter list, and retrying a dead job. The queues themselves, the relay and the
 //! workers are in [`crate::platform::jobs`].
 

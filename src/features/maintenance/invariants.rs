@@ -1,6 +1,6 @@
 //! `storefront check`: the data invariants that must hold whatever crashed, restarted
-//! or ran twice (SPEC §1, §6, §7; issue 12). Each is one read-only query that returns the
-//! rows breaking it; none may return any.
+//! or ran twice, on any number of instances. Each is one read-only query that returns
+//! the rows breaking it; none may return any.
 
 use sqlx::PgPool;
 

@@ -1,4 +1,4 @@
-//! Scheduled maintenance (SPEC §8): the scheduler (cron expressions from config, UTC)
+//! Scheduled maintenance: the scheduler (cron expressions from config, UTC)
 //! and the nightly cleanup. The hourly analytics roll-up belongs to `features::analytics`;
 //! the scheduler only triggers it. Runs are claimed in Postgres so that with several
 //! instances each happens once; a failing task logs and the process carries on.

@@ -115,7 +115,7 @@ impl Actor {
 }
 
 /// `unit × quantity` for each line and their sum, or `None` on overflow (impossible within
-/// the SPEC bounds: 100 lines × 1000 × 100 000 000 fits easily, but money is never
+/// the input bounds: 100 lines × 1000 × 100 000 000 fits easily, but money is never
 /// computed unchecked).
 pub fn price(lines: &[(i64, i32)]) -> Option<(Vec<i64>, i64)> {
     let mut totals = Vec::with_capacity(lines.len());

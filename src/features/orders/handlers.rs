@@ -1,4 +1,4 @@
-//! HTTP handlers of `/orders` (SPEC §6).
+//! HTTP handlers of `/orders`.
 
 use axum::{
     extract::{OriginalUri, State},

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` for `POST /orders` (SPEC §6): the `idempotency_keys` table. A key is
+//! `Idempotency-Key` for `POST /orders`: the `idempotency_keys` table. A key is
 //! scoped to the caller; the first request claims it with an insert that the primary key
 //! makes race-free, and its final answer is stored (a 201 inside the order's own
 //! transaction) and replayed for 24 hours. The flow itself is `OrderService::place_idempotent`.

@@ -1,4 +1,4 @@
-//! Order use cases (SPEC §6): placing an order in one statement (lock, check, take
+//! Order use cases: placing an order in one statement (lock, check, take
 //! stock, snapshot, outbox), reading with ownership, and status changes that restock
 //! exactly once.
 

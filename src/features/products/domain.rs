@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// Highest price, in minor units (SPEC §5).
+/// Highest price, in minor units (1 000 000.00 in a currency of two decimals).
 pub const MAX_PRICE_CENTS: i64 = 100_000_000;
 pub use crate::shared::domain::MAX_STOCK;
 

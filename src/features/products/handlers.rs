@@ -1,4 +1,4 @@
-//! HTTP handlers of `/products` (SPEC §5).
+//! HTTP handlers of `/products`.
 
 use axum::{
     extract::{OriginalUri, State},

@@ -1,4 +1,4 @@
-//! The catalogue (SPEC §5): public list and detail with ETags, admin create, update with
+//! The catalogue: public list and detail with ETags, admin create, update with
 //! optimistic concurrency, archive.
 
 mod domain;

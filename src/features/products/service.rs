@@ -1,4 +1,4 @@
-//! Catalogue rules (SPEC §5): SKU uniqueness, optimistic concurrency through `version`,
+//! Catalogue rules: SKU uniqueness, optimistic concurrency through `version`,
 //! archive instead of delete.
 
 use std::{

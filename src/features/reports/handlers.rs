@@ -1,4 +1,4 @@
-//! HTTP handlers of `/reports` (SPEC §7), admin only.
+//! HTTP handlers of `/reports`, admin only.
 
 use axum::{
     body::Body,

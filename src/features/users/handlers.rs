@@ -1,4 +1,4 @@
-//! HTTP handlers of `/users` (SPEC §4).
+//! HTTP handlers of `/users`.
 
 use axum::{
     extract::{OriginalUri, State},

@@ -1,4 +1,4 @@
-//! Users (SPEC §4): the caller's profile and password, and user administration.
+//! Users: the caller's profile and password, and user administration.
 
 mod handlers;
 mod repository;

@@ -1,4 +1,4 @@
-//! Profiles and user administration (SPEC §4).
+//! Profiles and user administration.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

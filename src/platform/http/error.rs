@@ -1,4 +1,4 @@
-//! The one error type of the API and the SPEC §2 error envelope.
+//! The one error type of the API and its error envelope (the codes: `docs/api.md`).
 //!
 //! Every failure a client can see is an [`AppError`]; its [`IntoResponse`] writes
 //! `{"success": false, "error": {code, message, fields?, details?, requestId}}`.
@@ -42,7 +42,7 @@ pub const MAX_FIELD_ERRORS: usize = 20;
 /// Result alias used by handlers and services.
 pub type AppResult<T> = Result<T, AppError>;
 
-/// Every error the API answers with, one variant per SPEC error code.
+/// Every error the API answers with, one variant per error code.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{message}")]
@@ -172,7 +172,7 @@ impl AppError {
         Self::NotFound(format!("{what} not found"))
     }
 
-    /// The SPEC error code.
+    /// The error code clients see in `error.code`.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Validation { .. } => "VALIDATION_ERROR",
@@ -315,7 +315,7 @@ impl From<anyhow::Error> for AppError {
 #[error("{0}")]
 pub struct Overloaded(pub &'static str);
 
-/// Marker on a response whose body is already in the SPEC shape (or deliberately not JSON);
+/// Marker on a response whose body is already in the envelope (or deliberately not JSON);
 /// the envelope middleware leaves such responses alone.
 #[derive(Clone, Copy, Debug)]
 pub struct Enveloped;

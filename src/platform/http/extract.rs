@@ -1,4 +1,4 @@
-//! Extractors whose rejections are [`AppError`]s in the SPEC envelope, never axum's
+//! Extractors whose rejections are [`AppError`]s in the error envelope, never axum's
 //! plain-text bodies: JSON bodies (415 / 413 / 400 with the failing field), validated
 //! JSON, query strings and path parameters.
 
@@ -341,7 +341,7 @@ pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-/// Converts validator's errors into the SPEC `fields` map with camelCase paths.
+/// Converts validator's errors into the envelope's `fields` map with camelCase paths.
 pub fn validation_error(errors: ValidationErrors) -> AppError {
     let mut fields = FieldErrors::new();
     flatten(&errors, "", &mut fields);

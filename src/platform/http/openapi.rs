@@ -1,4 +1,4 @@
-//! The OpenAPI document (SPEC §9): the base description, shared schemas and the bearer
+//! The OpenAPI document: the base description, shared schemas and the bearer
 //! scheme. Each feature adds its paths through `utoipa_axum` routers.
 
 use std::collections::BTreeSet;

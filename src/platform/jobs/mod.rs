@@ -1,5 +1,5 @@
-//! Job queues (SPEC §7): Redis-backed apalis storages, one per queue (`emails`,
-//! `reports`), under the deployment's key prefix. Business transactions never push here
+//! Job queues: Redis-backed apalis storages, one per queue (`emails`, `reports`,
+//! `payments`), under the deployment's key prefix. Business transactions never push here
 //! directly: they write [`crate::platform::jobs::outbox`] rows, and the [`relay`] moves those to
 //! these queues, with the outbox id as the task's idempotency key.
 

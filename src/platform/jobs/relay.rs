@@ -1,4 +1,4 @@
-//! The outbox relay (SPEC §7): moves unsent `outbox` rows to their Redis queues.
+//! The outbox relay: moves unsent `outbox` rows to their Redis queues.
 //!
 //! - Woken by `LISTEN outbox` (writers ring [`crate::platform::jobs::outbox::Wakeup`] after they commit, which
 //!   sends one `NOTIFY` per process at most every 10 ms), and polling every

@@ -1,4 +1,4 @@
-//! Job workers (SPEC §7): one apalis worker per queue per process, running a
+//! Job workers: one apalis worker per queue per process, running a
 //! [`JobHandler`] for every job the relay queued.
 //!
 //! - **Attempts:** 3 per job, the 2nd and 3rd after an exponential backoff from 2 s with up

@@ -1,4 +1,4 @@
-//! E-mail delivery (SPEC §7): one [`Mailer`] with the transport chosen by config —
+//! E-mail delivery: one [`Mailer`] with the transport chosen by config —
 //! `smtp` (pooled lettre transport from `SMTP_URL`: `smtp://` plain, `smtp://…?tls=required`
 //! STARTTLS, `smtps://` implicit TLS; credentials in the URL), `file` (`.eml` files under
 //! `MAIL_DIR`, the zero-setup default in development) or `log` (nothing sent; tests that

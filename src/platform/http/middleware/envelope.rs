@@ -1,5 +1,5 @@
 //! Last-resort envelope: any error response that did not come from [`AppError`] (axum's
-//! own 405, a tower timeout, a layer's bare status) is rewritten into the SPEC envelope,
+//! own 405, a tower timeout, a layer's bare status) is rewritten into the error envelope,
 //! keeping headers such as `Allow`. Responses marked [`Enveloped`] pass.
 
 use axum::response::{IntoResponse, Response};

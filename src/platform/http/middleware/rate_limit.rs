@@ -1,4 +1,4 @@
-//! Rate limits kept in Redis (SPEC §9), so they hold across instances: a generous limit
+//! Rate limits kept in Redis, so they hold across instances: a generous limit
 //! per client IP on every route, a strict one per IP on the auth routes, and one per
 //! e-mail address on login attempts. Fixed windows counted with one atomic script call;
 //! answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, and a
