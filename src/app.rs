@@ -74,12 +74,51 @@ const GENERIC_LISTS: [(&str, usize); 2] = [
 /// Connects Postgres (running migrations when enabled) and Redis.
 pub async fn connect(settings: Settings) -> anyhow::Result<AppState> {
     let pool = db::connect_lazy(&settings)?;
+    let redis = Redis::connect_lazy(&settings)?;
+    wait_for_backends(&pool, &redis, settings.startup_wait).await?;
     if settings.run_migrations {
         db::migrate(&pool).await?;
         tracing::info!("database migrations applied");
     }
-    let redis = Redis::connect_lazy(&settings)?;
     Ok(AppState::new(settings, pool, redis))
+}
+
+/// At start-up, waits up to `wait` for Postgres and Redis to answer (a stack whose
+/// services start together: the app may be up first). Postgres still silent then is an
+/// error; Redis is not (the API runs without it, degraded, and reconnects by itself).
+async fn wait_for_backends(
+    pool: &sqlx::PgPool,
+    redis: &Redis,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(250);
+    let (mut db_up, mut redis_up) = (false, false);
+    loop {
+        if !db_up {
+            db_up = sqlx::query("select 1").execute(pool).await.is_ok();
+        }
+        if !redis_up {
+            redis_up = redis.ping().await.is_ok();
+        }
+        if db_up && redis_up {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            break;
+        }
+        tracing::info!(postgres = db_up, redis = redis_up, "waiting for the backends to answer");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(2));
+    }
+    if !redis_up {
+        tracing::warn!(
+            seconds = wait.as_secs(),
+            "Redis did not answer at start-up; going on without it for now"
+        );
+    }
+    anyhow::ensure!(db_up, "PostgreSQL did not answer within STARTUP_WAIT ({}s)", wait.as_secs());
+    Ok(())
 }
 
 /// The metrics listener: `GET /metrics` and `GET /health` on `METRICS_HOST:METRICS_PORT`,

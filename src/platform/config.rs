@@ -82,6 +82,9 @@ settings! {
     db_read_statement_timeout: Duration = "2s",
     db_slow_query_threshold: Duration = "500ms",
     run_migrations: bool = true,
+    /// How long a starting process waits for Postgres and Redis to answer (services
+    /// starting together); Postgres still silent then stops the start.
+    startup_wait: Duration = "60s",
     redis_url: SecretString = "redis://127.0.0.1:6379",
     /// With `rediss://`: a PEM file of the CA that signed the Redis server's certificate
     /// (blank: the system's trust store).
