@@ -1,0 +1,7 @@
+//! Outbound webhooks: other systems follow every order, signed to the Standard Webhooks
+//! specification. Work in progress on this branch: see WEBHOOKS-PLAN.md.
+
+mod address;
+mod secrets;
+mod signature;
+mod types;
