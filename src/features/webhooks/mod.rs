@@ -3,5 +3,6 @@
 
 mod address;
 mod secrets;
+mod repository;
 mod signature;
 mod types;

@@ -9,7 +9,10 @@ use uuid::Uuid;
 use validator::{Validate, ValidationErrors};
 
 use super::address;
-use crate::platform::http::{error::FieldErrors, extract::into_validation_errors};
+use crate::platform::http::{
+    error::FieldErrors,
+    extract::{double_option, into_validation_errors},
+};
 
 /// The events an endpoint may follow.
 pub const EVENTS: [&str; 6] =
@@ -129,8 +132,8 @@ pub struct UpdateEndpointRequest {
     #[schema(value_type = Option<Vec<EventType>>, min_items = 1, max_items = 6)]
     pub events: Option<Vec<String>>,
     /// `null` clears it.
-    #[serde(default, with = "::serde_with::rust::double_option")]
-    #[schema(value_type = Option<String>, max_length = 500)]
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<String>, nullable, max_length = 500)]
     pub description: Option<Option<String>>,
     pub enabled: Option<bool>,
 }

@@ -1,0 +1,255 @@
+//! SQL of the webhooks feature: `webhook_endpoints`, `webhook_events` and
+//! `webhook_deliveries`, this feature's tables, cleanup included.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use super::types::DeliveryStatus;
+
+/// An endpoint as stored (its secrets sealed).
+#[derive(Debug, Clone)]
+pub struct EndpointRow {
+    pub id: Uuid,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: Option<String>,
+    pub enabled: bool,
+    pub secret_sealed: Vec<u8>,
+    pub previous_sealed: Option<Vec<u8>>,
+    pub previous_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn insert_endpoint(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    url: &str,
+    events: &[String],
+    description: Option<&str>,
+    secret_sealed: &[u8],
+) -> sqlx::Result<EndpointRow> {
+    sqlx::query_as!(
+        EndpointRow,
+        "insert into webhook_endpoints (id, url, events, description, secret_sealed)
+         values ($1, $2, $3, $4, $5)
+         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+                   created_at, updated_at",
+        id,
+        url,
+        events,
+        description,
+        secret_sealed
+    )
+    .fetch_one(db)
+    .await
+}
+
+pub async fn find_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<EndpointRow>> {
+    sqlx::query_as!(
+        EndpointRow,
+        "select id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+                created_at, updated_at
+         from webhook_endpoints where id = $1",
+        id
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// A page of endpoints, newest first, after `after` in cursor mode.
+pub async fn list_endpoints(
+    db: &PgPool,
+    limit: i64,
+    offset: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> sqlx::Result<Vec<EndpointRow>> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as!(
+        EndpointRow,
+        "select id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+                created_at, updated_at
+         from webhook_endpoints
+         where ($3::timestamptz is null or (created_at, id) < ($3, $4::uuid))
+         order by created_at desc, id desc limit $1 offset $2",
+        limit,
+        offset,
+        after_at,
+        after_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+pub async fn count_endpoints(db: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"select count(*) as "n!" from webhook_endpoints"#).fetch_one(db).await
+}
+
+/// Applies the fields given (`None`: unchanged; `description: Some(None)` clears it).
+pub async fn update_endpoint(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    url: Option<&str>,
+    events: Option<&[String]>,
+    description: Option<Option<&str>>,
+    enabled: Option<bool>,
+) -> sqlx::Result<Option<EndpointRow>> {
+    sqlx::query_as!(
+        EndpointRow,
+        "update webhook_endpoints set
+             url = coalesce($2, url),
+             events = coalesce($3, events),
+             description = case when $4 then $5 else description end,
+             enabled = coalesce($6, enabled),
+             updated_at = now()
+         where id = $1
+         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+                   created_at, updated_at",
+        id,
+        url,
+        events,
+        description.is_some(),
+        description.flatten(),
+        enabled
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Replaces the secret, keeping the current one signing until `previous_until` (none
+/// when the grace is zero).
+pub async fn rotate_secret(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    secret_sealed: &[u8],
+    previous_sealed: Option<&[u8]>,
+    previous_until: Option<DateTime<Utc>>,
+) -> sqlx::Result<Option<EndpointRow>> {
+    sqlx::query_as!(
+        EndpointRow,
+        "update webhook_endpoints set secret_sealed = $2, previous_sealed = $3, previous_until = $4,
+                updated_at = now()
+         where id = $1
+         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+                   created_at, updated_at",
+        id,
+        secret_sealed,
+        previous_sealed,
+        previous_until
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Deletes an endpoint and, with it, its deliveries; whether it existed.
+pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query!("delete from webhook_endpoints where id = $1", id)
+        .execute(db)
+        .await
+        .map(|r| r.rows_affected() == 1)
+}
+
+/// Writes event `id` of `kind` with `body`, and one pending delivery for every endpoint
+/// enabled and subscribed to `kind` now, in the caller's transaction. Nothing is written
+/// when no endpoint follows `kind`. How many deliveries.
+pub async fn record_event(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    kind: &str,
+    body: &serde_json::Value,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"with targets as (
+               select id from webhook_endpoints where enabled and $2 = any(events)),
+           event as (
+               insert into webhook_events (id, type, body)
+               select $1, $2, $3 where exists (select 1 from targets)
+               returning id),
+           deliveries as (
+               insert into webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
+               select gen_random_uuid(), t.id, e.id, now() from targets t cross join event e
+               returning 1)
+           select count(*) as "n!" from deliveries"#,
+        id,
+        kind,
+        body
+    )
+    .fetch_one(db)
+    .await
+}
+
+/// A delivery as listed.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: Uuid,
+    pub event_id: Uuid,
+    pub kind: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A page of `endpoint`'s deliveries, newest first.
+pub async fn list_deliveries(
+    db: &PgPool,
+    endpoint: Uuid,
+    status: Option<DeliveryStatus>,
+    limit: i64,
+    offset: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as!(
+        DeliveryRow,
+        r#"select d.id, d.event_id, e.type as kind, d.status as "status: DeliveryStatus", d.attempts,
+                  d.last_status_code, d.last_error, d.next_attempt_at, d.created_at, d.delivered_at
+           from webhook_deliveries d join webhook_events e on e.id = d.event_id
+           where d.endpoint_id = $1 and ($2::webhook_delivery_status is null or d.status = $2)
+             and ($5::timestamptz is null or (d.created_at, d.id) < ($5, $6::uuid))
+           order by d.created_at desc, d.id desc limit $3 offset $4"#,
+        endpoint,
+        status as Option<DeliveryStatus>,
+        limit,
+        offset,
+        after_at,
+        after_id
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// A failed delivery pending again with fresh attempts; whether it was failed.
+pub async fn retry_delivery(db: impl PgExecutor<'_>, endpoint: Uuid, id: Uuid) -> sqlx::Result<Option<bool>> {
+    let row = sqlx::query_scalar!(
+        r#"with found as (select id, status from webhook_deliveries where id = $2 and endpoint_id = $1),
+           retried as (
+               update webhook_deliveries d set status = 'pending', attempts = 0, next_attempt_at = now(),
+                      leased_until = null, last_error = null, last_status_code = null
+               from found where d.id = found.id and found.status = 'failed'
+               returning d.id)
+           select exists (select 1 from retried) as "retried!" from found"#,
+        endpoint,
+        id
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row)
+}
+
+/// Nightly cleanup: events older than `before` and, with them, their deliveries.
+pub async fn delete_events_before(pool: &PgPool, before: DateTime<Utc>) -> sqlx::Result<u64> {
+    crate::platform::db::delete_in_batches(pool, |n| {
+        sqlx::query!(
+            "delete from webhook_events where id = any(array(
+                 select id from webhook_events where created_at < $1 limit $2))",
+            before,
+            n
+        )
+    })
+    .await
+}
