@@ -4,5 +4,6 @@
 mod address;
 mod secrets;
 mod repository;
+mod service;
 mod signature;
 mod types;
