@@ -2,8 +2,15 @@
 //! specification. Work in progress on this branch: see WEBHOOKS-PLAN.md.
 
 mod address;
-mod secrets;
+mod handlers;
 mod repository;
+mod routes;
+mod secrets;
 mod service;
 mod signature;
 mod types;
+
+pub use routes::router;
+pub use secrets::SecretBox;
+pub use service::WebhookService;
+pub use types::UrlRules;
