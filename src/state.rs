@@ -18,6 +18,7 @@ use crate::{
         products::ProductService,
         reports::ReportService,
         users::UserService,
+        webhooks::{SecretBox, UrlRules, WebhookService},
     },
     platform::{
         config::Settings,
@@ -79,6 +80,7 @@ parts!(
     verification: EmailVerificationService,
     queues: Queues,
     reports: ReportService,
+    webhooks: WebhookService,
     db_health: DbHealth,
     reads: ReadPool,
     cursors: Cursors,
@@ -103,6 +105,7 @@ pub struct AppParts {
     /// The Redis job queues (the outbox relay pushes to them).
     pub queues: Queues,
     pub reports: ReportService,
+    pub webhooks: WebhookService,
     /// Whether the database is known to be unreachable (requests then answer 503 at once).
     pub db_health: DbHealth,
     /// Connections for the hottest reads, returned without sqlx's release ping.
@@ -177,6 +180,15 @@ impl AppState {
         let queues = Queues::new(&redis, &config, jobs::QUEUES);
         let reports = ReportService::new(db.clone(), wakeup.clone());
         let db_health = DbHealth::new(&db);
+        // Outside production a missing key is derived from the token secret, so a local
+        // stack needs no extra step; production stores no secret without its own key.
+        let fallback = (config.app_env != crate::platform::config::AppEnv::Production)
+            .then(|| config.jwt_secret.expose_secret().as_bytes().to_vec());
+        let webhooks = WebhookService::new(
+            db.clone(),
+            SecretBox::new(config.webhook_key(), fallback.as_deref()),
+            UrlRules { allow_http: config.webhook_allow_http, allow_private: config.webhook_allow_private_targets },
+        );
         Self(Arc::new(AppParts {
             config: Arc::new(config),
             db,
@@ -193,6 +205,7 @@ impl AppState {
             verification,
             queues,
             reports,
+            webhooks,
             db_health,
             reads,
             wakeup,

@@ -11,6 +11,7 @@ pub mod payments;
 pub mod products;
 pub mod reports;
 pub mod users;
+pub mod webhooks;
 
 use utoipa_axum::router::OpenApiRouter;
 
@@ -27,6 +28,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(analytics::router())
         .merge(jobs::router())
         .merge(reports::router())
+        .merge(webhooks::router())
 }
 
 /// Routes outside the versioned API (operations).

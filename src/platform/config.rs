@@ -212,6 +212,14 @@ settings! {
     order_max_pending_per_user: u32 = 5,
     /// Cron expression (seconds first, UTC) of the expiry of unpaid orders.
     schedule_order_expiry: String = "0 * * * * *",
+    /// The key webhook signing secrets are stored under: 32 bytes as 64 hex characters or
+    /// base64 (blank: derived from JWT_SECRET outside production; production refuses to
+    /// store or use a secret without it).
+    webhook_secrets_key: Option<SecretString> = "",
+    /// Allow plain `http://` webhook URLs (local receivers only).
+    webhook_allow_http: bool = false,
+    /// Allow webhook deliveries to loopback, private and other non-global addresses.
+    webhook_allow_private_targets: bool = false,
 }
 
 /// How a setting's type is read: from which raw (deserialisable) form, converted how.
@@ -314,8 +322,15 @@ const RETIRED: &[(&str, &str)] = &[(
 
 /// Secrets that may be given as a file instead (`JWT_SECRET_FILE=/run/secrets/jwt`): the
 /// value is the file's content without its trailing newline.
-pub const SECRET_FILES: &[&str] =
-    &["database_url", "redis_url", "jwt_secret", "smtp_url", "stripe_secret_key", "stripe_webhook_secret"];
+pub const SECRET_FILES: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "jwt_secret",
+    "smtp_url",
+    "stripe_secret_key",
+    "stripe_webhook_secret",
+    "webhook_secrets_key",
+];
 
 /// Reads every `NAME_FILE` of [`SECRET_FILES`] set in the environment; a problem for a
 /// file that cannot be read or a secret given both ways. The path is named, never the
@@ -662,6 +677,12 @@ impl Settings {
                 "PAYMENT_PROVIDER_TIMEOUT and STRIPE_WEBHOOK_TOLERANCE: must be greater than zero".to_owned(),
             );
         }
+        if self.webhook_secrets_key.is_some() && self.webhook_key().is_none() {
+            p.push(
+                "WEBHOOK_SECRETS_KEY: must be 32 bytes, as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)"
+                    .to_owned(),
+            );
+        }
         if self.body_limit_bytes < 1024 {
             p.push("BODY_LIMIT_BYTES: must be at least 1024".to_owned());
         }
@@ -726,6 +747,19 @@ impl Settings {
             }
         }
         p
+    }
+
+    /// The 32-byte key of `WEBHOOK_SECRETS_KEY` (64 hex characters or base64), if set
+    /// and well-formed.
+    pub fn webhook_key(&self) -> Option<[u8; 32]> {
+        use base64::{Engine, engine::general_purpose};
+        let raw = self.webhook_secrets_key.as_ref()?.expose_secret().trim().to_owned();
+        let bytes = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
+            hex::decode(&raw).ok()?
+        } else {
+            general_purpose::STANDARD.decode(&raw).or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(&raw)).ok()?
+        };
+        bytes.try_into().ok()
     }
 
     /// `host:port` to bind.

@@ -85,6 +85,8 @@ permissions!(
     ReportsManage,
     JobsManage,
     AnalyticsRead,
+    /// Register and manage outbound webhook endpoints.
+    WebhooksManage,
 );
 
 /// The permission table. Admin: everything. User: catalogue, own orders, own
