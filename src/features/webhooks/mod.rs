@@ -2,6 +2,7 @@
 //! specification. Work in progress on this branch: see WEBHOOKS-PLAN.md.
 
 mod address;
+mod delivery;
 mod handlers;
 mod repository;
 mod routes;
