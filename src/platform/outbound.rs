@@ -7,19 +7,24 @@ use std::{sync::Arc, time::Duration};
 
 /// A client whose every request ends within `timeout` (connecting included).
 pub fn client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    Ok(builder(timeout).build()?)
+}
+
+/// The builder of [`client`], for a caller that adds to it (pinned addresses).
+pub fn builder(timeout: Duration) -> reqwest::ClientBuilder {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(reqwest::Client::builder()
+    reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
         .timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("storefront/", env!("CARGO_PKG_VERSION")))
-        .build()?)
 }
