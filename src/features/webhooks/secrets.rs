@@ -42,7 +42,7 @@ impl SecretBox {
                 h.finalize().into()
             })
         });
-        Self { cipher: key.map(|k| ChaCha20Poly1305::new(Key::from_slice(&k))) }
+        Self { cipher: key.map(|k| ChaCha20Poly1305::new(&Key::from(k))) }
     }
 
     /// `nonce || ciphertext+tag` of `secret`, bound to `endpoint`.
@@ -51,7 +51,7 @@ impl SecretBox {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce[..]);
         let sealed = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: secret.as_bytes(), aad: endpoint.as_bytes() })
+            .encrypt(&Nonce::from(nonce), Payload { msg: secret.as_bytes(), aad: endpoint.as_bytes() })
             .map_err(|_| SecretError::Corrupt)?;
         Ok([nonce.as_slice(), &sealed].concat())
     }
@@ -63,8 +63,9 @@ impl SecretBox {
             return Err(SecretError::Corrupt);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SecretError::Corrupt)?;
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: endpoint.as_bytes() })
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: endpoint.as_bytes() })
             .map_err(|_| SecretError::Corrupt)?;
         String::from_utf8(plain).map_err(|_| SecretError::Corrupt)
     }

@@ -103,7 +103,7 @@ pub fn event_set(events: &[String]) -> Vec<String> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateEndpointRequest {
     /// Where deliveries are POSTed: `https`, at most 2048 characters.
-    #[schema(max_length = 2048, format = Uri)]
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: String,
     /// The events to receive (at least one).
     #[schema(value_type = Vec<EventType>, min_items = 1, max_items = 6)]
@@ -127,7 +127,7 @@ impl Validate for CreateEndpointRequest {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateEndpointRequest {
-    #[schema(max_length = 2048, format = Uri)]
+    #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: Option<String>,
     #[schema(value_type = Option<Vec<EventType>>, min_items = 1, max_items = 6)]
     pub events: Option<Vec<String>>,
