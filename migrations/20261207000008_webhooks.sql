@@ -56,3 +56,67 @@ create table webhook_deliveries (
 create index webhook_deliveries_endpoint_idx on webhook_deliveries (endpoint_id, created_at desc, id desc);
 create index webhook_deliveries_due_idx on webhook_deliveries (next_attempt_at) where status = 'pending';
 create index webhook_deliveries_event_idx on webhook_deliveries (event_id);
+
+-- The order as the API answers it (GET /orders/{id}), as JSON: the body's `data`.
+create function webhook_order_json(order_id uuid) returns jsonb
+language sql stable as $$
+    select jsonb_build_object(
+        'id', o.id,
+        'userId', o.user_id,
+        'status', o.status,
+        'items', (select coalesce(jsonb_agg(jsonb_build_object(
+                      'productId', i.product_id, 'sku', i.sku, 'name', i.name,
+                      'unitPriceCents', i.unit_price_cents, 'quantity', i.quantity,
+                      'lineTotalCents', i.line_total_cents) order by i.position), '[]'::jsonb)
+                  from order_items i where i.order_id = o.id),
+        'totalCents', o.total_cents,
+        'currency', o.currency,
+        'shippingAddress', o.shipping_address,
+        'payment', (select jsonb_build_object(
+                        'status', p.status, 'provider', p.provider,
+                        'providerPaymentId', p.provider_payment_id, 'amountCents', p.amount_cents,
+                        'currency', p.currency, 'updatedAt', p.updated_at)
+                    from payments p where p.order_id = o.id
+                    order by p.created_at desc, p.id desc limit 1),
+        'expiresAt', case when o.status = 'pending' then o.expires_at end,
+        'createdAt', o.created_at,
+        'updatedAt', o.updated_at)
+    from orders o where o.id = order_id
+$$;
+
+-- Each change an order's history records becomes a webhook event when it is one of the
+-- six, in the change's own transaction, with one delivery per endpoint enabled and
+-- subscribed at that moment. No endpoint follows it: nothing is written.
+create function webhook_events_from_order_history() returns trigger
+language plpgsql as $$
+declare
+    kind text := case
+        when new.type = 'created' then 'order.created'
+        when new.type = 'refunded' then 'order.refunded'
+        when new.to_status = 'paid' then 'order.paid'
+        when new.to_status = 'shipped' then 'order.shipped'
+        when new.to_status = 'delivered' then 'order.delivered'
+        when new.to_status = 'cancelled' then 'order.cancelled'
+    end;
+    event_id uuid;
+begin
+    if kind is null or not exists (
+        select 1 from webhook_endpoints where enabled and kind = any(events)) then
+        return null;
+    end if;
+    event_id := new.id;
+    insert into webhook_events (id, type, body)
+    values (event_id, kind, jsonb_build_object(
+        'type', kind,
+        'timestamp', to_char(new.created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+        'data', webhook_order_json(new.order_id)));
+    insert into webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
+    select gen_random_uuid(), e.id, event_id, now()
+    from webhook_endpoints e where e.enabled and kind = any(e.events);
+    return null;
+end;
+$$;
+
+create trigger order_events_to_webhooks
+    after insert on order_events
+    for each row execute function webhook_events_from_order_history();

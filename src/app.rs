@@ -25,7 +25,7 @@ use crate::{
         mail::{LettreMailer, templates::Templates},
         redis::Redis,
     },
-    shared::jobs::{EMAILS, PAYMENTS, QUEUES, REPORTS},
+    shared::jobs::{EMAILS, PAYMENTS, QUEUES, REPORTS, WEBHOOKS},
 };
 
 use crate::state::AppState;
@@ -184,6 +184,23 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `webhooks` queue's handler, as the settings configure it.
+fn webhook_jobs(state: &AppState) -> features::webhooks::WebhookJobs {
+    let c = &state.config;
+    features::webhooks::WebhookJobs::new(
+        state.db.clone(),
+        state.webhooks.secrets(),
+        features::webhooks::AttemptRules {
+            timeout: c.webhook_timeout,
+            allow_private: c.webhook_allow_private_targets,
+        },
+        features::webhooks::RetryRules {
+            base: c.webhook_retry_base,
+            max_attempts: i32::try_from(c.webhook_max_attempts).unwrap_or(i32::MAX),
+        },
+    )
+}
+
 /// The background roles this process runs, as config enables them.
 pub struct Background {
     scheduler: Option<tokio_cron_scheduler::JobScheduler>,
@@ -252,6 +269,28 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 state.metrics.clone(),
                 stop.subscribe(),
             ),
+            worker::spawn(
+                WEBHOOKS,
+                queue(state, WEBHOOKS)?,
+                Arc::new(webhook_jobs(state)),
+                // One delivery attempt per job: a failed attempt is recorded and retried by
+                // the dispatcher, never by the queue (which retries only its own database
+                // errors).
+                worker::WorkerOptions {
+                    concurrency: c.webhook_concurrency,
+                    attempts: 3,
+                    ..worker_options(c)
+                },
+                state.metrics.clone(),
+                stop.subscribe(),
+            ),
+            tokio::spawn(features::webhooks::dispatch(
+                state.db.clone(),
+                state.wakeup.clone(),
+                c.webhook_endpoint_concurrency,
+                c.webhook_timeout,
+                stop.subscribe(),
+            )),
             tokio::spawn(jobs::trim_periodically(
                 state.queues.clone(),
                 c.jobs_done_retention,

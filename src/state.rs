@@ -187,7 +187,10 @@ impl AppState {
         let webhooks = WebhookService::new(
             db.clone(),
             SecretBox::new(config.webhook_key(), fallback.as_deref()),
-            UrlRules { allow_http: config.webhook_allow_http, allow_private: config.webhook_allow_private_targets },
+            UrlRules {
+                allow_http: config.webhook_allow_http,
+                allow_private: config.webhook_allow_private_targets,
+            },
         );
         Self(Arc::new(AppParts {
             config: Arc::new(config),

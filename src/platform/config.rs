@@ -220,6 +220,16 @@ settings! {
     webhook_allow_http: bool = false,
     /// Allow webhook deliveries to loopback, private and other non-global addresses.
     webhook_allow_private_targets: bool = false,
+    /// Longest one webhook delivery attempt may take (a 2xx within it is delivered).
+    webhook_timeout: Duration = "10s",
+    /// The wait before a failed delivery's second attempt; each next one waits twice as long.
+    webhook_retry_base: Duration = "30s",
+    /// Attempts of one delivery before it is `failed`.
+    webhook_max_attempts: u32 = 8,
+    /// Delivery attempts one process makes at once.
+    webhook_concurrency: usize = 16,
+    /// Attempts in flight at once to one endpoint, across processes.
+    webhook_endpoint_concurrency: u32 = 2,
 }
 
 /// How a setting's type is read: from which raw (deserialisable) form, converted how.
@@ -677,6 +687,14 @@ impl Settings {
                 "PAYMENT_PROVIDER_TIMEOUT and STRIPE_WEBHOOK_TOLERANCE: must be greater than zero".to_owned(),
             );
         }
+        if self.webhook_timeout.is_zero()
+            || self.webhook_retry_base.is_zero()
+            || self.webhook_max_attempts == 0
+            || self.webhook_concurrency == 0
+            || self.webhook_endpoint_concurrency == 0
+        {
+            p.push("WEBHOOK_TIMEOUT, WEBHOOK_RETRY_BASE, WEBHOOK_MAX_ATTEMPTS, WEBHOOK_CONCURRENCY and WEBHOOK_ENDPOINT_CONCURRENCY: must be greater than zero".to_owned());
+        }
         if self.webhook_secrets_key.is_some() && self.webhook_key().is_none() {
             p.push(
                 "WEBHOOK_SECRETS_KEY: must be 32 bytes, as 64 hex characters or base64 (e.g. `openssl rand -hex 32`)"
@@ -757,7 +775,10 @@ impl Settings {
         let bytes = if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_hexdigit()) {
             hex::decode(&raw).ok()?
         } else {
-            general_purpose::STANDARD.decode(&raw).or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(&raw)).ok()?
+            general_purpose::STANDARD
+                .decode(&raw)
+                .or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(&raw))
+                .ok()?
         };
         bytes.try_into().ok()
     }

@@ -14,8 +14,10 @@ pub const EMAILS: &str = "emails";
 pub const REPORTS: &str = "reports";
 /// Queue of calls to the payment provider (refunds, intent cancels).
 pub const PAYMENTS: &str = "payments";
+/// Queue of webhook delivery attempts (one attempt per job).
+pub const WEBHOOKS: &str = "webhooks";
 /// Every queue, in the order the job workers are started.
-pub const QUEUES: &[&str] = &[EMAILS, REPORTS, PAYMENTS];
+pub const QUEUES: &[&str] = &[EMAILS, REPORTS, PAYMENTS, WEBHOOKS];
 
 /// Every job a business change can cause.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +45,8 @@ pub enum Job {
     Report { report_id: Uuid },
     /// Telling the requester their report is ready.
     ReportReady { report_id: Uuid },
+    /// Attempt number `attempt` of a webhook delivery.
+    WebhookAttempt { delivery_id: Uuid, attempt: i32 },
 }
 
 impl Job {
@@ -51,6 +55,7 @@ impl Job {
         match self {
             Self::Report { .. } => REPORTS,
             Self::Refund { .. } | Self::CancelIntent { .. } => PAYMENTS,
+            Self::WebhookAttempt { .. } => WEBHOOKS,
             _ => EMAILS,
         }
     }
@@ -68,6 +73,7 @@ impl Job {
             Self::VerifyEmail { .. } => "verify-email",
             Self::Report { .. } => "report",
             Self::ReportReady { .. } => "report-ready",
+            Self::WebhookAttempt { .. } => "webhook-attempt",
         }
     }
 
@@ -87,6 +93,9 @@ impl Job {
                 json!({"orderId": order_id, "userId": user_id, "reason": reason})
             }
             Self::Report { report_id } | Self::ReportReady { report_id } => json!({"reportId": report_id}),
+            Self::WebhookAttempt { delivery_id, attempt } => {
+                json!({"deliveryId": delivery_id, "attempt": attempt})
+            }
         }
     }
 }

@@ -25,3 +25,4 @@ mod reports;
 mod server;
 mod users;
 mod verification;
+mod webhooks;

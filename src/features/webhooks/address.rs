@@ -64,24 +64,24 @@ fn in_v4(ip: Ipv4Addr, net: [u8; 4], prefix: u32) -> bool {
 fn classify_v4(ip: Ipv4Addr) -> Result<(), Refusal> {
     use Refusal::*;
     const TABLE: &[([u8; 4], u32, Refusal)] = &[
-        ([0, 0, 0, 0], 8, Unspecified),       // "this network"
-        ([10, 0, 0, 0], 8, Private),          // RFC 1918
+        ([0, 0, 0, 0], 8, Unspecified),            // "this network"
+        ([10, 0, 0, 0], 8, Private),               // RFC 1918
         ([100, 64, 0, 0], 10, SharedAddressSpace), // RFC 6598
         ([127, 0, 0, 0], 8, Loopback),
-        ([169, 254, 0, 0], 16, LinkLocal),    // includes 169.254.169.254
+        ([169, 254, 0, 0], 16, LinkLocal), // includes 169.254.169.254
         ([172, 16, 0, 0], 12, Private),
-        ([192, 0, 0, 0], 24, ProtocolAssignment), // RFC 6890
-        ([192, 0, 2, 0], 24, Documentation),  // TEST-NET-1
+        ([192, 0, 0, 0], 24, ProtocolAssignment),    // RFC 6890
+        ([192, 0, 2, 0], 24, Documentation),         // TEST-NET-1
         ([192, 31, 196, 0], 24, ProtocolAssignment), // AS112-v4
         ([192, 52, 193, 0], 24, ProtocolAssignment), // AMT
-        ([192, 88, 99, 0], 24, Reserved),     // deprecated 6to4 relay anycast
+        ([192, 88, 99, 0], 24, Reserved),            // deprecated 6to4 relay anycast
         ([192, 168, 0, 0], 16, Private),
         ([192, 175, 48, 0], 24, ProtocolAssignment), // direct delegation AS112
-        ([198, 18, 0, 0], 15, Benchmarking),  // RFC 2544
-        ([198, 51, 100, 0], 24, Documentation), // TEST-NET-2
-        ([203, 0, 113, 0], 24, Documentation), // TEST-NET-3
+        ([198, 18, 0, 0], 15, Benchmarking),         // RFC 2544
+        ([198, 51, 100, 0], 24, Documentation),      // TEST-NET-2
+        ([203, 0, 113, 0], 24, Documentation),       // TEST-NET-3
         ([224, 0, 0, 0], 4, Multicast),
-        ([240, 0, 0, 0], 4, Reserved),        // includes 255.255.255.255
+        ([240, 0, 0, 0], 4, Reserved), // includes 255.255.255.255
     ];
     match TABLE.iter().find(|(net, prefix, _)| in_v4(ip, *net, *prefix)) {
         Some((_, _, refusal)) => Err(*refusal),
@@ -153,7 +153,8 @@ mod tests {
 
     #[test]
     fn public_addresses_pass() {
-        for ok in ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700::6810:84e5", "2a00:1450:4001:82b::200e"] {
+        for ok in ["8.8.8.8", "1.1.1.1", "93.184.215.14", "2606:4700::6810:84e5", "2a00:1450:4001:82b::200e"]
+        {
             assert_eq!(refused(ok), None, "{ok}");
         }
     }

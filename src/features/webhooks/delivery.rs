@@ -40,11 +40,23 @@ pub async fn attempt(rules: AttemptRules, url: &str, id: &str, keys: &[Vec<u8>],
     let (domain, addrs): (Option<String>, Vec<SocketAddr>) = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),
         Some(url::Host::Ipv6(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),
-        Some(url::Host::Domain(d)) => match tokio::time::timeout(rules.timeout, tokio::net::lookup_host((d, port))).await {
-            Ok(Ok(found)) => (Some(d.to_owned()), found.collect()),
-            Ok(Err(e)) => return Outcome::Failed { status: None, error: format!("resolving the host failed: {e}") },
-            Err(_) => return Outcome::Failed { status: None, error: "resolving the host timed out".to_owned() },
-        },
+        Some(url::Host::Domain(d)) => {
+            match tokio::time::timeout(rules.timeout, tokio::net::lookup_host((d, port))).await {
+                Ok(Ok(found)) => (Some(d.to_owned()), found.collect()),
+                Ok(Err(e)) => {
+                    return Outcome::Failed {
+                        status: None,
+                        error: format!("resolving the host failed: {e}"),
+                    };
+                }
+                Err(_) => {
+                    return Outcome::Failed {
+                        status: None,
+                        error: "resolving the host timed out".to_owned(),
+                    };
+                }
+            }
+        }
         None => return Outcome::Refused { error: "the endpoint's URL has no host".to_owned() },
     };
     if addrs.is_empty() {
@@ -65,7 +77,9 @@ pub async fn attempt(rules: AttemptRules, url: &str, id: &str, keys: &[Vec<u8>],
     };
     let client = match builder.build() {
         Ok(c) => c,
-        Err(e) => return Outcome::Failed { status: None, error: format!("building the HTTP client failed: {e}") },
+        Err(e) => {
+            return Outcome::Failed { status: None, error: format!("building the HTTP client failed: {e}") };
+        }
     };
     let timestamp = chrono::Utc::now().timestamp();
     let sent = client
@@ -79,8 +93,15 @@ pub async fn attempt(rules: AttemptRules, url: &str, id: &str, keys: &[Vec<u8>],
         .await;
     let mut response = match sent {
         Ok(r) => r,
-        Err(e) if e.is_timeout() => return Outcome::Failed { status: None, error: "no answer within the timeout".to_owned() },
-        Err(e) if e.is_connect() => return Outcome::Failed { status: None, error: "the connection was refused or failed".to_owned() },
+        Err(e) if e.is_timeout() => {
+            return Outcome::Failed { status: None, error: "no answer within the timeout".to_owned() };
+        }
+        Err(e) if e.is_connect() => {
+            return Outcome::Failed {
+                status: None,
+                error: "the connection was refused or failed".to_owned(),
+            };
+        }
         Err(e) => return Outcome::Failed { status: None, error: format!("sending failed: {e}") },
     };
     let status = response.status().as_u16();

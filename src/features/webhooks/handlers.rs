@@ -78,7 +78,8 @@ pub async fn list_endpoints(
     const LIST: &str = "webhook-endpoints";
     let after = cursors.start::<(DateTime<Utc>, Uuid)>(LIST, &(), &page)?;
     let (rows, total) = webhooks.list(&page, after).await?;
-    let (rows, next) = split_page(rows, page.limit, |last| cursors.encode(LIST, &(), &(last.created_at, last.id)));
+    let (rows, next) =
+        split_page(rows, page.limit, |last| cursors.encode(LIST, &(), &(last.created_at, last.id)));
     Ok(ApiList::new(rows, Pagination::of(&page, total).next(next)).linked(&uri))
 }
 

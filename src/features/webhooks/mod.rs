@@ -1,9 +1,12 @@
 //! Outbound webhooks: other systems follow every order, signed to the Standard Webhooks
-//! specification. Work in progress on this branch: see WEBHOOKS-PLAN.md.
+//! specification. Each change an order's history records that is one of the six events
+//! becomes a webhook event in the change's transaction (a trigger on the history), with
+//! one delivery per endpoint subscribed; deliveries are made by the `webhooks` queue.
 
 mod address;
 mod delivery;
 mod handlers;
+mod jobs;
 mod repository;
 mod routes;
 mod secrets;
@@ -11,6 +14,8 @@ mod service;
 mod signature;
 mod types;
 
+pub use delivery::AttemptRules;
+pub use jobs::{RetryRules, WebhookJobs, dispatch};
 pub use routes::router;
 pub use secrets::SecretBox;
 pub use service::WebhookService;

@@ -150,33 +150,107 @@ pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<
         .map(|r| r.rows_affected() == 1)
 }
 
-/// Writes event `id` of `kind` with `body`, and one pending delivery for every endpoint
-/// enabled and subscribed to `kind` now, in the caller's transaction. Nothing is written
-/// when no endpoint follows `kind`. How many deliveries.
-pub async fn record_event(
+/// Claims up to `batch` due deliveries, at most `per_endpoint` in flight per endpoint
+/// (counting those already leased), leasing each for `lease_secs`; their ids and the
+/// number of the attempt each is about to make. The caller holds the dispatch lock.
+pub async fn claim_due(
     db: impl PgExecutor<'_>,
-    id: Uuid,
-    kind: &str,
-    body: &serde_json::Value,
-) -> sqlx::Result<i64> {
+    per_endpoint: i64,
+    batch: i64,
+    lease_secs: f64,
+) -> sqlx::Result<Vec<(Uuid, i32)>> {
+    let rows = sqlx::query!(
+        r#"with busy as (
+               select endpoint_id, count(*) as n from webhook_deliveries
+               where status = 'pending' and leased_until > now() group by endpoint_id),
+           due as (
+               select d.id, d.endpoint_id,
+                      row_number() over (partition by d.endpoint_id order by d.next_attempt_at, d.id) as rn
+               from webhook_deliveries d
+               where d.status = 'pending' and d.next_attempt_at <= now()
+                 and (d.leased_until is null or d.leased_until <= now())
+               order by d.next_attempt_at limit $2)
+           update webhook_deliveries w set leased_until = now() + make_interval(secs => $3)
+           from due left join busy using (endpoint_id)
+           where w.id = due.id and due.rn + coalesce(busy.n, 0) <= $1
+           returning w.id, w.attempts + 1 as "attempt!""#,
+        per_endpoint,
+        batch,
+        lease_secs
+    )
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.attempt)).collect())
+}
+
+/// Takes the transaction-scoped lock that makes one process at a time dispatch.
+pub async fn try_dispatch_lock(db: impl PgExecutor<'_>) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
-        r#"with targets as (
-               select id from webhook_endpoints where enabled and $2 = any(events)),
-           event as (
-               insert into webhook_events (id, type, body)
-               select $1, $2, $3 where exists (select 1 from targets)
-               returning id),
-           deliveries as (
-               insert into webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
-               select gen_random_uuid(), t.id, e.id, now() from targets t cross join event e
-               returning 1)
-           select count(*) as "n!" from deliveries"#,
-        id,
-        kind,
-        body
+        r#"select pg_try_advisory_xact_lock(hashtextextended('webhook-dispatch', 0)) as "got!""#
     )
     .fetch_one(db)
     .await
+}
+
+/// What an attempt needs: the delivery, its endpoint and its event.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub delivery_id: Uuid,
+    pub endpoint_id: Uuid,
+    pub event_id: Uuid,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub url: String,
+    pub secret_sealed: Vec<u8>,
+    pub previous_sealed: Option<Vec<u8>>,
+    pub previous_until: Option<DateTime<Utc>>,
+    pub body: serde_json::Value,
+}
+
+pub async fn load_attempt(db: impl PgExecutor<'_>, delivery: Uuid) -> sqlx::Result<Option<AttemptRow>> {
+    sqlx::query_as!(
+        AttemptRow,
+        r#"select d.id as delivery_id, d.endpoint_id, d.event_id, d.status as "status: DeliveryStatus",
+                  d.attempts, e.url, e.secret_sealed, e.previous_sealed, e.previous_until, ev.body
+           from webhook_deliveries d
+           join webhook_endpoints e on e.id = d.endpoint_id
+           join webhook_events ev on ev.id = d.event_id
+           where d.id = $1"#,
+        delivery
+    )
+    .fetch_optional(db)
+    .await
+}
+
+/// Records attempt number `attempt` of `delivery`: its answer, and what comes next
+/// (`delivered`, `failed`, or `pending` again at `next_attempt_at`). Nothing changes when
+/// another attempt already counted (a duplicate job).
+#[allow(clippy::too_many_arguments)]
+pub async fn record_attempt(
+    db: impl PgExecutor<'_>,
+    delivery: Uuid,
+    attempt: i32,
+    status: DeliveryStatus,
+    status_code: Option<i32>,
+    error: Option<&str>,
+    next_attempt_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<bool> {
+    sqlx::query!(
+        "update webhook_deliveries set
+             attempts = $2, status = $3, last_status_code = $4, last_error = left($5, 500),
+             next_attempt_at = $6, leased_until = null,
+             delivered_at = case when $3 = 'delivered'::webhook_delivery_status then now() end
+         where id = $1 and attempts = $2 - 1 and status = 'pending'",
+        delivery,
+        attempt,
+        status as DeliveryStatus,
+        status_code,
+        error,
+        next_attempt_at
+    )
+    .execute(db)
+    .await
+    .map(|r| r.rows_affected() == 1)
 }
 
 /// A delivery as listed.

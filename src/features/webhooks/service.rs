@@ -31,13 +31,20 @@ pub struct WebhookService {
 }
 
 fn no_key(e: SecretError) -> AppError {
-    AppError::ServiceUnavailable("webhook secrets cannot be stored: WEBHOOK_SECRETS_KEY is not set".to_owned())
-        .because(e)
+    AppError::ServiceUnavailable(
+        "webhook secrets cannot be stored: WEBHOOK_SECRETS_KEY is not set".to_owned(),
+    )
+    .because(e)
 }
 
 impl WebhookService {
     pub fn new(db: PgPool, secrets: SecretBox, rules: UrlRules) -> Self {
         Self { db, secrets, rules }
+    }
+
+    /// The key the endpoints' secrets are sealed with (the delivery jobs open them).
+    pub fn secrets(&self) -> SecretBox {
+        self.secrets.clone()
     }
 
     fn url(&self, raw: &str) -> AppResult<String> {
@@ -65,13 +72,16 @@ impl WebhookService {
         let sealed = self.secrets.seal(id, &secret).map_err(no_key)?;
         let events = event_set(&body.events);
         let row =
-            repository::insert_endpoint(&self.db, id, &url, &events, body.description.as_deref(), &sealed).await?;
+            repository::insert_endpoint(&self.db, id, &url, &events, body.description.as_deref(), &sealed)
+                .await?;
         tracing::info!(webhook.endpoint = %id, "webhook endpoint created");
         Ok(Self::response(row, Some(secret)))
     }
 
     pub async fn get(&self, id: Uuid) -> AppResult<EndpointResponse> {
-        let row = repository::find_endpoint(&self.db, id).await?.ok_or_else(|| AppError::not_found("webhook endpoint"))?;
+        let row = repository::find_endpoint(&self.db, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("webhook endpoint"))?;
         Ok(Self::response(row, None))
     }
 
@@ -95,9 +105,16 @@ impl WebhookService {
         let url = body.url.as_deref().map(|u| self.url(u)).transpose()?;
         let events = body.events.as_deref().map(event_set);
         let description = body.description.as_ref().map(|d| d.as_deref());
-        let row = repository::update_endpoint(&self.db, id, url.as_deref(), events.as_deref(), description, body.enabled)
-            .await?
-            .ok_or_else(|| AppError::not_found("webhook endpoint"))?;
+        let row = repository::update_endpoint(
+            &self.db,
+            id,
+            url.as_deref(),
+            events.as_deref(),
+            description,
+            body.enabled,
+        )
+        .await?
+        .ok_or_else(|| AppError::not_found("webhook endpoint"))?;
         Ok(Self::response(row, None))
     }
 
@@ -113,14 +130,18 @@ impl WebhookService {
     pub async fn rotate(&self, id: Uuid, body: &RotateSecretRequest) -> AppResult<EndpointResponse> {
         let grace = body.grace_seconds.unwrap_or(DEFAULT_GRACE_SECS);
         let mut tx = self.db.begin().await?;
-        let current =
-            repository::find_endpoint(&mut *tx, id).await?.ok_or_else(|| AppError::not_found("webhook endpoint"))?;
+        let current = repository::find_endpoint(&mut *tx, id)
+            .await?
+            .ok_or_else(|| AppError::not_found("webhook endpoint"))?;
         let secret = signature::new_secret();
         let sealed = self.secrets.seal(id, &secret).map_err(no_key)?;
         let (previous, until) = if grace == 0 {
             (None, None)
         } else {
-            (Some(current.secret_sealed.as_slice()), Some(Utc::now() + chrono::Duration::seconds(i64::from(grace))))
+            (
+                Some(current.secret_sealed.as_slice()),
+                Some(Utc::now() + chrono::Duration::seconds(i64::from(grace))),
+            )
         };
         let row = repository::rotate_secret(&mut *tx, id, &sealed, previous, until)
             .await?
@@ -140,8 +161,15 @@ impl WebhookService {
         if repository::find_endpoint(&self.db, endpoint).await?.is_none() {
             return Err(AppError::not_found("webhook endpoint"));
         }
-        Ok(repository::list_deliveries(&self.db, endpoint, filter.status, i64::from(page.limit) + 1, page.offset(), after)
-            .await?)
+        Ok(repository::list_deliveries(
+            &self.db,
+            endpoint,
+            filter.status,
+            i64::from(page.limit) + 1,
+            page.offset(),
+            after,
+        )
+        .await?)
     }
 
     pub async fn retry(&self, endpoint: Uuid, delivery: Uuid) -> AppResult<()> {

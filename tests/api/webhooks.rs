@@ -1,0 +1,256 @@
+//! Outbound webhooks end to end: a receiver on loopback (the test's own axum server)
+//! records what it is sent; orders placed and changed through the API reach it, signed.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, body::Bytes, http::HeaderMap, routing::post};
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::{
+    helpers::{TestApp, expect_error, send},
+    mail::SmtpServer,
+};
+
+const ENDPOINTS: &str = "/api/v1/webhook-endpoints";
+
+/// What the receiver got: headers and body of each POST.
+type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
+
+/// A receiver on a free loopback port answering `status`; its URL and what it received.
+async fn receiver(status: u16) -> (String, Received) {
+    let received: Received = Arc::default();
+    let store = received.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push((headers, body));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+async fn wait_for(received: &Received, n: usize) -> Vec<(HeaderMap, Bytes)> {
+    let started = Instant::now();
+    loop {
+        let got = received.lock().unwrap().clone();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{} of {n} deliveries arrived", got.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use hmac::{KeyInit, Mac};
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let id = headers["webhook-id"].to_str().unwrap();
+    let ts = headers["webhook-timestamp"].to_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+    headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
+}
+
+async fn mailing_app(pool: PgPool, smtp: &SmtpServer) -> TestApp {
+    TestApp::spawn_mailing(pool, smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = true;
+        s.webhook_retry_base = Duration::from_millis(200);
+        s.webhook_max_attempts = 3;
+        s.webhook_timeout = Duration::from_secs(2);
+    })
+    .await
+}
+
+#[sqlx::test]
+async fn order_events_reach_a_subscribed_endpoint_signed(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool, &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (url, received) = receiver(204).await;
+    let (status, headers, endpoint) =
+        send(app.authed(Method::POST, ENDPOINTS, &admin.token).json(
+            &json!({"url": url, "events": ["order.created", "order.paid"], "description": "fulfilment"}),
+        ))
+        .await;
+    assert_eq!(status, 201, "{endpoint}");
+    let id = endpoint["data"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(headers["location"], format!("/api/v1/webhook-endpoints/{id}"));
+    let secret = endpoint["data"]["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    // Never shown again.
+    let (_, _, got) = send(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}"), &admin.token)).await;
+    assert!(got["data"].get("secret").is_none(), "{got}");
+    let stored: Vec<u8> = sqlx::query_scalar("select secret_sealed from webhook_endpoints")
+        .fetch_one(&app.state.db)
+        .await
+        .unwrap();
+    assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()), "stored sealed");
+
+    let mug = app.product().price_cents(500).stock(5).create().await;
+    let (status, _, order) = send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 2}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    let order_id = order["data"]["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/orders/{order_id}/status");
+    assert_eq!(
+        send(app.authed(Method::PATCH, &path, &admin.token).json(&json!({"status": "paid"}))).await.0,
+        200
+    );
+    // Shipped is not subscribed: only two deliveries.
+    assert_eq!(
+        send(app.authed(Method::PATCH, &path, &admin.token).json(&json!({"status": "shipped"}))).await.0,
+        200
+    );
+
+    let got = wait_for(&received, 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(received.lock().unwrap().len(), 2, "shipped was not subscribed");
+    let mut types = Vec::new();
+    for (headers, body) in &got {
+        assert!(verify(&secret, headers, body), "signature");
+        assert_eq!(headers["content-type"], "application/json");
+        let event: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(event["data"]["id"], order_id.as_str());
+        assert_eq!(event["data"]["totalCents"], 1000);
+        types.push((
+            event["type"].as_str().unwrap().to_owned(),
+            event["data"]["status"].as_str().unwrap().to_owned(),
+        ));
+    }
+    types.sort();
+    assert_eq!(
+        types,
+        [("order.created".to_owned(), "pending".to_owned()), ("order.paid".to_owned(), "paid".to_owned())]
+    );
+
+    // The deliveries, listed.
+    let (_, _, list) =
+        send(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}/deliveries"), &admin.token)).await;
+    let statuses: Vec<&str> =
+        list["data"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["delivered", "delivered"], "{list}");
+}
+
+#[sqlx::test]
+async fn a_failing_receiver_is_retried_then_failed_and_can_be_retried_by_hand(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool, &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (url, received) = receiver(500).await;
+    let (_, _, endpoint) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": url, "events": ["order.created"]})),
+    )
+    .await;
+    let id = endpoint["data"]["id"].as_str().unwrap().to_owned();
+    let mug = app.product().price_cents(500).stock(5).create().await;
+    send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
+    )
+    .await;
+    // Three attempts (WEBHOOK_MAX_ATTEMPTS), the same webhook-id each time.
+    let got = wait_for(&received, 3).await;
+    let ids: Vec<&str> = got.iter().map(|(h, _)| h["webhook-id"].to_str().unwrap()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
+    let started = Instant::now();
+    let delivery = loop {
+        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
+        if list["data"][0]["status"] == "failed" {
+            break list["data"][0].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivery["attempts"], 3);
+    assert_eq!(delivery["lastStatusCode"], 500);
+    // Retried by hand: three more attempts.
+    let retry = format!("{deliveries}/{}/retry", delivery["id"].as_str().unwrap());
+    assert_eq!(send(app.authed(Method::POST, &retry, &admin.token)).await.0, 202);
+    wait_for(&received, 4).await;
+    expect_error(
+        app.authed(Method::POST, &format!("{deliveries}/{}/retry", uuid::Uuid::new_v4()), &admin.token),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+}
+
+#[sqlx::test]
+async fn endpoint_urls_and_events_are_checked_and_only_admins_manage_them(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    for (body, field) in [
+        (json!({"url": "http://hooks.example.com/x", "events": ["order.paid"]}), "url"),
+        (json!({"url": "https://127.0.0.1/x", "events": ["order.paid"]}), "url"),
+        (json!({"url": "https://[::ffff:169.254.169.254]/x", "events": ["order.paid"]}), "url"),
+        (json!({"url": "https://hooks.example.com/x", "events": []}), "events"),
+        (
+            json!({"url": "https://hooks.example.com/x", "events": ["order.paid", "order.teleported"]}),
+            "events[1]",
+        ),
+    ] {
+        let err = expect_error(
+            app.authed(Method::POST, ENDPOINTS, &admin.token).json(&body),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        assert!(err["error"]["fields"][field].is_array(), "{body}: {err}");
+    }
+    expect_error(
+        app.authed(Method::POST, ENDPOINTS, &ann.token)
+            .json(&json!({"url": "https://hooks.example.com/x", "events": ["order.paid"]})),
+        403,
+        "FORBIDDEN",
+    )
+    .await;
+    let (status, _, created) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": "https://hooks.example.com/x", "events": ["order.paid"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap();
+    let (status, _, rotated) = send(
+        app.authed(Method::POST, &format!("{ENDPOINTS}/{id}/rotate-secret"), &admin.token)
+            .json(&json!({"graceSeconds": 60})),
+    )
+    .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["data"]["secret"], created["data"]["secret"]);
+    let (status, _, patched) = send(
+        app.authed(Method::PATCH, &format!("{ENDPOINTS}/{id}"), &admin.token)
+            .json(&json!({"enabled": false, "description": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["data"]["enabled"], false);
+    let (_, _, list) = send(app.authed(Method::GET, ENDPOINTS, &admin.token)).await;
+    assert_eq!(list["pagination"]["total"], 1);
+    assert_eq!(send(app.authed(Method::DELETE, &format!("{ENDPOINTS}/{id}"), &admin.token)).await.0, 204);
+    expect_error(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}"), &admin.token), 404, "NOT_FOUND").await;
+}
