@@ -66,6 +66,35 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     headers["webhook-signature"].to_str().unwrap().split(' ').any(|s| s == expected)
 }
 
+/// Whether the Standard Webhooks reference library (Python) accepts the delivery as signed
+/// by `secret`.
+fn standard_verifier_accepts(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/openapi-venv/bin/python");
+    assert!(python.exists(), "run scripts/openapi-check --install-only first (scripts/test does)");
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import sys\nfrom standardwebhooks import Webhook\n\
+             h = {'webhook-id': sys.argv[2], 'webhook-timestamp': sys.argv[3], 'webhook-signature': sys.argv[4]}\n\
+             Webhook(sys.argv[1]).verify(sys.stdin.buffer.read(), h)\nprint('ok')",
+            secret,
+            headers["webhook-id"].to_str().unwrap(),
+            headers["webhook-timestamp"].to_str().unwrap(),
+            headers["webhook-signature"].to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    out.status.success() && out.stdout.starts_with(b"ok")
+}
+
 async fn mailing_app(pool: PgPool, smtp: &SmtpServer) -> TestApp {
     TestApp::spawn_mailing(pool, smtp, |s| {
         s.webhook_allow_http = true;
@@ -128,6 +157,11 @@ async fn order_events_reach_a_subscribed_endpoint_signed(pool: PgPool) {
     let mut types = Vec::new();
     for (headers, body) in &got {
         assert!(verify(&secret, headers, body), "signature");
+        assert!(
+            standard_verifier_accepts(&secret, headers, body),
+            "the Standard Webhooks library verifies it"
+        );
+        assert!(!standard_verifier_accepts(&other_secret(), headers, body), "and not with another secret");
         assert_eq!(headers["content-type"], "application/json");
         let event: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(event["data"]["id"], order_id.as_str());
@@ -253,4 +287,59 @@ async fn endpoint_urls_and_events_are_checked_and_only_admins_manage_them(pool: 
     assert_eq!(list["pagination"]["total"], 1);
     assert_eq!(send(app.authed(Method::DELETE, &format!("{ENDPOINTS}/{id}"), &admin.token)).await.0, 204);
     expect_error(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}"), &admin.token), 404, "NOT_FOUND").await;
+}
+
+fn other_secret() -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    format!("whsec_{}", STANDARD.encode([9u8; 32]))
+}
+
+#[sqlx::test]
+async fn during_a_rotations_grace_both_secrets_verify(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool, &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (url, received) = receiver(200).await;
+    let (_, _, created) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": url, "events": ["order.created"]})),
+    )
+    .await;
+    let id = created["data"]["id"].as_str().unwrap().to_owned();
+    let old = created["data"]["secret"].as_str().unwrap().to_owned();
+    let (_, _, rotated) = send(
+        app.authed(Method::POST, &format!("{ENDPOINTS}/{id}/rotate-secret"), &admin.token)
+            .json(&json!({"graceSeconds": 3600})),
+    )
+    .await;
+    let new = rotated["data"]["secret"].as_str().unwrap().to_owned();
+    let mug = app.product().price_cents(500).stock(5).create().await;
+    send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
+    )
+    .await;
+    let got = wait_for(&received, 1).await;
+    let (headers, body) = &got[0];
+    assert_eq!(headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
+    assert!(standard_verifier_accepts(&new, headers, body), "the new secret verifies");
+    assert!(standard_verifier_accepts(&old, headers, body), "the old one too, during the grace");
+    // A rotation without grace: the old secret stops at once.
+    let (_, _, again) = send(
+        app.authed(Method::POST, &format!("{ENDPOINTS}/{id}/rotate-secret"), &admin.token)
+            .json(&json!({"graceSeconds": 0})),
+    )
+    .await;
+    let newest = again["data"]["secret"].as_str().unwrap().to_owned();
+    send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
+    )
+    .await;
+    let got = wait_for(&received, 2).await;
+    let (headers, body) =
+        got.iter().find(|(h, _)| h["webhook-signature"].to_str().unwrap().split(' ').count() == 1).unwrap();
+    assert!(standard_verifier_accepts(&newest, headers, body));
+    assert!(!standard_verifier_accepts(&new, headers, body));
 }
