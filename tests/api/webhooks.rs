@@ -343,3 +343,98 @@ async fn during_a_rotations_grace_both_secrets_verify(pool: PgPool) {
     assert!(standard_verifier_accepts(&newest, headers, body));
     assert!(!standard_verifier_accepts(&new, headers, body));
 }
+
+#[sqlx::test]
+async fn a_host_resolving_to_loopback_fails_at_once_and_redirects_are_not_followed(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = TestApp::spawn_mailing(pool, &smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = false;
+        s.webhook_retry_base = Duration::from_millis(200);
+        s.webhook_max_attempts = 3;
+    })
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (url, received) = receiver(204).await;
+    // The receiver's own address, spelled as a name that resolves to it.
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let (status, _, endpoint) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": by_name, "events": ["order.created"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "a name is judged when it is resolved: {endpoint}");
+    let id = endpoint["data"]["id"].as_str().unwrap().to_owned();
+    // A literal loopback address is refused at once.
+    expect_error(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": url, "events": ["order.created"]})),
+        400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    let mug = app.product().price_cents(500).stock(5).create().await;
+    send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
+    )
+    .await;
+    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
+    let started = Instant::now();
+    let delivery = loop {
+        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
+        if list["data"][0]["status"] == "failed" {
+            break list["data"][0].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(delivery["attempts"], 1, "a forbidden address is not retried: {delivery}");
+    assert!(delivery["lastError"].as_str().unwrap().contains("loopback"), "{delivery}");
+    assert!(received.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
+}
+
+#[sqlx::test]
+async fn a_redirect_is_not_followed(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool, &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (target, received) = receiver(204).await;
+    // A receiver that redirects every delivery to another loopback receiver.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirecting = format!("http://{}/hook", listener.local_addr().unwrap());
+    let to = target.clone();
+    let router = Router::new().route(
+        "/hook",
+        post(move || {
+            let to = to.clone();
+            async move { (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, to)]) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (_, _, endpoint) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": redirecting, "events": ["order.created"]})),
+    )
+    .await;
+    let id = endpoint["data"]["id"].as_str().unwrap().to_owned();
+    let mug = app.product().price_cents(500).stock(5).create().await;
+    send(
+        app.authed(Method::POST, "/api/v1/orders", &ann.token)
+            .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
+    )
+    .await;
+    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
+    let started = Instant::now();
+    loop {
+        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
+        if list["data"][0]["lastStatusCode"] == 307 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(received.lock().unwrap().is_empty(), "the redirect's target got nothing");
+}
