@@ -193,6 +193,7 @@ fn webhook_jobs(state: &AppState) -> features::webhooks::WebhookJobs {
         features::webhooks::AttemptRules {
             timeout: c.webhook_timeout,
             allow_private: c.webhook_allow_private_targets,
+            loopback_only: c.webhook_loopback_only,
         },
         features::webhooks::RetryRules {
             base: c.webhook_retry_base,

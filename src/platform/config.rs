@@ -230,6 +230,9 @@ settings! {
     webhook_concurrency: usize = 16,
     /// Attempts in flight at once to one endpoint, across processes.
     webhook_endpoint_concurrency: u32 = 2,
+    /// Deliver webhooks to loopback addresses only, refusing any other loudly (the test
+    /// suite's guard: no test can send a packet off the machine).
+    webhook_loopback_only: bool = false,
 }
 
 /// How a setting's type is read: from which raw (deserialisable) form, converted how.

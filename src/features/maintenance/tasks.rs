@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::{
-    features::{auth, emails, orders, payments, reports},
+    features::{auth, emails, orders, payments, reports, webhooks},
     platform::{
         config::Settings,
         jobs::{
@@ -35,6 +35,7 @@ pub struct CleanupReport {
     pub sent_emails: u64,
     pub reports: u64,
     pub payment_events: u64,
+    pub webhook_events: u64,
     /// Finished jobs trimmed from Redis (`None`: Redis did not answer; the next run trims).
     pub jobs_done: Option<u64>,
     pub jobs_dead: Option<u64>,
@@ -66,6 +67,7 @@ pub async fn cleanup(
         sent_emails: step("sent_emails", emails::delete_expired(pool)).await,
         reports: step("reports", reports::delete_expired(pool)).await,
         payment_events: step("payment_events", payments::delete_old_events(pool)).await,
+        webhook_events: step("webhook_events", webhooks::delete_old_events(pool)).await,
         jobs_done: None,
         jobs_dead: None,
     };
@@ -96,6 +98,7 @@ pub async fn cleanup(
         deleted.sent_emails = report.sent_emails,
         deleted.reports = report.reports,
         deleted.payment_events = report.payment_events,
+        deleted.webhook_events = report.webhook_events,
         deleted.jobs_done = report.jobs_done,
         deleted.jobs_dead = report.jobs_dead,
         duration_ms = started.elapsed().as_millis() as u64,

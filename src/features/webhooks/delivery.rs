@@ -27,6 +27,8 @@ pub enum Outcome {
 pub struct AttemptRules {
     pub timeout: Duration,
     pub allow_private: bool,
+    /// Refuse every address but loopback (the test suite's guard).
+    pub loopback_only: bool,
 }
 
 /// Sends `body` to `url` as event `id`, signed by every key in `keys`.
@@ -61,6 +63,12 @@ pub async fn attempt(rules: AttemptRules, url: &str, id: &str, keys: &[Vec<u8>],
     };
     if addrs.is_empty() {
         return Outcome::Failed { status: None, error: "the host resolved to no address".to_owned() };
+    }
+    if rules.loopback_only && addrs.iter().any(|a| !a.ip().to_canonical().is_loopback()) {
+        tracing::error!(url, "WEBHOOK_LOOPBACK_ONLY: a delivery to an address off this machine was refused");
+        return Outcome::Refused {
+            error: "WEBHOOK_LOOPBACK_ONLY refuses every address but loopback".to_owned(),
+        };
     }
     if !rules.allow_private {
         for addr in &addrs {

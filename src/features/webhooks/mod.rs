@@ -20,3 +20,13 @@ pub use routes::router;
 pub use secrets::SecretBox;
 pub use service::WebhookService;
 pub use types::UrlRules;
+
+/// How long webhook events (and their deliveries) are kept.
+const EVENT_RETENTION_DAYS: i64 = 30;
+
+/// Nightly cleanup of this feature's tables: events past their retention, their
+/// deliveries with them; how many events.
+pub async fn delete_old_events(pool: &sqlx::PgPool) -> sqlx::Result<u64> {
+    repository::delete_events_before(pool, chrono::Utc::now() - chrono::Duration::days(EVENT_RETENTION_DAYS))
+        .await
+}
