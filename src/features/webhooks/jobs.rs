@@ -18,10 +18,10 @@ use uuid::Uuid;
 
 use super::{
     delivery::{self, AttemptRules, Outcome},
+    domain::DeliveryStatus,
     repository,
     secrets::SecretBox,
     signature,
-    types::DeliveryStatus,
 };
 use crate::{
     platform::jobs::{

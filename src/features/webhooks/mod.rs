@@ -5,6 +5,7 @@
 
 mod address;
 mod delivery;
+mod domain;
 mod handlers;
 mod jobs;
 mod repository;

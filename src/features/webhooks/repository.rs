@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use super::types::DeliveryStatus;
+use super::domain::DeliveryStatus;
 
 /// An endpoint as stored (its secrets sealed).
 #[derive(Debug, Clone)]
@@ -16,8 +16,6 @@ pub struct EndpointRow {
     pub description: Option<String>,
     pub enabled: bool,
     pub secret_sealed: Vec<u8>,
-    pub previous_sealed: Option<Vec<u8>>,
-    pub previous_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -34,7 +32,7 @@ pub async fn insert_endpoint(
         EndpointRow,
         "insert into webhook_endpoints (id, url, events, description, secret_sealed)
          values ($1, $2, $3, $4, $5)
-         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+         returning id, url, events, description, enabled, secret_sealed,
                    created_at, updated_at",
         id,
         url,
@@ -49,7 +47,7 @@ pub async fn insert_endpoint(
 pub async fn find_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<EndpointRow>> {
     sqlx::query_as!(
         EndpointRow,
-        "select id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+        "select id, url, events, description, enabled, secret_sealed,
                 created_at, updated_at
          from webhook_endpoints where id = $1",
         id
@@ -68,7 +66,7 @@ pub async fn list_endpoints(
     let (after_at, after_id) = after.unzip();
     sqlx::query_as!(
         EndpointRow,
-        "select id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+        "select id, url, events, description, enabled, secret_sealed,
                 created_at, updated_at
          from webhook_endpoints
          where ($3::timestamptz is null or (created_at, id) < ($3, $4::uuid))
@@ -104,7 +102,7 @@ pub async fn update_endpoint(
              enabled = coalesce($6, enabled),
              updated_at = now()
          where id = $1
-         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+         returning id, url, events, description, enabled, secret_sealed,
                    created_at, updated_at",
         id,
         url,
@@ -131,7 +129,7 @@ pub async fn rotate_secret(
         "update webhook_endpoints set secret_sealed = $2, previous_sealed = $3, previous_until = $4,
                 updated_at = now()
          where id = $1
-         returning id, url, events, description, enabled, secret_sealed, previous_sealed, previous_until,
+         returning id, url, events, description, enabled, secret_sealed,
                    created_at, updated_at",
         id,
         secret_sealed,

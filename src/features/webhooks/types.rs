@@ -9,6 +9,7 @@ use uuid::Uuid;
 use validator::{Validate, ValidationErrors};
 
 use super::address;
+pub use super::domain::DeliveryStatus;
 use crate::platform::http::{
     error::FieldErrors,
     extract::{double_option, into_validation_errors},
@@ -21,21 +22,21 @@ pub const EVENTS: [&str; 6] =
 /// Longest endpoint URL.
 pub const MAX_URL: usize = 2048;
 
-/// An event type, as the document names them.
+/// A webhook event type, as the document names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
-pub enum EventType {
+pub enum WebhookEventType {
     #[serde(rename = "order.created")]
-    OrderCreated,
+    Created,
     #[serde(rename = "order.paid")]
-    OrderPaid,
+    Paid,
     #[serde(rename = "order.shipped")]
-    OrderShipped,
+    Shipped,
     #[serde(rename = "order.delivered")]
-    OrderDelivered,
+    Delivered,
     #[serde(rename = "order.cancelled")]
-    OrderCancelled,
+    Cancelled,
     #[serde(rename = "order.refunded")]
-    OrderRefunded,
+    Refunded,
 }
 
 /// What the URL rules allow (from the settings).
@@ -106,7 +107,7 @@ pub struct CreateEndpointRequest {
     #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: String,
     /// The events to receive (at least one).
-    #[schema(value_type = Vec<EventType>, min_items = 1, max_items = 6)]
+    #[schema(value_type = Vec<WebhookEventType>, min_items = 1, max_items = 6)]
     pub events: Vec<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
@@ -129,7 +130,7 @@ impl Validate for CreateEndpointRequest {
 pub struct UpdateEndpointRequest {
     #[schema(max_length = 2048, pattern = "^https?://")]
     pub url: Option<String>,
-    #[schema(value_type = Option<Vec<EventType>>, min_items = 1, max_items = 6)]
+    #[schema(value_type = Option<Vec<WebhookEventType>>, min_items = 1, max_items = 6)]
     pub events: Option<Vec<String>>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "double_option")]
@@ -168,7 +169,7 @@ pub struct EndpointResponse {
     pub id: Uuid,
     #[schema(max_length = 2048)]
     pub url: String,
-    #[schema(value_type = Vec<EventType>)]
+    #[schema(value_type = Vec<WebhookEventType>)]
     pub events: Vec<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,
@@ -179,16 +180,6 @@ pub struct EndpointResponse {
     pub secret: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// Delivery states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema, sqlx::Type)]
-#[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "webhook_delivery_status", rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    Pending,
-    Delivered,
-    Failed,
 }
 
 /// Filters of the deliveries list.
@@ -207,7 +198,7 @@ pub struct DeliveryResponse {
     /// The `webhook-id` every attempt carries.
     pub event_id: Uuid,
     #[serde(rename = "type")]
-    #[schema(value_type = EventType)]
+    #[schema(value_type = WebhookEventType)]
     pub kind: String,
     pub status: DeliveryStatus,
     #[schema(minimum = 0, maximum = 100)]
