@@ -56,6 +56,7 @@ enum QueueName {
     Emails,
     Reports,
     Payments,
+    Webhooks,
 }
 
 fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
@@ -63,7 +64,7 @@ fn known_queue(queue: &str) -> Result<(), validator::ValidationError> {
         Ok(())
     } else {
         Err(validator::ValidationError::new("queue")
-            .with_message("must be emails, reports or payments".into()))
+            .with_message("must be emails, reports, payments or webhooks".into()))
     }
 }
 
@@ -75,6 +76,7 @@ enum JobQueue {
     Emails,
     Reports,
     Payments,
+    Webhooks,
 }
 
 /// A retried job's state.

@@ -39,6 +39,13 @@ pub async fn attempt(rules: AttemptRules, url: &str, id: &str, keys: &[Vec<u8>],
     let Some(port) = parsed.port_or_known_default() else {
         return Outcome::Refused { error: "the endpoint's URL has no port".to_owned() };
     };
+    // The guard looks before any lookup: a name other than localhost is not even resolved.
+    if rules.loopback_only && matches!(parsed.host(), Some(url::Host::Domain(d)) if d != "localhost") {
+        tracing::error!(url, "WEBHOOK_LOOPBACK_ONLY: a delivery to a host off this machine was refused");
+        return Outcome::Refused {
+            error: "WEBHOOK_LOOPBACK_ONLY refuses every address but loopback".to_owned(),
+        };
+    }
     let (domain, addrs): (Option<String>, Vec<SocketAddr>) = match parsed.host() {
         Some(url::Host::Ipv4(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),
         Some(url::Host::Ipv6(ip)) => (None, vec![SocketAddr::new(ip.into(), port)]),

@@ -169,7 +169,7 @@ pub struct EndpointResponse {
     pub id: Uuid,
     #[schema(max_length = 2048)]
     pub url: String,
-    #[schema(value_type = Vec<WebhookEventType>)]
+    #[schema(value_type = Vec<WebhookEventType>, min_items = 1, max_items = 6)]
     pub events: Vec<String>,
     #[schema(max_length = 500)]
     pub description: Option<String>,

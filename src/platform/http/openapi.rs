@@ -34,6 +34,7 @@ use crate::platform::http::response::Pagination;
         (name = "orders", description = "Orders and their status machine"),
         (name = "payments", description = "Paying orders through the payment provider, and its webhook"),
         (name = "reports", description = "Sales and inventory CSV reports (admin)"),
+        (name = "webhooks", description = "Outbound webhooks: endpoints that follow order events, and their deliveries (admin)"),
         (name = "admin", description = "Operations for administrators"),
         (name = "health", description = "Liveness and readiness probes"),
     )
@@ -321,7 +322,7 @@ fn header_components() -> Value {
 }
 
 /// Response headers of single operations: `(operationId, status, header, schema)`.
-fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 7] {
+fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 8] {
     // `"<version>"`: a positive i32 in quotes.
     let etag = json!({"type": "string", "minLength": 3, "maxLength": 12, "pattern": "^\"[1-9][0-9]*\"$"});
     let location = |prefix: &str| {
@@ -337,6 +338,7 @@ fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 7]
         ("create_product", "201", "Location", location("/api/v1/products/")),
         ("create_order", "201", "Location", location("/api/v1/orders/")),
         ("create_report", "202", "Location", location("/api/v1/reports/")),
+        ("create_endpoint", "201", "Location", location("/api/v1/webhook-endpoints/")),
         (
             "download_report",
             "200",
