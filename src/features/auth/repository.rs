@@ -38,10 +38,22 @@ pub async fn queue_reset_email(db: impl PgExecutor<'_>, email: &Email) -> sqlx::
     .await
 }
 
-/// Takes the transaction-scoped lock serialising token mints for `user_id`.
-pub async fn lock_reset_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
+/// The kinds of single-use token minted per user, each serialised on its own lock.
+#[derive(Debug, Clone, Copy)]
+pub enum TokenKind {
+    Reset,
+    Verification,
+}
+
+/// Takes the transaction-scoped lock serialising `kind` token mints for `user_id`.
+pub async fn lock_tokens(db: impl PgExecutor<'_>, kind: TokenKind, user_id: Uuid) -> sqlx::Result<()> {
+    let scope = match kind {
+        TokenKind::Reset => "reset-token:",
+        TokenKind::Verification => "verification-token:",
+    };
     sqlx::query!(
-        "select pg_advisory_xact_lock(hashtextextended('reset-token:' || $1::text, 0))",
+        "select pg_advisory_xact_lock(hashtextextended($1 || $2::text, 0))",
+        scope,
         user_id.to_string()
     )
     .execute(db)
@@ -221,17 +233,6 @@ pub async fn delete_spent_verification_tokens(pool: &PgPool) -> sqlx::Result<u64
         )
     })
     .await
-}
-
-/// Takes the transaction-scoped lock serialising verification mints for `user_id`.
-pub async fn lock_verification_tokens(db: impl PgExecutor<'_>, user_id: Uuid) -> sqlx::Result<()> {
-    sqlx::query!(
-        "select pg_advisory_xact_lock(hashtextextended('verification-token:' || $1::text, 0))",
-        user_id.to_string()
-    )
-    .execute(db)
-    .await?;
-    Ok(())
 }
 
 /// Stores a new verification token of `user_id`, superseding its older ones (the newest

@@ -95,7 +95,7 @@ pub async fn mint_token(
     // Serialise mints for this user, so exactly one link stays live. The lock is held
     // while the e-mail is sent; it is not the user-row lock, so sign-ins and refreshes
     // do not wait on an SMTP server.
-    repository::lock_reset_tokens(&mut *conn, user_id).await?;
+    repository::lock_tokens(&mut *conn, repository::TokenKind::Reset, user_id).await?;
     if repository::has_fresh_reset_token(&mut *conn, user_id, KEEP_LINK_SECONDS).await? {
         return Ok(None);
     }

@@ -67,7 +67,7 @@ impl EmailVerificationService {
 pub async fn mint_token(conn: &mut PgConnection, user_id: Uuid) -> sqlx::Result<String> {
     let (token, token_hash) = new_token();
     let expires_at = chrono::Utc::now() + chrono::Duration::hours(TOKEN_TTL_HOURS);
-    repository::lock_verification_tokens(&mut *conn, user_id).await?;
+    repository::lock_tokens(&mut *conn, repository::TokenKind::Verification, user_id).await?;
     repository::replace_verification_token(&mut *conn, user_id, &token_hash, expires_at).await?;
     Ok(token)
 }

@@ -93,9 +93,9 @@ impl WebhookService {
     ) -> AppResult<(Vec<EndpointResponse>, Option<i64>)> {
         let rows =
             repository::list_endpoints(&self.db, i64::from(page.limit) + 1, page.offset(), after).await?;
-        let total = match after {
+        // Page mode counts; cursor mode does not.
+        let total = match page.cursor {
             Some(_) => None,
-            None if page.cursor.is_some() => None,
             None => Some(repository::count_endpoints(&self.db).await?),
         };
         Ok((rows.into_iter().map(|r| Self::response(r, None)).collect(), total))

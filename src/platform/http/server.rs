@@ -12,6 +12,12 @@
 //! - graceful shutdown: on the signal the listener closes, connections finish their
 //!   in-flight requests (kept-alive ones are closed after them), within the drain time.
 //!
+//! No kept crate does this: `axum::serve` builds hyper's connection builder itself (no
+//! timer, so no header-read timeout) and accepts without bound, and tower-http's layers act
+//! per request, after the headers are read. So this is no replacement kept for speed (it
+//! serves requests exactly as `axum::serve` does: the same hyper-util builder, one router
+//! clone per request).
+//!
 //! The connection handling is hyper-util's (the auto builder, HTTP/1 and HTTP/2, and its
 //! graceful-shutdown watcher); this module only loops over `accept`. Exit plan: when
 //! `axum::serve` lets a caller configure hyper's builder and cap connections, it replaces

@@ -2,7 +2,9 @@
 //! per client IP on every route, a strict one per IP on the auth routes, and one per
 //! e-mail address on login attempts. Fixed windows counted with one atomic script call;
 //! answers carry `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset`, and a
-//! refusal is a 429 `RATE_LIMITED` with `Retry-After`.
+//! refusal is a 429 `RATE_LIMITED` with `Retry-After`. Limits on failed attempts (a wrong
+//! password) reserve the attempt before the check and give it back on success
+//! ([`RateLimiter::reserve`]), so parallel attempts cannot outrun the count.
 //!
 //! Redis is never allowed to slow the API down: every call has a budget of
 //! [`REDIS_BUDGET`]; a call over budget or failing counts against a circuit breaker, and
