@@ -52,9 +52,12 @@ pub fn build_router_with(state: AppState, extra: Router<AppState>) -> Router {
 
 /// Every documented route, with the OpenAPI document it generates.
 pub fn openapi_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", features::api_router())
-        .merge(features::ops_router())
+        .merge(features::ops_router());
+    // What a subscribed system receives: the document's `webhooks` section.
+    features::webhooks::describe_deliveries(router.get_openapi_mut());
+    router
 }
 
 /// The OpenAPI document as served at `/api-docs/openapi.json`.
@@ -199,6 +202,7 @@ fn webhook_jobs(state: &AppState) -> features::webhooks::WebhookJobs {
             base: c.webhook_retry_base,
             max_attempts: i32::try_from(c.webhook_max_attempts).unwrap_or(i32::MAX),
         },
+        state.metrics.clone(),
     )
 }
 

@@ -1,7 +1,9 @@
 //! Prometheus metrics, kept in a `prometheus-client` registry: request count and latency
 //! histogram by method, route template and status, requests in flight, database pool
-//! gauges, job durations by queue and kind, e-mails sent and failed by template, and the
-//! gauges read at scrape time ([`Gauges`]: jobs per queue and state, outbox lag).
+//! gauges, job durations by queue and kind, e-mails sent and failed by template, webhook
+//! attempts by outcome and their lag, and the gauges read at scrape time ([`Gauges`]: jobs
+//! per queue and state, outbox lag, dead refunds, webhook deliveries pending and endpoints
+//! failing).
 //!
 //! Served in the OpenMetrics text format by the metrics listener (`METRICS_PORT`, see
 //! [`crate::app`]), never through the API port. The registry is an object, not a global:
@@ -27,6 +29,11 @@ use sqlx::PgPool;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// Upper bounds of the webhook lag buckets, in seconds: from under a second (the
+/// dispatcher's tick) to the day a delivery may spend retrying.
+const LAG_BUCKETS: [f64; 14] =
+    [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 3600.0, 21_600.0, 86_400.0];
 
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
@@ -64,6 +71,11 @@ struct StateLabel {
     state: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
 /// No labels: a family of one series, so a gauge can be left out when its source does
 /// not answer.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,6 +92,10 @@ pub struct Gauges {
     pub outbox_lag_seconds: Option<f64>,
     /// Refunds whose job gave up: money owed to customers that staff must refund by hand.
     pub refunds_dead: Option<i64>,
+    /// Webhook deliveries not yet made (due, in flight or waiting for a retry).
+    pub webhook_deliveries_pending: Option<i64>,
+    /// Webhook endpoints with deliveries waiting for a retry: their last attempt failed.
+    pub webhook_endpoints_failing: Option<i64>,
 }
 
 /// One queue's job counts.
@@ -107,6 +123,10 @@ struct Inner {
     queue_jobs: Family<QueueLabels, Gauge>,
     outbox_lag: Family<NoLabels, Gauge<f64, AtomicU64>>,
     refunds_dead: Family<NoLabels, Gauge>,
+    webhook_deliveries: Family<OutcomeLabel, Counter>,
+    webhook_lag: Histogram,
+    webhook_pending: Family<NoLabels, Gauge>,
+    webhook_failing: Family<NoLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -156,6 +176,30 @@ impl Default for Metrics {
             "Refunds the provider kept refusing for the whole retry window: refund them by hand",
             refunds_dead.clone(),
         );
+        let webhook_deliveries = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retrying (failed, another attempt is due) or failed (given up)",
+            webhook_deliveries.clone(),
+        );
+        let webhook_lag = Histogram::new(LAG_BUCKETS);
+        registry.register(
+            "webhook_delivery_lag_seconds",
+            "Time from the order change that caused a webhook event to the receiver's 2xx, retries included",
+            webhook_lag.clone(),
+        );
+        let webhook_pending = Family::<NoLabels, Gauge>::default();
+        registry.register(
+            "webhook_deliveries_pending",
+            "Webhook deliveries not yet made: due, in flight or waiting for a retry",
+            webhook_pending.clone(),
+        );
+        let webhook_failing = Family::<NoLabels, Gauge>::default();
+        registry.register(
+            "webhook_endpoints_failing",
+            "Webhook endpoints whose last attempt failed and that have deliveries waiting for a retry",
+            webhook_failing.clone(),
+        );
         Self(Arc::new(Inner {
             registry,
             requests,
@@ -168,6 +212,10 @@ impl Default for Metrics {
             queue_jobs,
             outbox_lag,
             refunds_dead,
+            webhook_deliveries,
+            webhook_lag,
+            webhook_pending,
+            webhook_failing,
         }))
     }
 }
@@ -232,6 +280,16 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one webhook delivery attempt by outcome (`delivered`, `retrying`, `failed`).
+    pub fn count_webhook_attempt(&self, outcome: &'static str) {
+        self.0.webhook_deliveries.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    /// Records the time from a webhook event to its delivery.
+    pub fn observe_webhook_lag(&self, lag: Duration) {
+        self.0.webhook_lag.observe(lag.as_secs_f64());
+    }
+
     /// The OpenMetrics text exposition, with the pool and `gauges` read just now.
     pub fn render(&self, pool: &PgPool, gauges: &Gauges) -> String {
         let m = &self.0;
@@ -254,6 +312,15 @@ impl Metrics {
         m.refunds_dead.clear();
         if let Some(n) = gauges.refunds_dead {
             m.refunds_dead.get_or_create(&NoLabels {}).set(n);
+        }
+        for (family, value) in [
+            (&m.webhook_pending, gauges.webhook_deliveries_pending),
+            (&m.webhook_failing, gauges.webhook_endpoints_failing),
+        ] {
+            family.clear();
+            if let Some(n) = value {
+                family.get_or_create(&NoLabels {}).set(n);
+            }
         }
         let mut out = String::with_capacity(8192);
         // Writing to a String cannot fail.
@@ -323,10 +390,15 @@ mod tests {
         m.count_email("welcome", true);
         m.count_email("welcome", false);
         m.count_email("welcome", true);
+        m.count_webhook_attempt("retrying");
+        m.count_webhook_attempt("delivered");
+        m.observe_webhook_lag(Duration::from_millis(700));
         let gauges = Gauges {
             queues: vec![QueueGauge { queue: "emails", pending: 3, running: 1, dead: 2 }],
             outbox_lag_seconds: Some(1.5),
             refunds_dead: Some(2),
+            webhook_deliveries_pending: Some(4),
+            webhook_endpoints_failing: Some(1),
         };
         let text = m.render(&pool, &gauges);
         let labels = r#"method="GET",route="/api/v1/products",status="200""#;
@@ -348,6 +420,11 @@ mod tests {
         assert!(text.contains(r#"jobs{queue="emails",state="dead"} 2"#), "{text}");
         assert!(text.contains("outbox_lag_seconds 1.5"), "{text}");
         assert!(text.contains("payment_refunds_dead 2"), "{text}");
+        assert!(text.contains(r#"webhook_deliveries_total{outcome="retrying"} 1"#), "{text}");
+        assert!(text.contains(r#"webhook_delivery_lag_seconds_bucket{le="1.0"} 1"#), "{text}");
+        assert!(text.contains(r#"webhook_delivery_lag_seconds_bucket{le="0.5"} 0"#), "{text}");
+        assert!(text.contains("webhook_deliveries_pending 4"), "{text}");
+        assert!(text.contains("webhook_endpoints_failing 1"), "{text}");
 
         // A source that stops answering drops its gauges instead of showing stale ones.
         let text = m.render(&pool, &Gauges::default());

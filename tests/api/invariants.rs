@@ -88,7 +88,7 @@ async fn the_invariants_hold_through_orders_cancels_restocks_and_retries(pool: P
     assert_eq!(broken(&pool).await, vec![]);
     let (ok, out) = run_check(&pool);
     assert!(ok, "{out}");
-    assert!(out.contains("ok    stock-conserved") && out.contains("all 11 invariants hold"), "{out}");
+    assert!(out.contains("ok    stock-conserved") && out.contains("all 12 invariants hold"), "{out}");
 }
 
 #[sqlx::test]
@@ -148,5 +148,5 @@ async fn each_broken_invariant_is_reported_with_the_rows_that_break_it(pool: PgP
 
     let (ok, out) = run_check(&pool);
     assert!(!ok, "{out}");
-    assert!(out.contains("FAIL  order-totals") && out.contains("6 of 11 invariants broken"), "{out}");
+    assert!(out.contains("FAIL  order-totals") && out.contains("6 of 12 invariants broken"), "{out}");
 }

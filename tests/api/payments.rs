@@ -124,7 +124,7 @@ async fn pay(app: &TestApp, who: &Session, order: &str) -> (u16, Value) {
 }
 
 /// Starts the payment of `order` (201); its intent id and amount.
-async fn started(app: &TestApp, who: &Session, order: &str) -> (String, i64) {
+pub(crate) async fn started(app: &TestApp, who: &Session, order: &str) -> (String, i64) {
     let (status, body) = pay(app, who, order).await;
     assert_eq!(status, 201, "{body}");
     (
@@ -133,7 +133,7 @@ async fn started(app: &TestApp, who: &Session, order: &str) -> (String, i64) {
     )
 }
 
-async fn order_of(app: &TestApp, who: &Session, order: &str) -> Value {
+pub(crate) async fn order_of(app: &TestApp, who: &Session, order: &str) -> Value {
     let (status, _, body) = send(app.authed(Method::GET, &format!("{ORDERS}/{order}"), &who.token)).await;
     assert_eq!(status, 200, "{body}");
     body["data"].clone()
@@ -146,12 +146,12 @@ async fn history(app: &TestApp, who: &Session, order: &str) -> Vec<String> {
 }
 
 /// A Stripe event of `kind` about `object`, with a fresh id.
-fn event(kind: &str, object: Value) -> Value {
+pub(crate) fn event(kind: &str, object: Value) -> Value {
     json!({"id": format!("evt_{}", Uuid::new_v4().simple()), "object": "event", "type": kind,
            "data": {"object": object}})
 }
 
-fn succeeded(intent: &str, amount: i64, currency: &str) -> Value {
+pub(crate) fn succeeded(intent: &str, amount: i64, currency: &str) -> Value {
     event(
         "payment_intent.succeeded",
         json!({"id": intent, "object": "payment_intent", "amount_received": amount, "currency": currency}),
@@ -159,7 +159,7 @@ fn succeeded(intent: &str, amount: i64, currency: &str) -> Value {
 }
 
 /// Delivers `event` signed as Stripe signs, now.
-async fn deliver(app: &TestApp, event: &Value) -> (u16, Value) {
+pub(crate) async fn deliver(app: &TestApp, event: &Value) -> (u16, Value) {
     let body = serde_json::to_vec(event).unwrap();
     let header = payments::sign_stripe_event(&body, SECRET.as_bytes(), chrono::Utc::now().timestamp());
     deliver_raw(app, body, Some(header)).await

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::{
-    helpers::{TestApp, expect_error, send},
+    helpers::{TestApp, broken_invariants, expect_error, send},
     mail::SmtpServer,
 };
 
@@ -437,4 +437,306 @@ async fn a_redirect_is_not_followed(pool: PgPool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(received.lock().unwrap().is_empty(), "the redirect's target got nothing");
+}
+
+/// An endpoint following every event, pointed at `url`; its id and secret.
+async fn follow_all(app: &TestApp, admin: &str, url: &str) -> (String, String) {
+    let (status, _, endpoint) = send(app.authed(Method::POST, ENDPOINTS, admin).json(&json!({
+        "url": url,
+        "events": ["order.created", "order.paid", "order.shipped", "order.delivered",
+                   "order.cancelled", "order.refunded"],
+    })))
+    .await;
+    assert_eq!(status, 201, "{endpoint}");
+    (
+        endpoint["data"]["id"].as_str().unwrap().to_owned(),
+        endpoint["data"]["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The `(order id, event type)` of each delivery received, in arrival order.
+fn events_of(got: &[(HeaderMap, Bytes)]) -> Vec<(String, String)> {
+    got.iter()
+        .map(|(_, body)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            (v["data"]["id"].as_str().unwrap().to_owned(), v["type"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+async fn place(app: &TestApp, token: &str, product: uuid::Uuid) -> String {
+    let (status, _, order) = send(
+        app.authed(Method::POST, "/api/v1/orders", token)
+            .json(&json!({"items": [{"productId": product, "quantity": 1}]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{order}");
+    order["data"]["id"].as_str().unwrap().to_owned()
+}
+
+#[sqlx::test]
+async fn every_order_event_reaches_its_followers_in_the_apis_order_shape(pool: PgPool) {
+    use crate::payments::{Standin, deliver, event, order_of, started, stripe_settings, succeeded};
+    let standin = Standin::start();
+    let smtp = SmtpServer::start();
+    let timeout = Duration::from_secs(30 * 60);
+    let app = TestApp::spawn_mailing(pool.clone(), &smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = true;
+        s.order_payment_timeout = Some(timeout);
+        stripe_settings(s, &standin);
+    })
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (url, received) = receiver(204).await;
+    follow_all(&app, &admin.token, &url).await;
+    let mug = app.product().price_cents(500).stock(10).create().await.id;
+
+    // Paid through the provider, shipped, delivered, then refunded from its dashboard.
+    let a = place(&app, &ann.token, mug).await;
+    let (intent, total) = started(&app, &ann, &a).await;
+    assert_eq!(deliver(&app, &succeeded(&intent, total, "usd")).await.0, 200);
+    for status in ["shipped", "delivered"] {
+        let req = app
+            .authed(Method::PATCH, &format!("/api/v1/orders/{a}/status"), &admin.token)
+            .json(&json!({ "status": status }));
+        assert_eq!(send(req).await.0, 200);
+    }
+    let refund = event(
+        "charge.refunded",
+        json!({"id": "ch_1", "object": "charge", "payment_intent": intent, "refunded": true, "amount_refunded": total}),
+    );
+    assert_eq!(deliver(&app, &refund).await.0, 200);
+    // Cancelled by its customer; cancelled by staff; cancelled for want of payment.
+    let b = place(&app, &ann.token, mug).await;
+    assert_eq!(
+        send(app.authed(Method::POST, &format!("/api/v1/orders/{b}/cancel"), &ann.token)).await.0,
+        200
+    );
+    let c = place(&app, &ann.token, mug).await;
+    let req = app
+        .authed(Method::PATCH, &format!("/api/v1/orders/{c}/status"), &admin.token)
+        .json(&json!({"status": "cancelled"}));
+    assert_eq!(send(req).await.0, 200);
+    let d = place(&app, &ann.token, mug).await;
+    sqlx::query("update orders set expires_at = now() - interval '1 second' where id = $1::uuid")
+        .bind(&d)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let wakeup = storefront::platform::jobs::outbox::Wakeup::new(pool.clone());
+    let report = storefront::features::orders::expire_unpaid(&pool, &wakeup, timeout).await.unwrap();
+    assert_eq!(report.expired, 1);
+
+    wait_for(&received, 11).await;
+    // And no more than the eleven.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = received.lock().unwrap().clone();
+    let events = events_of(&got);
+    let of = |order: &str| -> Vec<&str> {
+        events.iter().filter(|(o, _)| o == order).map(|(_, t)| t.as_str()).collect()
+    };
+    // Deliveries are concurrent: compare as sets per order, then the order by timestamp.
+    fn sorted(mut v: Vec<&str>) -> Vec<&str> {
+        v.sort_unstable();
+        v
+    }
+    assert_eq!(
+        sorted(of(&a)),
+        sorted(vec!["order.created", "order.paid", "order.shipped", "order.delivered", "order.refunded"])
+    );
+    for order in [&b, &c, &d] {
+        assert_eq!(sorted(of(order)), ["order.cancelled", "order.created"], "{order}");
+    }
+    assert_eq!(events.len(), 11, "{events:?}");
+    let mut timeline: Vec<(String, String)> = got
+        .iter()
+        .filter_map(|(_, body)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            (v["data"]["id"] == a.as_str()).then(|| {
+                (v["timestamp"].as_str().unwrap().to_owned(), v["type"].as_str().unwrap().to_owned())
+            })
+        })
+        .collect();
+    timeline.sort();
+    let types: Vec<&str> = timeline.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(types, ["order.created", "order.paid", "order.shipped", "order.delivered", "order.refunded"]);
+
+    // `data` is the order as the API answers it: the same fields, the same values.
+    let last = got
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap())
+        .find(|v| v["type"] == "order.refunded")
+        .unwrap();
+    let api = order_of(&app, &ann, &a).await;
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&last["data"]), keys(&api));
+    for field in ["id", "userId", "status", "items", "totalCents", "currency", "shippingAddress"] {
+        assert_eq!(last["data"][field], api[field], "{field}");
+    }
+    assert_eq!(last["data"]["payment"]["status"], api["payment"]["status"]);
+    assert_eq!(broken_invariants(&pool).await, Vec::<String>::new());
+}
+
+#[sqlx::test]
+async fn a_disabled_endpoint_gets_nothing_and_a_deleted_one_stops_its_retries(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool.clone(), &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (healthy_url, healthy) = receiver(204).await;
+    let (off_url, off) = receiver(204).await;
+    let (failing_url, failing) = receiver(503).await;
+    follow_all(&app, &admin.token, &healthy_url).await;
+    let (off_id, _) = follow_all(&app, &admin.token, &off_url).await;
+    let (failing_id, _) = follow_all(&app, &admin.token, &failing_url).await;
+    let req = app
+        .authed(Method::PATCH, &format!("{ENDPOINTS}/{off_id}"), &admin.token)
+        .json(&json!({"enabled": false}));
+    assert_eq!(send(req).await.0, 200);
+    let mug = app.product().price_cents(500).stock(5).create().await.id;
+    place(&app, &ann.token, mug).await;
+    wait_for(&healthy, 1).await;
+    // The failing endpoint's first attempt was made; delete it before its retries.
+    wait_for(&failing, 1).await;
+    assert_eq!(
+        send(app.authed(Method::DELETE, &format!("{ENDPOINTS}/{failing_id}"), &admin.token)).await.0,
+        204
+    );
+    let attempts = failing.lock().unwrap().len();
+    let left: i64 =
+        sqlx::query_scalar("select count(*) from webhook_deliveries where endpoint_id = $1::uuid")
+            .bind(&failing_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, 0, "its deliveries went with it");
+    // Longer than the retries would take (3 attempts, 200 ms base backoff).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(failing.lock().unwrap().len(), attempts, "no attempt after the delete");
+    assert!(off.lock().unwrap().is_empty(), "a disabled endpoint gets nothing");
+    let (_, _, list) =
+        send(app.authed(Method::GET, &format!("{ENDPOINTS}/{off_id}/deliveries"), &admin.token)).await;
+    assert_eq!(list["data"], json!([]), "nor is anything queued for it");
+    // Enabled again, it follows events from then on (not the ones it missed).
+    let req = app
+        .authed(Method::PATCH, &format!("{ENDPOINTS}/{off_id}"), &admin.token)
+        .json(&json!({"enabled": true}));
+    assert_eq!(send(req).await.0, 200);
+    let second = place(&app, &ann.token, mug).await;
+    let got = wait_for(&off, 1).await;
+    assert_eq!(events_of(&got), [(second, "order.created".to_owned())]);
+    assert_eq!(broken_invariants(&pool).await, Vec::<String>::new());
+}
+
+#[sqlx::test]
+async fn a_hung_endpoint_does_not_hold_up_another(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    // One attempt at a time per endpoint and two in the process: a hung receiver takes a
+    // slot for the whole timeout, and the healthy one still gets its deliveries at once.
+    let app = TestApp::spawn_mailing(pool.clone(), &smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = true;
+        s.webhook_timeout = Duration::from_secs(5);
+        s.webhook_concurrency = 2;
+        s.webhook_endpoint_concurrency = 1;
+    })
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let hung: Received = Arc::default();
+    let store = hung.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let router = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push((headers, body));
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (healthy_url, healthy) = receiver(204).await;
+    follow_all(&app, &admin.token, &hung_url).await;
+    follow_all(&app, &admin.token, &healthy_url).await;
+    let mug = app.product().price_cents(500).stock(10).create().await.id;
+    for _ in 0..3 {
+        place(&app, &ann.token, mug).await;
+    }
+    // The hung receiver holds its first delivery; the healthy one gets all three, each
+    // well within the timeout.
+    let started = Instant::now();
+    wait_for(&hung, 1).await;
+    wait_for(&healthy, 3).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(hung.lock().unwrap().len(), 1, "one attempt at a time per endpoint");
+}
+
+#[sqlx::test]
+async fn production_without_a_secrets_key_stores_no_endpoint(pool: PgPool) {
+    let app = TestApp::spawn_with(
+        pool.clone(),
+        |s| {
+            s.app_env = storefront::platform::config::AppEnv::Production;
+            s.webhook_secrets_key = None;
+        },
+        Router::new(),
+    )
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let err = expect_error(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": "https://hooks.example.com/x", "events": ["order.paid"]})),
+        503,
+        "SERVICE_UNAVAILABLE",
+    )
+    .await;
+    assert!(err["error"]["message"].as_str().unwrap().contains("WEBHOOK_SECRETS_KEY"), "{err}");
+    let n: i64 = sqlx::query_scalar("select count(*) from webhook_endpoints").fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 0);
+}
+
+#[sqlx::test]
+async fn deliveries_are_counted_and_a_missing_fanout_is_a_broken_invariant(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool.clone(), &smtp).await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (ok_url, ok) = receiver(204).await;
+    let (bad_url, bad) = receiver(500).await;
+    follow_all(&app, &admin.token, &ok_url).await;
+    follow_all(&app, &admin.token, &bad_url).await;
+    let mug = app.product().price_cents(500).stock(5).create().await.id;
+    place(&app, &ann.token, mug).await;
+    wait_for(&ok, 1).await;
+    wait_for(&bad, 3).await;
+    let started = Instant::now();
+    let metrics = loop {
+        let text = app.get_metrics_listener("/metrics").await.text().await.unwrap();
+        if text.contains(r#"webhook_deliveries_total{outcome="failed"} 1"#) {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains(r#"webhook_deliveries_total{outcome="delivered"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"webhook_deliveries_total{outcome="retrying"} 2"#), "{metrics}");
+    assert!(metrics.contains("webhook_delivery_lag_seconds_count 1"), "{metrics}");
+    assert!(metrics.contains(r#"jobs{queue="webhooks",state="pending"}"#), "{metrics}");
+    assert!(metrics.contains("webhook_deliveries_pending 0"), "{metrics}");
+    assert!(metrics.contains("webhook_endpoints_failing 0"), "{metrics}");
+    assert_eq!(broken_invariants(&pool).await, Vec::<String>::new());
+
+    // A delivery lost behind the feature's back is found by `storefront check`.
+    sqlx::query("delete from webhook_deliveries where status = 'failed'").execute(&pool).await.unwrap();
+    let broken = broken_invariants(&pool).await;
+    assert_eq!(broken.len(), 1, "{broken:?}");
+    assert!(
+        broken[0].starts_with("webhook-fanout-complete") && broken[0].contains("has no delivery"),
+        "{broken:?}"
+    );
 }

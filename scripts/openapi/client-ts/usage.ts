@@ -1,7 +1,7 @@
 // A client's use of the API, compiled (never run) against types generated from
 // openapi.json. Each line stands for something clients rely on: if the contract changes
 // under it, this file stops compiling.
-import type { components, paths } from "./schema";
+import type { components, paths, webhooks } from "./schema";
 
 type Schemas = components["schemas"];
 type Json<T> = T extends { content: { "application/json": infer B } } ? B : never;
@@ -69,4 +69,11 @@ export function message(e: Schemas["ErrorEnvelope"]): string {
 type Profile = Json<paths["/api/v1/users/profile"]["get"]["responses"]["200"]>;
 export function mustVerify(p: Profile): boolean {
   return !p.data.emailVerified;
+}
+
+// Receive a webhook: the event's type and the order it carries (after the signature is
+// verified with a Standard Webhooks library).
+type Delivery = Json<webhooks["order.paid"]["post"]["requestBody"]>;
+export function paidOrder(d: Delivery): { event: Schemas["WebhookEventType"]; order: string; cents: number } {
+  return { event: d.type, order: d.data.id, cents: d.data.totalCents };
 }

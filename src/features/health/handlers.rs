@@ -59,7 +59,9 @@ async fn check<E: std::fmt::Display>(probe: impl Future<Output = Result<(), E>>)
 /// Prometheus metrics in the OpenMetrics text format, on the metrics listener only:
 /// request counts and latency histograms by method, route template and status; database
 /// pool gauges; jobs per queue and state, outbox lag, job durations, e-mails sent and
-/// failed, refunds that gave up (`payment_refunds_dead`, to alert on). A gauge whose source (Redis, Postgres) does not answer within a second is left
+/// failed, refunds that gave up (`payment_refunds_dead`, to alert on), webhook attempts
+/// by outcome, their lag, deliveries pending and endpoints failing. A gauge whose source
+/// (Redis, Postgres) does not answer within a second is left
 /// out rather than delaying the scrape. `METRICS_ENABLED=false` turns it off (404).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if !state.config.metrics_enabled {
@@ -71,7 +73,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         std::time::Duration::from_secs(1),
         crate::features::orders::dead_refunds(&state.db),
     );
-    gauges.refunds_dead = dead.await.ok().and_then(Result::ok);
+    let webhooks =
+        tokio::time::timeout(std::time::Duration::from_secs(1), crate::features::webhooks::gauges(&state.db));
+    let (dead, webhooks) = tokio::join!(dead, webhooks);
+    gauges.refunds_dead = dead.ok().and_then(Result::ok);
+    if let Some((pending, failing)) = webhooks.ok().and_then(Result::ok) {
+        gauges.webhook_deliveries_pending = Some(pending);
+        gauges.webhook_endpoints_failing = Some(failing);
+    }
     let body = state.metrics.render(&state.db, &gauges);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()

@@ -131,6 +131,20 @@ pub static INVARIANTS: &[Invariant] = &[
               select format('order %s has %s succeeded payments kept', order_id, count(*))
               from payments where status = 'succeeded' group by order_id having count(*) > 1",
     },
+    Invariant {
+        name: "webhook-fanout-complete",
+        promise: "every webhook event has one delivery to each endpoint enabled and subscribed when it happened (endpoints deleted since excepted), and none to any other",
+        sql: "select format('webhook event %s (%s): endpoint %s has no delivery', ev.id, ev.type, t.id)
+              from webhook_events ev cross join lateral unnest(ev.endpoint_ids) as t(id)
+              where exists (select 1 from webhook_endpoints e where e.id = t.id)
+                and not exists (select 1 from webhook_deliveries d
+                                where d.event_id = ev.id and d.endpoint_id = t.id)
+              union all
+              select format('webhook event %s (%s): delivery %s to endpoint %s, which did not follow it',
+                            ev.id, ev.type, d.id, d.endpoint_id)
+              from webhook_deliveries d join webhook_events ev on ev.id = d.event_id
+              where cardinality(ev.endpoint_ids) > 0 and d.endpoint_id <> all(ev.endpoint_ids)",
+    },
 ];
 
 /// Runs every invariant's query (read-only, one at a time).

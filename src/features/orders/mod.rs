@@ -29,6 +29,7 @@ pub use payments::{
 };
 pub use routes::router;
 pub use service::{ExpiryReport, OrderRules, OrderService, clear_expiry, expire_unpaid};
+pub use types::OrderResponse;
 
 /// Delta rows one fold statement takes at most.
 const FOLD_BATCH: i64 = 10_000;

@@ -24,10 +24,13 @@ use super::{
     signature,
 };
 use crate::{
-    platform::jobs::{
-        QueuedJob,
-        outbox::{self, Wakeup},
-        worker::{JobError, JobHandler},
+    platform::{
+        jobs::{
+            QueuedJob,
+            outbox::{self, Wakeup},
+            worker::{JobError, JobHandler},
+        },
+        metrics::Metrics,
     },
     shared::jobs::Job,
 };
@@ -108,11 +111,18 @@ pub struct WebhookJobs {
     secrets: SecretBox,
     attempts: AttemptRules,
     retry: RetryRules,
+    metrics: Metrics,
 }
 
 impl WebhookJobs {
-    pub fn new(db: PgPool, secrets: SecretBox, attempts: AttemptRules, retry: RetryRules) -> Self {
-        Self { db, secrets, attempts, retry }
+    pub fn new(
+        db: PgPool,
+        secrets: SecretBox,
+        attempts: AttemptRules,
+        retry: RetryRules,
+        metrics: Metrics,
+    ) -> Self {
+        Self { db, secrets, attempts, retry, metrics }
     }
 }
 
@@ -153,9 +163,21 @@ impl JobHandler for WebhookJobs {
                 (DeliveryStatus::Pending, status.map(i32::from), Some(error.as_str()), Some(due))
             }
         };
-        repository::record_attempt(&self.db, row.delivery_id, p.attempt, status, code, error, next)
-            .await
-            .map_err(transient)?;
+        let recorded =
+            repository::record_attempt(&self.db, row.delivery_id, p.attempt, status, code, error, next)
+                .await
+                .map_err(transient)?;
+        if recorded {
+            self.metrics.count_webhook_attempt(match status {
+                DeliveryStatus::Delivered => "delivered",
+                DeliveryStatus::Pending => "retrying",
+                DeliveryStatus::Failed => "failed",
+            });
+            if status == DeliveryStatus::Delivered {
+                let lag = (Utc::now() - row.event_created_at).to_std().unwrap_or_default();
+                self.metrics.observe_webhook_lag(lag);
+            }
+        }
         tracing::info!(
             webhook.delivery = %row.delivery_id,
             webhook.endpoint = %row.endpoint_id,

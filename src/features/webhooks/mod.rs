@@ -8,6 +8,7 @@ mod delivery;
 mod domain;
 mod handlers;
 mod jobs;
+mod openapi;
 mod repository;
 mod routes;
 mod secrets;
@@ -17,6 +18,7 @@ mod types;
 
 pub use delivery::AttemptRules;
 pub use jobs::{RetryRules, WebhookJobs, dispatch};
+pub use openapi::describe as describe_deliveries;
 pub use routes::router;
 pub use secrets::SecretBox;
 pub use service::WebhookService;
@@ -24,6 +26,11 @@ pub use types::UrlRules;
 
 /// How long webhook events (and their deliveries) are kept.
 const EVENT_RETENTION_DAYS: i64 = 30;
+
+/// The webhook gauges read at scrape time: deliveries pending, endpoints failing.
+pub async fn gauges(pool: &sqlx::PgPool) -> sqlx::Result<(i64, i64)> {
+    repository::pending_and_failing(pool).await
+}
 
 /// Nightly cleanup of this feature's tables: events past their retention, their
 /// deliveries with them; how many events.

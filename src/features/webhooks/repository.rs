@@ -148,6 +148,20 @@ pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<
         .map(|r| r.rows_affected() == 1)
 }
 
+/// Deliveries not yet made, and the endpoints that have any waiting for a retry (their
+/// last attempt failed): the two webhook gauges. Both read the pending rows only
+/// (through their partial index).
+pub async fn pending_and_failing(db: impl PgExecutor<'_>) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"select count(*) as "pending!",
+                  count(distinct endpoint_id) filter (where attempts > 0) as "failing!"
+           from webhook_deliveries where status = 'pending'"#
+    )
+    .fetch_one(db)
+    .await?;
+    Ok((row.pending, row.failing))
+}
+
 /// Claims up to `batch` due deliveries, at most `per_endpoint` in flight per endpoint
 /// (counting those already leased), leasing each for `lease_secs`; their ids and the
 /// number of the attempt each is about to make. The caller holds the dispatch lock.
@@ -203,13 +217,15 @@ pub struct AttemptRow {
     pub previous_sealed: Option<Vec<u8>>,
     pub previous_until: Option<DateTime<Utc>>,
     pub body: serde_json::Value,
+    pub event_created_at: DateTime<Utc>,
 }
 
 pub async fn load_attempt(db: impl PgExecutor<'_>, delivery: Uuid) -> sqlx::Result<Option<AttemptRow>> {
     sqlx::query_as!(
         AttemptRow,
         r#"select d.id as delivery_id, d.endpoint_id, d.event_id, d.status as "status: DeliveryStatus",
-                  d.attempts, e.url, e.secret_sealed, e.previous_sealed, e.previous_until, ev.body
+                  d.attempts, e.url, e.secret_sealed, e.previous_sealed, e.previous_until, ev.body,
+                  ev.created_at as event_created_at
            from webhook_deliveries d
            join webhook_endpoints e on e.id = d.endpoint_id
            join webhook_events ev on ev.id = d.event_id

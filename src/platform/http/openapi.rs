@@ -480,9 +480,11 @@ fn bound(value: &mut Value, output: bool) {
 }
 
 /// The component schemas that only responses reach (directly or through other
-/// schemas), never a parameter or a request body.
+/// schemas), never a parameter or a request body. What the `webhooks` section sends is
+/// written by the server too.
 fn output_only_schemas(doc: &Value) -> BTreeSet<String> {
     let (mut input, mut output) = (Vec::new(), Vec::new());
+    collect_refs(&doc["webhooks"], &mut output);
     if let Some(paths) = doc["paths"].as_object() {
         for op in paths.values().filter_map(Value::as_object).flat_map(|item| item.values()) {
             let Some(op) = op.as_object() else { continue };

@@ -112,7 +112,7 @@ pub async fn gauges(queues: &Queues, db: &PgPool) -> Gauges {
             .collect(),
         _ => Vec::new(),
     };
-    Gauges { queues, outbox_lag_seconds: lag.ok().and_then(Result::ok), refunds_dead: None }
+    Gauges { queues, outbox_lag_seconds: lag.ok().and_then(Result::ok), ..Gauges::default() }
 }
 
 /// How often a process with job workers trims finished jobs (between the nightly runs).
