@@ -153,11 +153,13 @@ async fn healthcheck(port: u16) -> i32 {
 
 async fn worker(settings: Settings) -> anyhow::Result<()> {
     let state = app::connect(settings).await?;
+    state.webhooks.check_key().await?;
     app::work(state).await
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = app::connect(settings).await?;
+    state.webhooks.check_key().await?;
     app::serve(state).await
 }
 

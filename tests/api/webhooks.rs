@@ -740,3 +740,82 @@ async fn deliveries_are_counted_and_a_missing_fanout_is_a_broken_invariant(pool:
         "{broken:?}"
     );
 }
+
+#[sqlx::test]
+async fn every_spelling_of_loopback_is_refused_at_create_and_update(pool: PgPool) {
+    // Plain http allowed, private targets not: only the address can be the reason.
+    let app = TestApp::spawn_with(
+        pool,
+        |s| {
+            s.webhook_allow_http = true;
+            s.webhook_allow_private_targets = false;
+        },
+        Router::new(),
+    )
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let (status, _, created) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": "http://hooks.example.com/x", "events": ["order.paid"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["data"]["id"].as_str().unwrap();
+    for spelling in [
+        "127.0.0.1",
+        "127.1",
+        "127.0.1",
+        "2130706433",
+        "0x7f000001",
+        "0x7f.0.0.1",
+        "0177.0.0.1",
+        "017700000001",
+        "127.255.255.254",
+        "0.0.0.0",
+        "0",
+        "[::1]",
+        "[0:0:0:0:0:0:0:1]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[2002:7f00:1::]",
+        "[::]",
+    ] {
+        let url = format!("http://{spelling}:8080/hook");
+        for req in [
+            app.authed(Method::POST, ENDPOINTS, &admin.token)
+                .json(&json!({"url": url, "events": ["order.paid"]})),
+            app.authed(Method::PATCH, &format!("{ENDPOINTS}/{id}"), &admin.token).json(&json!({"url": url})),
+        ] {
+            let err = expect_error(req, 400, "VALIDATION_ERROR").await;
+            assert!(err["error"]["fields"]["url"].is_array(), "{spelling}: {err}");
+        }
+    }
+    let (_, _, got) = send(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}"), &admin.token)).await;
+    assert_eq!(got["data"]["url"], "http://hooks.example.com/x", "nothing changed");
+    let (_, _, list) = send(app.authed(Method::GET, ENDPOINTS, &admin.token)).await;
+    assert_eq!(list["pagination"]["total"], 1, "nothing stored");
+}
+
+#[sqlx::test]
+async fn stored_secrets_need_their_key_at_start_up(pool: PgPool) {
+    use storefront::features::webhooks::{SecretBox, UrlRules, WebhookService};
+    let rules = UrlRules { allow_http: false, allow_private: false };
+    let service = |key: Option<[u8; 32]>| WebhookService::new(pool.clone(), SecretBox::new(key, None), rules);
+    // No endpoint: no key is needed.
+    service(None).check_key().await.unwrap();
+    let app = TestApp::spawn(pool.clone()).await;
+    let admin = app.user().admin().signed_in().await;
+    let (status, _, _) = send(
+        app.authed(Method::POST, ENDPOINTS, &admin.token)
+            .json(&json!({"url": "https://hooks.example.com/x", "events": ["order.paid"]})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    app.state.webhooks.check_key().await.unwrap();
+    let missing = service(None).check_key().await.unwrap_err().to_string();
+    assert!(missing.contains("WEBHOOK_SECRETS_KEY is not set"), "{missing}");
+    let wrong = service(Some([7; 32])).check_key().await.unwrap_err().to_string();
+    assert!(wrong.contains("not the key they were stored with"), "{wrong}");
+}

@@ -140,6 +140,16 @@ pub async fn rotate_secret(
     .await
 }
 
+/// The newest endpoint's id and sealed secret, if any endpoint exists.
+pub async fn newest_sealed(db: impl PgExecutor<'_>) -> sqlx::Result<Option<(Uuid, Vec<u8>)>> {
+    let row = sqlx::query!(
+        "select id, secret_sealed from webhook_endpoints order by created_at desc, id desc limit 1"
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(|r| (r.id, r.secret_sealed)))
+}
+
 /// Deletes an endpoint and, with it, its deliveries; whether it existed.
 pub async fn delete_endpoint(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<bool> {
     sqlx::query!("delete from webhook_endpoints where id = $1", id)

@@ -42,6 +42,27 @@ impl WebhookService {
         Self { db, secrets, rules }
     }
 
+    /// At start-up: the stored secrets can be read. With endpoints stored, a missing key
+    /// (production has no fallback) or a key that does not open the newest endpoint's
+    /// secret (a different key than they were sealed with) is an error: every delivery
+    /// would fail.
+    pub async fn check_key(&self) -> anyhow::Result<()> {
+        let Some((id, sealed)) = repository::newest_sealed(&self.db).await? else {
+            return Ok(());
+        };
+        match self.secrets.open(id, &sealed) {
+            Ok(_) => Ok(()),
+            Err(SecretError::NoKey) => anyhow::bail!(
+                "WEBHOOK_SECRETS_KEY is not set, and webhook endpoints exist whose secrets it sealed: \
+                 set it (or WEBHOOK_SECRETS_KEY_FILE) to the key they were stored with"
+            ),
+            Err(SecretError::Corrupt) => anyhow::bail!(
+                "WEBHOOK_SECRETS_KEY does not open the stored webhook secrets: it is not the key they \
+                 were stored with"
+            ),
+        }
+    }
+
     /// The key the endpoints' secrets are sealed with (the delivery jobs open them).
     pub fn secrets(&self) -> SecretBox {
         self.secrets.clone()
