@@ -34,3 +34,7 @@ begin
     return null;
 end;
 $$;
+
+-- An endpoint's deliveries filtered by status, newest first (the deliveries list).
+create index webhook_deliveries_endpoint_status_idx
+    on webhook_deliveries (endpoint_id, status, created_at desc, id desc);

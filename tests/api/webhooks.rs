@@ -183,6 +183,27 @@ async fn order_events_reach_a_subscribed_endpoint_signed(pool: PgPool) {
     let statuses: Vec<&str> =
         list["data"].as_array().unwrap().iter().map(|d| d["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["delivered", "delivered"], "{list}");
+    assert_eq!(
+        (list["pagination"]["total"].as_i64(), list["pagination"]["pages"].as_i64()),
+        (Some(2), Some(1))
+    );
+    // Filtered by status; and in cursor mode, page by page without a count.
+    let (_, _, failed) =
+        send(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}/deliveries?status=failed"), &admin.token))
+            .await;
+    assert_eq!((failed["data"].clone(), failed["pagination"]["total"].as_i64()), (json!([]), Some(0)));
+    let (_, _, first) =
+        send(app.authed(Method::GET, &format!("{ENDPOINTS}/{id}/deliveries?limit=1"), &admin.token)).await;
+    let cursor = first["pagination"]["nextCursor"].as_str().unwrap();
+    let (_, _, second) = send(app.authed(
+        Method::GET,
+        &format!("{ENDPOINTS}/{id}/deliveries?limit=1&cursor={cursor}"),
+        &admin.token,
+    ))
+    .await;
+    assert_eq!(second["data"][0]["id"], list["data"][1]["id"], "{second}");
+    assert!(second["pagination"].get("total").is_none(), "{second}");
+    assert_eq!(second["pagination"]["nextCursor"], Value::Null);
 }
 
 #[sqlx::test]

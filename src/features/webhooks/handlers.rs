@@ -184,7 +184,7 @@ pub async fn list_deliveries(
     const LIST: &str = "webhook-deliveries";
     let filters = (id, filter.status);
     let after = cursors.start::<(DateTime<Utc>, Uuid)>(LIST, &filters, &page)?;
-    let rows = webhooks.deliveries(id, &filter, &page, after).await?;
+    let (rows, total) = webhooks.deliveries(id, &filter, &page, after).await?;
     let (rows, next) =
         split_page(rows, page.limit, |last| cursors.encode(LIST, &filters, &(last.created_at, last.id)));
     let data = rows
@@ -202,7 +202,7 @@ pub async fn list_deliveries(
             delivered_at: r.delivered_at,
         })
         .collect();
-    Ok(ApiList::new(data, Pagination::cursor(page.limit).next(next)).linked(&uri))
+    Ok(ApiList::new(data, Pagination::of(&page, total).next(next)).linked(&uri))
 }
 
 /// Tries a failed delivery again with fresh attempts and the same `webhook-id` (admin).

@@ -321,6 +321,22 @@ pub async fn list_deliveries(
     .await
 }
 
+/// How many deliveries of `endpoint` (with `status`) there are.
+pub async fn count_deliveries(
+    db: &PgPool,
+    endpoint: Uuid,
+    status: Option<DeliveryStatus>,
+) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"select count(*) as "n!" from webhook_deliveries
+           where endpoint_id = $1 and ($2::webhook_delivery_status is null or status = $2)"#,
+        endpoint,
+        status as Option<DeliveryStatus>
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// A failed delivery pending again with fresh attempts; whether it was failed.
 pub async fn retry_delivery(db: impl PgExecutor<'_>, endpoint: Uuid, id: Uuid) -> sqlx::Result<Option<bool>> {
     let row = sqlx::query_scalar!(

@@ -186,11 +186,11 @@ impl WebhookService {
         filter: &DeliveryFilter,
         page: &PageParams,
         after: Option<(DateTime<Utc>, Uuid)>,
-    ) -> AppResult<Vec<DeliveryRow>> {
+    ) -> AppResult<(Vec<DeliveryRow>, Option<i64>)> {
         if repository::find_endpoint(&self.db, endpoint).await?.is_none() {
             return Err(AppError::not_found("webhook endpoint"));
         }
-        Ok(repository::list_deliveries(
+        let rows = repository::list_deliveries(
             &self.db,
             endpoint,
             filter.status,
@@ -198,7 +198,13 @@ impl WebhookService {
             page.offset(),
             after,
         )
-        .await?)
+        .await?;
+        // Page mode counts; cursor mode does not.
+        let total = match page.cursor {
+            Some(_) => None,
+            None => Some(repository::count_deliveries(&self.db, endpoint, filter.status).await?),
+        };
+        Ok((rows, total))
     }
 
     pub async fn retry(&self, endpoint: Uuid, delivery: Uuid) -> AppResult<()> {
