@@ -840,3 +840,116 @@ async fn stored_secrets_need_their_key_at_start_up(pool: PgPool) {
     let wrong = service(Some([7; 32])).check_key().await.unwrap_err().to_string();
     assert!(wrong.contains("not the key they were stored with"), "{wrong}");
 }
+
+/// The newest delivery of endpoint `id` once `done` says it is settled (10 s at most).
+async fn settled(app: &TestApp, admin: &str, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
+    let started = Instant::now();
+    loop {
+        let (_, _, list) = send(app.authed(Method::GET, &deliveries, admin)).await;
+        if done(&list["data"][0]) {
+            return list["data"][0].clone();
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[sqlx::test]
+async fn refused_connections_timeouts_and_endless_answers_are_bounded(pool: PgPool) {
+    let smtp = SmtpServer::start();
+    let app = TestApp::spawn_mailing(pool, &smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = true;
+        s.webhook_retry_base = Duration::from_millis(200);
+        s.webhook_max_attempts = 2;
+        s.webhook_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    // Nothing listens here.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    // Accepts, reads, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    // Answers 200 with a body that never ends.
+    let endless = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endless_url = format!("http://{}/hook", endless.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = endless.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 65_536];
+                let _ = socket.read(&mut buf).await;
+                let head =
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+                if socket.write_all(head).await.is_err() {
+                    return;
+                }
+                let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let mut ids = Vec::new();
+    for url in [&closed, &silent_url, &endless_url] {
+        let (status, _, endpoint) = send(
+            app.authed(Method::POST, ENDPOINTS, &admin.token)
+                .json(&json!({"url": url, "events": ["order.created"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{endpoint}");
+        ids.push(endpoint["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let mug = app.product().price_cents(500).stock(5).create().await.id;
+    place(&app, &ann.token, mug).await;
+
+    let refused = settled(&app, &admin.token, &ids[0], |d| d["status"] == "failed").await;
+    assert_eq!(refused["attempts"], 2, "retried, then failed: {refused}");
+    assert_eq!(refused["lastError"], "the connection was refused or failed");
+    let hung = settled(&app, &admin.token, &ids[1], |d| d["attempts"].as_i64() >= Some(1)).await;
+    assert_eq!(hung["lastError"], "no answer within the timeout", "{hung}");
+    assert_eq!(hung["lastStatusCode"], Value::Null);
+    // The endless answer's first 4 KiB are read, the rest dropped: delivered.
+    let endless = settled(&app, &admin.token, &ids[2], |d| d["status"] != "pending").await;
+    assert_eq!((endless["status"].as_str(), endless["attempts"].as_i64()), (Some("delivered"), Some(1)));
+}
+
+#[sqlx::test]
+async fn the_test_build_never_connects_off_this_machine(pool: PgPool) {
+    // The suite's guard (WEBHOOK_LOOPBACK_ONLY, set by config/test.toml) stands even with
+    // every other rule lifted: the delivery fails before any lookup or connection.
+    let smtp = SmtpServer::start();
+    let app = mailing_app(pool, &smtp).await;
+    assert!(app.state.config.webhook_loopback_only, "config/test.toml sets WEBHOOK_LOOPBACK_ONLY");
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let mut ids = Vec::new();
+    // A private address, and a name that is never resolved (.invalid).
+    for url in ["http://10.255.255.1:9/hook", "https://hooks.example.invalid/x"] {
+        let (status, _, endpoint) = send(
+            app.authed(Method::POST, ENDPOINTS, &admin.token)
+                .json(&json!({"url": url, "events": ["order.created"]})),
+        )
+        .await;
+        assert_eq!(status, 201, "{endpoint}");
+        ids.push(endpoint["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let mug = app.product().price_cents(500).stock(5).create().await.id;
+    place(&app, &ann.token, mug).await;
+    for id in &ids {
+        let d = settled(&app, &admin.token, id, |d| d["status"] == "failed").await;
+        assert_eq!(d["attempts"], 1, "refused at once: {d}");
+        assert!(d["lastError"].as_str().unwrap().contains("WEBHOOK_LOOPBACK_ONLY"), "{d}");
+    }
+}
