@@ -1,4 +1,4 @@
-"""scripts/cluster-test multi | faults | soak [--minutes N] | all (= multi + faults).
+"""scripts/cluster-test multi | faults | webhooks | soak [--minutes N] | all (= multi + faults + webhooks).
 
 Run through scripts/cluster-test, which builds the binary, sets CLUSTER_DIR / CLUSTER_BIN
 and the own services (CLUSTER_OWN_SERVICES=1), and stops everything afterwards."""
@@ -17,10 +17,11 @@ def main() -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("multi", help="the multi-instance test")
     sub.add_parser("faults", help="Postgres / Redis restarts, kill -9 of an instance and of the worker, MAIL_DIR full or read-only")
+    sub.add_parser("webhooks", help="a webhook receiver down for a minute, a hung one beside a healthy one, Redis restarted mid-delivery")
     s = sub.add_parser("soak", help="mixed traffic at a fixed rate, RSS and Redis memory")
     s.add_argument("--minutes", type=float, default=10.0)
     s.add_argument("--rate", type=float, default=100.0, help="requests per second in all (100)")
-    sub.add_parser("all", help="multi, then faults")
+    sub.add_parser("all", help="multi, then faults, then webhooks")
     args = ap.parse_args()
 
     cluster = Cluster()
@@ -35,6 +36,10 @@ def main() -> int:
             from . import faults
 
             tests += faults.run(cluster)
+        if args.cmd in ("webhooks", "all"):
+            from . import webhooks
+
+            tests += webhooks.run(cluster)
         if args.cmd == "soak":
             from . import soak
 
