@@ -203,6 +203,7 @@ fn webhook_jobs(state: &AppState) -> features::webhooks::WebhookJobs {
             max_attempts: i32::try_from(c.webhook_max_attempts).unwrap_or(i32::MAX),
         },
         state.metrics.clone(),
+        state.webhooks.attempted(),
     )
 }
 
@@ -294,6 +295,7 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 state.wakeup.clone(),
                 c.webhook_endpoint_concurrency,
                 c.webhook_timeout,
+                state.webhooks.attempted(),
                 stop.subscribe(),
             )),
             tokio::spawn(jobs::trim_periodically(

@@ -133,12 +133,16 @@ pub static INVARIANTS: &[Invariant] = &[
     },
     Invariant {
         name: "webhook-fanout-complete",
-        promise: "every webhook event has one delivery to each endpoint enabled and subscribed when it happened (endpoints deleted since excepted), and none to any other",
+        promise: "every webhook event has one delivery to each endpoint enabled and subscribed when it happened (endpoints deleted since excepted), and none to any other; none waits a minute to be fanned out",
         sql: "select format('webhook event %s (%s): endpoint %s has no delivery', ev.id, ev.type, t.id)
               from webhook_events ev cross join lateral unnest(ev.endpoint_ids) as t(id)
               where exists (select 1 from webhook_endpoints e where e.id = t.id)
+                and not exists (select 1 from webhook_fanout f where f.event_id = ev.id)
                 and not exists (select 1 from webhook_deliveries d
                                 where d.event_id = ev.id and d.endpoint_id = t.id)
+              union all
+              select format('webhook event %s not fanned out since %s', event_id, created_at)
+              from webhook_fanout where created_at < now() - interval '1 minute'
               union all
               select format('webhook event %s (%s): delivery %s to endpoint %s, which did not follow it',
                             ev.id, ev.type, d.id, d.endpoint_id)

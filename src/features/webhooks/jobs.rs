@@ -3,12 +3,15 @@
 //! failed delivery is a row marked `failed`, never a dead job.
 //!
 //! The dispatcher runs in every process with job workers, one at a time across them (a
-//! transaction-scoped advisory lock): each second it leases the deliveries that are due,
-//! at most `WEBHOOK_ENDPOINT_CONCURRENCY` in flight per endpoint, and writes one outbox
-//! row per attempt in the same transaction; the relay moves them to the queue. A lease
-//! outlives an attempt (twice the timeout), so a job lost with its worker comes due again.
+//! transaction-scoped advisory lock). Each round it writes the deliveries of the events
+//! waiting in the fan-out queue, leases the deliveries that are due, at most
+//! `WEBHOOK_ENDPOINT_CONCURRENCY` in flight per endpoint, and writes one outbox row per
+//! attempt, all in one transaction; the relay moves them to the queue. A round runs each
+//! second, at once when an attempt of this process ends (a slot is free again), and
+//! again straight away while a round fills its batch. A lease outlives an attempt (twice
+//! the timeout), so a job lost with its worker comes due again.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -52,24 +55,58 @@ fn backoff(base: Duration, attempts: i32) -> Duration {
     delay.mul_f64(jitter)
 }
 
-/// Leases due deliveries and queues an attempt for each, until `stop`.
+/// Events fanned out per round.
+const FANOUT_BATCH: i64 = 1000;
+/// Attempts leased per round.
+const CLAIM_BATCH: i64 = 200;
+
+/// What one round did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    /// Events whose deliveries were written.
+    pub fanned_out: i64,
+    /// Attempts queued.
+    pub queued: usize,
+}
+
+impl Round {
+    /// A batch was full: more is probably waiting.
+    fn full(self) -> bool {
+        self.fanned_out >= FANOUT_BATCH || self.queued >= CLAIM_BATCH as usize
+    }
+}
+
+/// Fans events out and queues attempts for due deliveries, until `stop`; `attempted`
+/// is signalled when an attempt of this process ends.
 pub async fn dispatch(
     db: PgPool,
     wakeup: Wakeup,
     per_endpoint: u32,
     timeout: Duration,
+    attempted: Arc<tokio::sync::Notify>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut again = false;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        if !again {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = attempted.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
+        again = false;
         match dispatch_once(&db, per_endpoint, timeout).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::debug!(attempts = n, "webhook attempts queued");
-                wakeup.committed();
+            Ok(round) => {
+                if round.queued > 0 {
+                    tracing::debug!(
+                        attempts = round.queued,
+                        events = round.fanned_out,
+                        "webhook attempts queued"
+                    );
+                    wakeup.committed();
+                }
+                again = round.full();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "dispatching webhook deliveries failed; next try in a second")
@@ -78,14 +115,15 @@ pub async fn dispatch(
     }
 }
 
-/// One round of [`dispatch`]; how many attempts were queued.
-pub async fn dispatch_once(db: &PgPool, per_endpoint: u32, timeout: Duration) -> sqlx::Result<usize> {
+/// One round of [`dispatch`].
+pub async fn dispatch_once(db: &PgPool, per_endpoint: u32, timeout: Duration) -> sqlx::Result<Round> {
     let mut tx = db.begin().await?;
     if !repository::try_dispatch_lock(&mut *tx).await? {
-        return Ok(0);
+        return Ok(Round::default());
     }
+    let fanned_out = repository::fan_out(&mut *tx, FANOUT_BATCH).await?;
     let lease = (timeout * 2 + Duration::from_secs(30)).as_secs_f64();
-    let claimed = repository::claim_due(&mut *tx, i64::from(per_endpoint.max(1)), 200, lease).await?;
+    let claimed = repository::claim_due(&mut *tx, i64::from(per_endpoint.max(1)), CLAIM_BATCH, lease).await?;
     for (delivery_id, attempt) in &claimed {
         outbox::push(
             &mut *tx,
@@ -94,7 +132,7 @@ pub async fn dispatch_once(db: &PgPool, per_endpoint: u32, timeout: Duration) ->
         .await?;
     }
     tx.commit().await?;
-    Ok(claimed.len())
+    Ok(Round { fanned_out, queued: claimed.len() })
 }
 
 #[derive(Deserialize)]
@@ -112,17 +150,20 @@ pub struct WebhookJobs {
     attempts: AttemptRules,
     retry: RetryRules,
     metrics: Metrics,
+    attempted: Arc<tokio::sync::Notify>,
 }
 
 impl WebhookJobs {
+    /// `attempted` is signalled after each attempt is recorded (the dispatcher's cue).
     pub fn new(
         db: PgPool,
         secrets: SecretBox,
         attempts: AttemptRules,
         retry: RetryRules,
         metrics: Metrics,
+        attempted: Arc<tokio::sync::Notify>,
     ) -> Self {
-        Self { db, secrets, attempts, retry, metrics }
+        Self { db, secrets, attempts, retry, metrics, attempted }
     }
 }
 
@@ -167,6 +208,8 @@ impl JobHandler for WebhookJobs {
             repository::record_attempt(&self.db, row.delivery_id, p.attempt, status, code, error, next)
                 .await
                 .map_err(transient)?;
+        // A slot of this endpoint is free again: the dispatcher may lease the next one.
+        self.attempted.notify_one();
         if recorded {
             self.metrics.count_webhook_attempt(match status {
                 DeliveryStatus::Delivered => "delivered",

@@ -205,6 +205,31 @@ pub async fn claim_due(
     Ok(rows.into_iter().map(|r| (r.id, r.attempt)).collect())
 }
 
+/// Writes the deliveries of up to `batch` events waiting in the fan-out queue, oldest
+/// first: one per endpoint the event recorded that still exists. How many events left
+/// the queue.
+pub async fn fan_out(db: impl PgExecutor<'_>, batch: i64) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"with batch as (
+               delete from webhook_fanout where event_id in (
+                   select event_id from webhook_fanout order by created_at limit $1 for update skip locked)
+               returning event_id),
+           written as (
+               insert into webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
+               select gen_random_uuid(), e.id, ev.id, now()
+               from batch
+               join webhook_events ev on ev.id = batch.event_id
+               cross join lateral unnest(ev.endpoint_ids) as t(id)
+               join webhook_endpoints e on e.id = t.id
+               on conflict (endpoint_id, event_id) do nothing
+               returning 1)
+           select (select count(*) from batch) as "events!""#,
+        batch
+    )
+    .fetch_one(db)
+    .await
+}
+
 /// Takes the transaction-scoped lock that makes one process at a time dispatch.
 pub async fn try_dispatch_lock(db: impl PgExecutor<'_>) -> sqlx::Result<bool> {
     sqlx::query_scalar!(

@@ -28,6 +28,7 @@ pub struct WebhookService {
     db: PgPool,
     secrets: SecretBox,
     rules: UrlRules,
+    attempted: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn no_key(e: SecretError) -> AppError {
@@ -39,7 +40,13 @@ fn no_key(e: SecretError) -> AppError {
 
 impl WebhookService {
     pub fn new(db: PgPool, secrets: SecretBox, rules: UrlRules) -> Self {
-        Self { db, secrets, rules }
+        Self { db, secrets, rules, attempted: std::sync::Arc::default() }
+    }
+
+    /// Signalled by this process's webhook jobs after each attempt, awaited by its
+    /// dispatcher: a finished attempt frees a slot of its endpoint.
+    pub fn attempted(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.attempted.clone()
     }
 
     /// At start-up: the stored secrets can be read. With endpoints stored, a missing key
