@@ -187,6 +187,9 @@ pub async fn work(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest pause of an idle `webhooks` worker between looks for attempts.
+const WEBHOOK_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The `webhooks` queue's handler, as the settings configure it.
 fn webhook_jobs(state: &AppState) -> features::webhooks::WebhookJobs {
     let c = &state.config;
@@ -281,10 +284,14 @@ pub async fn start_background(state: &AppState) -> anyhow::Result<Background> {
                 Arc::new(webhook_jobs(state)),
                 // One delivery attempt per job: a failed attempt is recorded and retried by
                 // the dispatcher, never by the queue (which retries only its own database
-                // errors).
+                // errors). An endpoint has at most WEBHOOK_ENDPOINT_CONCURRENCY attempts in
+                // flight, so its deliveries per second are that over the time from lease to
+                // pick-up: this queue is polled at least every 20 ms (at 100 ms, 2 in flight
+                // made 20 a second).
                 worker::WorkerOptions {
                     concurrency: c.webhook_concurrency,
                     attempts: 3,
+                    poll_interval: c.jobs_poll_interval.min(WEBHOOK_POLL),
                     ..worker_options(c)
                 },
                 state.metrics.clone(),
