@@ -59,7 +59,7 @@ pub async fn get_product(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let product = products.get(path.id).await?;
-    if let Some(res) = not_modified(&headers, product.version) {
+    if let Some(res) = not_modified(&headers, product.version)? {
         return Ok(res);
     }
     Ok(with_etag(product, products.currency(), StatusCode::OK))
@@ -116,7 +116,7 @@ pub async fn update_product(
     headers: HeaderMap,
     ValidJson(body): ValidJson<UpdateProductRequest>,
 ) -> AppResult<Response> {
-    let product = products.update(path.id, &Precondition::from_headers(&headers), &body.into()).await?;
+    let product = products.update(path.id, &Precondition::from_headers(&headers)?, &body.into()).await?;
     Ok(with_etag(product, products.currency(), StatusCode::OK))
 }
 

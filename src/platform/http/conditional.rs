@@ -4,9 +4,27 @@
 //! silent overwrite).
 
 use axum::{
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+
+use super::error::AppError;
+
+/// Longest `If-Match` / `If-None-Match` taken, in bytes: room for dozens of tags (a client
+/// sends one or two); a longer one is a 400 naming the header, as the OpenAPI document says.
+pub const MAX_TAG_LIST_LEN: usize = 1024;
+
+/// The header's value, `None` when absent; a 400 when it is longer than
+/// [`MAX_TAG_LIST_LEN`]. A value that is not even text reads as empty (it never matches).
+fn tag_list<'h>(headers: &'h HeaderMap, name: HeaderName, shown: &str) -> Result<Option<&'h str>, AppError> {
+    match headers.get(&name) {
+        None => Ok(None),
+        Some(v) if v.len() > MAX_TAG_LIST_LEN => {
+            Err(AppError::field(shown, format!("must be at most {MAX_TAG_LIST_LEN} bytes")))
+        }
+        Some(v) => Ok(Some(v.to_str().unwrap_or_default())),
+    }
+}
 
 /// The strong `ETag` of a row version.
 pub fn etag(version: i32) -> HeaderValue {
@@ -22,11 +40,12 @@ pub fn tagged(res: impl IntoResponse, version: i32) -> Response {
 }
 
 /// A 304 with the `ETag` when the request's `If-None-Match` names `version`, else `None`.
-pub fn not_modified(headers: &HeaderMap, version: i32) -> Option<Response> {
-    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if_none_match
+/// An `If-None-Match` longer than [`MAX_TAG_LIST_LEN`] is a 400.
+pub fn not_modified(headers: &HeaderMap, version: i32) -> Result<Option<Response>, AppError> {
+    let if_none_match = tag_list(headers, header::IF_NONE_MATCH, "If-None-Match")?;
+    Ok(if_none_match
         .is_some_and(|value| none_match_hits(value, version))
-        .then(|| tagged(StatusCode::NOT_MODIFIED, version))
+        .then(|| tagged(StatusCode::NOT_MODIFIED, version)))
 }
 
 /// What a write requires of the row's current version (`If-Match`).
@@ -41,8 +60,8 @@ pub enum Precondition {
 
 impl Precondition {
     /// The request's `If-Match`; a header that is not even text can never match.
-    pub fn from_headers(headers: &HeaderMap) -> Self {
-        Self::if_match(headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or_default()))
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, AppError> {
+        tag_list(headers, header::IF_MATCH, "If-Match").map(Self::if_match)
     }
 
     /// From an `If-Match` header value: strong tags only (RFC 9110 compares strongly
@@ -116,11 +135,26 @@ mod tests {
     #[test]
     fn a_current_if_none_match_is_a_304_with_the_tag() {
         let mut headers = HeaderMap::new();
-        assert!(not_modified(&headers, 2).is_none());
+        assert!(not_modified(&headers, 2).unwrap().is_none());
         headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(r#""2""#));
-        let res = not_modified(&headers, 2).expect("a 304");
+        let res = not_modified(&headers, 2).unwrap().expect("a 304");
         assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(res.headers()[header::ETAG], r#""2""#);
-        assert!(not_modified(&headers, 3).is_none());
+        assert!(not_modified(&headers, 3).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_tag_list_longer_than_the_bound_is_a_400_naming_the_header() {
+        let mut headers = HeaderMap::new();
+        let long = HeaderValue::try_from(format!("\"1\",{}", " ".repeat(MAX_TAG_LIST_LEN))).unwrap();
+        headers.insert(header::IF_MATCH, long.clone());
+        headers.insert(header::IF_NONE_MATCH, long);
+        let e = Precondition::from_headers(&headers).unwrap_err();
+        assert_eq!((e.status().as_u16(), e.code()), (400, "VALIDATION_ERROR"));
+        assert!(format!("{:?}", e.envelope().error.fields).contains("If-Match"));
+        assert!(not_modified(&headers, 1).is_err());
+        let fits = HeaderValue::try_from(format!("\"1\"{}", " ".repeat(MAX_TAG_LIST_LEN - 3))).unwrap();
+        headers.insert(header::IF_MATCH, fits);
+        assert_eq!(Precondition::from_headers(&headers).unwrap(), Precondition::OneOf(vec![1]));
     }
 }
