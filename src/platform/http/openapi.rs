@@ -198,24 +198,60 @@ const LINKS: [(&str, &str, &str, &[&str]); 8] = [
     ("dead_jobs", "200", "$response.body#/data/0/id", &["retry_dead_job"]),
 ];
 
+/// The links of a collection that [`LINKS`] does not name, by rule: from a `POST` at a
+/// path whose 201 has a `Location` to the operations on `<path>/{id}`, and from a `GET` at
+/// that path (its list) to the `GET` of its first item. A generated feature is linked so.
+fn derived_links(doc: &utoipa::openapi::OpenApi) -> Vec<(String, &'static str, &'static str, Vec<String>)> {
+    let id_of = |op: &Option<Operation>| op.as_ref().and_then(|op| op.operation_id.clone());
+    let mut links = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let Some(one) = doc.paths.paths.get(&format!("{path}/{{id}}")) else { continue };
+        if path.contains('{') {
+            continue;
+        }
+        let named = |id: &String| LINKS.iter().any(|(from, ..)| from == id);
+        let created = item.post.as_ref().and_then(|op| match op.responses.responses.get("201") {
+            Some(RefOr::T(r)) if r.headers.contains_key("Location") => op.operation_id.clone(),
+            _ => None,
+        });
+        if let Some(create) = created.filter(|id| !named(id)) {
+            let targets: Vec<String> =
+                [&one.get, &one.patch, &one.put, &one.delete].into_iter().filter_map(id_of).collect();
+            links.push((create, "201", "$response.body#/data/id", targets));
+        }
+        if let (Some(list), Some(get)) = (id_of(&item.get).filter(|id| !named(id)), id_of(&one.get)) {
+            links.push((list, "200", "$response.body#/data/0/id", vec![get]));
+        }
+    }
+    links
+}
+
 fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    let derived = derived_links(doc);
     for item in doc.paths.paths.values_mut() {
         for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete]
             .into_iter()
             .flatten()
         {
             let Some(id) = op.operation_id.as_deref() else { continue };
-            let Some((_, status, location, targets)) = LINKS.iter().find(|(from, ..)| *from == id) else {
-                continue;
-            };
-            let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else { continue };
-            for target in *targets {
+            let (status, location, targets): (&str, &str, Vec<&str>) =
+                match LINKS.iter().find(|(from, ..)| *from == id) {
+                    Some((_, status, location, targets)) => (status, location, targets.to_vec()),
+                    None => match derived.iter().find(|(from, ..)| from == id) {
+                        Some((_, status, location, targets)) => {
+                            (status, location, targets.iter().map(String::as_str).collect())
+                        }
+                        None => continue,
+                    },
+                };
+            let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) else { continue };
+            for target in targets {
                 response.links.insert(
-                    (*target).to_owned(),
+                    target.to_owned(),
                     RefOr::T(
                         LinkBuilder::new()
-                            .operation_id(*target)
-                            .parameter("id", *location)
+                            .operation_id(target)
+                            .parameter("id", location)
                             .description(format!("`{target}` with this `id`"))
                             .build(),
                     ),
