@@ -115,7 +115,7 @@ async fn a_cursor_is_refused_when_tampered_with_or_used_with_other_filters(pool:
     let mut tampered = cursor.clone().into_bytes();
     tampered[3] = if tampered[3] == b'A' { b'B' } else { b'A' };
     let tampered = String::from_utf8(tampered).unwrap();
-    for bad in [tampered, cursor[..cursor.len() - 2].to_owned(), "nonsense".to_owned(), "x".repeat(600)] {
+    for bad in [tampered, cursor[..cursor.len() - 2].to_owned(), "nonsense".to_owned(), "x".repeat(2049)] {
         let path = format!("{ORDERS}?status=pending&cursor={bad}");
         let err = expect_error(app.authed(Method::GET, &path, &admin.token), 400, "VALIDATION_ERROR").await;
         assert!(err["error"]["fields"]["cursor"].is_array(), "{err}");
@@ -427,4 +427,24 @@ async fn the_users_total_stays_exact_through_registrations_role_changes_and_dele
     let (page, _) = get(&app, &admin, &format!("/api/v1/users?q={}", people[4].email)).await;
     assert_eq!(page["pagination"]["total"], 1, "{page}");
     assert!(page["pagination"].get("totalCapped").is_none(), "{page}");
+}
+
+#[sqlx::test]
+async fn a_cursor_after_a_long_name_in_four_byte_characters_still_opens(pool: PgPool) {
+    // Arrange: names of 200 characters of four bytes each, which the cursor carries.
+    let app = TestApp::spawn(pool).await;
+    for c in ['\u{1F600}', '\u{1F601}'] {
+        app.product().name(&c.to_string().repeat(200)).create().await;
+    }
+    let (_, _, first) = send(app.request(Method::GET, "/api/v1/products?sort=name&limit=1")).await;
+    let cursor = first["pagination"]["nextCursor"].as_str().unwrap().to_owned();
+
+    // Act
+    let next = format!("/api/v1/products?sort=name&limit=1&cursor={cursor}");
+    let (status, _, second) = send(app.request(Method::GET, &next)).await;
+
+    // Assert
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(ids(&second).len(), 1);
+    assert_ne!(ids(&second), ids(&first));
 }

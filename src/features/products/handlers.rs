@@ -3,11 +3,10 @@
 use axum::{
     extract::{OriginalUri, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
+    response::Response,
 };
 
 use super::{
-    domain::{Precondition, none_match_hits},
     repository::{NewProduct, ProductRow},
     service::ProductService,
     types::{CreateProductRequest, ProductFilter, ProductIdPath, ProductResponse, UpdateProductRequest},
@@ -15,23 +14,16 @@ use super::{
 use crate::{
     platform::http::{
         error::{AppResult, ErrorEnvelope},
+        conditional::{Precondition, not_modified, tagged},
         extract::{PathParam, QueryParams, ValidJson},
         response::{ApiList, ApiOk, PageParams},
     },
     shared::auth::{Require, perm},
 };
 
-/// The strong ETag of a product version.
-fn etag(version: i32) -> HeaderValue {
-    // From the `String` itself, not a copy of it.
-    HeaderValue::try_from(format!("\"{version}\"")).expect("digits and quotes are a valid header")
-}
-
 fn with_etag(product: ProductRow, currency: &str, status: StatusCode) -> Response {
-    let tag = etag(product.version);
-    let mut res = (status, ApiOk::new(ProductResponse::new(product, currency))).into_response();
-    res.headers_mut().insert(header::ETAG, tag);
-    res
+    let version = product.version;
+    tagged((status, ApiOk::new(ProductResponse::new(product, currency))), version)
 }
 
 /// Lists live products (public).
@@ -67,10 +59,7 @@ pub async fn get_product(
     headers: HeaderMap,
 ) -> AppResult<Response> {
     let product = products.get(path.id).await?;
-    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if if_none_match.is_some_and(|value| none_match_hits(value, product.version)) {
-        let mut res = StatusCode::NOT_MODIFIED.into_response();
-        res.headers_mut().insert(header::ETAG, etag(product.version));
+    if let Some(res) = not_modified(&headers, product.version)? {
         return Ok(res);
     }
     Ok(with_etag(product, products.currency(), StatusCode::OK))
@@ -127,9 +116,7 @@ pub async fn update_product(
     headers: HeaderMap,
     ValidJson(body): ValidJson<UpdateProductRequest>,
 ) -> AppResult<Response> {
-    // A header that is not even text can never match: 412, never a silent overwrite.
-    let if_match = headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or_default());
-    let product = products.update(path.id, &Precondition::if_match(if_match), &body.into()).await?;
+    let product = products.update(path.id, &Precondition::from_headers(&headers)?, &body.into()).await?;
     Ok(with_etag(product, products.currency(), StatusCode::OK))
 }
 

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    domain::{Precondition, ProductSort},
+    domain::ProductSort,
     repository::{
         self, ANCHOR_EVERY, AnchorSet, ListPage, ListQuery, NewProduct, Position, ProductChanges, ProductRow,
     },
@@ -20,6 +20,7 @@ use super::{
 use crate::platform::{
     db::{contains_pattern, pipeline::Pipeline, read_pool::ReadPool},
     http::{
+        conditional::Precondition,
         cursor::{self, Cursors},
         error::{AppError, AppResult},
         response::{PageParams, Pagination, split_page},

@@ -427,6 +427,38 @@ where
     T::deserialize(de).map(Some)
 }
 
+/// Longest RFC 3339 instant a body or query takes: a four-digit year, nanoseconds and an
+/// offset (`2026-01-01T10:00:00.123456789+01:00`). chrono alone reads any number of fraction
+/// digits; with this bound the OpenAPI document can state a `maxLength` that holds.
+pub const MAX_TIMESTAMP_LEN: usize = 35;
+
+/// `#[serde(deserialize_with = "timestamp")]`: an RFC 3339 instant of at most
+/// [`MAX_TIMESTAMP_LEN`] characters, in UTC.
+pub fn timestamp<'de, D>(de: D) -> Result<chrono::DateTime<chrono::Utc>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let text = String::deserialize(de)?;
+    if text.len() > MAX_TIMESTAMP_LEN {
+        return Err(D::Error::custom(format!(
+            "must be an RFC 3339 instant of at most {MAX_TIMESTAMP_LEN} characters"
+        )));
+    }
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|_| D::Error::custom("must be an RFC 3339 instant, such as 2026-01-01T10:00:00Z"))
+}
+
+/// [`timestamp`] for an optional field: absent is `None` (with `#[serde(default)]`), `null`
+/// is refused as [`reject_null`] refuses it.
+pub fn some_timestamp<'de, D>(de: D) -> Result<Option<chrono::DateTime<chrono::Utc>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    timestamp(de).map(Some)
+}
+
 /// `first_name` → `firstName`; already camelCase names pass unchanged.
 pub fn camel_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
@@ -450,6 +482,23 @@ mod tests {
     use validator::Validate;
 
     use super::*;
+
+    #[test]
+    fn timestamps_are_rfc_3339_and_bounded_in_length() {
+        #[derive(Debug, Deserialize)]
+        struct At {
+            #[serde(deserialize_with = "timestamp")]
+            at: chrono::DateTime<chrono::Utc>,
+        }
+        let read = |text: &str| serde_json::from_value::<At>(serde_json::json!({ "at": text }));
+        let longest = "2026-01-01T10:00:00.123456789+01:00";
+        assert_eq!(longest.len(), MAX_TIMESTAMP_LEN);
+        assert_eq!(read(longest).unwrap().at.to_rfc3339(), "2026-01-01T09:00:00.123456789+00:00");
+        assert_eq!(read("2026-01-01T10:00:00Z").unwrap().at.to_rfc3339(), "2026-01-01T10:00:00+00:00");
+        for bad in ["2026-01-01T10:00:00.1234567891+01:00", "2026-01-01", "yesterday", ""] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
 
     #[derive(Debug, Deserialize, serde::Serialize, Validate)]
     #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -2,6 +2,7 @@
 //! envelope, extractors that answer in the envelope, the middleware stack and the
 //! OpenAPI document's common parts, and the server loop that runs the router.
 
+pub mod conditional;
 pub mod cursor;
 pub mod error;
 pub mod extract;

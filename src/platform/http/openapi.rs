@@ -198,24 +198,60 @@ const LINKS: [(&str, &str, &str, &[&str]); 8] = [
     ("dead_jobs", "200", "$response.body#/data/0/id", &["retry_dead_job"]),
 ];
 
+/// The links of a collection that [`LINKS`] does not name, by rule: from a `POST` at a
+/// path whose 201 has a `Location` to the operations on `<path>/{id}`, and from a `GET` at
+/// that path (its list) to the `GET` of its first item. A generated feature is linked so.
+fn derived_links(doc: &utoipa::openapi::OpenApi) -> Vec<(String, &'static str, &'static str, Vec<String>)> {
+    let id_of = |op: &Option<Operation>| op.as_ref().and_then(|op| op.operation_id.clone());
+    let mut links = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let Some(one) = doc.paths.paths.get(&format!("{path}/{{id}}")) else { continue };
+        if path.contains('{') {
+            continue;
+        }
+        let named = |id: &String| LINKS.iter().any(|(from, ..)| from == id);
+        let created = item.post.as_ref().and_then(|op| match op.responses.responses.get("201") {
+            Some(RefOr::T(r)) if r.headers.contains_key("Location") => op.operation_id.clone(),
+            _ => None,
+        });
+        if let Some(create) = created.filter(|id| !named(id)) {
+            let targets: Vec<String> =
+                [&one.get, &one.patch, &one.put, &one.delete].into_iter().filter_map(id_of).collect();
+            links.push((create, "201", "$response.body#/data/id", targets));
+        }
+        if let (Some(list), Some(get)) = (id_of(&item.get).filter(|id| !named(id)), id_of(&one.get)) {
+            links.push((list, "200", "$response.body#/data/0/id", vec![get]));
+        }
+    }
+    links
+}
+
 fn add_links(doc: &mut utoipa::openapi::OpenApi) {
+    let derived = derived_links(doc);
     for item in doc.paths.paths.values_mut() {
         for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.put, &mut item.delete]
             .into_iter()
             .flatten()
         {
             let Some(id) = op.operation_id.as_deref() else { continue };
-            let Some((_, status, location, targets)) = LINKS.iter().find(|(from, ..)| *from == id) else {
-                continue;
-            };
-            let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else { continue };
-            for target in *targets {
+            let (status, location, targets): (&str, &str, Vec<&str>) =
+                match LINKS.iter().find(|(from, ..)| *from == id) {
+                    Some((_, status, location, targets)) => (status, location, targets.to_vec()),
+                    None => match derived.iter().find(|(from, ..)| from == id) {
+                        Some((_, status, location, targets)) => {
+                            (status, location, targets.iter().map(String::as_str).collect())
+                        }
+                        None => continue,
+                    },
+                };
+            let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) else { continue };
+            for target in targets {
                 response.links.insert(
-                    (*target).to_owned(),
+                    target.to_owned(),
                     RefOr::T(
                         LinkBuilder::new()
-                            .operation_id(*target)
-                            .parameter("id", *location)
+                            .operation_id(target)
+                            .parameter("id", location)
                             .description(format!("`{target}` with this `id`"))
                             .build(),
                     ),
@@ -252,6 +288,7 @@ pub fn document(mut doc: utoipa::openapi::OpenApi, lists: &[(&str, usize)]) -> V
         doc["info"].as_object_mut().map(|info| info.remove("license"));
     }
     add_headers(&mut doc);
+    bound_tag_lists(&mut doc);
     bound_schemas(&mut doc, lists);
     // The error codes a client can meet, as an enum: a typed client matches on them.
     if let Some(code) = doc.pointer_mut("/components/schemas/ErrorBody/properties/code") {
@@ -321,34 +358,51 @@ fn header_components() -> Value {
     })
 }
 
+/// The schema of a response header wherever it is sent: an `ETag` is `"<version>"`, a
+/// `Location` the path of the resource just created under `path` (the operation's own).
+fn header_schema(name: &str, path: &str) -> Option<Value> {
+    match name {
+        // `"<version>"`: a positive i32 in quotes.
+        "ETag" => {
+            Some(json!({"type": "string", "minLength": 3, "maxLength": 12, "pattern": "^\"[1-9][0-9]*\"$"}))
+        }
+        "Location" => {
+            // The path of the new resource: the collection's path, a slash and a hyphenated UUID.
+            let prefix = format!("{path}/");
+            let len = prefix.len() + 36;
+            Some(json!({"type": "string", "format": "uri-reference", "minLength": len, "maxLength": len,
+                        "pattern": format!("^{prefix}[0-9a-f-]{{36}}$")}))
+        }
+        _ => None,
+    }
+}
+
 /// Response headers of single operations: `(operationId, status, header, schema)`.
-fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 8] {
-    // `"<version>"`: a positive i32 in quotes.
-    let etag = json!({"type": "string", "minLength": 3, "maxLength": 12, "pattern": "^\"[1-9][0-9]*\"$"});
-    let location = |prefix: &str| {
-        // The path of the new resource: a prefix and a hyphenated UUID.
-        let len = prefix.len() + 36;
-        json!({"type": "string", "format": "uri-reference", "minLength": len, "maxLength": len,
-               "pattern": format!("^{prefix}[0-9a-f-]{{36}}$")})
-    };
-    [
-        ("get_product", "200", "ETag", etag.clone()),
-        ("update_product", "200", "ETag", etag.clone()),
-        ("create_product", "201", "ETag", etag),
-        ("create_product", "201", "Location", location("/api/v1/products/")),
-        ("create_order", "201", "Location", location("/api/v1/orders/")),
-        ("create_report", "202", "Location", location("/api/v1/reports/")),
-        ("create_endpoint", "201", "Location", location("/api/v1/webhook-endpoints/")),
-        (
-            "download_report",
-            "200",
-            "Content-Disposition",
-            // `attachment; filename="<type>-<first day>-<last day>.csv"`: the longest type
-            // (`inventory`) and two dates of chrono's widest years (`+262143-12-31`); a name
-            // that is no header value falls back to `attachment`.
-            json!({"type": "string", "maxLength": 64, "pattern": "^attachment(; filename=\"[a-z]+-[-+0-9]+\\.csv\")?$"}),
-        ),
-    ]
+fn operation_headers() -> [(&'static str, &'static str, &'static str, Value); 1] {
+    [(
+        "download_report",
+        "200",
+        "Content-Disposition",
+        // `attachment; filename="<type>-<first day>-<last day>.csv"`: the longest type
+        // (`inventory`) and two dates of chrono's widest years (`+262143-12-31`); a name
+        // that is no header value falls back to `attachment`.
+        json!({"type": "string", "maxLength": 64, "pattern": "^attachment(; filename=\"[a-z]+-[-+0-9]+\\.csv\")?$"}),
+    )]
+}
+
+/// `If-Match` and `If-None-Match` request headers: at most
+/// [`MAX_TAG_LIST_LEN`](super::conditional::MAX_TAG_LIST_LEN) bytes, as the server checks.
+fn bound_tag_lists(doc: &mut Value) {
+    for (_, op) in operations_mut(doc) {
+        let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else { continue };
+        for param in params {
+            let header = param["in"] == "header"
+                && matches!(param["name"].as_str(), Some("If-Match" | "If-None-Match"));
+            if header && let Some(schema) = param.get_mut("schema").and_then(Value::as_object_mut) {
+                schema.insert("maxLength".to_owned(), json!(super::conditional::MAX_TAG_LIST_LEN));
+            }
+        }
+    }
 }
 
 fn operations_mut(doc: &mut Value) -> impl Iterator<Item = (&String, &mut Map<String, Value>)> {
@@ -383,6 +437,11 @@ fn add_headers(doc: &mut Value) {
             }
             for name in names {
                 headers.insert(name.to_owned(), header_ref(name));
+            }
+            for (name, header) in headers.iter_mut() {
+                if let (Some(schema), Some(header)) = (header_schema(name, path), header.as_object_mut()) {
+                    header.insert("schema".to_owned(), schema);
+                }
             }
             for (_, _, name, schema) in specific.iter().filter(|(o, s, ..)| *o == id && s == status) {
                 if let Some(header) = headers.get_mut(*name).and_then(Value::as_object_mut) {

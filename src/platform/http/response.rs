@@ -74,7 +74,7 @@ pub struct Pagination {
     #[schema(value_type = Option<bool>)]
     pub total_capped: bool,
     /// The `cursor` of the next page (in either mode); `null` on the last page.
-    #[schema(max_length = 512)]
+    #[schema(max_length = 2048)]
     pub next_cursor: Option<String>,
 }
 
@@ -195,8 +195,8 @@ pub struct PageParams {
     #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: u32,
     /// Cursor mode: the `nextCursor` of the previous page, with the same filters and sort.
-    #[validate(length(min = 1, max = 512, message = "must be 1 to 512 characters"))]
-    #[param(min_length = 1, max_length = 512)]
+    #[validate(length(min = 1, max = 2048, message = "must be 1 to 2048 characters"))]
+    #[param(min_length = 1, max_length = 2048)]
     pub cursor: Option<String>,
 }
 
