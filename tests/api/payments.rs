@@ -280,7 +280,8 @@ async fn starting_a_payment_creates_one_intent_and_asking_again_returns_it(pool:
     assert_ne!(renewed, intent);
     let keys: Vec<Value> =
         standin.calls("POST", "/v1/payment_intents").iter().map(|r| r["idempotencyKey"].clone()).collect();
-    assert!(keys[1..].iter().all(|k| *k == format!("order-{order}-payment-1")), "{keys:?}");
+    let renewal = format!("order-{order}-payment-after-{intent}");
+    assert!(keys[1..].iter().all(|k| *k == renewal), "{keys:?}");
     let intents: i64 = sqlx::query_scalar("select count(*) from payments").fetch_one(&pool).await.unwrap();
     assert_eq!(intents, 2);
     // Paid at the provider, its webhook not here yet: asked again, the same intent (a new

@@ -123,23 +123,28 @@ impl PaymentService {
                 }
                 return Ok((Started::Existing, answer(&order, provider.name(), intent)));
             }
-            // Cancelled at the provider: a new intent, under a new key. Requests racing
-            // here move the key on once (compare and set), so they share the new intent.
-            next_payment_key(&self.db, order.id, order.payment_key_seq).await?;
-            return self.create(online, order.id, Actor::caller(caller.id, staff)).await;
+            // Cancelled at the provider: a new intent, under a key named after the
+            // cancelled one. Requests racing here compute the same key, so the provider
+            // gives them one intent (a counter moved on by one of them could be read
+            // after its move by another, which would then move it again: two intents).
+            let base = format!("order-{}-payment-after-{}", order.id, current.provider_payment_id);
+            return self.create(online, order.id, base, Actor::caller(caller.id, staff)).await;
         }
         if order.current.is_some() {
             // Its money was taken and is being given back (a mismatch): a new intent.
             next_payment_key(&self.db, order.id, order.payment_key_seq).await?;
         }
-        self.create(online, order.id, Actor::caller(caller.id, staff)).await
+        let base = format!("order-{}-payment", order.id);
+        self.create(online, order.id, base, Actor::caller(caller.id, staff)).await
     }
 
-    /// Creates the order's intent under its current key and records it.
+    /// Creates the order's intent under `key_base` and the order's key counter (moved on
+    /// when the provider refuses a key for good) and records it.
     async fn create(
         &self,
         online: &Online,
         order_id: Uuid,
+        key_base: String,
         actor: Actor,
     ) -> AppResult<(Started, PaymentAnswer)> {
         let provider = &online.provider;
@@ -150,7 +155,7 @@ impl PaymentService {
             order_id: order.id,
             amount_cents: order.total_cents,
             currency: &order.currency,
-            idempotency_key: provider::key(format!("order-{}-payment", order.id), order.payment_key_seq),
+            idempotency_key: provider::key(key_base, order.payment_key_seq),
         };
         let intent = match provider.create_intent(&new).await {
             Ok(intent) => intent,
