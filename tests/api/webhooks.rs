@@ -230,15 +230,7 @@ async fn a_failing_receiver_is_retried_then_failed_and_can_be_retried_by_hand(po
     let ids: Vec<&str> = got.iter().map(|(h, _)| h["webhook-id"].to_str().unwrap()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
-    let started = Instant::now();
-    let delivery = loop {
-        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
-        if list["data"][0]["status"] == "failed" {
-            break list["data"][0].clone();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let delivery = settled(&app, &admin.token, &id, |d| d["status"] == "failed").await;
     assert_eq!(delivery["attempts"], 3);
     assert_eq!(delivery["lastStatusCode"], 500);
     // Retried by hand: three more attempts.
@@ -401,16 +393,7 @@ async fn a_host_resolving_to_loopback_fails_at_once_and_redirects_are_not_follow
             .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
     )
     .await;
-    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
-    let started = Instant::now();
-    let delivery = loop {
-        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
-        if list["data"][0]["status"] == "failed" {
-            break list["data"][0].clone();
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let delivery = settled(&app, &admin.token, &id, |d| d["status"] == "failed").await;
     assert_eq!(delivery["attempts"], 1, "a forbidden address is not retried: {delivery}");
     assert!(delivery["lastError"].as_str().unwrap().contains("loopback"), "{delivery}");
     assert!(received.lock().unwrap().is_empty(), "nothing reached the loopback receiver");
@@ -447,16 +430,7 @@ async fn a_redirect_is_not_followed(pool: PgPool) {
             .json(&json!({"items": [{"productId": mug.id, "quantity": 1}]})),
     )
     .await;
-    let deliveries = format!("{ENDPOINTS}/{id}/deliveries");
-    let started = Instant::now();
-    loop {
-        let (_, _, list) = send(app.authed(Method::GET, &deliveries, &admin.token)).await;
-        if list["data"][0]["lastStatusCode"] == 307 {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    settled(&app, &admin.token, &id, |d| d["lastStatusCode"] == 307).await;
     assert!(received.lock().unwrap().is_empty(), "the redirect's target got nothing");
 }
 

@@ -2,6 +2,12 @@
 //! `"<version>"` a read answers with, `If-None-Match` → 304 on reads, and `If-Match` as
 //! the precondition of a write (optimistic concurrency: a stale tag is a 412, never a
 //! silent overwrite).
+//!
+//! Written here, not taken from a crate, because no kept crate does it for generated
+//! responses: tower-http's conditional handling belongs to `ServeDir` (files and their
+//! modification times), and axum has none. It was the catalogue's own code, moved here
+//! so that every feature (and every generated one) shares it. Exit plan: a crate that
+//! answers `If-Match`/`If-None-Match` from a handler-supplied version replaces it.
 
 use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header},
