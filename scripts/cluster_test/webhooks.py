@@ -194,7 +194,7 @@ def disable(cluster: Cluster, admin: str, endpoint: str) -> None:
 def events_of(cluster: Cluster, endpoint: str) -> dict[str, tuple[str, str]]:
     """The webhook events fanned out to `endpoint`: id -> (type, order id)."""
     rows = cluster.sql(
-        f"select id, type, body->'data'->>'id' from webhook_events where '{endpoint}'::uuid = any(endpoint_ids)"
+        f"select id, type, coalesce(order_id::text, body->'data'->>'id') from webhook_events where '{endpoint}'::uuid = any(endpoint_ids)"
     )
     return {r[0]: (r[1], r[2]) for r in rows}
 

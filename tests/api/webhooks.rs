@@ -575,6 +575,116 @@ async fn every_order_event_reaches_its_followers_in_the_apis_order_shape(pool: P
 }
 
 #[sqlx::test]
+async fn each_event_carries_the_order_as_its_change_committed_it(pool: PgPool) {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    let smtp = SmtpServer::start();
+    let app = TestApp::spawn_mailing(pool.clone(), &smtp, |s| {
+        s.webhook_allow_http = true;
+        s.webhook_allow_private_targets = true;
+        s.webhook_retry_base = Duration::from_millis(100);
+        s.webhook_max_attempts = 30;
+    })
+    .await;
+    // A receiver answering 503 until told otherwise: every delivery waits, retried, while
+    // the order changes on; each body is recorded with the answer it got.
+    let answer = Arc::new(AtomicU16::new(503));
+    let received: Arc<Mutex<Vec<(HeaderMap, Bytes, u16)>>> = Arc::default();
+    let (store, status) = (received.clone(), answer.clone());
+    let hook = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let (store, status) = (store.clone(), status.clone());
+            async move {
+                let code = status.load(Ordering::SeqCst);
+                store.lock().unwrap().push((headers, body, code));
+                axum::http::StatusCode::from_u16(code).unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let admin = app.user().admin().signed_in().await;
+    let ann = app.user().signed_in().await;
+    let (endpoint, _) = follow_all(&app, &admin.token, &url).await;
+    let mug = app.product().price_cents(500).stock(10).create().await.id;
+
+    let first = json!({"line1": "1 Main St", "city": "Berlin", "postalCode": "10115", "country": "DE"});
+    let second = json!({"line1": "9 Quay", "city": "Dublin", "postalCode": "D02", "country": "IE"});
+    let order = place(&app, &ann.token, mug).await;
+    let path = format!("/api/v1/orders/{order}");
+    let patch = |token: &str, body: Value| app.authed(Method::PATCH, &path, token).json(&body);
+    let status = |s: &str| {
+        app.authed(Method::PATCH, &format!("{path}/status"), &admin.token).json(&json!({ "status": s }))
+    };
+    assert_eq!(send(patch(&ann.token, json!({ "shippingAddress": first }))).await.0, 200);
+    assert_eq!(send(status("paid")).await.0, 200);
+    assert_eq!(send(patch(&admin.token, json!({ "shippingAddress": second }))).await.0, 200);
+    assert_eq!(send(status("shipped")).await.0, 200);
+    let api = send(app.authed(Method::GET, &path, &ann.token)).await.2["data"].clone();
+
+    // Only now are deliveries taken: each is sent after every change above.
+    answer.store(204, Ordering::SeqCst);
+    let started = Instant::now();
+    let got = loop {
+        let got = received.lock().unwrap().clone();
+        if got.iter().filter(|(_, _, code)| *code == 204).count() >= 3 {
+            break got;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{} deliveries", got.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let delivered: std::collections::HashMap<String, Value> = got
+        .iter()
+        .filter(|(_, _, code)| *code == 204)
+        .map(|(_, body, _)| {
+            let v: Value = serde_json::from_slice(body).unwrap();
+            (v["type"].as_str().unwrap().to_owned(), v["data"].clone())
+        })
+        .collect();
+    let created = &delivered["order.created"];
+    assert_eq!((created["status"].as_str(), &created["shippingAddress"]), (Some("pending"), &Value::Null));
+    assert_eq!(created["updatedAt"], created["createdAt"], "{created}");
+    let paid = &delivered["order.paid"];
+    assert_eq!((paid["status"].as_str(), &paid["shippingAddress"]), (Some("paid"), &first));
+    // The last change's event is the order as it stands (times as instants: the body
+    // writes them with an offset, the API with `Z`).
+    let instant = |v: &Value| v.as_str().map(|t| chrono::DateTime::parse_from_rfc3339(t).unwrap());
+    let shipped = &delivered["order.shipped"];
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(shipped), keys(&api));
+    for (key, value) in api.as_object().unwrap() {
+        if key.ends_with("At") {
+            assert_eq!(instant(&shipped[key]), instant(value), "{key}");
+        } else {
+            assert_eq!(&shipped[key], value, "{key}");
+        }
+    }
+    for data in delivered.values() {
+        assert_eq!(
+            (&data["id"], &data["items"], &data["totalCents"]),
+            (&api["id"], &api["items"], &api["totalCents"])
+        );
+    }
+    // Every attempt of an event, before and after the changes, carried the same body.
+    for (headers, body, _) in &got {
+        let id = &headers["webhook-id"];
+        let same = got.iter().filter(|(h, _, _)| h["webhook-id"] == *id);
+        assert!(same.clone().all(|(_, b, _)| b == body), "attempts of {id:?} differ");
+    }
+    assert_eq!(broken_invariants(&pool).await, Vec::<String>::new());
+
+    // An order deleted by hand before its event went out: nothing is left to send, and
+    // the delivery fails at once, saying why.
+    answer.store(503, Ordering::SeqCst);
+    let gone = place(&app, &ann.token, mug).await;
+    sqlx::query("delete from orders where id = $1::uuid").bind(&gone).execute(&pool).await.unwrap();
+    answer.store(204, Ordering::SeqCst);
+    let last = settled(&app, &admin.token, &endpoint, |d| d["status"] == "failed").await;
+    assert_eq!(last["lastError"], "the event's order no longer exists", "{last}");
+}
+
+#[sqlx::test]
 async fn a_disabled_endpoint_gets_nothing_and_a_deleted_one_stops_its_retries(pool: PgPool) {
     let smtp = SmtpServer::start();
     let app = mailing_app(pool.clone(), &smtp).await;

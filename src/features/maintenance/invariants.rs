@@ -141,8 +141,9 @@ pub static INVARIANTS: &[Invariant] = &[
                 and not exists (select 1 from webhook_deliveries d
                                 where d.event_id = ev.id and d.endpoint_id = t.id)
               union all
-              select format('webhook event %s not fanned out since %s', event_id, created_at)
-              from webhook_fanout where created_at < now() - interval '1 minute'
+              select format('webhook event %s not fanned out since %s', ev.id, ev.created_at)
+              from webhook_fanout f join webhook_events ev on ev.id = f.event_id
+              where ev.created_at < now() - interval '1 minute'
               union all
               select format('webhook event %s (%s): delivery %s to endpoint %s, which did not follow it',
                             ev.id, ev.type, d.id, d.endpoint_id)

@@ -182,12 +182,14 @@ impl JobHandler for WebhookJobs {
         if row.status != DeliveryStatus::Pending || row.attempts + 1 != p.attempt {
             return Ok(()); // this attempt was made already (a duplicate job)
         }
-        let outcome = match self.keys(&row) {
-            Ok(keys) => {
-                let body = serde_json::to_vec(&row.body).unwrap_or_default();
+        let outcome = match (self.keys(&row), &row.body) {
+            (Ok(keys), Some(body)) => {
+                let body = serde_json::to_vec(body).unwrap_or_default();
                 delivery::attempt(self.attempts, &row.url, &row.event_id.to_string(), &keys, &body).await
             }
-            Err(e) => Outcome::Failed { status: None, error: e.to_string() },
+            (Err(e), _) => Outcome::Failed { status: None, error: e.to_string() },
+            // Someone deleted the order by hand: there is nothing left to send.
+            (Ok(_), None) => Outcome::Refused { error: "the event's order no longer exists".into() },
         };
         let (status, code, error, next) = match &outcome {
             Outcome::Delivered { status } => {

@@ -1,5 +1,5 @@
-//! SQL of the webhooks feature: `webhook_endpoints`, `webhook_events` and
-//! `webhook_deliveries`, this feature's tables, cleanup included.
+//! SQL of the webhooks feature: `webhook_endpoints`, `webhook_events`, `webhook_fanout`
+//! and `webhook_deliveries`, this feature's tables, cleanup included.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, PgPool};
@@ -175,6 +175,8 @@ pub async fn pending_and_failing(db: impl PgExecutor<'_>) -> sqlx::Result<(i64, 
 /// Claims up to `batch` due deliveries, at most `per_endpoint` in flight per endpoint
 /// (counting those already leased), leasing each for `lease_secs`; their ids and the
 /// number of the attempt each is about to make. The caller holds the dispatch lock.
+/// Per endpoint it reads its leased deliveries and then its due ones, oldest first, only
+/// as many as it has free slots: a backlog of any length costs a round nothing.
 pub async fn claim_due(
     db: impl PgExecutor<'_>,
     per_endpoint: i64,
@@ -182,19 +184,20 @@ pub async fn claim_due(
     lease_secs: f64,
 ) -> sqlx::Result<Vec<(Uuid, i32)>> {
     let rows = sqlx::query!(
-        r#"with busy as (
-               select endpoint_id, count(*) as n from webhook_deliveries
-               where status = 'pending' and leased_until > now() group by endpoint_id),
+        r#"with free as (
+               select e.id, $1 - (select count(*) from webhook_deliveries b
+                                  where b.endpoint_id = e.id and b.status = 'pending'
+                                    and b.leased_until > now()) as n
+               from webhook_endpoints e),
            due as (
-               select d.id, d.endpoint_id,
-                      row_number() over (partition by d.endpoint_id order by d.next_attempt_at, d.id) as rn
-               from webhook_deliveries d
-               where d.status = 'pending' and d.next_attempt_at <= now()
-                 and (d.leased_until is null or d.leased_until <= now())
+               select d.id from free cross join lateral (
+                   select d.id, d.next_attempt_at from webhook_deliveries d
+                   where d.endpoint_id = free.id and d.status = 'pending' and d.next_attempt_at <= now()
+                     and (d.leased_until is null or d.leased_until <= now())
+                   order by d.next_attempt_at, d.id limit greatest(free.n, 0)) d
                order by d.next_attempt_at limit $2)
            update webhook_deliveries w set leased_until = now() + make_interval(secs => $3)
-           from due left join busy using (endpoint_id)
-           where w.id = due.id and due.rn + coalesce(busy.n, 0) <= $1
+           from due where w.id = due.id
            returning w.id, w.attempts + 1 as "attempt!""#,
         per_endpoint,
         batch,
@@ -205,14 +208,14 @@ pub async fn claim_due(
     Ok(rows.into_iter().map(|r| (r.id, r.attempt)).collect())
 }
 
-/// Writes the deliveries of up to `batch` events waiting in the fan-out queue, oldest
-/// first: one per endpoint the event recorded that still exists. How many events left
-/// the queue.
+/// Writes the deliveries of up to `batch` events waiting in the fan-out queue (a heap
+/// read in its own order: every event in it is due): one per endpoint the event recorded
+/// that still exists. How many events left the queue. The caller holds the dispatch lock.
 pub async fn fan_out(db: impl PgExecutor<'_>, batch: i64) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
         r#"with batch as (
-               delete from webhook_fanout where event_id in (
-                   select event_id from webhook_fanout order by created_at limit $1 for update skip locked)
+               delete from webhook_fanout where ctid = any(array(
+                   select ctid from webhook_fanout limit $1 for update skip locked))
                returning event_id),
            written as (
                insert into webhook_deliveries (id, endpoint_id, event_id, next_attempt_at)
@@ -251,7 +254,8 @@ pub struct AttemptRow {
     pub secret_sealed: Vec<u8>,
     pub previous_sealed: Option<Vec<u8>>,
     pub previous_until: Option<DateTime<Utc>>,
-    pub body: serde_json::Value,
+    /// `None` when the event's order no longer exists.
+    pub body: Option<serde_json::Value>,
     pub event_created_at: DateTime<Utc>,
 }
 
@@ -259,7 +263,8 @@ pub async fn load_attempt(db: impl PgExecutor<'_>, delivery: Uuid) -> sqlx::Resu
     sqlx::query_as!(
         AttemptRow,
         r#"select d.id as delivery_id, d.endpoint_id, d.event_id, d.status as "status: DeliveryStatus",
-                  d.attempts, e.url, e.secret_sealed, e.previous_sealed, e.previous_until, ev.body,
+                  d.attempts, e.url, e.secret_sealed, e.previous_sealed, e.previous_until,
+                  webhook_event_body(ev) as body,
                   ev.created_at as event_created_at
            from webhook_deliveries d
            join webhook_endpoints e on e.id = d.endpoint_id
