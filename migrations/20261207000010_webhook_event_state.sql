@@ -55,9 +55,48 @@ begin
         select jsonb_build_object(
             'status', p.status, 'provider', p.provider,
             'providerPaymentId', p.provider_payment_id, 'amountCents', p.amount_cents,
-            'currency', p.currency, 'updatedAt', p.updated_at)
+            'currency', p.currency, 'updatedAt', webhook_time(p.updated_at))
         from payments p where p.order_id = webhook_order_payment.order_id
         order by p.created_at desc, p.id desc limit 1);
+end;
+$$;
+
+-- A time as the API writes it: RFC 3339 in UTC with `Z`, and as many fraction digits as
+-- it needs (none, 3 or 6), so a consumer comparing strings sees the API's.
+create function webhook_time(t timestamptz) returns text
+language sql immutable as $$
+    select case
+        when t is null then null
+        when extract(microseconds from t)::bigint % 1000000 = 0
+            then to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+        when extract(microseconds from t)::bigint % 1000 = 0
+            then to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+        else to_char(t at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+    end
+$$;
+
+-- The order as the API answers it (GET /orders/{id}), as JSON: the body's `data`.
+create or replace function webhook_order_json(order_id uuid) returns jsonb
+language plpgsql stable as $$
+begin
+    return (
+        select jsonb_build_object(
+            'id', o.id,
+            'userId', o.user_id,
+            'status', o.status,
+            'items', (select coalesce(jsonb_agg(jsonb_build_object(
+                          'productId', i.product_id, 'sku', i.sku, 'name', i.name,
+                          'unitPriceCents', i.unit_price_cents, 'quantity', i.quantity,
+                          'lineTotalCents', i.line_total_cents) order by i.position), '[]'::jsonb)
+                      from order_items i where i.order_id = o.id),
+            'totalCents', o.total_cents,
+            'currency', o.currency,
+            'shippingAddress', o.shipping_address,
+            'payment', webhook_order_payment(o.id),
+            'expiresAt', case when o.status = 'pending' then webhook_time(o.expires_at) end,
+            'createdAt', webhook_time(o.created_at),
+            'updatedAt', webhook_time(o.updated_at))
+        from orders o where o.id = webhook_order_json.order_id);
 end;
 $$;
 
@@ -82,8 +121,8 @@ begin
             'status', ev.order_status,
             'shippingAddress', ev.shipping_address,
             'payment', ev.payment,
-            'expiresAt', ev.expires_at,
-            'updatedAt', ev.order_updated_at));
+            'expiresAt', webhook_time(ev.expires_at),
+            'updatedAt', webhook_time(ev.order_updated_at)));
 end;
 $$;
 
