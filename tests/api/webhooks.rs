@@ -2,7 +2,10 @@
 //! records what it is sent; orders placed and changed through the API reach it, signed.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -23,22 +26,29 @@ type Received = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 /// A receiver on a free loopback port answering `status`; its URL and what it received.
 async fn receiver(status: u16) -> (String, Received) {
+    let (url, received, _) = switchable_receiver(status).await;
+    (url, received)
+}
+
+/// A receiver like [`receiver`], with the answer it gives, which the test may change.
+async fn switchable_receiver(status: u16) -> (String, Received, Arc<AtomicU16>) {
     let received: Received = Arc::default();
-    let store = received.clone();
+    let answer = Arc::new(AtomicU16::new(status));
+    let (store, code) = (received.clone(), answer.clone());
     let app = Router::new().route(
         "/hook",
         post(move |headers: HeaderMap, body: Bytes| {
-            let store = store.clone();
+            let (store, code) = (store.clone(), code.clone());
             async move {
                 store.lock().unwrap().push((headers, body));
-                axum::http::StatusCode::from_u16(status).unwrap()
+                axum::http::StatusCode::from_u16(code.load(Ordering::SeqCst)).unwrap()
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
+    (url, received, answer)
 }
 
 async fn wait_for(received: &Received, n: usize) -> Vec<(HeaderMap, Bytes)> {
@@ -576,7 +586,6 @@ async fn every_order_event_reaches_its_followers_in_the_apis_order_shape(pool: P
 
 #[sqlx::test]
 async fn each_event_carries_the_order_as_its_change_committed_it(pool: PgPool) {
-    use std::sync::atomic::{AtomicU16, Ordering};
     let smtp = SmtpServer::start();
     let app = TestApp::spawn_mailing(pool.clone(), &smtp, |s| {
         s.webhook_allow_http = true;
@@ -586,24 +595,8 @@ async fn each_event_carries_the_order_as_its_change_committed_it(pool: PgPool) {
     })
     .await;
     // A receiver answering 503 until told otherwise: every delivery waits, retried, while
-    // the order changes on; each body is recorded with the answer it got.
-    let answer = Arc::new(AtomicU16::new(503));
-    let received: Arc<Mutex<Vec<(HeaderMap, Bytes, u16)>>> = Arc::default();
-    let (store, status) = (received.clone(), answer.clone());
-    let hook = Router::new().route(
-        "/hook",
-        post(move |headers: HeaderMap, body: Bytes| {
-            let (store, status) = (store.clone(), status.clone());
-            async move {
-                let code = status.load(Ordering::SeqCst);
-                store.lock().unwrap().push((headers, body, code));
-                axum::http::StatusCode::from_u16(code).unwrap()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    // the order changes on.
+    let (url, received, answer) = switchable_receiver(503).await;
     let admin = app.user().admin().signed_in().await;
     let ann = app.user().signed_in().await;
     let (endpoint, _) = follow_all(&app, &admin.token, &url).await;
@@ -625,23 +618,28 @@ async fn each_event_carries_the_order_as_its_change_committed_it(pool: PgPool) {
 
     // Only now are deliveries taken: each is sent after every change above.
     answer.store(204, Ordering::SeqCst);
+    // Wait until the server counts all three delivered (each answered 204).
+    let delivered = format!("{ENDPOINTS}/{endpoint}/deliveries?status=delivered");
     let started = Instant::now();
-    let got = loop {
-        let got = received.lock().unwrap().clone();
-        if got.iter().filter(|(_, _, code)| *code == 204).count() >= 3 {
-            break got;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "{} deliveries", got.len());
+    while send(app.authed(Method::GET, &delivered, &admin.token)).await.2["pagination"]["total"] != 3 {
+        assert!(started.elapsed() < Duration::from_secs(15), "three deliveries were not made");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+    let got = received.lock().unwrap().clone();
+    // Every attempt of an event, before and after the changes, carried the same body.
+    for (headers, body) in &got {
+        let id = &headers["webhook-id"];
+        let same = got.iter().filter(|(h, _)| h["webhook-id"] == *id).all(|(_, b)| b == body);
+        assert!(same, "attempts of {id:?} differ");
+    }
     let delivered: std::collections::HashMap<String, Value> = got
         .iter()
-        .filter(|(_, _, code)| *code == 204)
-        .map(|(_, body, _)| {
+        .map(|(_, body)| {
             let v: Value = serde_json::from_slice(body).unwrap();
             (v["type"].as_str().unwrap().to_owned(), v["data"].clone())
         })
         .collect();
+    assert_eq!(delivered.len(), 3, "{:?}", delivered.keys());
     let created = &delivered["order.created"];
     assert_eq!((created["status"].as_str(), &created["shippingAddress"]), (Some("pending"), &Value::Null));
     assert_eq!(created["updatedAt"], created["createdAt"], "{created}");
@@ -654,12 +652,6 @@ async fn each_event_carries_the_order_as_its_change_committed_it(pool: PgPool) {
             (&data["id"], &data["items"], &data["totalCents"]),
             (&api["id"], &api["items"], &api["totalCents"])
         );
-    }
-    // Every attempt of an event, before and after the changes, carried the same body.
-    for (headers, body, _) in &got {
-        let id = &headers["webhook-id"];
-        let same = got.iter().filter(|(h, _, _)| h["webhook-id"] == *id);
-        assert!(same.clone().all(|(_, b, _)| b == body), "attempts of {id:?} differ");
     }
     assert_eq!(broken_invariants(&pool).await, Vec::<String>::new());
 
